@@ -1,0 +1,286 @@
+//! Apps (tenants): id, key, secret and the per-app settings of spec 7.7, plus the `AppStore`
+//! boundary through which the server finds them. The static store serves the apps of the
+//! configuration; a database-backed store can implement the same trait.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The HTTP API's app id (`/apps/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppId(pub Arc<str>);
+
+/// The public key clients connect with (`/app/{key}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AppKey(pub Arc<str>);
+
+/// The signing secret. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppSecret(pub Arc<str>);
+
+impl fmt::Debug for AppSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AppSecret(***)")
+    }
+}
+
+impl fmt::Display for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AppId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl AppKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl AppSecret {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who may send client events (Reverb's `accept_client_events_from`, spec 7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEventPolicy {
+    /// Off (Pusher's default).
+    Disabled,
+    /// Subscribed members of private/presence channels (Pusher's rule when enabled).
+    Members,
+    /// Reverb's `all`: also public channels the sender is subscribed to.
+    MembersIncludingPublic,
+}
+
+/// Per-app limits and switches, already validated.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    pub enabled: bool,
+    pub tls_only: bool,
+    /// Host patterns (`*` wildcard) for the `Origin` check; `None` when `*` disables it.
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_connections: Option<u64>,
+    pub over_quota_close_code: u16,
+    pub activity_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub max_message_size: usize,
+    pub max_channel_name_length: usize,
+    pub max_presence_members_per_channel: usize,
+    pub max_presence_member_size: usize,
+    pub cache_ttl: Duration,
+    pub subscription_count_events: bool,
+    pub subscription_error_event: bool,
+    pub client_events: ClientEventPolicy,
+    pub max_client_events_per_second: u32,
+    pub terminate_on_client_event_limit: bool,
+    pub max_event_payload_bytes: usize,
+    pub max_http_body_bytes: usize,
+    pub max_event_channels: usize,
+    pub max_batch_size: usize,
+    pub max_event_name_length: usize,
+    pub auth_timestamp_tolerance: Duration,
+    pub user_authentication: bool,
+    pub require_authorization: bool,
+    pub authorization_timeout: Duration,
+    pub watchlist_events: bool,
+    pub max_watchlist_size: usize,
+    pub terminate_presence_members: bool,
+    /// Backend (HTTP publish) events per second, counted per target channel; `None` = unlimited.
+    pub max_backend_events_per_second: Option<u32>,
+    /// Signed GET requests per second; `None` = unlimited.
+    pub max_read_requests_per_second: Option<u32>,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            enabled: true,
+            tls_only: false,
+            allowed_origins: None,
+            max_connections: None,
+            over_quota_close_code: 4004,
+            activity_timeout: Duration::from_secs(120),
+            ping_interval: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
+            max_message_size: 65_536,
+            max_channel_name_length: 200,
+            max_presence_members_per_channel: 100,
+            max_presence_member_size: 1024,
+            cache_ttl: Duration::from_secs(1800),
+            subscription_count_events: false,
+            subscription_error_event: false,
+            client_events: ClientEventPolicy::Disabled,
+            max_client_events_per_second: 10,
+            terminate_on_client_event_limit: false,
+            max_event_payload_bytes: 10_240,
+            max_http_body_bytes: 262_144,
+            max_event_channels: 100,
+            max_batch_size: 10,
+            max_event_name_length: 200,
+            auth_timestamp_tolerance: Duration::from_secs(600),
+            user_authentication: true,
+            require_authorization: false,
+            authorization_timeout: Duration::from_secs(30),
+            watchlist_events: false,
+            max_watchlist_size: 100,
+            terminate_presence_members: false,
+            max_backend_events_per_second: None,
+            max_read_requests_per_second: None,
+        }
+    }
+}
+
+/// One app.
+#[derive(Debug)]
+pub struct App {
+    pub id: AppId,
+    pub key: AppKey,
+    pub secret: AppSecret,
+    pub settings: AppSettings,
+    pub webhooks: Option<Arc<crate::webhooks::AppWebhooks>>,
+}
+
+impl App {
+    /// Whether `origin` (the `Origin` header, possibly absent) passes `allowed_origins`
+    /// (spec 1.2 step 7): the host of the origin is matched against patterns with `*`.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let Some(patterns) = &self.settings.allowed_origins else {
+            return true;
+        };
+        let Some(origin) = origin else {
+            return false;
+        };
+        let host = origin_host(origin);
+        patterns.iter().any(|p| wildcard_match(p, host))
+    }
+}
+
+/// The host part of an `Origin` value (`scheme://host[:port]`).
+fn origin_host(origin: &str) -> &str {
+    let rest = origin.split_once("://").map_or(origin, |(_, r)| r);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    if rest.starts_with('[') {
+        return rest
+            .split_once(']')
+            .map_or(rest, |(h, _)| h.trim_start_matches('['));
+    }
+    rest.rsplit_once(':').map_or(rest, |(h, _)| h)
+}
+
+/// `*` matches any run of characters; case-insensitive (host names).
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
+    let t: Vec<char> = text.to_ascii_lowercase().chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let (mut star, mut mark) = (None::<usize>, 0usize);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// Where apps come from.
+pub trait AppStore: Send + Sync {
+    fn find_by_key(&self, key: &str) -> Option<Arc<App>>;
+    fn find_by_id(&self, id: &str) -> Option<Arc<App>>;
+    fn all(&self) -> Vec<Arc<App>>;
+}
+
+/// The apps of the configuration file, indexed by key and id.
+pub struct StaticAppStore {
+    by_key: HashMap<String, Arc<App>>,
+    by_id: HashMap<String, Arc<App>>,
+    ordered: Vec<Arc<App>>,
+}
+
+impl StaticAppStore {
+    pub fn new(apps: Vec<App>) -> Self {
+        let ordered: Vec<Arc<App>> = apps.into_iter().map(Arc::new).collect();
+        let by_key = ordered
+            .iter()
+            .map(|a| (a.key.as_str().to_owned(), a.clone()))
+            .collect();
+        let by_id = ordered
+            .iter()
+            .map(|a| (a.id.as_str().to_owned(), a.clone()))
+            .collect();
+        StaticAppStore {
+            by_key,
+            by_id,
+            ordered,
+        }
+    }
+}
+
+impl AppStore for StaticAppStore {
+    fn find_by_key(&self, key: &str) -> Option<Arc<App>> {
+        self.by_key.get(key).cloned()
+    }
+    fn find_by_id(&self, id: &str) -> Option<Arc<App>> {
+        self.by_id.get(id).cloned()
+    }
+    fn all(&self) -> Vec<Arc<App>> {
+        self.ordered.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(origins: Option<Vec<&str>>) -> App {
+        App {
+            id: AppId("1".into()),
+            key: AppKey("k".into()),
+            secret: AppSecret("s".into()),
+            settings: AppSettings {
+                allowed_origins: origins.map(|o| o.into_iter().map(String::from).collect()),
+                ..AppSettings::default()
+            },
+            webhooks: None,
+        }
+    }
+
+    #[test]
+    fn origin_patterns_match_the_host() {
+        let a = app(Some(vec!["laravel.test", "*.example.com"]));
+        assert!(a.origin_allowed(Some("https://laravel.test")));
+        assert!(a.origin_allowed(Some("http://laravel.test:8000")));
+        assert!(a.origin_allowed(Some("https://app.example.com")));
+        assert!(!a.origin_allowed(Some("https://example.org")));
+        assert!(!a.origin_allowed(Some("https://evil.test")));
+        assert!(!a.origin_allowed(None));
+        assert!(app(None).origin_allowed(None));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        assert_eq!(
+            format!("{:?}", AppSecret("hunter2".into())),
+            "AppSecret(***)"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! `Broadcaster`: the one delivery path. A publish is encoded once, delivered to this node's
+//! sockets (channel subscribers, or a user's connections for `#server-to-user-`), and handed to
+//! the adapter for the other nodes. API events, client events and presence events all go
+//! through `deliver_local`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::channels::{CachedEvent, Fanout};
+use crate::cluster::{Adapter, RemoteEvent};
+use crate::metrics::Metrics;
+use crate::protocol::{message, ChannelName, SocketId};
+use crate::state::AppHub;
+
+pub struct Broadcaster {
+    adapter: Arc<dyn Adapter>,
+    metrics: Arc<Metrics>,
+}
+
+impl Broadcaster {
+    pub fn new(adapter: Arc<dyn Adapter>, metrics: Arc<Metrics>) -> Self {
+        Broadcaster { adapter, metrics }
+    }
+
+    pub fn adapter(&self) -> &Arc<dyn Adapter> {
+        &self.adapter
+    }
+
+    /// An event from the HTTP API: `data` is the publisher's string, delivered untouched; cache
+    /// channels remember it even with no subscribers.
+    pub fn publish_event(
+        &self,
+        hub: &AppHub,
+        channel: &ChannelName,
+        name: &str,
+        data: &str,
+        except: Option<SocketId>,
+    ) -> Fanout {
+        let frame = message::channel_event(name, channel.as_str(), data);
+        let cache = channel.kind().is_cache().then(|| CachedEvent {
+            frame: frame.clone(),
+            data: Arc::from(data),
+            expires: Instant::now() + hub.app.settings.cache_ttl,
+        });
+        hub.metrics.api_events.inc();
+        self.publish_frame(hub, channel, frame, except, cache)
+    }
+
+    /// An already-encoded frame for every subscriber of `channel` but `except`, on every node.
+    pub fn publish_frame(
+        &self,
+        hub: &AppHub,
+        channel: &ChannelName,
+        frame: Bytes,
+        except: Option<SocketId>,
+        cache: Option<CachedEvent>,
+    ) -> Fanout {
+        let fanout = self.deliver_local(hub, channel, &frame, except, cache);
+        self.adapter.publish(RemoteEvent {
+            app: hub.app.id.clone(),
+            channel: channel.as_str().to_string(),
+            frame,
+            except,
+        });
+        fanout
+    }
+
+    /// Delivers to this node's sockets only.
+    pub fn deliver_local(
+        &self,
+        hub: &AppHub,
+        channel: &ChannelName,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        cache: Option<CachedEvent>,
+    ) -> Fanout {
+        let fanout = match channel.server_to_user_id() {
+            Some(user) => Fanout {
+                delivered: hub.users.deliver(user, frame, except),
+                overflowed: 0,
+            },
+            None => hub.channels.publish(channel, frame, except, cache),
+        };
+        #[allow(clippy::cast_precision_loss)]
+        self.metrics.fanout_size.observe(fanout.delivered as f64);
+        fanout
+    }
+}

@@ -1,0 +1,621 @@
+//! Configuration: one serde tree read from TOML, the `.env`/process environment (`RESOUND_*`
+//! and Laravel Reverb's `REVERB_*`/`REDIS_*` names), validated once into runtime types.
+//!
+//! Precedence, lowest first: built-in defaults, the `--config` file, Reverb's variables,
+//! `RESOUND_<SECTION>__<KEY>` variables. Nothing outside this module reads the environment.
+//! Unknown keys and bad values stop start-up with a message naming the key and its source.
+
+mod reverb;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy};
+use crate::webhooks::{AppWebhooks, WebhookKind, WebhookTarget};
+
+/// A configuration problem, already phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        ConfigError::Invalid(msgs.join("; "))
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub scaling: ScalingConfig,
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Route prefix applied to every route (Reverb's `REVERB_SERVER_PATH`).
+    pub path: String,
+    /// Node connection capacity (4100 when reached); none = unlimited.
+    pub max_connections: Option<u64>,
+    /// Seconds to wait for sockets to close after SIGTERM/SIGINT.
+    pub shutdown_grace_period: u64,
+    /// Also serve `/metrics` on this port.
+    pub metrics_port: Option<u16>,
+    /// Prefix of every metric name (`soketi` keeps Soketi dashboards working).
+    pub metrics_prefix: String,
+    /// Messages buffered per socket before a slow consumer is disconnected.
+    pub outbound_queue_size: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            path: String::new(),
+            max_connections: None,
+            shutdown_grace_period: 10,
+            metrics_port: None,
+            metrics_prefix: "resound".into(),
+            outbound_queue_size: 1024,
+        }
+    }
+}
+
+/// `[scaling]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingConfig {
+    pub enabled: bool,
+    pub redis_url: String,
+    pub channel: String,
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        ScalingConfig {
+            enabled: false,
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            channel: "resound".into(),
+        }
+    }
+}
+
+/// `[[apps]]`. Unset options take the defaults of spec 7.7 (or Reverb's, for an app defined by
+/// Reverb's variables).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    #[serde(alias = "app_id")]
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    pub enabled: Option<bool>,
+    pub tls_only: Option<bool>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_connections: Option<u64>,
+    pub over_quota_close_code: Option<u16>,
+    pub activity_timeout: Option<u64>,
+    pub ping_interval: Option<u64>,
+    pub pong_timeout: Option<u64>,
+    pub max_message_size: Option<usize>,
+    pub max_channel_name_length: Option<usize>,
+    pub max_presence_members_per_channel: Option<usize>,
+    pub max_presence_member_size: Option<usize>,
+    pub cache_ttl: Option<u64>,
+    pub subscription_count_events: Option<bool>,
+    pub subscription_error_event: Option<bool>,
+    pub enable_client_messages: Option<bool>,
+    /// Reverb's `accept_client_events_from`: `members`, `all` or `none`.
+    pub accept_client_events_from: Option<String>,
+    pub allow_client_events_on_public_channels: Option<bool>,
+    pub max_client_events_per_second: Option<u32>,
+    pub terminate_on_client_event_limit: Option<bool>,
+    pub max_event_payload_bytes: Option<usize>,
+    pub max_http_body_bytes: Option<usize>,
+    pub max_event_channels: Option<usize>,
+    pub max_batch_size: Option<usize>,
+    pub max_event_name_length: Option<usize>,
+    pub auth_timestamp_tolerance: Option<u64>,
+    pub user_authentication: Option<bool>,
+    pub require_authorization: Option<bool>,
+    pub authorization_timeout: Option<u64>,
+    pub watchlist_events: Option<bool>,
+    pub max_watchlist_size: Option<usize>,
+    pub terminate_presence_members: Option<bool>,
+    pub max_backend_events_per_second: Option<u32>,
+    pub max_read_requests_per_second: Option<u32>,
+    pub webhook_batching: Option<bool>,
+    pub webhook_batch_window_ms: Option<u64>,
+    pub webhook_batch_max_events: Option<usize>,
+    pub webhook_removal_delay: Option<u64>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[[apps.webhooks]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub channel_prefix: Option<String>,
+    pub channel_suffix: Option<String>,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub scaling: ScalingConfig,
+    pub apps: Vec<App>,
+    /// What `check-config` prints (secrets masked).
+    pub effective: FileConfig,
+}
+
+/// Where to read from.
+#[derive(Debug, Default)]
+pub struct Sources<'a> {
+    pub config_file: Option<&'a Path>,
+    pub env_file: Option<&'a Path>,
+    /// The process environment (injected so tests never touch the real one).
+    pub process_env: Vec<(String, String)>,
+}
+
+/// A provider over a list of `(dotted.key, raw value, variable name)`, so errors name the
+/// variable a bad value came from.
+struct Vars {
+    name: String,
+    entries: Vec<(String, String, String)>,
+}
+
+impl Provider for Vars {
+    fn metadata(&self) -> Metadata {
+        let names: BTreeMap<String, String> = self
+            .entries
+            .iter()
+            .map(|(k, _, var)| (k.clone(), var.clone()))
+            .collect();
+        Metadata::named(self.name.clone()).interpolater(move |_: &Profile, k: &[&str]| {
+            let key = k.join(".");
+            names.get(&key).cloned().unwrap_or(key)
+        })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, raw, _) in &self.entries {
+            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+            let path: Vec<&str> = key.split('.').collect();
+            insert_path(&mut dict, &path, value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Inserts `value` at the nested `path` of `dict`, creating tables on the way.
+fn insert_path(dict: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry((*first).to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if entry.as_dict().is_none() {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Parses a `.env` file: `KEY=VALUE` lines, `#` comments, optional `export `, quotes stripped.
+pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let mut v = v.trim().to_string();
+        if (v.starts_with('"') && v.ends_with('"') && v.len() >= 2)
+            || (v.starts_with('\'') && v.ends_with('\'') && v.len() >= 2)
+        {
+            v = v[1..v.len() - 1].to_string();
+        } else if let Some(i) = v.find(" #") {
+            v.truncate(i);
+            v = v.trim_end().to_string();
+        }
+        out.push((k.trim().to_string(), v));
+    }
+    out
+}
+
+/// Reads, merges and validates every source.
+pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
+    // The environment: `.env` first, the process environment wins (as Laravel's loader does).
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(path) = sources.env_file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        env.extend(parse_env_file(&text));
+    }
+    env.extend(sources.process_env.iter().cloned());
+
+    let mut figment = Figment::from(Serialized::defaults(FileConfig::default()));
+    if let Some(path) = sources.config_file {
+        if !path.is_file() {
+            return Err(ConfigError::Invalid(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let reverb = reverb::server_vars(&env);
+    if !reverb.is_empty() {
+        figment = figment.merge(Vars {
+            name: "Reverb environment variable".into(),
+            entries: reverb,
+        });
+    }
+    let resound: Vec<(String, String, String)> = env
+        .iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("RESOUND_")?;
+            // Only `RESOUND_<SECTION>__<KEY>` is configuration; `RESOUND_LOG` and other
+            // single-word names belong to tools.
+            if !rest.contains("__") {
+                return None;
+            }
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            Some((key, v.clone(), k.clone()))
+        })
+        .collect();
+    if !resound.is_empty() {
+        figment = figment.merge(Vars {
+            name: "environment variable".into(),
+            entries: resound,
+        });
+    }
+    let mut file: FileConfig = figment.extract()?;
+
+    // An app defined by Reverb's variables joins (or replaces, by id) the configured apps.
+    let reverb_app = reverb::app_from_env(&env)?;
+    if let Some(app) = &reverb_app {
+        file.apps.retain(|a| a.id != app.id);
+        file.apps.push(app.clone());
+    }
+    let embedded = file.apps.is_empty();
+    if embedded {
+        file.apps.push(embedded_app());
+    }
+    validate_server(&file.server)?;
+    let mut apps = Vec::with_capacity(file.apps.len());
+    let mut seen_keys = std::collections::HashSet::new();
+    let mut seen_ids = std::collections::HashSet::new();
+    for (i, a) in file.apps.iter().enumerate() {
+        let is_reverb = reverb_app.as_ref().is_some_and(|r| r.id == a.id);
+        let app = build_app(a, is_reverb)
+            .map_err(|m| ConfigError::Invalid(format!("apps[{i}] (id {:?}): {m}", a.id)))?;
+        if !seen_keys.insert(a.key.clone()) {
+            return Err(ConfigError::Invalid(format!(
+                "apps[{i}]: duplicate key {:?}",
+                a.key
+            )));
+        }
+        if !seen_ids.insert(a.id.clone()) {
+            return Err(ConfigError::Invalid(format!(
+                "apps[{i}]: duplicate id {:?}",
+                a.id
+            )));
+        }
+        apps.push(app);
+    }
+    let mut effective = file.clone();
+    for a in &mut effective.apps {
+        a.secret = "***".into();
+    }
+    effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
+    Ok(Config {
+        server: file.server,
+        scaling: file.scaling,
+        apps,
+        effective,
+    })
+}
+
+/// The app served when nothing is configured: `app-id`/`app-key`/`app-secret`, client events on.
+pub fn embedded_app() -> AppConfig {
+    AppConfig {
+        id: "app-id".into(),
+        key: "app-key".into(),
+        secret: "app-secret".into(),
+        enable_client_messages: Some(true),
+        ..AppConfig::default()
+    }
+}
+
+fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
+    if !s.path.is_empty() && (!s.path.starts_with('/') || s.path.ends_with('/')) {
+        return Err(ConfigError::Invalid(format!(
+            "server.path {:?} must start with '/' and not end with '/' (e.g. \"/reverb\")",
+            s.path
+        )));
+    }
+    if s.outbound_queue_size == 0 {
+        return Err(ConfigError::Invalid(
+            "server.outbound_queue_size must be > 0".into(),
+        ));
+    }
+    if s.metrics_prefix.is_empty()
+        || !s
+            .metrics_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(ConfigError::Invalid(format!(
+            "server.metrics_prefix {:?} must be [A-Za-z0-9_]+",
+            s.metrics_prefix
+        )));
+    }
+    Ok(())
+}
+
+fn secs(v: Option<u64>, default: Duration) -> Duration {
+    v.map_or(default, Duration::from_secs)
+}
+
+fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
+    if a.id.is_empty() || a.key.is_empty() || a.secret.is_empty() {
+        return Err("id, key and secret must be non-empty".into());
+    }
+    if a.key.contains('/') || a.id.contains('/') {
+        return Err("id and key must not contain '/'".into());
+    }
+    let d = AppSettings::default();
+    let (activity_default, ping_default, msg_size_default) = if reverb_defaults {
+        (Duration::from_secs(30), Duration::from_secs(60), 10_000)
+    } else {
+        (d.activity_timeout, d.activity_timeout, d.max_message_size)
+    };
+    let activity_timeout = secs(a.activity_timeout, activity_default);
+    if activity_timeout.is_zero() {
+        return Err("activity_timeout must be > 0 (pusher-js refuses 0)".into());
+    }
+    let ping_interval = match a.ping_interval {
+        Some(v) => Duration::from_secs(v),
+        None if a.activity_timeout.is_some() => activity_timeout,
+        None => ping_default,
+    };
+    if ping_interval.is_zero() {
+        return Err("ping_interval must be > 0".into());
+    }
+    let client_events = match (
+        a.accept_client_events_from.as_deref(),
+        a.enable_client_messages,
+    ) {
+        (Some("all"), _) => ClientEventPolicy::MembersIncludingPublic,
+        (Some("members"), _) => ClientEventPolicy::Members,
+        (Some("none"), _) => ClientEventPolicy::Disabled,
+        (Some(other), _) => {
+            return Err(format!(
+                "accept_client_events_from {other:?} must be \"members\", \"all\" or \"none\""
+            ))
+        }
+        (None, Some(true)) if a.allow_client_events_on_public_channels == Some(true) => {
+            ClientEventPolicy::MembersIncludingPublic
+        }
+        (None, Some(true)) => ClientEventPolicy::Members,
+        (None, _) => ClientEventPolicy::Disabled,
+    };
+    let over_quota_close_code = a.over_quota_close_code.unwrap_or(d.over_quota_close_code);
+    if !(4000..=4199).contains(&over_quota_close_code) {
+        return Err("over_quota_close_code must be 4004 or a 41xx back-off code".into());
+    }
+    let allowed_origins = match &a.allowed_origins {
+        None => None,
+        Some(list) if list.iter().any(|o| o == "*") => None,
+        Some(list) => Some(list.clone()),
+    };
+    let positive = |name: &str, v: usize| {
+        if v == 0 {
+            Err(format!("{name} must be > 0"))
+        } else {
+            Ok(v)
+        }
+    };
+    let settings = AppSettings {
+        enabled: a.enabled.unwrap_or(d.enabled),
+        tls_only: a.tls_only.unwrap_or(d.tls_only),
+        allowed_origins,
+        max_connections: a.max_connections,
+        over_quota_close_code,
+        activity_timeout,
+        ping_interval,
+        pong_timeout: secs(a.pong_timeout, d.pong_timeout),
+        max_message_size: positive(
+            "max_message_size",
+            a.max_message_size.unwrap_or(msg_size_default),
+        )?,
+        max_channel_name_length: positive(
+            "max_channel_name_length",
+            a.max_channel_name_length
+                .unwrap_or(d.max_channel_name_length),
+        )?,
+        max_presence_members_per_channel: positive(
+            "max_presence_members_per_channel",
+            a.max_presence_members_per_channel
+                .unwrap_or(d.max_presence_members_per_channel),
+        )?,
+        max_presence_member_size: a
+            .max_presence_member_size
+            .unwrap_or(d.max_presence_member_size),
+        cache_ttl: secs(a.cache_ttl, d.cache_ttl),
+        subscription_count_events: a
+            .subscription_count_events
+            .unwrap_or(d.subscription_count_events),
+        subscription_error_event: a
+            .subscription_error_event
+            .unwrap_or(d.subscription_error_event),
+        client_events,
+        max_client_events_per_second: a
+            .max_client_events_per_second
+            .unwrap_or(d.max_client_events_per_second),
+        terminate_on_client_event_limit: a
+            .terminate_on_client_event_limit
+            .unwrap_or(d.terminate_on_client_event_limit),
+        max_event_payload_bytes: positive(
+            "max_event_payload_bytes",
+            a.max_event_payload_bytes
+                .unwrap_or(d.max_event_payload_bytes),
+        )?,
+        max_http_body_bytes: positive(
+            "max_http_body_bytes",
+            a.max_http_body_bytes.unwrap_or(d.max_http_body_bytes),
+        )?,
+        max_event_channels: positive(
+            "max_event_channels",
+            a.max_event_channels.unwrap_or(d.max_event_channels),
+        )?,
+        max_batch_size: positive(
+            "max_batch_size",
+            a.max_batch_size.unwrap_or(d.max_batch_size),
+        )?,
+        max_event_name_length: positive(
+            "max_event_name_length",
+            a.max_event_name_length.unwrap_or(d.max_event_name_length),
+        )?,
+        auth_timestamp_tolerance: secs(a.auth_timestamp_tolerance, d.auth_timestamp_tolerance),
+        user_authentication: a.user_authentication.unwrap_or(d.user_authentication),
+        require_authorization: a.require_authorization.unwrap_or(d.require_authorization),
+        authorization_timeout: secs(a.authorization_timeout, d.authorization_timeout),
+        watchlist_events: a.watchlist_events.unwrap_or(d.watchlist_events),
+        max_watchlist_size: a.max_watchlist_size.unwrap_or(d.max_watchlist_size),
+        terminate_presence_members: a
+            .terminate_presence_members
+            .unwrap_or(d.terminate_presence_members),
+        max_backend_events_per_second: a.max_backend_events_per_second,
+        max_read_requests_per_second: a.max_read_requests_per_second,
+    };
+    let webhooks = build_webhooks(a)?;
+    Ok(App {
+        id: AppId(Arc::from(a.id.as_str())),
+        key: AppKey(Arc::from(a.key.as_str())),
+        secret: AppSecret(Arc::from(a.secret.as_str())),
+        settings,
+        webhooks,
+    })
+}
+
+fn parse_kind(s: &str) -> Option<WebhookKind> {
+    Some(match s {
+        "channel_occupied" => WebhookKind::ChannelOccupied,
+        "channel_vacated" => WebhookKind::ChannelVacated,
+        "member_added" => WebhookKind::MemberAdded,
+        "member_removed" => WebhookKind::MemberRemoved,
+        "client_event" => WebhookKind::ClientEvent,
+        "cache_miss" => WebhookKind::CacheMiss,
+        "subscription_count" => WebhookKind::SubscriptionCount,
+        _ => return None,
+    })
+}
+
+fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {
+    if a.webhooks.is_empty() {
+        return Ok(None);
+    }
+    let mut targets = Vec::new();
+    for (i, w) in a.webhooks.iter().enumerate() {
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            return Err(format!(
+                "webhooks[{i}].url {:?} must be an http(s) URL",
+                w.url
+            ));
+        }
+        let event_types = w
+            .event_types
+            .iter()
+            .map(|t| {
+                parse_kind(t)
+                    .ok_or_else(|| format!("webhooks[{i}].event_types: unknown event type {t:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        targets.push(WebhookTarget {
+            url: w.url.clone(),
+            event_types,
+            headers: w
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            channel_prefix: w.channel_prefix.clone(),
+            channel_suffix: w.channel_suffix.clone(),
+        });
+    }
+    Ok(Some(Arc::new(AppWebhooks {
+        app_id: a.id.clone(),
+        key: a.key.clone(),
+        secret: a.secret.clone(),
+        targets,
+        batching: a.webhook_batching.unwrap_or(false),
+        batch_window: Duration::from_millis(a.webhook_batch_window_ms.unwrap_or(50)),
+        batch_max_events: a.webhook_batch_max_events.unwrap_or(100).max(1),
+        removal_delay: Duration::from_secs(a.webhook_removal_delay.unwrap_or(3)),
+    })))
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((creds, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

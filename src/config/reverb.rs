@@ -1,0 +1,110 @@
+//! Laravel Reverb's environment variables (spec 7.1), so an existing Laravel `.env` works as is.
+
+use std::collections::BTreeMap;
+
+use super::{AppConfig, ConfigError};
+
+/// `(dotted key, raw value, variable name)` for the server and scaling settings Reverb defines.
+pub(super) fn server_vars(env: &BTreeMap<String, String>) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut map = |var: &str, key: &str| {
+        if let Some(v) = env.get(var) {
+            out.push((key.to_string(), v.clone(), var.to_string()));
+        }
+    };
+    map("REVERB_SERVER_HOST", "server.host");
+    map("REVERB_SERVER_PORT", "server.port");
+    map("REVERB_SERVER_PATH", "server.path");
+    map("REVERB_SCALING_ENABLED", "scaling.enabled");
+    map("REVERB_SCALING_CHANNEL", "scaling.channel");
+    if let Some(url) = redis_url(env) {
+        out.push(("scaling.redis_url".into(), url, "REDIS_URL/REDIS_*".into()));
+    }
+    out
+}
+
+/// `REDIS_URL`, or a URL built from `REDIS_HOST`/`PORT`/`USERNAME`/`PASSWORD`/`DB`.
+fn redis_url(env: &BTreeMap<String, String>) -> Option<String> {
+    if let Some(url) = env.get("REDIS_URL").filter(|u| !u.is_empty()) {
+        return Some(url.clone());
+    }
+    let keys = [
+        "REDIS_HOST",
+        "REDIS_PORT",
+        "REDIS_USERNAME",
+        "REDIS_PASSWORD",
+        "REDIS_DB",
+    ];
+    if !keys.iter().any(|k| env.contains_key(*k)) {
+        return None;
+    }
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty() && v.as_str() != "null");
+    let host = get("REDIS_HOST").map_or("127.0.0.1", |s| s.as_str());
+    let port = get("REDIS_PORT").map_or("6379", |s| s.as_str());
+    let db = get("REDIS_DB").map_or("0", |s| s.as_str());
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let creds = match (get("REDIS_USERNAME"), get("REDIS_PASSWORD")) {
+        (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
+        (None, Some(p)) => format!(":{}@", enc(p)),
+        (Some(u), None) => format!("{}@", enc(u)),
+        (None, None) => String::new(),
+    };
+    Some(format!("redis://{creds}{host}:{port}/{db}"))
+}
+
+fn parse<T: std::str::FromStr>(
+    env: &BTreeMap<String, String>,
+    var: &str,
+) -> Result<Option<T>, ConfigError> {
+    match env
+        .get(var)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty() && *v != "null")
+    {
+        None => Ok(None),
+        Some(v) => v.parse::<T>().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!("environment variable {var}: invalid value {v:?}"))
+        }),
+    }
+}
+
+/// The app Reverb's `REVERB_APP_*` variables define, with Reverb's defaults for what they leave
+/// out (client events from members, so Echo's `whisper` keeps working).
+pub(super) fn app_from_env(
+    env: &BTreeMap<String, String>,
+) -> Result<Option<AppConfig>, ConfigError> {
+    let id = env.get("REVERB_APP_ID");
+    let key = env.get("REVERB_APP_KEY");
+    let secret = env.get("REVERB_APP_SECRET");
+    let (id, key, secret) = match (id, key, secret) {
+        (None, None, None) => return Ok(None),
+        (Some(i), Some(k), Some(s)) => (i.clone(), k.clone(), s.clone()),
+        _ => {
+            return Err(ConfigError::Invalid(
+                "REVERB_APP_ID, REVERB_APP_KEY and REVERB_APP_SECRET must be set together".into(),
+            ))
+        }
+    };
+    let accept = env
+        .get("REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM")
+        .cloned()
+        .unwrap_or_else(|| "members".into());
+    if !matches!(accept.as_str(), "members" | "all" | "none") {
+        return Err(ConfigError::Invalid(format!(
+            "environment variable REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM: invalid value {accept:?} (members, all or none)"
+        )));
+    }
+    Ok(Some(AppConfig {
+        id,
+        key,
+        secret,
+        ping_interval: parse(env, "REVERB_APP_PING_INTERVAL")?,
+        activity_timeout: parse(env, "REVERB_APP_ACTIVITY_TIMEOUT")?,
+        max_message_size: parse(env, "REVERB_APP_MAX_MESSAGE_SIZE")?,
+        max_connections: parse(env, "REVERB_APP_MAX_CONNECTIONS")?,
+        accept_client_events_from: Some(accept),
+        ..AppConfig::default()
+    }))
+}

@@ -1,0 +1,217 @@
+use std::io::Write;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn temp_file(name: &str, body: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("resound-config-{}-{name}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+    f.write_all(body.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+fn load_ok(s: &Sources<'_>) -> Config {
+    load(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn load_err(s: &Sources<'_>) -> String {
+    match load(s) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn nothing_configured_serves_the_embedded_app() {
+    let c = load_ok(&Sources::default());
+    assert_eq!(c.server.host, "0.0.0.0");
+    assert_eq!(c.server.port, 8080);
+    assert_eq!(c.apps.len(), 1);
+    let a = &c.apps[0];
+    assert_eq!(
+        (a.id.as_str(), a.key.as_str(), a.secret.as_str()),
+        ("app-id", "app-key", "app-secret")
+    );
+    assert_eq!(a.settings.client_events, ClientEventPolicy::Members);
+    assert_eq!(a.settings.activity_timeout, Duration::from_secs(120));
+}
+
+#[test]
+fn file_apps_with_app_id_alias_and_defaults() {
+    let p = temp_file(
+        "a.toml",
+        r#"
+[server]
+port = 9000
+path = "/reverb"
+[[apps]]
+app_id = "42"
+key = "k"
+secret = "s"
+allowed_origins = ["laravel.test"]
+"#,
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    assert_eq!(c.server.port, 9000);
+    assert_eq!(c.server.path, "/reverb");
+    assert_eq!(c.apps[0].id.as_str(), "42");
+    assert_eq!(
+        c.apps[0].settings.client_events,
+        ClientEventPolicy::Disabled
+    );
+    assert_eq!(
+        c.apps[0].settings.allowed_origins.as_deref(),
+        Some(&["laravel.test".to_string()][..])
+    );
+    assert_eq!(c.effective.apps[0].secret, "***");
+}
+
+#[test]
+fn unknown_keys_name_the_key_and_source() {
+    let p = temp_file("b.toml", "[server]\nprot = 1\n");
+    let e = load_err(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    assert!(e.contains("prot"), "{e}");
+    assert!(e.contains("b.toml"), "{e}");
+    let e = load_err(&Sources {
+        process_env: env(&[("RESOUND_SERVER__PROT", "1")]),
+        ..Sources::default()
+    });
+    assert!(e.contains("prot"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_key_and_source() {
+    let e = load_err(&Sources {
+        process_env: env(&[("RESOUND_SERVER__PORT", "eighty")]),
+        ..Sources::default()
+    });
+    assert!(e.to_lowercase().contains("port"), "{e}");
+    assert!(
+        e.contains("RESOUND_SERVER__PORT") || e.contains("environment"),
+        "{e}"
+    );
+    let e = load_err(&Sources {
+        process_env: env(&[("REVERB_SERVER_PORT", "x")]),
+        ..Sources::default()
+    });
+    assert!(
+        e.contains("REVERB_SERVER_PORT") || e.contains("Reverb"),
+        "{e}"
+    );
+    let e = load_err(&Sources {
+        process_env: env(&[
+            ("REVERB_APP_ID", "1"),
+            ("REVERB_APP_KEY", "k"),
+            ("REVERB_APP_SECRET", "s"),
+            ("REVERB_APP_ACTIVITY_TIMEOUT", "soon"),
+        ]),
+        ..Sources::default()
+    });
+    assert!(e.contains("REVERB_APP_ACTIVITY_TIMEOUT"), "{e}");
+    let p = temp_file(
+        "c.toml",
+        "[[apps]]\nid='1'\nkey='k'\nsecret='s'\nactivity_timeout=0\n",
+    );
+    let e = load_err(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    assert!(e.contains("activity_timeout"), "{e}");
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let p = std::path::Path::new("/nonexistent/resound.toml");
+    assert!(load_err(&Sources {
+        config_file: Some(p),
+        ..Sources::default()
+    })
+    .contains("does not exist"));
+}
+
+#[test]
+fn resound_env_overrides_the_file() {
+    let p = temp_file("d.toml", "[server]\nport = 9000\n");
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        process_env: env(&[
+            ("RESOUND_SERVER__PORT", "9100"),
+            ("RESOUND_LOG", "debug"),
+            ("RESOUND_BIN", "x"),
+        ]),
+        ..Sources::default()
+    });
+    assert_eq!(c.server.port, 9100);
+}
+
+#[test]
+fn laravel_env_file_works_as_is() {
+    let p = temp_file(
+        ".env",
+        "APP_NAME=Laravel\nREVERB_APP_ID=123456\nREVERB_APP_KEY=\"laravel-key\"\nREVERB_APP_SECRET=laravel-secret\nREVERB_HOST=\"localhost\"\nREVERB_PORT=8080\nREVERB_SCHEME=http\nREVERB_SERVER_PORT=6001\nREVERB_SERVER_PATH=/ws\nREVERB_SCALING_ENABLED=true\nREDIS_HOST=127.0.0.1\nREDIS_PASSWORD=null\nREDIS_PORT=6379\n",
+    );
+    let c = load_ok(&Sources {
+        env_file: Some(&p),
+        ..Sources::default()
+    });
+    assert_eq!(c.server.port, 6001);
+    assert_eq!(c.server.path, "/ws");
+    assert!(c.scaling.enabled);
+    assert_eq!(c.scaling.redis_url, "redis://127.0.0.1:6379/0");
+    assert_eq!(c.apps.len(), 1, "the Reverb app replaces the embedded one");
+    let a = &c.apps[0];
+    assert_eq!(a.key.as_str(), "laravel-key");
+    assert_eq!(a.settings.client_events, ClientEventPolicy::Members);
+    assert_eq!(a.settings.activity_timeout, Duration::from_secs(30));
+    assert_eq!(a.settings.max_message_size, 10_000);
+    // The process environment wins over the file.
+    let c = load_ok(&Sources {
+        env_file: Some(&p),
+        process_env: env(&[("REVERB_SERVER_PORT", "7000")]),
+        ..Sources::default()
+    });
+    assert_eq!(c.server.port, 7000);
+}
+
+#[test]
+fn redis_password_is_masked() {
+    assert_eq!(
+        mask_url_password("redis://u:pw@h:6379/0"),
+        "redis://u:***@h:6379/0"
+    );
+    assert_eq!(mask_url_password("redis://h:6379/0"), "redis://h:6379/0");
+}
+
+#[test]
+fn env_file_parsing() {
+    let vars = parse_env_file("# c\nexport A=1\nB=\"two words\"\nC='x' \nD=v # comment\nbad\n");
+    assert_eq!(
+        vars,
+        env(&[("A", "1"), ("B", "two words"), ("C", "x"), ("D", "v")])
+    );
+}
+
+#[test]
+fn example_config_is_valid() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/resound.example.toml");
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    assert!(!c.apps.is_empty());
+}

@@ -1,0 +1,240 @@
+//! The per-socket tasks. The connection task owns the read half and the session state (its
+//! subscriptions, its signed-in user); a writer task owns the write half and drains the
+//! bounded outbound queue. Only these two tasks touch the socket.
+//!
+//! Lifecycle: handshake result → `connection_established` (or `pusher:error` + close) → read
+//! loop with the liveness timer → on any end, the session leaves every channel and the writer
+//! sends the close frame.
+
+pub mod handle;
+mod session;
+mod writer;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, Instrument};
+
+use crate::app::App;
+use crate::protocol::{message, ErrorKind, SocketId};
+use crate::state::{AppHub, ServerState};
+use handle::{ConnHandle, Outbound};
+use session::Session;
+
+pub(crate) type Io = TokioIo<Upgraded>;
+
+/// What the handshake checks decided before the socket was upgraded (spec 1.2).
+pub enum Admission {
+    /// Checks passed; the node and app connection slots are reserved.
+    Accepted { app: Arc<App>, hub: Arc<AppHub> },
+    /// Send `pusher:error` with this kind and close with its code.
+    Refused(ErrorKind),
+}
+
+/// Runs one WebSocket connection to completion.
+pub async fn run(io: Io, admission: Admission, state: Arc<ServerState>) {
+    match admission {
+        Admission::Refused(kind) => writer::refuse(io, &kind).await,
+        Admission::Accepted { app, hub } => {
+            let socket_id = SocketId::random();
+            let span = tracing::info_span!("connection", app_id = %app.id, socket_id = %socket_id);
+            async move {
+                serve(io, socket_id, app, hub.clone(), state.clone()).await;
+                hub.release_connection();
+                state.release_node_connection();
+            }
+            .instrument(span)
+            .await;
+        }
+    }
+}
+
+enum Step {
+    Frame(Result<(OpCode, bool, BytesMut), WebSocketError>),
+    Closed,
+}
+
+async fn serve(
+    io: Io,
+    socket_id: SocketId,
+    app: Arc<App>,
+    hub: Arc<AppHub>,
+    state: Arc<ServerState>,
+) {
+    let (conn, rx) = ConnHandle::new(socket_id, state.server.outbound_queue_size);
+    let (read_half, write_half) = tokio::io::split(io);
+    let writer = tokio::spawn(
+        writer::run(write_half, rx, conn.clone(), hub.metrics.clone()).in_current_span(),
+    );
+    let (mut ws, _) =
+        fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
+    // fastwebsockets refuses a frame whose length is >= the limit.
+    ws.set_max_message_size(app.settings.max_message_size.saturating_add(1));
+    ws.set_auto_pong(true);
+    ws.set_auto_close(true);
+
+    hub.connections.insert(socket_id, conn.clone());
+    hub.metrics.connected.inc();
+    hub.metrics.new_connections.inc();
+    conn.deliver(&message::connection_established(
+        socket_id,
+        app.settings.activity_timeout.as_secs(),
+    ));
+    debug!("connected");
+
+    let mut session = Session::new(state.clone(), app.clone(), hub.clone(), conn.clone());
+    let settings = &app.settings;
+    let mut deadline = Instant::now() + settings.ping_interval;
+    let mut pinged = false;
+    let mut auth_deadline = settings
+        .require_authorization
+        .then(|| Instant::now() + settings.authorization_timeout);
+    let mut fragments: Option<(OpCode, BytesMut)> = None;
+    let max = settings.max_message_size;
+    let pong_conn = conn.clone();
+    let mut obligated = |frame: Frame<'_>| {
+        if frame.opcode == OpCode::Pong {
+            pong_conn.enqueue(Outbound::Pong(Bytes::copy_from_slice(&frame.payload)));
+        }
+        std::future::ready(Ok::<(), Infallible>(()))
+    };
+
+    loop {
+        let step = {
+            let read = ws.read_frame(&mut obligated);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    r = &mut read => break Step::Frame(r.map(|f| (f.opcode, f.fin, into_bytes(f.payload)))),
+                    () = conn.cancelled().cancelled() => break Step::Closed,
+                    () = sleep_until(deadline) => {
+                        if pinged {
+                            conn.close(ErrorKind::PongTimeout);
+                        } else {
+                            conn.deliver(&message::ping());
+                            pinged = true;
+                            deadline = Instant::now() + settings.pong_timeout;
+                        }
+                    }
+                    () = sleep_until(auth_deadline.unwrap_or_else(far_future)), if auth_deadline.is_some() => {
+                        if session.is_authorized() {
+                            auth_deadline = None;
+                        } else {
+                            conn.close(ErrorKind::AuthorizationTimeout);
+                        }
+                    }
+                }
+            }
+        };
+        let (opcode, fin, payload) = match step {
+            Step::Closed => break,
+            Step::Frame(Ok(f)) => f,
+            Step::Frame(Err(e)) => {
+                debug!(error = %e, "read ended");
+                match e {
+                    WebSocketError::FrameTooLarge => conn.close(ErrorKind::MessageTooBig),
+                    WebSocketError::InvalidUTF8 => conn.close(ErrorKind::InvalidPayload),
+                    WebSocketError::UnexpectedEOF
+                    | WebSocketError::ConnectionClosed
+                    | WebSocketError::IoError(_) => {}
+                    _ => conn.close(ErrorKind::WebSocketProtocol),
+                }
+                break;
+            }
+        };
+        // Any inbound frame, data or control, is activity (spec 1.6).
+        deadline = Instant::now() + settings.ping_interval;
+        pinged = false;
+        hub.metrics
+            .socket_received_bytes
+            .inc_by(payload.len() as u64);
+        let complete = match opcode {
+            OpCode::Close => break,
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary if fin => {
+                if fragments.is_some() {
+                    conn.close(ErrorKind::WebSocketProtocol);
+                    break;
+                }
+                Some((opcode, payload))
+            }
+            OpCode::Text | OpCode::Binary => {
+                if fragments.is_some() {
+                    conn.close(ErrorKind::WebSocketProtocol);
+                    break;
+                }
+                fragments = Some((opcode, payload));
+                None
+            }
+            OpCode::Continuation => {
+                let Some((first, mut buf)) = fragments.take() else {
+                    conn.close(ErrorKind::WebSocketProtocol);
+                    break;
+                };
+                // fastwebsockets caps single frames only; the message total is capped here.
+                if buf.len() + payload.len() > max {
+                    conn.close(ErrorKind::MessageTooBig);
+                    break;
+                }
+                buf.extend_from_slice(&payload);
+                if fin {
+                    Some((first, buf))
+                } else {
+                    fragments = Some((first, buf));
+                    None
+                }
+            }
+        };
+        let Some((opcode, payload)) = complete else {
+            continue;
+        };
+        hub.metrics.ws_messages_received.inc();
+        if opcode == OpCode::Binary {
+            conn.deliver(&message::error(&ErrorKind::InvalidMessageFormat, None));
+            continue;
+        }
+        if std::str::from_utf8(&payload).is_err() {
+            conn.close(ErrorKind::InvalidPayload);
+            break;
+        }
+        session.handle(&payload).await;
+        if conn.cancelled().is_cancelled() {
+            break;
+        }
+    }
+
+    session.leave_all().await;
+    hub.connections.remove(&socket_id);
+    hub.metrics.connected.dec();
+    // Make sure the writer stops even when the client left on its own.
+    conn.cancelled().cancel();
+    let reason = conn.close_reason();
+    if reason == Some(ErrorKind::SlowConsumer) {
+        hub.metrics.slow_consumers.inc();
+    }
+    hub.metrics
+        .disconnected(reason.as_ref().map_or(1000, ErrorKind::code));
+    // The writer sends the close frame; give it a bounded time.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    debug!(
+        code = reason.as_ref().map_or(1000, ErrorKind::code),
+        "disconnected"
+    );
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+fn into_bytes(p: Payload<'_>) -> BytesMut {
+    match p {
+        Payload::Bytes(b) => b,
+        other => BytesMut::from(&other[..]),
+    }
+}

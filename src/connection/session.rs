@@ -1,0 +1,572 @@
+//! `Session`: what one connection is (its subscriptions, its signed-in user, its client-event
+//! budget) and the handling of every client message, in the order the spec gives (2.2, 2.5,
+//! 3.5, 4.1). Refusals become `pusher:error` here; nothing else formats wire errors.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use tracing::{debug, warn};
+
+use crate::app::{App, ClientEventPolicy};
+use crate::connection::handle::ConnRef;
+use crate::presence::Join;
+use crate::protocol::auth::{channel_string_to_sign, signin_string_to_sign, verify_token};
+use crate::protocol::presence::{parse_channel_data, parse_user_data, roster_json, SignedInUser};
+use crate::protocol::{
+    message, ChannelKind, ChannelName, ClientMessage, ErrorKind, PresenceMember, UserId,
+};
+use crate::ratelimit::TokenBucket;
+use crate::state::{AppHub, ServerState};
+use crate::webhooks::WebhookEvent;
+
+/// A refusal of one message; the connection stays open unless the kind closes it.
+struct Refusal {
+    kind: ErrorKind,
+    channel: Option<String>,
+    /// HTTP-like status for the optional Soketi-style `pusher:subscription_error`.
+    subscription_status: Option<u16>,
+}
+
+impl Refusal {
+    fn new(kind: ErrorKind) -> Self {
+        Refusal {
+            kind,
+            channel: None,
+            subscription_status: None,
+        }
+    }
+    fn on(kind: ErrorKind, channel: &str) -> Self {
+        Refusal {
+            kind,
+            channel: Some(channel.to_string()),
+            subscription_status: None,
+        }
+    }
+    fn subscription(kind: ErrorKind, channel: &str, status: u16) -> Self {
+        Refusal {
+            kind,
+            channel: Some(channel.to_string()),
+            subscription_status: Some(status),
+        }
+    }
+}
+
+struct Subscription {
+    /// The member this connection is on a presence channel.
+    member: Option<UserId>,
+}
+
+pub(super) struct Session {
+    state: Arc<ServerState>,
+    app: Arc<App>,
+    hub: Arc<AppHub>,
+    conn: ConnRef,
+    subscriptions: HashMap<ChannelName, Subscription>,
+    user: Option<SignedInUser>,
+    client_events: TokenBucket,
+    /// Subscribed to a private/presence channel (for authorized connections, spec 3.9).
+    authorized_channel: bool,
+}
+
+impl Session {
+    pub(super) fn new(
+        state: Arc<ServerState>,
+        app: Arc<App>,
+        hub: Arc<AppHub>,
+        conn: ConnRef,
+    ) -> Self {
+        let rate = app.settings.max_client_events_per_second;
+        Session {
+            state,
+            app,
+            hub,
+            conn,
+            subscriptions: HashMap::new(),
+            user: None,
+            client_events: TokenBucket::new(rate),
+            authorized_channel: false,
+        }
+    }
+
+    /// Signed in, or subscribed to a channel that needed a signature.
+    pub(super) fn is_authorized(&self) -> bool {
+        self.user.is_some() || self.authorized_channel
+    }
+
+    pub(super) async fn handle(&mut self, payload: &[u8]) {
+        let msg = match ClientMessage::parse(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(error = %e, "unreadable message");
+                self.refuse(Refusal::new(e.kind()));
+                return;
+            }
+        };
+        let result = match msg {
+            ClientMessage::Ping => {
+                self.conn.deliver(&message::pong());
+                Ok(())
+            }
+            ClientMessage::Pong => Ok(()),
+            ClientMessage::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            } => {
+                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref())
+                    .await
+            }
+            ClientMessage::Unsubscribe { channel } => {
+                if let Ok(name) = ChannelName::parse(&channel, usize::MAX) {
+                    self.unsubscribe(&name).await;
+                }
+                Ok(())
+            }
+            ClientMessage::Signin { auth, user_data } => self.signin(&auth, &user_data),
+            ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            } => self.client_event(&event, &channel, data.as_deref()),
+            ClientMessage::UnknownProtocolEvent(e) | ClientMessage::Unsupported(e) => {
+                debug!(event = %e, "ignored event");
+                Ok(())
+            }
+        };
+        if let Err(r) = result {
+            self.refuse(r);
+        }
+    }
+
+    fn refuse(&self, r: Refusal) {
+        if let (Some(status), Some(channel)) = (r.subscription_status, r.channel.as_deref()) {
+            if self.app.settings.subscription_error_event {
+                self.conn
+                    .deliver(&message::subscription_error(&r.kind, channel, status));
+            }
+        }
+        self.conn
+            .deliver(&message::error(&r.kind, r.channel.as_deref()));
+    }
+
+    async fn subscribe(
+        &mut self,
+        channel: &str,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let name = ChannelName::parse(channel, self.app.settings.max_channel_name_length)
+            .map_err(|_| Refusal::on(ErrorKind::InvalidChannelName, channel))?;
+        let kind = name.kind();
+        if self.subscriptions.contains_key(&name) {
+            // Reconnect races: answer again, no member events, no webhooks (spec 2.2 step 3).
+            let frame = if kind.is_presence() {
+                let members = self
+                    .state
+                    .presence
+                    .members(&self.app.id, name.as_str())
+                    .await
+                    .unwrap_or_default();
+                message::presence_subscription_succeeded(name.as_str(), &roster_json(&members))
+            } else {
+                message::subscription_succeeded(name.as_str())
+            };
+            self.conn.deliver(&frame);
+            return Ok(());
+        }
+
+        // Authorise by kind (spec 3).
+        let member = match kind {
+            ChannelKind::ServerToUser => {
+                let own = self.user.as_ref().map(|u| u.id.as_str());
+                if own.is_none() || own != name.server_to_user_id() {
+                    return Err(Refusal::subscription(
+                        ErrorKind::ServerToUserForbidden,
+                        channel,
+                        401,
+                    ));
+                }
+                None
+            }
+            _ if kind.is_presence() => Some(self.presence_member(&name, auth, channel_data)?),
+            _ if kind.requires_signature() => {
+                let to_sign = channel_string_to_sign(self.conn.socket_id, name.as_str(), None);
+                if !self.verify(auth, &to_sign) {
+                    return Err(Refusal::subscription(
+                        ErrorKind::InvalidSignature,
+                        channel,
+                        401,
+                    ));
+                }
+                None
+            }
+            _ => None,
+        };
+
+        // Presence membership (cluster-wide through the store).
+        let mut roster = None;
+        let mut first_member = false;
+        if let Some(m) = &member {
+            let join = self
+                .state
+                .presence
+                .join(
+                    &self.app.id,
+                    &name,
+                    m,
+                    self.conn.socket_id,
+                    self.app.settings.max_presence_members_per_channel,
+                )
+                .await;
+            match join {
+                Ok(Join::Joined { first, roster: r }) => {
+                    first_member = first;
+                    roster = Some(roster_json(&r));
+                }
+                Ok(Join::Full) => {
+                    return Err(Refusal::subscription(
+                        ErrorKind::PresenceFull,
+                        channel,
+                        4100,
+                    ))
+                }
+                Err(e) => {
+                    warn!(error = %e, "presence join failed");
+                    return Err(Refusal::subscription(
+                        ErrorKind::PresenceFull,
+                        channel,
+                        4302,
+                    ));
+                }
+            }
+        }
+
+        let succeeded = match &roster {
+            Some(r) => message::presence_subscription_succeeded(name.as_str(), r),
+            None => message::subscription_succeeded(name.as_str()),
+        };
+        let Some(sub) = self.hub.channels.subscribe(&name, &self.conn, &succeeded) else {
+            return Ok(());
+        };
+        if kind.requires_signature() {
+            self.authorized_channel = true;
+        }
+        self.subscriptions.insert(
+            name.clone(),
+            Subscription {
+                member: member.as_ref().map(|m| m.user_id.clone()),
+            },
+        );
+        if sub.occupied {
+            self.state.webhook(
+                &self.app,
+                WebhookEvent::ChannelOccupied {
+                    channel: name.to_string(),
+                },
+            );
+        }
+        if let Some(m) = &member {
+            self.conn.add_presence_user(&m.user_id);
+            if first_member {
+                let frame = message::member_added(
+                    name.as_str(),
+                    m.user_id.as_str(),
+                    m.user_info.as_deref(),
+                );
+                self.state.broadcaster.publish_frame(
+                    &self.hub,
+                    &name,
+                    frame,
+                    Some(self.conn.socket_id),
+                    None,
+                );
+                self.state.webhook(
+                    &self.app,
+                    WebhookEvent::MemberAdded {
+                        channel: name.to_string(),
+                        user_id: m.user_id.to_string(),
+                    },
+                );
+            }
+        }
+        if kind.is_cache() && !sub.cache_hit {
+            self.conn.deliver(&message::cache_miss(name.as_str()));
+            self.state.webhook(
+                &self.app,
+                WebhookEvent::CacheMiss {
+                    channel: name.to_string(),
+                },
+            );
+        }
+        self.subscription_count_changed(&name, sub.count);
+        Ok(())
+    }
+
+    /// The member of a presence subscription: from verified `channel_data`, or from the
+    /// signed-in user when `channel_data` is absent (spec 2.6).
+    fn presence_member(
+        &self,
+        name: &ChannelName,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+    ) -> Result<PresenceMember, Refusal> {
+        let channel = name.as_str();
+        let member = match channel_data {
+            Some(data) => {
+                let to_sign = channel_string_to_sign(self.conn.socket_id, channel, Some(data));
+                if !self.verify(auth, &to_sign) {
+                    return Err(Refusal::subscription(
+                        ErrorKind::InvalidSignature,
+                        channel,
+                        401,
+                    ));
+                }
+                parse_channel_data(data).map_err(|_| {
+                    Refusal::subscription(ErrorKind::PresenceWithoutUser, channel, 401)
+                })?
+            }
+            None => {
+                let Some(user) = &self.user else {
+                    return Err(Refusal::subscription(
+                        ErrorKind::PresenceWithoutUser,
+                        channel,
+                        401,
+                    ));
+                };
+                let to_sign = channel_string_to_sign(self.conn.socket_id, channel, None);
+                if !self.verify(auth, &to_sign) {
+                    return Err(Refusal::subscription(
+                        ErrorKind::InvalidSignature,
+                        channel,
+                        401,
+                    ));
+                }
+                PresenceMember {
+                    user_id: user.id.clone(),
+                    user_info: user.user_info.clone(),
+                }
+            }
+        };
+        if member.info_len() > self.app.settings.max_presence_member_size {
+            return Err(Refusal::subscription(
+                ErrorKind::PresenceMemberTooLarge,
+                channel,
+                4301,
+            ));
+        }
+        Ok(member)
+    }
+
+    fn verify(&self, auth: Option<&str>, to_sign: &str) -> bool {
+        auth.is_some_and(|token| {
+            verify_token(
+                self.app.key.as_str(),
+                self.app.secret.as_str(),
+                to_sign,
+                token,
+            )
+        })
+    }
+
+    async fn unsubscribe(&mut self, name: &ChannelName) {
+        let Some(sub) = self.subscriptions.remove(name) else {
+            return;
+        };
+        if let Some(u) = self.hub.channels.unsubscribe(name, self.conn.socket_id) {
+            if u.vacated {
+                self.state.webhook(
+                    &self.app,
+                    WebhookEvent::ChannelVacated {
+                        channel: name.to_string(),
+                    },
+                );
+            }
+            self.subscription_count_changed(name, u.count);
+        }
+        if let Some(user) = sub.member {
+            let last = self
+                .state
+                .presence
+                .leave(&self.app.id, name, &user, self.conn.socket_id)
+                .await;
+            match last {
+                Ok(true) => {
+                    let frame = message::member_removed(name.as_str(), user.as_str());
+                    self.state.broadcaster.publish_frame(
+                        &self.hub,
+                        name,
+                        frame,
+                        Some(self.conn.socket_id),
+                        None,
+                    );
+                    self.state.webhook(
+                        &self.app,
+                        WebhookEvent::MemberRemoved {
+                            channel: name.to_string(),
+                            user_id: user.to_string(),
+                        },
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "presence leave failed"),
+            }
+        }
+    }
+
+    /// Implicit unsubscribe from everything when the connection ends (spec 2.5).
+    pub(super) async fn leave_all(&mut self) {
+        let names: Vec<ChannelName> = self.subscriptions.keys().cloned().collect();
+        for name in names {
+            self.unsubscribe(&name).await;
+        }
+        if let Some(user) = self.user.take() {
+            self.hub.users.remove(&user.id, self.conn.socket_id);
+        }
+    }
+
+    fn subscription_count_changed(&self, name: &ChannelName, count: usize) {
+        if !self.app.settings.subscription_count_events || !name.kind().counts_subscriptions() {
+            return;
+        }
+        if count == 0 || !self.hub.channels.take_count_event_slot(name) {
+            return;
+        }
+        let frame = message::subscription_count(name.as_str(), count as u64);
+        self.state
+            .broadcaster
+            .publish_frame(&self.hub, name, frame, None, None);
+        self.state.webhook(
+            &self.app,
+            WebhookEvent::SubscriptionCount {
+                channel: name.to_string(),
+                subscription_count: count as u64,
+            },
+        );
+    }
+
+    fn signin(&mut self, auth: &str, user_data: &str) -> Result<(), Refusal> {
+        if !self.app.settings.user_authentication {
+            return Err(Refusal::new(ErrorKind::SigninFailed));
+        }
+        let to_sign = signin_string_to_sign(self.conn.socket_id, user_data);
+        if !self.verify(Some(auth), &to_sign) {
+            return Err(Refusal::new(ErrorKind::SigninFailed));
+        }
+        let mut user =
+            parse_user_data(user_data).map_err(|_| Refusal::new(ErrorKind::SigninFailed))?;
+        if let Some(current) = &self.user {
+            if current.id != user.id {
+                return Err(Refusal::new(ErrorKind::SigninDifferentUser));
+            }
+        }
+        let max_watch = self.app.settings.max_watchlist_size;
+        let over_watchlist = user.watchlist.len() > max_watch;
+        user.watchlist.truncate(max_watch);
+        self.hub.users.add(&user.id, &self.conn);
+        self.conn.set_signed_in_user(user.id.clone());
+        self.conn.deliver(&message::signin_success(user_data));
+        if over_watchlist {
+            self.conn
+                .deliver(&message::error(&ErrorKind::WatchlistLimit, None));
+        }
+        if self.app.settings.watchlist_events && !user.watchlist.is_empty() {
+            let (online, offline): (Vec<&UserId>, Vec<&UserId>) = user
+                .watchlist
+                .iter()
+                .partition(|u| self.hub.users.is_online(u.as_str()));
+            let ids = |v: Vec<&UserId>| v.into_iter().map(|u| u.to_string()).collect::<Vec<_>>();
+            let mut events = Vec::new();
+            let online = ids(online);
+            let offline = ids(offline);
+            if !online.is_empty() {
+                events.push(("online", online));
+            }
+            if !offline.is_empty() {
+                events.push(("offline", offline));
+            }
+            self.conn.deliver(&message::watchlist_events(&events));
+        }
+        self.user = Some(user);
+        Ok(())
+    }
+
+    fn client_event(
+        &mut self,
+        event: &str,
+        channel: &str,
+        data: Option<&RawValue>,
+    ) -> Result<(), Refusal> {
+        let settings = &self.app.settings;
+        if settings.client_events == ClientEventPolicy::Disabled {
+            return Err(Refusal::on(ErrorKind::ClientEventsDisabled, channel));
+        }
+        if event.len() > settings.max_event_name_length {
+            return Err(Refusal::on(ErrorKind::EventNameTooLong, channel));
+        }
+        let Ok(name) = ChannelName::parse(channel, settings.max_channel_name_length) else {
+            return Err(Refusal::on(ErrorKind::InvalidChannelName, channel));
+        };
+        let kind = name.kind();
+        let public_allowed = settings.client_events == ClientEventPolicy::MembersIncludingPublic
+            && matches!(kind, ChannelKind::Public | ChannelKind::PublicCache);
+        if !kind.accepts_client_events() && !public_allowed {
+            return Err(Refusal::on(ErrorKind::ClientEventChannelKind, channel));
+        }
+        let Some(sub) = self.subscriptions.get(&name) else {
+            return Err(Refusal::on(
+                ErrorKind::ClientEventNotSubscribed {
+                    channel: channel.to_string(),
+                },
+                channel,
+            ));
+        };
+        if data.map_or(0, |d| d.get().len()) > settings.max_event_payload_bytes {
+            return Err(Refusal::on(ErrorKind::ClientEventTooLarge, channel));
+        }
+        if !self.client_events.try_take(1) {
+            self.hub.metrics.client_events_rate_limited.inc();
+            if settings.terminate_on_client_event_limit {
+                self.conn.close(ErrorKind::ClientEventRateLimited);
+                return Ok(());
+            }
+            return Err(Refusal::on(ErrorKind::ClientEventRateLimited, channel));
+        }
+        let user_id = if kind.is_presence() {
+            sub.member.clone()
+        } else {
+            None
+        };
+        let frame =
+            message::client_event(event, channel, data, user_id.as_ref().map(UserId::as_str));
+        self.hub.metrics.client_events.inc();
+        // Never echoed to the sender; never cached.
+        self.state.broadcaster.publish_frame(
+            &self.hub,
+            &name,
+            frame,
+            Some(self.conn.socket_id),
+            None,
+        );
+        if self.app.webhooks.is_some() {
+            let data = match data {
+                None => String::new(),
+                Some(raw) if raw.get().starts_with('"') => {
+                    serde_json::from_str::<String>(raw.get()).unwrap_or_default()
+                }
+                Some(raw) => raw.get().to_string(),
+            };
+            self.state.webhook(
+                &self.app,
+                WebhookEvent::ClientEvent {
+                    channel: channel.to_string(),
+                    event: event.to_string(),
+                    data,
+                    socket_id: self.conn.socket_id.to_string(),
+                    user_id: user_id.map(|u| u.to_string()),
+                },
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,269 @@
+//! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events` (spec 5.4–5.6.2). Every event is
+//! validated before any is published; publishing goes through the broadcaster and the reply
+//! never waits for the fan-out.
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use serde_json::{json, Map, Value};
+
+use super::{ok_json, ApiError, ApiRequest};
+use crate::protocol::socket_id::is_valid_socket_id;
+use crate::protocol::{ChannelName, SocketId};
+use crate::state::{AppHub, ServerState};
+
+/// One validated event.
+struct Event {
+    name: String,
+    data: String,
+    channels: Vec<ChannelName>,
+    socket_id: Option<String>,
+    info: Vec<String>,
+}
+
+fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::BadRequest(format!("`{key}` must be a string"))),
+    }
+}
+
+fn validate(hub: &AppHub, v: &Value, batch: bool) -> Result<Event, ApiError> {
+    let s = &hub.app.settings;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("An event must be a JSON object".into()))?;
+    let name = str_field(obj, "name")?
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("`name` is required".into()))?;
+    if name.chars().count() > s.max_event_name_length {
+        return Err(ApiError::BadRequest(format!(
+            "Event name is longer than {} characters",
+            s.max_event_name_length
+        )));
+    }
+    if name.starts_with("pusher_internal:") {
+        return Err(ApiError::BadRequest(
+            "Event names may not start with pusher_internal:".into(),
+        ));
+    }
+    let data = match obj.get("data") {
+        None => return Err(ApiError::BadRequest("`data` is required".into())),
+        Some(Value::String(d)) => d.clone(),
+        // Some SDKs send objects: deliver their compact form.
+        Some(other) => other.to_string(),
+    };
+    if data.len() > s.max_event_payload_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "Event data is {} bytes; the limit is {} bytes",
+            data.len(),
+            s.max_event_payload_bytes
+        )));
+    }
+    let names: Vec<String> = match (obj.get("channels"), obj.get("channel")) {
+        (Some(Value::Array(list)), _) => list
+            .iter()
+            .map(|c| {
+                c.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::BadRequest("`channels` must be strings".into()))
+            })
+            .collect::<Result<_, _>>()?,
+        (Some(_), _) => return Err(ApiError::BadRequest("`channels` must be an array".into())),
+        (None, Some(Value::String(c))) => vec![c.clone()],
+        (None, Some(_)) => return Err(ApiError::BadRequest("`channel` must be a string".into())),
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "`channel` or `channels` is required".into(),
+            ))
+        }
+    };
+    if names.is_empty() {
+        return Err(ApiError::BadRequest("`channels` must not be empty".into()));
+    }
+    if batch && names.len() > 1 {
+        return Err(ApiError::BadRequest(
+            "A batch item targets exactly one channel".into(),
+        ));
+    }
+    if names.len() > s.max_event_channels {
+        return Err(ApiError::BadRequest(format!(
+            "An event may target at most {} channels",
+            s.max_event_channels
+        )));
+    }
+    let mut channels = Vec::with_capacity(names.len());
+    for n in &names {
+        let c = ChannelName::parse(n, s.max_channel_name_length)
+            .map_err(|e| ApiError::BadRequest(format!("Invalid channel name {n:?}: {e}")))?;
+        if !channels.contains(&c) {
+            channels.push(c);
+        }
+    }
+    if channels.len() > 1 && channels.iter().any(|c| c.kind().is_encrypted()) {
+        return Err(ApiError::BadRequest(
+            "An event for an encrypted channel must target that channel alone".into(),
+        ));
+    }
+    let socket_id = str_field(obj, "socket_id")?.map(str::to_string);
+    if let Some(sid) = &socket_id {
+        if !is_valid_socket_id(sid) {
+            return Err(ApiError::BadRequest(format!("Invalid socket_id {sid:?}")));
+        }
+    }
+    let info = str_field(obj, "info")?
+        .map(|i| {
+            i.split(',')
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Event {
+        name: name.to_string(),
+        data,
+        channels,
+        socket_id,
+        info,
+    })
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("Malformed JSON body: {e}")))
+}
+
+fn check_backend_quota(hub: &AppHub, events: &[Event]) -> Result<(), ApiError> {
+    let Some(limiter) = &hub.backend_limiter else {
+        return Ok(());
+    };
+    let cost: usize = events.iter().map(|e| e.channels.len()).sum();
+    if limiter
+        .lock()
+        .try_take(u32::try_from(cost).unwrap_or(u32::MAX))
+    {
+        Ok(())
+    } else {
+        hub.metrics.backend_rate_limited.inc();
+        Err(ApiError::TooManyRequests(
+            "Backend event rate limit exceeded".into(),
+        ))
+    }
+}
+
+fn publish(state: &ServerState, hub: &AppHub, e: &Event) {
+    let except = e
+        .socket_id
+        .as_deref()
+        .and_then(|s| s.parse::<SocketId>().ok());
+    for c in &e.channels {
+        state
+            .broadcaster
+            .publish_event(hub, c, &e.name, &e.data, except);
+    }
+}
+
+/// The `channels` info object of a publish (spec 5.6.1): every unique target channel, with the
+/// requested attributes that apply to it.
+async fn info(state: &ServerState, hub: &AppHub, e: &Event) -> Value {
+    let mut out = Map::new();
+    for c in &e.channels {
+        let mut attrs = Map::new();
+        for a in &e.info {
+            match a.as_str() {
+                "user_count" if c.kind().is_presence() => {
+                    let n = state
+                        .presence
+                        .members(&hub.app.id, c.as_str())
+                        .await
+                        .map_or(0, |m| m.len());
+                    attrs.insert("user_count".into(), json!(n));
+                }
+                "subscription_count" => {
+                    attrs.insert(
+                        "subscription_count".into(),
+                        json!(hub.channels.subscription_count(c.as_str())),
+                    );
+                }
+                _ => {}
+            }
+        }
+        out.insert(c.to_string(), Value::Object(attrs));
+    }
+    Value::Object(out)
+}
+
+pub(super) async fn trigger(
+    state: &ServerState,
+    r: &ApiRequest,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let v = parse_body(&r.body)?;
+    let e = validate(&r.hub, &v, false)?;
+    check_backend_quota(&r.hub, std::slice::from_ref(&e))?;
+    publish(state, &r.hub, &e);
+    if e.info.is_empty() {
+        return Ok(ok_json(&json!({})));
+    }
+    Ok(ok_json(
+        &json!({ "channels": info(state, &r.hub, &e).await }),
+    ))
+}
+
+pub(super) async fn batch(
+    state: &ServerState,
+    r: &ApiRequest,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let v = parse_body(&r.body)?;
+    let items = v
+        .get("batch")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::BadRequest("`batch` must be an array".into()))?;
+    let max = r.hub.app.settings.max_batch_size;
+    if items.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "A batch may hold at most {max} events"
+        )));
+    }
+    // All or nothing: validate every item before publishing any. An oversized item is 413.
+    let mut events = Vec::with_capacity(items.len());
+    let mut first_error = None;
+    for (i, item) in items.iter().enumerate() {
+        match validate(&r.hub, item, true) {
+            Ok(e) => events.push(e),
+            Err(ApiError::PayloadTooLarge(m)) => {
+                return Err(ApiError::PayloadTooLarge(format!("batch[{i}]: {m}")))
+            }
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(ApiError::BadRequest(format!("batch[{i}]: {e}")));
+                }
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    check_backend_quota(&r.hub, &events)?;
+    for e in &events {
+        publish(state, &r.hub, e);
+    }
+    if events.iter().all(|e| e.info.is_empty()) {
+        return Ok(ok_json(&json!({})));
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for e in &events {
+        if e.info.is_empty() {
+            out.push(json!({}));
+        } else {
+            // One channel per item: its attributes directly.
+            let channels = info(state, &r.hub, e).await;
+            let attrs = channels
+                .as_object()
+                .and_then(|m| m.values().next().cloned())
+                .unwrap_or_else(|| json!({}));
+            out.push(attrs);
+        }
+    }
+    Ok(ok_json(&json!({ "batch": out })))
+}

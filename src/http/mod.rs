@@ -1,0 +1,312 @@
+//! HTTP: routing, the WebSocket upgrade, the signed HTTP API (one file per endpoint group),
+//! health and metrics. Every route works at the root and under the configured prefix.
+
+mod channels;
+mod error;
+mod events;
+mod health;
+mod signature;
+mod users;
+mod ws;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::state::{AppHub, ServerState};
+use error::json_response;
+pub use error::ApiError;
+pub use health::metrics_only;
+use signature::Query;
+
+/// The context of one signed API request, after verification.
+pub(crate) struct ApiRequest {
+    pub app: Arc<App>,
+    pub hub: Arc<AppHub>,
+    pub query: Query,
+    pub body: Bytes,
+}
+
+/// The route a path names (after the prefix is stripped).
+enum Route<'a> {
+    Root,
+    Up,
+    Ready,
+    Metrics,
+    WebSocket {
+        key: &'a str,
+    },
+    Api {
+        app_id: &'a str,
+        rest: Vec<&'a str>,
+    },
+    /// pusher-http-python 3.3's terminate path without `/apps/{id}` (spec 5.6.6, D35).
+    BareTerminate {
+        user_id: &'a str,
+    },
+    NotFound,
+}
+
+fn route(path: &str) -> Route<'_> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        [""] => Route::Root,
+        ["up"] => Route::Up,
+        ["ready"] => Route::Ready,
+        ["metrics"] => Route::Metrics,
+        ["app", key] if !key.is_empty() => Route::WebSocket { key },
+        ["apps", app_id, rest @ ..] if !app_id.is_empty() => Route::Api {
+            app_id,
+            rest: rest.to_vec(),
+        },
+        ["users", user_id, "terminate_connections"] => Route::BareTerminate { user_id },
+        _ => Route::NotFound,
+    }
+}
+
+/// Handles one HTTP request (hyper service).
+pub async fn handle(
+    req: Request<Incoming>,
+    state: Arc<ServerState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let raw_path = req.uri().path().to_string();
+    let prefix = state.server.path.clone();
+    let path = match prefix.as_str() {
+        "" => raw_path.as_str(),
+        p => raw_path
+            .strip_prefix(p)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+            .unwrap_or(raw_path.as_str()),
+    }
+    .to_string();
+    let (endpoint, result) = match route(&path) {
+        Route::Root => ("root", Ok(plain("OK"))),
+        Route::Up => ("up", Ok(health::up())),
+        Route::Ready => ("ready", Ok(health::ready(&state))),
+        Route::Metrics => ("metrics", Ok(health::metrics(&state))),
+        Route::WebSocket { key } => {
+            let key = key.to_string();
+            return Ok(ws::upgrade(req, &key, state).await);
+        }
+        Route::Api { app_id, rest } => {
+            let app_id = app_id.to_string();
+            let rest: Vec<String> = rest.iter().map(|s| (*s).to_string()).collect();
+            api(req, &state, &app_id, &rest, &raw_path, &path).await
+        }
+        Route::BareTerminate { user_id } => {
+            let user_id = user_id.to_string();
+            (
+                "terminate_connections",
+                bare_terminate(req, &state, &user_id, &raw_path, &path).await,
+            )
+        }
+        Route::NotFound => ("not_found", Err(ApiError::NotFound("Not found".into()))),
+    };
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    state.metrics.http_call(endpoint, resp.status().as_u16());
+    state
+        .metrics
+        .http_request_seconds
+        .with_label_values(&[endpoint])
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(len) = http_body::Body::size_hint(resp.body()).exact() {
+        state.metrics.http_transmitted_bytes.inc_by(len);
+    }
+    Ok(resp)
+}
+
+fn plain(text: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads the body under the app's limit (413 above it).
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(
+            format!("Request body is larger than {limit} bytes"),
+        )),
+        Err(_) => Err(ApiError::BadRequest(
+            "Could not read the request body".into(),
+        )),
+    }
+}
+
+/// Looks up the app, reads the body and verifies the signature.
+async fn signed(
+    req: Request<Incoming>,
+    state: &ServerState,
+    app: Arc<App>,
+    raw_path: &str,
+    path: &str,
+) -> Result<(Method, ApiRequest), ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, app.settings.max_http_body_bytes).await?;
+    state.metrics.http_received_bytes.inc_by(body.len() as u64);
+    let query = Query::parse(parts.uri.query());
+    let decoded = percent_encoding::percent_decode_str(raw_path)
+        .decode_utf8_lossy()
+        .into_owned();
+    let mut candidates: Vec<&str> = vec![raw_path];
+    if path != raw_path {
+        candidates.push(path);
+    }
+    if decoded != raw_path {
+        candidates.push(&decoded);
+    }
+    signature::verify(
+        &app,
+        parts.method.as_str(),
+        &candidates,
+        &query,
+        &body,
+        now_unix(),
+    )?;
+    let hub = state.hub(&app);
+    if parts.method == Method::GET {
+        if let Some(limiter) = &hub.read_limiter {
+            if !limiter.lock().try_take(1) {
+                hub.metrics.read_rate_limited.inc();
+                return Err(ApiError::TooManyRequests(
+                    "Read request rate limit exceeded".into(),
+                ));
+            }
+        }
+    }
+    Ok((
+        parts.method,
+        ApiRequest {
+            app,
+            hub,
+            query,
+            body,
+        },
+    ))
+}
+
+async fn api(
+    req: Request<Incoming>,
+    state: &ServerState,
+    app_id: &str,
+    rest: &[String],
+    raw_path: &str,
+    path: &str,
+) -> (&'static str, Result<Response<Full<Bytes>>, ApiError>) {
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let endpoint = match rest.as_slice() {
+        ["events"] => "events",
+        ["batch_events"] => "batch_events",
+        ["channels"] => "channels",
+        ["channels", _] => "channel",
+        ["channels", _, "users"] => "channel_users",
+        ["users", _, "terminate_connections"] => "terminate_connections",
+        ["connections"] => "connections",
+        _ => return ("not_found", Err(ApiError::NotFound("Not found".into()))),
+    };
+    let expected = match endpoint {
+        "events" | "batch_events" | "terminate_connections" => Method::POST,
+        _ => Method::GET,
+    };
+    if req.method() != expected {
+        return (endpoint, Err(ApiError::MethodNotAllowed));
+    }
+    let Some(app) = state.apps.find_by_id(app_id) else {
+        return (
+            endpoint,
+            Err(ApiError::NotFound(format!(
+                "No matching application for ID [{app_id}]"
+            ))),
+        );
+    };
+    if !app.settings.enabled {
+        return (
+            endpoint,
+            Err(ApiError::Forbidden("Application disabled".into())),
+        );
+    }
+    let r = match signed(req, state, app, raw_path, path).await {
+        Ok((_, r)) => r,
+        Err(e) => return (endpoint, Err(e)),
+    };
+    let result = match rest.as_slice() {
+        ["events"] => events::trigger(state, &r).await,
+        ["batch_events"] => events::batch(state, &r).await,
+        ["channels"] => channels::list(state, &r).await,
+        ["channels", name] => channels::show(state, &r, &decode_segment(name)).await,
+        ["channels", name, "users"] => channels::users(state, &r, &decode_segment(name)).await,
+        ["users", user, "terminate_connections"] => users::terminate(&r, &decode_segment(user)),
+        _ => channels::connections(&r),
+    };
+    (endpoint, result)
+}
+
+async fn bare_terminate(
+    req: Request<Incoming>,
+    state: &ServerState,
+    user_id: &str,
+    raw_path: &str,
+    path: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let query = Query::parse(req.uri().query());
+    let key = query
+        .get("auth_key")
+        .ok_or_else(|| ApiError::Unauthorized("Missing auth_key".into()))?;
+    let app = state
+        .apps
+        .find_by_key(key)
+        .ok_or_else(|| ApiError::Unauthorized("Unknown auth_key".into()))?;
+    let (_, r) = signed(req, state, app, raw_path, path).await?;
+    users::terminate(&r, &decode_segment(user_id))
+}
+
+fn decode_segment(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+pub(crate) fn ok_json(body: &serde_json::Value) -> Response<Full<Bytes>> {
+    json_response(http::StatusCode::OK, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route("/app/key"), Route::WebSocket { key: "key" }));
+        assert!(matches!(
+            route("/apps/1/events"),
+            Route::Api { app_id: "1", .. }
+        ));
+        assert!(matches!(
+            route("/users/5/terminate_connections"),
+            Route::BareTerminate { user_id: "5" }
+        ));
+        assert!(matches!(route("/up"), Route::Up));
+        assert!(matches!(route("/pusher/app/key/xhr"), Route::NotFound));
+        assert!(matches!(route("/app/"), Route::NotFound));
+    }
+}

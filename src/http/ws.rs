@@ -1,0 +1,103 @@
+//! The WebSocket endpoint `GET /app/{key}`: the handshake checks of spec 1.2 in order, then the
+//! upgrade. A refused connection is still upgraded so the client reads `pusher:error` and the
+//! close code (pusher-js decides whether to retry from them).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tracing::debug;
+
+use super::error::ApiError;
+use super::signature::Query;
+use crate::connection::{self, Admission};
+use crate::protocol::ErrorKind;
+use crate::state::ServerState;
+
+fn admit(req: &Request<Incoming>, key: &str, state: &ServerState) -> Admission {
+    if state.is_draining() {
+        return Admission::Refused(ErrorKind::ShuttingDown);
+    }
+    let Some(app) = state.apps.find_by_key(key) else {
+        return Admission::Refused(ErrorKind::AppNotFound);
+    };
+    if !app.settings.enabled {
+        return Admission::Refused(ErrorKind::AppDisabled);
+    }
+    if app.settings.tls_only {
+        let forwarded_tls = req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+        if !forwarded_tls {
+            return Admission::Refused(ErrorKind::TlsOnly);
+        }
+    }
+    let query = Query::parse(req.uri().query());
+    if let Some(p) = query.get("protocol") {
+        match p.parse::<u32>() {
+            Err(_) => return Admission::Refused(ErrorKind::InvalidVersionFormat),
+            Ok(v) if !(4..=7).contains(&v) => {
+                return Admission::Refused(ErrorKind::UnsupportedProtocol)
+            }
+            Ok(_) => {}
+        }
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !app.origin_allowed(origin) {
+        return Admission::Refused(ErrorKind::OriginNotAllowed);
+    }
+    if !state.try_reserve_node_connection() {
+        return Admission::Refused(ErrorKind::OverCapacity);
+    }
+    let hub = state.hub(&app);
+    if !hub.try_reserve_connection() {
+        state.release_node_connection();
+        return Admission::Refused(ErrorKind::OverQuota {
+            close_code: app.settings.over_quota_close_code,
+        });
+    }
+    Admission::Accepted { app, hub }
+}
+
+pub(super) async fn upgrade(
+    mut req: Request<Incoming>,
+    key: &str,
+    state: Arc<ServerState>,
+) -> Response<Full<Bytes>> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return ApiError::UpgradeRequired.into_response();
+    }
+    let admission = admit(&req, key, &state);
+    let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => {
+            if let Admission::Accepted { hub, .. } = &admission {
+                hub.release_connection();
+                state.release_node_connection();
+            }
+            debug!(error = %e, "bad upgrade request");
+            return ApiError::BadRequest("Invalid WebSocket upgrade request".into())
+                .into_response();
+        }
+    };
+    tokio::spawn(async move {
+        match fut.await {
+            Ok(ws) => connection::run(ws.into_inner(), admission, state).await,
+            Err(e) => {
+                debug!(error = %e, "upgrade failed");
+                if let Admission::Accepted { hub, .. } = admission {
+                    hub.release_connection();
+                    state.release_node_connection();
+                }
+            }
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}

@@ -1,0 +1,301 @@
+//! Typed Prometheus handles. Metric names take a configurable prefix (default `resound`); the
+//! names that exist in Soketi keep Soketi's suffixes, so `metrics_prefix = "soketi"` keeps its
+//! dashboards working. Per-app handles are resolved once, so the hot path only bumps atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::protocol::ChannelKind;
+
+/// Every metric of the server.
+pub struct Metrics {
+    pub registry: Registry,
+    pub prefix: String,
+    connected: IntGaugeVec,
+    new_connections: IntCounterVec,
+    disconnections: IntCounterVec,
+    ws_messages_received: IntCounterVec,
+    ws_messages_sent: IntCounterVec,
+    socket_received_bytes: IntCounterVec,
+    socket_transmitted_bytes: IntCounterVec,
+    subscriptions: IntGaugeVec,
+    channels: IntGaugeVec,
+    client_events: IntCounterVec,
+    published_events: IntCounterVec,
+    http_calls: IntCounterVec,
+    pub http_received_bytes: IntCounter,
+    pub http_transmitted_bytes: IntCounter,
+    slow_consumers: IntCounterVec,
+    rate_limited: IntCounterVec,
+    pub fanout_size: Histogram,
+    pub http_request_seconds: HistogramVec,
+}
+
+/// Handles of one app, resolved once.
+#[derive(Clone)]
+pub struct AppMetrics {
+    pub connected: IntGauge,
+    pub new_connections: IntCounter,
+    pub ws_messages_received: IntCounter,
+    pub ws_messages_sent: IntCounter,
+    pub socket_received_bytes: IntCounter,
+    pub socket_transmitted_bytes: IntCounter,
+    pub client_events: IntCounter,
+    pub api_events: IntCounter,
+    pub slow_consumers: IntCounter,
+    pub client_events_rate_limited: IntCounter,
+    pub backend_rate_limited: IntCounter,
+    pub read_rate_limited: IntCounter,
+    subscriptions: Vec<IntGauge>,
+    channels: Vec<IntGauge>,
+    disconnections: IntCounterVec,
+    app_id: String,
+}
+
+impl AppMetrics {
+    fn kind_index(kind: ChannelKind) -> usize {
+        ChannelKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0)
+    }
+    pub fn subscriptions(&self, kind: ChannelKind) -> &IntGauge {
+        &self.subscriptions[Self::kind_index(kind)]
+    }
+    pub fn channels(&self, kind: ChannelKind) -> &IntGauge {
+        &self.channels[Self::kind_index(kind)]
+    }
+    pub fn disconnected(&self, code: u16) {
+        self.disconnections
+            .with_label_values(&[self.app_id.as_str(), &code.to_string()])
+            .inc();
+    }
+}
+
+macro_rules! register {
+    ($registry:expr, $metric:expr) => {{
+        let m = $metric;
+        $registry.register(Box::new(m.clone()))?;
+        m
+    }};
+}
+
+impl Metrics {
+    pub fn new(prefix: &str) -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let o = |name: &str, help: &str| Opts::new(name, help).namespace(prefix.to_string());
+        let m = Metrics {
+            connected: register!(
+                registry,
+                IntGaugeVec::new(o("connected", "Open WebSocket connections"), &["app_id"])?
+            ),
+            new_connections: register!(
+                registry,
+                IntCounterVec::new(
+                    o("new_connections_total", "WebSocket connections established"),
+                    &["app_id"]
+                )?
+            ),
+            disconnections: register!(
+                registry,
+                IntCounterVec::new(
+                    o(
+                        "new_disconnections_total",
+                        "WebSocket connections closed, by close code"
+                    ),
+                    &["app_id", "code"]
+                )?
+            ),
+            ws_messages_received: register!(
+                registry,
+                IntCounterVec::new(
+                    o("ws_messages_received_total", "WebSocket messages received"),
+                    &["app_id"]
+                )?
+            ),
+            ws_messages_sent: register!(
+                registry,
+                IntCounterVec::new(
+                    o("ws_messages_sent_total", "WebSocket messages sent"),
+                    &["app_id"]
+                )?
+            ),
+            socket_received_bytes: register!(
+                registry,
+                IntCounterVec::new(
+                    o("socket_received_bytes", "WebSocket payload bytes received"),
+                    &["app_id"]
+                )?
+            ),
+            socket_transmitted_bytes: register!(
+                registry,
+                IntCounterVec::new(
+                    o("socket_transmitted_bytes", "WebSocket payload bytes sent"),
+                    &["app_id"]
+                )?
+            ),
+            subscriptions: register!(
+                registry,
+                IntGaugeVec::new(
+                    o(
+                        "subscriptions",
+                        "Channel subscriptions on this node, by channel kind"
+                    ),
+                    &["app_id", "kind"]
+                )?
+            ),
+            channels: register!(
+                registry,
+                IntGaugeVec::new(
+                    o(
+                        "channels",
+                        "Occupied channels on this node, by channel kind"
+                    ),
+                    &["app_id", "kind"]
+                )?
+            ),
+            client_events: register!(
+                registry,
+                IntCounterVec::new(
+                    o("client_events_total", "Client events accepted and relayed"),
+                    &["app_id"]
+                )?
+            ),
+            published_events: register!(
+                registry,
+                IntCounterVec::new(
+                    o(
+                        "api_events_total",
+                        "Events published through the HTTP API (one per target channel)"
+                    ),
+                    &["app_id"]
+                )?
+            ),
+            http_calls: register!(
+                registry,
+                IntCounterVec::new(
+                    o(
+                        "http_calls_received_total",
+                        "HTTP requests, by endpoint and status"
+                    ),
+                    &["endpoint", "status"]
+                )?
+            ),
+            http_received_bytes: register!(
+                registry,
+                IntCounter::with_opts(o(
+                    "http_received_bytes",
+                    "HTTP request body bytes received"
+                ))?
+            ),
+            http_transmitted_bytes: register!(
+                registry,
+                IntCounter::with_opts(o(
+                    "http_transmitted_bytes",
+                    "HTTP response body bytes sent"
+                ))?
+            ),
+            slow_consumers: register!(
+                registry,
+                IntCounterVec::new(
+                    o(
+                        "slow_consumer_disconnects_total",
+                        "Connections closed because their outbound queue was full"
+                    ),
+                    &["app_id"]
+                )?
+            ),
+            rate_limited: register!(
+                registry,
+                IntCounterVec::new(
+                    o(
+                        "rate_limited_total",
+                        "Requests or events refused by a rate limit"
+                    ),
+                    &["app_id", "limit"]
+                )?
+            ),
+            fanout_size: register!(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "fanout_size",
+                        "Sockets reached by one publish on this node"
+                    )
+                    .namespace(prefix.to_string())
+                    .buckets(vec![
+                        0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0,
+                        50000.0
+                    ])
+                )?
+            ),
+            http_request_seconds: register!(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new("http_request_duration_seconds", "HTTP API latency")
+                        .namespace(prefix.to_string())
+                        .buckets(vec![
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0
+                        ]),
+                    &["endpoint"]
+                )?
+            ),
+            registry,
+            prefix: prefix.to_string(),
+        };
+        Ok(m)
+    }
+
+    /// Handles for one app.
+    pub fn app(&self, app_id: &str) -> AppMetrics {
+        let l = [app_id];
+        AppMetrics {
+            connected: self.connected.with_label_values(&l),
+            new_connections: self.new_connections.with_label_values(&l),
+            ws_messages_received: self.ws_messages_received.with_label_values(&l),
+            ws_messages_sent: self.ws_messages_sent.with_label_values(&l),
+            socket_received_bytes: self.socket_received_bytes.with_label_values(&l),
+            socket_transmitted_bytes: self.socket_transmitted_bytes.with_label_values(&l),
+            client_events: self.client_events.with_label_values(&l),
+            api_events: self.published_events.with_label_values(&l),
+            slow_consumers: self.slow_consumers.with_label_values(&l),
+            client_events_rate_limited: self
+                .rate_limited
+                .with_label_values(&[app_id, "client_events"]),
+            backend_rate_limited: self
+                .rate_limited
+                .with_label_values(&[app_id, "backend_events"]),
+            read_rate_limited: self
+                .rate_limited
+                .with_label_values(&[app_id, "read_requests"]),
+            subscriptions: ChannelKind::ALL
+                .iter()
+                .map(|k| self.subscriptions.with_label_values(&[app_id, k.label()]))
+                .collect(),
+            channels: ChannelKind::ALL
+                .iter()
+                .map(|k| self.channels.with_label_values(&[app_id, k.label()]))
+                .collect(),
+            disconnections: self.disconnections.clone(),
+            app_id: app_id.to_string(),
+        }
+    }
+
+    pub fn http_call(&self, endpoint: &str, status: u16) {
+        self.http_calls
+            .with_label_values(&[endpoint, &status.to_string()])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        buf
+    }
+}

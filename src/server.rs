@@ -1,0 +1,186 @@
+//! Binds the listeners, spawns the background tasks, serves until a shutdown signal, then
+//! drains: stop accepting, close every socket with 4200 so clients reconnect elsewhere, and
+//! return once they are gone or the grace period is over.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::app::{AppStore, StaticAppStore};
+use crate::broadcast::Broadcaster;
+use crate::cluster::LocalAdapter;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::presence::MemoryPresence;
+use crate::state::ServerState;
+use crate::webhooks::Webhooks;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A server bound to its port(s), not yet serving.
+pub struct Server {
+    state: Arc<ServerState>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+}
+
+impl Server {
+    /// Builds the state and binds the listeners (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let metrics = Arc::new(Metrics::new(&config.server.metrics_prefix)?);
+        let apps: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps));
+        let broadcaster = Broadcaster::new(Arc::new(LocalAdapter), metrics.clone());
+        let state = Arc::new(ServerState::new(
+            config.server.clone(),
+            apps.clone(),
+            Arc::new(MemoryPresence::default()),
+            broadcaster,
+            metrics,
+            Webhooks,
+        ));
+        for app in apps.all() {
+            state.hub(&app);
+        }
+        let addr = format!("{}:{}", config.server.host, config.server.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let metrics_listener = match config.server.metrics_port {
+            Some(port) => {
+                let addr = format!("{}:{}", config.server.host, port);
+                Some(
+                    TcpListener::bind(&addr)
+                        .await
+                        .map_err(|source| ServerError::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Server {
+            state,
+            listener,
+            metrics_listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn state(&self) -> Arc<ServerState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            state,
+            listener,
+            metrics_listener,
+        } = self;
+        let sweeper = tokio::spawn(sweep(state.clone()));
+        let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            let service = service_fn(move |req| crate::http::handle(req, state.clone()));
+                            if let Err(e) = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await
+                            {
+                                debug!(%peer, error = %e, "http connection ended");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        info!(connections = state.node_connections(), "draining");
+        state.start_draining();
+        let grace = Duration::from_secs(state.server.shutdown_grace_period);
+        let deadline = tokio::time::Instant::now() + grace;
+        while state.node_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if state.node_connections() > 0 {
+            warn!(
+                left = state.node_connections(),
+                "grace period over; exiting with sockets open"
+            );
+        }
+        sweeper.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
+        info!("stopped");
+    }
+}
+
+/// Drops expired cache entries once a minute.
+async fn sweep(state: Arc<ServerState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        for hub in state.hubs() {
+            hub.channels.sweep_expired();
+        }
+    }
+}
+
+async fn serve_metrics(listener: TcpListener, state: Arc<ServerState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let resp = crate::http::metrics_only(&state, req.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,162 @@
+//! `ServerState`: the owners every task shares (apps, per-app hubs, presence, broadcaster,
+//! metrics, webhooks), and `AppHub`, the runtime state of one app on this node.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::app::{App, AppId, AppStore};
+use crate::broadcast::Broadcaster;
+use crate::channels::users::UserRegistry;
+use crate::channels::ChannelRegistry;
+use crate::config::ServerConfig;
+use crate::connection::handle::ConnRef;
+use crate::metrics::{AppMetrics, Metrics};
+use crate::presence::PresenceStore;
+use crate::protocol::{ErrorKind, SocketId};
+use crate::ratelimit::TokenBucket;
+use crate::webhooks::{WebhookEvent, Webhooks};
+
+/// One app's state on this node.
+pub struct AppHub {
+    pub app: Arc<App>,
+    pub channels: ChannelRegistry,
+    pub users: UserRegistry,
+    pub connections: DashMap<SocketId, ConnRef>,
+    connection_count: AtomicU64,
+    pub metrics: AppMetrics,
+    pub backend_limiter: Option<Mutex<TokenBucket>>,
+    pub read_limiter: Option<Mutex<TokenBucket>>,
+}
+
+impl AppHub {
+    fn new(app: Arc<App>, metrics: &Metrics) -> AppHub {
+        let m = metrics.app(app.id.as_str());
+        AppHub {
+            channels: ChannelRegistry::new(m.clone()),
+            users: UserRegistry::default(),
+            connections: DashMap::new(),
+            connection_count: AtomicU64::new(0),
+            metrics: m,
+            backend_limiter: app
+                .settings
+                .max_backend_events_per_second
+                .map(|r| Mutex::new(TokenBucket::new(r))),
+            read_limiter: app
+                .settings
+                .max_read_requests_per_second
+                .map(|r| Mutex::new(TokenBucket::new(r))),
+            app,
+        }
+    }
+
+    /// Reserves a connection slot under `max_connections`.
+    pub fn try_reserve_connection(&self) -> bool {
+        let max = self.app.settings.max_connections.unwrap_or(u64::MAX);
+        let prev = self.connection_count.fetch_add(1, Ordering::AcqRel);
+        if prev >= max {
+            self.connection_count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn release_connection(&self) {
+        self.connection_count.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn connection_count(&self) -> u64 {
+        self.connection_count.load(Ordering::Acquire)
+    }
+}
+
+pub struct ServerState {
+    pub server: ServerConfig,
+    pub apps: Arc<dyn AppStore>,
+    hubs: DashMap<AppId, Arc<AppHub>>,
+    pub presence: Arc<dyn PresenceStore>,
+    pub broadcaster: Broadcaster,
+    pub metrics: Arc<Metrics>,
+    pub webhooks: Webhooks,
+    draining: AtomicBool,
+    node_connections: AtomicU64,
+}
+
+impl ServerState {
+    pub fn new(
+        server: ServerConfig,
+        apps: Arc<dyn AppStore>,
+        presence: Arc<dyn PresenceStore>,
+        broadcaster: Broadcaster,
+        metrics: Arc<Metrics>,
+        webhooks: Webhooks,
+    ) -> ServerState {
+        ServerState {
+            server,
+            apps,
+            hubs: DashMap::new(),
+            presence,
+            broadcaster,
+            metrics,
+            webhooks,
+            draining: AtomicBool::new(false),
+            node_connections: AtomicU64::new(0),
+        }
+    }
+
+    /// The hub of `app`, created on first use.
+    pub fn hub(&self, app: &Arc<App>) -> Arc<AppHub> {
+        if let Some(h) = self.hubs.get(&app.id) {
+            return h.clone();
+        }
+        self.hubs
+            .entry(app.id.clone())
+            .or_insert_with(|| Arc::new(AppHub::new(app.clone(), &self.metrics)))
+            .clone()
+    }
+
+    pub fn hubs(&self) -> Vec<Arc<AppHub>> {
+        self.hubs.iter().map(|h| h.value().clone()).collect()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting connections and asks every socket to reconnect elsewhere (4200).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        for hub in self.hubs() {
+            for c in hub.connections.iter() {
+                c.value().close(ErrorKind::ShuttingDown);
+            }
+        }
+    }
+
+    pub fn try_reserve_node_connection(&self) -> bool {
+        let max = self.server.max_connections.unwrap_or(u64::MAX);
+        let prev = self.node_connections.fetch_add(1, Ordering::AcqRel);
+        if prev >= max {
+            self.node_connections.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn release_node_connection(&self) {
+        self.node_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn node_connections(&self) -> u64 {
+        self.node_connections.load(Ordering::Acquire)
+    }
+
+    /// Queues a webhook if the app has any target (never blocks).
+    pub fn webhook(&self, app: &App, event: WebhookEvent) {
+        if let Some(w) = &app.webhooks {
+            self.webhooks.emit(w, event);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Termination, slow consumers and graceful shutdown.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn terminate_closes_only_that_users_signed_in_sockets() {
+    let s = TestServer::default().await;
+    let mut u1 = s.client().await;
+    u1.signin(r#"{"id":"u1"}"#).await;
+    let mut u1b = s.client().await;
+    u1b.signin(r#"{"id":"u1"}"#).await;
+    let mut u2 = s.client().await;
+    u2.signin(r#"{"id":"u2"}"#).await;
+    let mut anon = s.client().await;
+    anon.subscribe_presence("presence-t", r#"{"user_id":"u1"}"#)
+        .await;
+    let r = s
+        .api()
+        .post("/users/u1/terminate_connections", &json!({}))
+        .await;
+    assert_eq!((r.status, r.text.as_str()), (200, "{}"));
+    for c in [&mut u1, &mut u1b] {
+        let e = c.recv().await;
+        assert_eq!(e["event"], "pusher:error");
+        assert_eq!(e["data"]["code"], 4009);
+        assert_eq!(c.closed().await, Some(4009));
+    }
+    u2.send(json!({"event":"pusher:ping"})).await;
+    assert_eq!(
+        u2.recv().await["event"],
+        "pusher:pong",
+        "other users untouched"
+    );
+    anon.send(json!({"event":"pusher:ping"})).await;
+    assert_eq!(
+        anon.recv().await["event"],
+        "pusher:pong",
+        "presence-only members are not signed in"
+    );
+    let r = s
+        .api()
+        .post("/users/nobody/terminate_connections", &json!({}))
+        .await;
+    assert_eq!(r.text, "{}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_and_others_keep_up() {
+    let toml = config(
+        "max_event_payload_bytes = 65536\nmax_http_body_bytes = 1048576",
+        "",
+    )
+    .replace(
+        "shutdown_grace_period = 2",
+        "shutdown_grace_period = 2\noutbound_queue_size = 16",
+    );
+    let s = TestServer::start(&toml).await;
+    let mut slow = s.client().await;
+    slow.subscribe("firehose").await;
+    let mut fast = s.client().await;
+    fast.subscribe("firehose").await;
+    let payload = "y".repeat(60_000);
+    let api = s.api();
+    // The slow client never reads; its socket buffers fill, then its queue.
+    let mut received = 0;
+    for i in 0..400 {
+        let r = api
+            .trigger(
+                &["firehose"],
+                "e",
+                &format!("{{\"i\":{i},\"p\":\"{payload}\"}}"),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let ev = fast.recv().await;
+        assert_eq!(data_json(&ev)["i"], i, "the fast client misses nothing");
+        received += 1;
+    }
+    assert_eq!(received, 400);
+    let mut cut = 0.0;
+    for _ in 0..50 {
+        let metrics = raw_request("GET", &s.url("/metrics"), String::new())
+            .await
+            .text;
+        cut = metrics
+            .lines()
+            .find(|l| l.starts_with("resound_slow_consumer_disconnects_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if cut >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cut >= 1.0, "the slow consumer was disconnected");
+    // Its socket eventually closes with a reconnect-class code (or drops).
+    let code = tokio::time::timeout(Duration::from_secs(10), slow.closed())
+        .await
+        .ok()
+        .flatten();
+    assert!(code.is_none() || code == Some(4100), "{code:?}");
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_socket_with_4200() {
+    let mut s = TestServer::default().await;
+    let mut a = s.client().await;
+    let mut b = s.client().await;
+    a.subscribe("x").await;
+    let stop = tokio::spawn(async move {
+        s.stop().await;
+        s
+    });
+    for c in [&mut a, &mut b] {
+        let e = c.recv().await;
+        assert_eq!(e["data"]["code"], 4200);
+        assert_eq!(c.closed().await, Some(4200));
+    }
+    let s = tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .expect("server stopped in time")
+        .expect("join");
+    assert!(
+        tokio::net::TcpStream::connect(s.addr).await.is_err(),
+        "listener closed"
+    );
+}
