@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::MemoryPresence;
 use crate::state::ServerState;
-use crate::webhooks::Webhooks;
+use crate::webhooks::{DispatcherSettings, WebhookError, Webhooks};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,8 @@ pub enum ServerError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("webhooks: {0}")]
+    Webhooks(#[from] WebhookError),
 }
 
 /// A server bound to its port(s), not yet serving.
@@ -47,13 +49,18 @@ impl Server {
         let metrics = Arc::new(Metrics::new(&config.server.metrics_prefix)?);
         let apps: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps));
         let broadcaster = Broadcaster::new(Arc::new(LocalAdapter), metrics.clone());
+        let webhooks = Webhooks::start(
+            DispatcherSettings::default(),
+            &metrics.registry,
+            &format!("{}_webhooks", config.server.metrics_prefix),
+        )?;
         let state = Arc::new(ServerState::new(
             config.server.clone(),
             apps.clone(),
             Arc::new(MemoryPresence::default()),
             broadcaster,
             metrics,
-            Webhooks,
+            webhooks,
         ));
         for app in apps.all() {
             state.hub(&app);
@@ -147,6 +154,12 @@ impl Server {
                 "grace period over; exiting with sockets open"
             );
         }
+        // Webhooks queued so far (vacates of the closed sockets included) get what is left.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        state
+            .webhooks
+            .shutdown(left.max(Duration::from_secs(1)))
+            .await;
         sweeper.abort();
         if let Some(t) = metrics_task {
             t.abort();

@@ -546,40 +546,21 @@ fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
     })
 }
 
-fn parse_kind(s: &str) -> Option<WebhookKind> {
-    Some(match s {
-        "channel_occupied" => WebhookKind::ChannelOccupied,
-        "channel_vacated" => WebhookKind::ChannelVacated,
-        "member_added" => WebhookKind::MemberAdded,
-        "member_removed" => WebhookKind::MemberRemoved,
-        "client_event" => WebhookKind::ClientEvent,
-        "cache_miss" => WebhookKind::CacheMiss,
-        "subscription_count" => WebhookKind::SubscriptionCount,
-        _ => return None,
-    })
-}
-
 fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {
     if a.webhooks.is_empty() {
         return Ok(None);
     }
     let mut targets = Vec::new();
     for (i, w) in a.webhooks.iter().enumerate() {
-        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-            return Err(format!(
-                "webhooks[{i}].url {:?} must be an http(s) URL",
-                w.url
-            ));
-        }
         let event_types = w
             .event_types
             .iter()
             .map(|t| {
-                parse_kind(t)
-                    .ok_or_else(|| format!("webhooks[{i}].event_types: unknown event type {t:?}"))
+                t.parse::<WebhookKind>()
+                    .map_err(|_| format!("webhooks[{i}].event_types: unknown event type {t:?}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        targets.push(WebhookTarget {
+        let target = WebhookTarget {
             url: w.url.clone(),
             event_types,
             headers: w
@@ -589,7 +570,11 @@ fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {
                 .collect(),
             channel_prefix: w.channel_prefix.clone(),
             channel_suffix: w.channel_suffix.clone(),
-        });
+        };
+        target
+            .validate()
+            .map_err(|e| format!("webhooks[{i}] ({}): {e}", w.url))?;
+        targets.push(target);
     }
     Ok(Some(Arc::new(AppWebhooks {
         app_id: a.id.clone(),

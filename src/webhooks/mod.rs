@@ -1,75 +1,248 @@
-//! Webhooks (spec 6). Placeholder interface: the dispatcher lands in the next change.
+//! Webhooks (spec section 6): the server reports channel occupancy, presence membership,
+//! client events, cache misses and subscription counts to each app's configured URLs.
+//!
+//! [`Webhooks`] is the handle the rest of the server holds. [`Webhooks::emit`] never blocks:
+//! it filters, then `try_send`s into the app's bounded queue (overflow: the newest event is
+//! dropped, counted in `{prefix}_dropped_total{reason="queue_full"}` and logged at a
+//! rate-limited warn). Behind the queue, one task per app (`dispatcher.rs`) delays removals,
+//! de-duplicates, filters per target, batches, and hands requests to per-target lanes that
+//! sign, POST and retry.
+//!
+//! Codemap: `event.rs` wire shapes · `config.rs` targets, app and dispatcher settings, the
+//! per-target filter · `endpoint.rs` URL/header validation · `gate.rs` removal delay and
+//! de-duplication · `batch.rs` batching · `payload.rs` body and signature · `delivery.rs`
+//! timeout, back-off and status verdicts · `transport.rs` the HTTP client · `metrics.rs`
+//! Prometheus handles · `dispatcher.rs` the tasks.
+//!
+//! Not owned here: deciding that a channel became occupied or a member left (the callers do,
+//! from cluster-wide state), and TLS (only `http://` targets for now).
+//!
+//! Guarantees: a request never mixes apps or targets; each URL receives only the events its
+//! filter selects; one channel's events reach a URL in release order; delivery is
+//! at-least-once while the retry window lasts and nothing is persisted across restarts.
 
+mod batch;
+mod config;
+mod delivery;
+mod dispatcher;
+mod endpoint;
+mod error;
+mod event;
+mod gate;
+mod metrics;
+mod payload;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WebhookKind {
-    ChannelOccupied,
-    ChannelVacated,
-    MemberAdded,
-    MemberRemoved,
-    ClientEvent,
-    CacheMiss,
-    SubscriptionCount,
+use parking_lot::RwLock;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use config::{
+    AppWebhooks, DispatcherSettings, WebhookTarget, DEFAULT_BATCH_MAX_EVENTS, DEFAULT_BATCH_WINDOW,
+    DEFAULT_REMOVAL_DELAY,
+};
+pub use endpoint::validate_target_url;
+pub use error::WebhookError;
+pub use event::{WebhookEvent, WebhookKind};
+pub use gate::{CACHE_MISS_WINDOW, SUBSCRIPTION_COUNT_BUSY, SUBSCRIPTION_COUNT_INTERVAL};
+
+use delivery::DeliveryPolicy;
+use dispatcher::{AppDispatcher, Delivery, Queued, WarnLimiter, LANES_PER_TARGET, WARN_INTERVAL};
+use metrics::{AppMetrics, DropReason, WebhookMetrics};
+use transport::{HyperTransport, Transport};
+
+/// The webhooks handle: cheap to clone, shared by every part of the server that emits.
+#[derive(Clone)]
+pub struct Webhooks {
+    shared: Arc<Shared>,
 }
 
-#[derive(Debug, Clone)]
-pub struct WebhookTarget {
-    pub url: String,
-    pub event_types: Vec<WebhookKind>,
-    pub headers: Vec<(String, String)>,
-    pub channel_prefix: Option<String>,
-    pub channel_suffix: Option<String>,
+struct Shared {
+    runtime: Handle,
+    queue_capacity: usize,
+    delivery: Arc<Delivery>,
+    metrics: WebhookMetrics,
+    /// One entry per app that has emitted at least once. Read-locked on every emit, written
+    /// only when an app emits for the first time and at shutdown; never held across `.await`.
+    apps: RwLock<HashMap<String, AppQueue>>,
+    shutdown: watch::Sender<bool>,
+    closing: AtomicBool,
 }
 
-#[derive(Debug, Clone)]
-pub struct AppWebhooks {
-    pub app_id: String,
-    pub key: String,
-    pub secret: String,
-    pub targets: Vec<WebhookTarget>,
-    pub batching: bool,
-    pub batch_window: Duration,
-    pub batch_max_events: usize,
-    pub removal_delay: Duration,
+/// The sending side of one app's queue.
+struct AppQueue {
+    tx: mpsc::Sender<Queued>,
+    task: Option<JoinHandle<()>>,
+    metrics: AppMetrics,
+    overflow_warn: WarnLimiter,
 }
 
-#[derive(Debug, Clone)]
-pub enum WebhookEvent {
-    ChannelOccupied {
-        channel: String,
-    },
-    ChannelVacated {
-        channel: String,
-    },
-    MemberAdded {
-        channel: String,
-        user_id: String,
-    },
-    MemberRemoved {
-        channel: String,
-        user_id: String,
-    },
-    ClientEvent {
-        channel: String,
-        event: String,
-        data: String,
-        socket_id: String,
-        user_id: Option<String>,
-    },
-    CacheMiss {
-        channel: String,
-    },
-    SubscriptionCount {
-        channel: String,
-        subscription_count: u64,
-    },
+impl AppQueue {
+    fn offer(&self, app: &Arc<AppWebhooks>, event: WebhookEvent) {
+        // Counted before the send so the dispatcher's decrement can never run first.
+        self.metrics.queue_depth.inc();
+        let queued = Queued {
+            app: Arc::clone(app),
+            event,
+        };
+        let Err(err) = self.tx.try_send(queued) else {
+            return;
+        };
+        self.metrics.queue_depth.dec();
+        match err {
+            TrySendError::Full(_) => {
+                self.metrics.dropped(DropReason::QueueFull).inc();
+                if let Some(held_back) = self.overflow_warn.allow() {
+                    tracing::warn!(app_id = %app.app_id, held_back, "webhook queue full; dropping the newest events");
+                }
+            }
+            TrySendError::Closed(_) => self.metrics.dropped(DropReason::Shutdown).inc(),
+        }
+    }
 }
-
-#[derive(Clone, Default)]
-pub struct Webhooks;
 
 impl Webhooks {
-    pub fn emit(&self, _app: &Arc<AppWebhooks>, _event: WebhookEvent) {}
+    /// Registers the metrics (`{metric_prefix}_sent_total`, `_failed_total`,
+    /// `_retried_total`, `_dropped_total`, `_queue_depth`) and prepares the dispatcher on the
+    /// current tokio runtime. Each app's dispatcher task is spawned on that runtime when the
+    /// app first emits. Fails outside a runtime, on unusable settings, or when the metrics
+    /// cannot be registered.
+    pub fn start(
+        settings: DispatcherSettings,
+        registry: &prometheus::Registry,
+        metric_prefix: &str,
+    ) -> Result<Self, WebhookError> {
+        settings.check()?;
+        let metrics = WebhookMetrics::register(registry, metric_prefix)?;
+        let transport = Arc::new(HyperTransport::new(LANES_PER_TARGET));
+        Webhooks::start_with(settings, metrics, transport)
+    }
+
+    pub(crate) fn start_with(
+        settings: DispatcherSettings,
+        metrics: WebhookMetrics,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, WebhookError> {
+        settings.check()?;
+        let runtime = Handle::try_current().map_err(|_| WebhookError::NoRuntime)?;
+        let (shutdown, _) = watch::channel(false);
+        let shared = Shared {
+            runtime,
+            queue_capacity: settings.queue_capacity,
+            delivery: Arc::new(Delivery {
+                transport,
+                policy: DeliveryPolicy::from_settings(&settings),
+            }),
+            metrics,
+            apps: RwLock::new(HashMap::new()),
+            shutdown,
+            closing: AtomicBool::new(false),
+        };
+        Ok(Webhooks {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// Queues `event` for `app`. Never blocks or awaits, and may be called from any thread.
+    ///
+    /// Returns at once, doing nothing, when no target of `app` wants the event's kind on its
+    /// channel. Otherwise the event joins the app's bounded queue; when that is full the
+    /// event is dropped (counted and logged). Removals are held and may be cancelled by a
+    /// quick re-add (spec 6.4); repeated cache misses are de-duplicated. Callers report each
+    /// state change once and in order; this module does the delaying and de-duplication.
+    ///
+    /// Keep passing the same `Arc` while the app's configuration is unchanged: a different
+    /// `Arc` is compared with the previous one and, if its contents differ, applied from this
+    /// event on (unchanged targets keep their open batches).
+    pub fn emit(&self, app: &Arc<AppWebhooks>, event: WebhookEvent) {
+        if !app.wants(&event) {
+            return;
+        }
+        let shared = &*self.shared;
+        {
+            let apps = shared.apps.read();
+            if let Some(queue) = apps.get(&app.app_id) {
+                queue.offer(app, event);
+                return;
+            }
+        }
+        let mut apps = shared.apps.write();
+        if shared.closing.load(Ordering::Acquire) {
+            drop(apps);
+            let metrics = shared.metrics.for_app(&app.app_id);
+            metrics.dropped(DropReason::Shutdown).inc();
+            return;
+        }
+        let queue = apps
+            .entry(app.app_id.clone())
+            .or_insert_with(|| shared.open_app(app));
+        queue.offer(app, event);
+    }
+
+    /// Stops accepting events, then lets every app's dispatcher send what it holds: queued
+    /// events, held removals (released at once: the server is going away), open batches and
+    /// the lanes' backlogs, retries included. Whatever is still unsent after `grace` is
+    /// abandoned. Later `emit` calls are counted as dropped. Idempotent.
+    pub async fn shutdown(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        let tasks: Vec<(String, JoinHandle<()>)> = {
+            let mut apps = self.shared.apps.write();
+            self.shared.closing.store(true, Ordering::Release);
+            apps.iter_mut()
+                .filter_map(|(app_id, queue)| queue.task.take().map(|task| (app_id.clone(), task)))
+                .collect()
+        };
+        self.shared.shutdown.send_replace(true);
+        for (app_id, mut task) in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                // The aborted dispatcher can no longer drain its queue.
+                self.shared.metrics.for_app(&app_id).queue_depth.set(0);
+                tracing::warn!(app_id = %app_id, "webhook dispatcher did not finish within the shutdown grace; unsent webhooks abandoned");
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Creates an app's queue and spawns its dispatcher. Called under the `apps` write lock,
+    /// which is fine: spawning does not block.
+    fn open_app(&self, app: &Arc<AppWebhooks>) -> AppQueue {
+        let metrics = self.metrics.for_app(&app.app_id);
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let dispatcher = AppDispatcher::new(
+            Arc::clone(app),
+            rx,
+            self.shutdown.subscribe(),
+            Arc::clone(&self.delivery),
+            metrics.clone(),
+        );
+        let task = self.runtime.spawn(dispatcher.run());
+        AppQueue {
+            tx,
+            task: Some(task),
+            metrics,
+            overflow_warn: WarnLimiter::new(WARN_INTERVAL),
+        }
+    }
+}
+
+impl fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("apps", &self.shared.apps.read().len())
+            .field("closing", &self.shared.closing.load(Ordering::Relaxed))
+            .finish()
+    }
 }

@@ -10,3 +10,4 @@ mod client_events;
 mod connection;
 mod http_api;
 mod lifecycle;
+mod webhooks;

@@ -1,0 +1,220 @@
+//! Webhooks from a real server to a real receiver on loopback (spec 6).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::support::*;
+use resound::protocol::auth::hmac_sha256_hex;
+
+struct Hook {
+    content_type: String,
+    key: String,
+    signature: String,
+    body: Bytes,
+}
+
+/// A receiver answering 200 to everything; returns its URL and the requests it saw.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<Hook>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string()
+                        };
+                        let (content_type, key, signature) = (
+                            h("content-type"),
+                            h("x-pusher-key"),
+                            h("x-pusher-signature"),
+                        );
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        let _ = tx.send(Hook {
+                            content_type,
+                            key,
+                            signature,
+                            body,
+                        });
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"ok",
+                        ))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/hooks"), rx)
+}
+
+/// Collects events (flattened across requests) until `n` arrived or `wait` passed.
+async fn events(rx: &mut mpsc::UnboundedReceiver<Hook>, n: usize, wait: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while out.len() < n {
+        let Ok(Some(h)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            break;
+        };
+        assert_eq!(
+            h.content_type, "application/json",
+            "exactly application/json, no charset"
+        );
+        assert_eq!(h.key, KEY);
+        assert_eq!(
+            h.signature,
+            hmac_sha256_hex(SECRET.as_bytes(), &h.body),
+            "signature over the raw body"
+        );
+        let v: Value = serde_json::from_slice(&h.body).unwrap();
+        assert!(
+            v["time_ms"].as_u64().is_some_and(|t| t > 1_600_000_000_000),
+            "time_ms in milliseconds"
+        );
+        out.extend(v["events"].as_array().cloned().unwrap_or_default());
+    }
+    out
+}
+
+fn hook_config(url: &str) -> String {
+    config(
+        &format!("webhook_removal_delay = 1\n\n[[apps.webhooks]]\nurl = \"{url}\"\n"),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn occupancy_presence_client_and_cache_events_arrive_signed() {
+    let (url, mut rx) = receiver().await;
+    let s = TestServer::start(&hook_config(&url)).await;
+    let mut a = s.client().await;
+    a.subscribe_presence("presence-room", r#"{"user_id":"42"}"#)
+        .await;
+    let got = events(&mut rx, 2, Duration::from_secs(5)).await;
+    assert!(
+        got.contains(&json!({"name":"channel_occupied","channel":"presence-room"})),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&json!({"name":"member_added","channel":"presence-room","user_id":"42"})),
+        "{got:?}"
+    );
+
+    let mut b = s.client().await;
+    b.subscribe_presence("presence-room", r#"{"user_id":"7"}"#)
+        .await;
+    a.send(json!({"event":"client-typing","channel":"presence-room","data":{"typing":true}}))
+        .await;
+    b.subscribe("cache-empty").await;
+    // member_added (7), client_event, channel_occupied and cache_miss (cache-empty).
+    let got = events(&mut rx, 4, Duration::from_secs(5)).await;
+    assert!(
+        got.contains(&json!({"name":"member_added","channel":"presence-room","user_id":"7"})),
+        "{got:?}"
+    );
+    let client = got
+        .iter()
+        .find(|e| e["name"] == "client_event")
+        .expect("client_event webhook");
+    assert_eq!(client["event"], "client-typing");
+    assert_eq!(
+        client["data"], "{\"typing\":true}",
+        "client_event data is a string"
+    );
+    assert_eq!(client["user_id"], "42");
+    assert_eq!(client["socket_id"], a.socket_id.as_str());
+    assert!(
+        got.iter()
+            .any(|e| e == &json!({"name":"cache_miss","channel":"cache-empty"})),
+        "{got:?}"
+    );
+
+    // Leaving: member_removed and channel_vacated after the removal delay.
+    drop(a);
+    let got = events(&mut rx, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        got,
+        vec![json!({"name":"member_removed","channel":"presence-room","user_id":"42"})]
+    );
+}
+
+#[tokio::test]
+async fn a_quick_return_cancels_vacated_and_the_re_occupied() {
+    let (url, mut rx) = receiver().await;
+    let s = TestServer::start(&hook_config(&url)).await;
+    let mut a = s.client().await;
+    a.subscribe("reload").await;
+    assert_eq!(
+        events(&mut rx, 1, Duration::from_secs(5)).await,
+        vec![json!({"name":"channel_occupied","channel":"reload"})]
+    );
+    // A page reload: leave and come back within the delay.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut b = s.client().await;
+    b.subscribe("reload").await;
+    let got = events(&mut rx, 1, Duration::from_millis(2500)).await;
+    assert!(
+        got.is_empty(),
+        "a reload must not produce vacated/occupied: {got:?}"
+    );
+    // A real departure is reported after the delay.
+    drop(b);
+    let got = events(&mut rx, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        got,
+        vec![json!({"name":"channel_vacated","channel":"reload"})]
+    );
+}
+
+#[tokio::test]
+async fn a_dead_receiver_does_not_slow_publishing() {
+    let s = TestServer::start(&hook_config("http://127.0.0.1:9/never")).await;
+    let mut c = s.client().await;
+    c.subscribe("burst").await;
+    let api = s.api();
+    for i in 0..100 {
+        let items: Vec<Value> = (0..10)
+            .map(|j| json!({"channel":"burst","name":"e","data":format!("{}", i * 10 + j)}))
+            .collect();
+        assert_eq!(
+            api.post("/batch_events", &json!({"batch": items}))
+                .await
+                .status,
+            200
+        );
+    }
+    for i in 0..1000 {
+        assert_eq!(
+            c.recv().await["data"],
+            format!("{i}"),
+            "every message arrives in order"
+        );
+    }
+}
