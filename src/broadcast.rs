@@ -9,19 +9,28 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::channels::{CachedEvent, Fanout};
-use crate::cluster::{Adapter, RemoteEvent};
+use crate::cluster::{Adapter, ClusterState, RemoteEvent, Target};
 use crate::metrics::Metrics;
 use crate::protocol::{message, ChannelName, SocketId};
 use crate::state::AppHub;
 
 pub struct Broadcaster {
     adapter: Arc<dyn Adapter>,
+    cluster: Arc<dyn ClusterState>,
     metrics: Arc<Metrics>,
 }
 
 impl Broadcaster {
-    pub fn new(adapter: Arc<dyn Adapter>, metrics: Arc<Metrics>) -> Self {
-        Broadcaster { adapter, metrics }
+    pub fn new(
+        adapter: Arc<dyn Adapter>,
+        cluster: Arc<dyn ClusterState>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Broadcaster {
+            adapter,
+            cluster,
+            metrics,
+        }
     }
 
     pub fn adapter(&self) -> &Arc<dyn Adapter> {
@@ -39,11 +48,16 @@ impl Broadcaster {
         except: Option<SocketId>,
     ) -> Fanout {
         let frame = message::channel_event(name, channel.as_str(), data);
-        let cache = channel.kind().is_cache().then(|| CachedEvent {
-            frame: frame.clone(),
-            data: Arc::from(data),
-            expires: Instant::now() + hub.app.settings.cache_ttl,
-        });
+        let cache = channel
+            .kind()
+            .is_cache()
+            .then(|| CachedEvent {
+                frame: frame.clone(),
+                data: Arc::from(data),
+                expires: Instant::now() + hub.app.settings.cache_ttl,
+            })
+            // A cluster keeps the cache in its shared store; one node keeps it in the registry.
+            .filter(|c| !self.cluster.store_cache(hub, channel.as_str(), c));
         hub.metrics.api_events.inc();
         self.publish_frame(hub, channel, frame, except, cache)
     }
@@ -60,7 +74,7 @@ impl Broadcaster {
         let fanout = self.deliver_local(hub, channel, &frame, except, cache);
         self.adapter.publish(RemoteEvent {
             app: hub.app.id.clone(),
-            channel: channel.as_str().to_string(),
+            target: target_of(channel),
             frame,
             except,
         });
@@ -86,5 +100,13 @@ impl Broadcaster {
         #[allow(clippy::cast_precision_loss)]
         self.metrics.fanout_size.observe(fanout.delivered as f64);
         fanout
+    }
+}
+
+/// The cluster target of a channel: `#server-to-user-` channels route by user.
+pub fn target_of(channel: &ChannelName) -> Target {
+    match channel.server_to_user_id() {
+        Some(user) => Target::User(user.to_string()),
+        None => Target::Channel(channel.as_str().to_string()),
     }
 }

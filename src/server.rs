@@ -14,12 +14,15 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::app::{AppStore, StaticAppStore};
-use crate::broadcast::Broadcaster;
-use crate::cluster::LocalAdapter;
+use crate::cluster::redis::RedisCluster;
+use crate::cluster::{Adapter, ClusterError, ClusterState, Inbound, Local, Target};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::MemoryPresence;
+use crate::presence::PresenceStore;
+use crate::protocol::ChannelName;
 use crate::state::ServerState;
+use crate::webhooks::WebhookEvent;
 use crate::webhooks::{DispatcherSettings, WebhookError, Webhooks};
 
 /// Why the server could not start.
@@ -34,6 +37,8 @@ pub enum ServerError {
     Metrics(#[from] prometheus::Error),
     #[error("webhooks: {0}")]
     Webhooks(#[from] WebhookError),
+    #[error("scaling: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// A server bound to its port(s), not yet serving.
@@ -48,20 +53,48 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let metrics = Arc::new(Metrics::new(&config.server.metrics_prefix)?);
         let apps: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps));
-        let broadcaster = Broadcaster::new(Arc::new(LocalAdapter), metrics.clone());
         let webhooks = Webhooks::start(
             DispatcherSettings::default(),
             &metrics.registry,
             &format!("{}_webhooks", config.server.metrics_prefix),
         )?;
+        let (presence, cluster, adapter, redis, inbound): Backend = if config.scaling.enabled {
+            let (redis, inbound) = RedisCluster::connect(
+                &config.scaling.redis_url,
+                &config.scaling.channel,
+                &metrics.registry,
+                &config.server.metrics_prefix,
+            )
+            .await?;
+            (
+                redis.clone(),
+                redis.clone(),
+                redis.clone(),
+                Some(redis),
+                Some(inbound),
+            )
+        } else {
+            let local = Arc::new(Local);
+            (
+                Arc::new(MemoryPresence::default()),
+                local.clone(),
+                local,
+                None,
+                None,
+            )
+        };
         let state = Arc::new(ServerState::new(
             config.server.clone(),
             apps.clone(),
-            Arc::new(MemoryPresence::default()),
-            broadcaster,
+            presence,
+            cluster,
+            adapter,
             metrics,
             webhooks,
         ));
+        if let Some(rx) = inbound {
+            tokio::spawn(apply_inbound(state.clone(), rx, redis));
+        }
         for app in apps.all() {
             state.hub(&app);
         }
@@ -165,6 +198,88 @@ impl Server {
             t.abort();
         }
         info!("stopped");
+    }
+}
+
+type Backend = (
+    Arc<dyn PresenceStore>,
+    Arc<dyn ClusterState>,
+    Arc<dyn Adapter>,
+    Option<Arc<RedisCluster>>,
+    Option<tokio::sync::mpsc::Receiver<Inbound>>,
+);
+
+/// Applies what other nodes send: the owner of the local state is this task, through the
+/// same registries and broadcaster the local paths use.
+async fn apply_inbound(
+    state: Arc<ServerState>,
+    mut rx: tokio::sync::mpsc::Receiver<Inbound>,
+    redis: Option<Arc<RedisCluster>>,
+) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Inbound::Event(e) => {
+                let Some(app) = state.apps.find_by_id(e.app.as_str()) else {
+                    continue;
+                };
+                let hub = state.hub(&app);
+                let name = match &e.target {
+                    Target::Channel(c) => ChannelName::parse(c, usize::MAX),
+                    Target::User(u) => ChannelName::server_to_user(u),
+                };
+                if let Ok(name) = name {
+                    state
+                        .broadcaster
+                        .deliver_local(&hub, &name, &e.frame, e.except, None);
+                }
+            }
+            Inbound::Terminate {
+                app,
+                user,
+                presence,
+            } => {
+                let Some(app) = state.apps.find_by_id(app.as_str()) else {
+                    continue;
+                };
+                state.hub(&app).terminate_user(&user, presence);
+            }
+            Inbound::MemberGone {
+                app,
+                channel,
+                user,
+                frame,
+            } => {
+                let Some(app) = state.apps.find_by_id(app.as_str()) else {
+                    continue;
+                };
+                let hub = state.hub(&app);
+                if let Ok(name) = ChannelName::parse(&channel, usize::MAX) {
+                    state
+                        .broadcaster
+                        .deliver_local(&hub, &name, &frame, None, None);
+                }
+                state.webhook(
+                    &app,
+                    WebhookEvent::MemberRemoved {
+                        channel,
+                        user_id: user,
+                    },
+                );
+            }
+            Inbound::ChannelGone { app, channel } => {
+                let Some(app) = state.apps.find_by_id(app.as_str()) else {
+                    continue;
+                };
+                state.webhook(&app, WebhookEvent::ChannelVacated { channel });
+            }
+            Inbound::Resync => {
+                if let Some(redis) = &redis {
+                    if let Err(e) = redis.resync(&state.hubs()).await {
+                        warn!(error = %e, "publishing this node's state again failed");
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use crate::app::{App, AppId, AppStore};
 use crate::broadcast::Broadcaster;
 use crate::channels::users::UserRegistry;
 use crate::channels::ChannelRegistry;
+use crate::cluster::{Adapter, ClusterState};
 use crate::config::ServerConfig;
 use crate::connection::handle::ConnRef;
 use crate::metrics::{AppMetrics, Metrics};
@@ -70,6 +71,19 @@ impl AppHub {
     pub fn connection_count(&self) -> u64 {
         self.connection_count.load(Ordering::Acquire)
     }
+
+    /// Closes this node's connections signed in as `user` (and, with `presence`, those present
+    /// as `user` on a presence channel) with 4009.
+    pub fn terminate_user(&self, user: &str, presence: bool) {
+        self.users.terminate(user);
+        if presence {
+            for c in self.connections.iter() {
+                if c.value().is_present_as(user) {
+                    c.value().close(ErrorKind::Terminated);
+                }
+            }
+        }
+    }
 }
 
 pub struct ServerState {
@@ -77,6 +91,8 @@ pub struct ServerState {
     pub apps: Arc<dyn AppStore>,
     hubs: DashMap<AppId, Arc<AppHub>>,
     pub presence: Arc<dyn PresenceStore>,
+    pub cluster: Arc<dyn ClusterState>,
+    pub adapter: Arc<dyn Adapter>,
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
     pub webhooks: Webhooks,
@@ -85,19 +101,24 @@ pub struct ServerState {
 }
 
 impl ServerState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         server: ServerConfig,
         apps: Arc<dyn AppStore>,
         presence: Arc<dyn PresenceStore>,
-        broadcaster: Broadcaster,
+        cluster: Arc<dyn ClusterState>,
+        adapter: Arc<dyn Adapter>,
         metrics: Arc<Metrics>,
         webhooks: Webhooks,
     ) -> ServerState {
+        let broadcaster = Broadcaster::new(adapter.clone(), cluster.clone(), metrics.clone());
         ServerState {
             server,
             apps,
             hubs: DashMap::new(),
             presence,
+            cluster,
+            adapter,
             broadcaster,
             metrics,
             webhooks,

@@ -17,7 +17,7 @@ use dashmap::DashMap;
 
 use crate::connection::handle::{ConnRef, Delivery};
 use crate::metrics::AppMetrics;
-use crate::protocol::{ChannelKind, ChannelName, SocketId};
+use crate::protocol::{ChannelKind, ChannelName, PresenceMember, SocketId};
 
 /// The last event published to a cache channel.
 #[derive(Clone, Debug)]
@@ -29,9 +29,15 @@ pub struct CachedEvent {
     pub expires: Instant,
 }
 
+/// A local subscriber, with the presence member it joined as.
+struct Subscriber {
+    conn: ConnRef,
+    member: Option<PresenceMember>,
+}
+
 #[derive(Default)]
 struct Channel {
-    subscribers: HashMap<SocketId, ConnRef>,
+    subscribers: HashMap<SocketId, Subscriber>,
     cache: Option<CachedEvent>,
     /// When the last `subscription_count` event went out (throttled on big channels).
     last_count_event: Option<Instant>,
@@ -86,23 +92,36 @@ impl ChannelRegistry {
     }
 
     /// Adds `conn` to `channel` and, atomically with it, enqueues `succeeded` followed by the
-    /// cached event (cache channels). Returns `None` when the connection was already subscribed.
+    /// cached event of a cache channel: the one held here, else `shared_cache` (the cluster's).
+    /// Returns `None` when the connection was already subscribed.
     pub fn subscribe(
         &self,
         channel: &ChannelName,
         conn: &ConnRef,
         succeeded: &Bytes,
+        member: Option<PresenceMember>,
+        shared_cache: Option<&CachedEvent>,
     ) -> Option<Subscribed> {
         let mut entry = self.channels.entry(channel.clone()).or_default();
         if entry.subscribers.contains_key(&conn.socket_id) {
             return None;
         }
         let occupied = entry.subscribers.is_empty();
-        entry.subscribers.insert(conn.socket_id, conn.clone());
+        entry.subscribers.insert(
+            conn.socket_id,
+            Subscriber {
+                conn: conn.clone(),
+                member,
+            },
+        );
         conn.deliver(succeeded);
         let mut cache_hit = false;
         if channel.kind().is_cache() {
-            if let Some(cached) = entry.live_cache(Instant::now()) {
+            let now = Instant::now();
+            let cached = entry
+                .live_cache(now)
+                .or(shared_cache.filter(|c| c.expires > now));
+            if let Some(cached) = cached {
                 conn.deliver(&cached.frame);
                 cache_hit = true;
             }
@@ -209,6 +228,28 @@ impl ChannelRegistry {
             .collect()
     }
 
+    /// Every channel with local subscribers (server-to-user channels included) and its count.
+    pub fn occupied_all(&self) -> Vec<(ChannelName, usize)> {
+        self.channels
+            .iter()
+            .filter(|e| !e.value().subscribers.is_empty())
+            .map(|e| (e.key().clone(), e.value().subscribers.len()))
+            .collect()
+    }
+
+    /// Every local presence subscription: channel, socket and member.
+    pub fn presence_members(&self) -> Vec<(ChannelName, SocketId, PresenceMember)> {
+        let mut out = Vec::new();
+        for e in self.channels.iter() {
+            for (id, sub) in &e.value().subscribers {
+                if let Some(m) = &sub.member {
+                    out.push((e.key().clone(), *id, m.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Drops expired cached events of channels nobody is subscribed to.
     pub fn sweep_expired(&self) {
         let now = Instant::now();
@@ -218,16 +259,16 @@ impl ChannelRegistry {
 }
 
 fn deliver_all(
-    subscribers: &HashMap<SocketId, ConnRef>,
+    subscribers: &HashMap<SocketId, Subscriber>,
     frame: &Bytes,
     except: Option<SocketId>,
     fanout: &mut Fanout,
 ) {
-    for (id, conn) in subscribers {
+    for (id, sub) in subscribers {
         if Some(*id) == except {
             continue;
         }
-        match conn.deliver(frame) {
+        match sub.conn.deliver(frame) {
             Delivery::Queued => fanout.delivered += 1,
             Delivery::Overflow => fanout.overflowed += 1,
             Delivery::Closed => {}
@@ -270,7 +311,7 @@ mod tests {
         let f = r.publish(&ch, &Bytes::from_static(b"cached"), None, Some(cached));
         assert_eq!(f.delivered, 0);
         let (conn, mut rx) = ConnHandle::new(SocketId::from_parts(1, 1), 8);
-        let s = r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"));
+        let s = r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None);
         assert!(s.is_some_and(|s| s.occupied && s.cache_hit));
         r.publish(&ch, &Bytes::from_static(b"live"), None, None);
         assert_eq!(&text(rx.try_recv().ok())[..], b"ok");
@@ -285,11 +326,16 @@ mod tests {
         let (a, mut ra) = ConnHandle::new(SocketId::from_parts(1, 1), 8);
         let (b, mut rb) = ConnHandle::new(SocketId::from_parts(2, 2), 8);
         let ok = Bytes::from_static(b"ok");
-        assert!(r.subscribe(&ch, &a, &ok).is_some_and(|s| s.occupied));
         assert!(r
-            .subscribe(&ch, &b, &ok)
+            .subscribe(&ch, &a, &ok, None, None)
+            .is_some_and(|s| s.occupied));
+        assert!(r
+            .subscribe(&ch, &b, &ok, None, None)
             .is_some_and(|s| !s.occupied && s.count == 2));
-        assert!(r.subscribe(&ch, &b, &ok).is_none(), "duplicate subscribe");
+        assert!(
+            r.subscribe(&ch, &b, &ok, None, None).is_none(),
+            "duplicate subscribe"
+        );
         let _ = (ra.try_recv(), rb.try_recv());
         let f = r.publish(&ch, &Bytes::from_static(b"ev"), Some(a.socket_id), None);
         assert_eq!(f.delivered, 1);
@@ -308,8 +354,8 @@ mod tests {
         let (slow, _rs) = ConnHandle::new(SocketId::from_parts(1, 1), 2);
         let (fast, mut rf) = ConnHandle::new(SocketId::from_parts(2, 2), 64);
         let ok = Bytes::from_static(b"ok");
-        r.subscribe(&ch, &slow, &ok);
-        r.subscribe(&ch, &fast, &ok);
+        r.subscribe(&ch, &slow, &ok, None, None);
+        r.subscribe(&ch, &fast, &ok, None, None);
         let mut overflowed = 0;
         for _ in 0..10 {
             overflowed += r

@@ -1,39 +1,204 @@
-//! `Adapter`: the boundary to other nodes. A publish is delivered locally by the broadcaster
-//! and handed to the adapter already encoded; the adapter carries it to the other nodes, whose
-//! broadcasters deliver it to their own sockets. The local adapter (the embedded default) has
-//! no other nodes.
+//! The boundary to other nodes.
 //!
-//! `cluster` knows nothing of channels beyond their names: what arrives from other nodes is
-//! applied by the owner of the state.
+//! - `Adapter` carries encoded events between nodes (fan-out), with interest-based routing: a
+//!   node only receives traffic for channels and users it has local sockets for.
+//! - `ClusterState` answers what is true cluster-wide: subscription and connection counts,
+//!   occupied channels, the last event of cache channels.
+//! - Presence rosters live behind `presence::PresenceStore`.
+//!
+//! The local implementations serve one node (the embedded default); `redis` serves a cluster.
+//! `cluster` knows nothing of sockets: what arrives from other nodes is handed to the server as
+//! `Inbound` values and applied by the owner of the state (`server::apply_inbound`).
 
+pub mod redis;
+pub mod wire;
+
+use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::app::AppId;
+use crate::channels::CachedEvent;
 use crate::protocol::SocketId;
+use crate::state::AppHub;
+
+/// Who an event is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Subscribers of a channel.
+    Channel(String),
+    /// Every connection signed in as a user (`#server-to-user-`).
+    User(String),
+}
 
 /// An encoded event for the other nodes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteEvent {
     pub app: AppId,
-    pub channel: String,
+    pub target: Target,
     pub frame: Bytes,
     pub except: Option<SocketId>,
 }
 
+/// What other nodes ask this node to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// Deliver to local sockets.
+    Event(RemoteEvent),
+    /// Close every local connection signed in as `user` (and, with `presence`, every connection
+    /// present as `user`).
+    Terminate {
+        app: AppId,
+        user: String,
+        presence: bool,
+    },
+    /// A dead node's member left a presence channel: tell the local subscribers (already
+    /// encoded) and, on the node that reaped it, queue the webhook.
+    MemberGone {
+        app: AppId,
+        channel: String,
+        user: String,
+        frame: Bytes,
+    },
+    /// A dead node's last subscriber of a channel is gone cluster-wide (webhook only).
+    ChannelGone { app: AppId, channel: String },
+    /// This node's shared state was lost (reaped or Redis restarted): publish it again.
+    Resync,
+}
+
+/// A cluster backend failure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cluster backend: {0}")]
+pub struct ClusterError(pub String);
+
+/// Cross-node fan-out; at-most-once.
+#[async_trait]
 pub trait Adapter: Send + Sync {
-    /// Hands an encoded event to the other nodes. Never blocks; at-most-once.
+    /// Hands an encoded event to the other nodes that have an interest in its target. Returns
+    /// at once (queued).
     fn publish(&self, event: RemoteEvent);
-    /// Whether the adapter can currently reach the other nodes (for `/ready`).
+    /// A local socket now wants `target`'s events (one call per socket). When this returns,
+    /// events published anywhere reach this node.
+    async fn acquire(&self, app: &AppId, target: &Target);
+    /// The matching release of `acquire`.
+    async fn release(&self, app: &AppId, target: &Target);
+    /// Asks every other node to terminate `user`'s connections (returns at once).
+    fn terminate(&self, app: &AppId, user: &str, presence: bool);
+    /// Whether the backend is reachable (`/ready`).
     fn is_healthy(&self) -> bool;
 }
 
-/// One node, no peers.
-#[derive(Debug, Default)]
-pub struct LocalAdapter;
+/// Cluster-wide facts. `local` arguments are this node's figures after the change, which is all
+/// the local implementation needs.
+#[async_trait]
+pub trait ClusterState: Send + Sync {
+    /// A local subscription was added; returns the cluster-wide subscription count after it.
+    async fn subscribed(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+        local: usize,
+    ) -> Result<u64, ClusterError>;
+    /// A local subscription was removed; returns the cluster-wide count after it.
+    async fn unsubscribed(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+        local: usize,
+    ) -> Result<u64, ClusterError>;
+    /// Cluster-wide subscription count of one channel.
+    async fn subscription_count(&self, hub: &AppHub, channel: &str) -> Result<u64, ClusterError>;
+    /// Occupied channels whose name starts with `prefix`, with their subscription counts.
+    async fn occupied(
+        &self,
+        hub: &AppHub,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64)>, ClusterError>;
+    /// Reserves a connection slot under `max` cluster-wide; `false` when full.
+    async fn open_connection(&self, hub: &AppHub, max: Option<u64>) -> Result<bool, ClusterError>;
+    async fn close_connection(&self, hub: &AppHub) -> Result<(), ClusterError>;
+    /// Open connections of the app, cluster-wide.
+    async fn connections(&self, hub: &AppHub) -> Result<u64, ClusterError>;
+    /// Remembers the last event of a cache channel for every node; `false` when it is kept
+    /// only in the local registry.
+    fn store_cache(&self, hub: &AppHub, channel: &str, cached: &CachedEvent) -> bool;
+    /// The last event of a cache channel, wherever it was published.
+    async fn cached(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+    ) -> Result<Option<CachedEvent>, ClusterError>;
+}
 
-impl Adapter for LocalAdapter {
+/// One node, no peers: every answer comes from the local registries.
+#[derive(Debug, Default)]
+pub struct Local;
+
+#[async_trait]
+impl Adapter for Local {
     fn publish(&self, _event: RemoteEvent) {}
+    async fn acquire(&self, _app: &AppId, _target: &Target) {}
+    async fn release(&self, _app: &AppId, _target: &Target) {}
+    fn terminate(&self, _app: &AppId, _user: &str, _presence: bool) {}
     fn is_healthy(&self) -> bool {
         true
+    }
+}
+
+#[async_trait]
+impl ClusterState for Local {
+    async fn subscribed(
+        &self,
+        _hub: &AppHub,
+        _channel: &str,
+        local: usize,
+    ) -> Result<u64, ClusterError> {
+        Ok(local as u64)
+    }
+    async fn unsubscribed(
+        &self,
+        _hub: &AppHub,
+        _channel: &str,
+        local: usize,
+    ) -> Result<u64, ClusterError> {
+        Ok(local as u64)
+    }
+    async fn subscription_count(&self, hub: &AppHub, channel: &str) -> Result<u64, ClusterError> {
+        Ok(hub.channels.subscription_count(channel) as u64)
+    }
+    async fn occupied(
+        &self,
+        hub: &AppHub,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64)>, ClusterError> {
+        Ok(hub
+            .channels
+            .occupied(prefix)
+            .into_iter()
+            .map(|(c, n)| (c.to_string(), n as u64))
+            .collect())
+    }
+    async fn open_connection(
+        &self,
+        _hub: &AppHub,
+        _max: Option<u64>,
+    ) -> Result<bool, ClusterError> {
+        // The hub's own reservation already enforced `max` for this node.
+        Ok(true)
+    }
+    async fn close_connection(&self, _hub: &AppHub) -> Result<(), ClusterError> {
+        Ok(())
+    }
+    async fn connections(&self, hub: &AppHub) -> Result<u64, ClusterError> {
+        Ok(hub.connection_count())
+    }
+    fn store_cache(&self, _hub: &AppHub, _channel: &str, _cached: &CachedEvent) -> bool {
+        false
+    }
+    async fn cached(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+    ) -> Result<Option<CachedEvent>, ClusterError> {
+        Ok(hub.channels.cached(channel))
     }
 }

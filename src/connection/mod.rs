@@ -48,6 +48,9 @@ pub async fn run(io: Io, admission: Admission, state: Arc<ServerState>) {
                 serve(io, socket_id, app, hub.clone(), state.clone()).await;
                 hub.release_connection();
                 state.release_node_connection();
+                if let Err(e) = state.cluster.close_connection(&hub).await {
+                    debug!(error = %e, "cluster connection count not updated");
+                }
             }
             .instrument(span)
             .await;

@@ -9,6 +9,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
 use crate::app::{App, ClientEventPolicy};
+use crate::broadcast::target_of;
+use crate::cluster::Target;
 use crate::connection::handle::ConnRef;
 use crate::presence::Join;
 use crate::protocol::auth::{channel_string_to_sign, signin_string_to_sign, verify_token};
@@ -123,7 +125,7 @@ impl Session {
                 }
                 Ok(())
             }
-            ClientMessage::Signin { auth, user_data } => self.signin(&auth, &user_data),
+            ClientMessage::Signin { auth, user_data } => self.signin(&auth, &user_data).await,
             ClientMessage::ClientEvent {
                 event,
                 channel,
@@ -246,7 +248,31 @@ impl Session {
             Some(r) => message::presence_subscription_succeeded(name.as_str(), r),
             None => message::subscription_succeeded(name.as_str()),
         };
-        let Some(sub) = self.hub.channels.subscribe(&name, &self.conn, &succeeded) else {
+        // The cluster's copy of a cache channel's last event (one node: none, the registry
+        // holds it).
+        let shared_cache = if kind.is_cache() {
+            self.state
+                .cluster
+                .cached(&self.hub, name.as_str())
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(error = %e, "reading the shared cache failed");
+                    None
+                })
+        } else {
+            None
+        };
+        // From here on, events published on any node reach this one.
+        let target = target_of(&name);
+        self.state.adapter.acquire(&self.app.id, &target).await;
+        let Some(sub) = self.hub.channels.subscribe(
+            &name,
+            &self.conn,
+            &succeeded,
+            member.clone(),
+            shared_cache.as_ref(),
+        ) else {
+            self.state.adapter.release(&self.app.id, &target).await;
             return Ok(());
         };
         if kind.requires_signature() {
@@ -258,7 +284,20 @@ impl Session {
                 member: member.as_ref().map(|m| m.user_id.clone()),
             },
         );
-        if sub.occupied {
+        // Occupancy is decided cluster-wide: only the node that made the count 1 reports it.
+        let total = match self
+            .state
+            .cluster
+            .subscribed(&self.hub, name.as_str(), sub.count)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "counting a subscription cluster-wide failed");
+                0
+            }
+        };
+        if total == 1 {
             self.state.webhook(
                 &self.app,
                 WebhookEvent::ChannelOccupied {
@@ -299,7 +338,7 @@ impl Session {
                 },
             );
         }
-        self.subscription_count_changed(&name, sub.count);
+        self.subscription_count_changed(&name, total);
         Ok(())
     }
 
@@ -374,15 +413,25 @@ impl Session {
             return;
         };
         if let Some(u) = self.hub.channels.unsubscribe(name, self.conn.socket_id) {
-            if u.vacated {
-                self.state.webhook(
+            self.state
+                .adapter
+                .release(&self.app.id, &target_of(name))
+                .await;
+            match self
+                .state
+                .cluster
+                .unsubscribed(&self.hub, name.as_str(), u.count)
+                .await
+            {
+                Ok(0) => self.state.webhook(
                     &self.app,
                     WebhookEvent::ChannelVacated {
                         channel: name.to_string(),
                     },
-                );
+                ),
+                Ok(total) => self.subscription_count_changed(name, total),
+                Err(e) => warn!(error = %e, "counting an unsubscription cluster-wide failed"),
             }
-            self.subscription_count_changed(name, u.count);
         }
         if let Some(user) = sub.member {
             let last = self
@@ -422,17 +471,21 @@ impl Session {
         }
         if let Some(user) = self.user.take() {
             self.hub.users.remove(&user.id, self.conn.socket_id);
+            self.state
+                .adapter
+                .release(&self.app.id, &Target::User(user.id.to_string()))
+                .await;
         }
     }
 
-    fn subscription_count_changed(&self, name: &ChannelName, count: usize) {
+    fn subscription_count_changed(&self, name: &ChannelName, count: u64) {
         if !self.app.settings.subscription_count_events || !name.kind().counts_subscriptions() {
             return;
         }
         if count == 0 || !self.hub.channels.take_count_event_slot(name) {
             return;
         }
-        let frame = message::subscription_count(name.as_str(), count as u64);
+        let frame = message::subscription_count(name.as_str(), count);
         self.state
             .broadcaster
             .publish_frame(&self.hub, name, frame, None, None);
@@ -440,12 +493,12 @@ impl Session {
             &self.app,
             WebhookEvent::SubscriptionCount {
                 channel: name.to_string(),
-                subscription_count: count as u64,
+                subscription_count: count,
             },
         );
     }
 
-    fn signin(&mut self, auth: &str, user_data: &str) -> Result<(), Refusal> {
+    async fn signin(&mut self, auth: &str, user_data: &str) -> Result<(), Refusal> {
         if !self.app.settings.user_authentication {
             return Err(Refusal::new(ErrorKind::SigninFailed));
         }
@@ -463,6 +516,12 @@ impl Session {
         let max_watch = self.app.settings.max_watchlist_size;
         let over_watchlist = user.watchlist.len() > max_watch;
         user.watchlist.truncate(max_watch);
+        if self.user.is_none() {
+            self.state
+                .adapter
+                .acquire(&self.app.id, &Target::User(user.id.to_string()))
+                .await;
+        }
         self.hub.users.add(&user.id, &self.conn);
         self.conn.set_signed_in_user(user.id.clone());
         self.conn.deliver(&message::signin_success(user_data));

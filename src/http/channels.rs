@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::{ok_json, ApiError, ApiRequest};
 use crate::protocol::ChannelName;
+
 use crate::state::ServerState;
 
 fn attributes(r: &ApiRequest) -> Vec<String> {
@@ -36,14 +37,18 @@ pub(super) async fn list(
         ));
     }
     let mut channels = Map::new();
-    let mut occupied = r.hub.channels.occupied(prefix);
-    occupied.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let mut occupied = state
+        .cluster
+        .occupied(&r.hub, prefix)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    occupied.sort();
     for (name, count) in occupied {
         let mut attrs = Map::new();
-        if want_users && name.kind().is_presence() {
+        if want_users && name.starts_with("presence-") {
             let n = state
                 .presence
-                .members(&r.app.id, name.as_str())
+                .members(&r.app.id, &name)
                 .await
                 .map_or(0, |m| m.len());
             attrs.insert("user_count".into(), json!(n));
@@ -51,7 +56,7 @@ pub(super) async fn list(
         if want_subs {
             attrs.insert("subscription_count".into(), json!(count));
         }
-        channels.insert(name.to_string(), Value::Object(attrs));
+        channels.insert(name, Value::Object(attrs));
     }
     Ok(ok_json(&json!({ "channels": channels })))
 }
@@ -74,7 +79,11 @@ pub(super) async fn show(
             "user_count is only available for presence channels".into(),
         ));
     }
-    let count = r.hub.channels.subscription_count(channel.as_str());
+    let count = state
+        .cluster
+        .subscription_count(&r.hub, channel.as_str())
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let mut out = Map::new();
     out.insert("occupied".into(), json!(count > 0));
     for a in &info {
@@ -91,12 +100,17 @@ pub(super) async fn show(
                 out.insert("subscription_count".into(), json!(count));
             }
             "cache" => {
-                let cached = r.hub.channels.cached(channel.as_str()).map(|c| {
-                    let ttl = c
-                        .expires
-                        .saturating_duration_since(std::time::Instant::now());
-                    json!({"data": &*c.data, "ttl": ttl.as_secs()})
-                });
+                let cached = state
+                    .cluster
+                    .cached(&r.hub, channel.as_str())
+                    .await
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?
+                    .map(|c| {
+                        let ttl = c
+                            .expires
+                            .saturating_duration_since(std::time::Instant::now());
+                        json!({"data": &*c.data, "ttl": ttl.as_secs()})
+                    });
                 out.insert("cache".into(), cached.unwrap_or(Value::Null));
             }
             _ => {}
@@ -129,7 +143,15 @@ pub(super) async fn users(
     Ok(ok_json(&json!({ "users": users })))
 }
 
-/// `GET /apps/{id}/connections` (Reverb): open connections of the app.
-pub(super) fn connections(r: &ApiRequest) -> Result<Response<Full<Bytes>>, ApiError> {
-    Ok(ok_json(&json!({ "connections": r.hub.connection_count() })))
+/// `GET /apps/{id}/connections` (Reverb): open connections of the app, cluster-wide.
+pub(super) async fn connections(
+    state: &ServerState,
+    r: &ApiRequest,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let n = state
+        .cluster
+        .connections(&r.hub)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(ok_json(&json!({ "connections": n })))
 }

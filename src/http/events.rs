@@ -181,10 +181,10 @@ async fn info(state: &ServerState, hub: &AppHub, e: &Event) -> Value {
                     attrs.insert("user_count".into(), json!(n));
                 }
                 "subscription_count" => {
-                    attrs.insert(
-                        "subscription_count".into(),
-                        json!(hub.channels.subscription_count(c.as_str())),
-                    );
+                    // Best effort (spec 5.5): an unreachable backend omits the count.
+                    if let Ok(n) = state.cluster.subscription_count(hub, c.as_str()).await {
+                        attrs.insert("subscription_count".into(), json!(n));
+                    }
                 }
                 _ => {}
             }

@@ -252,8 +252,10 @@ async fn api(
         ["channels"] => channels::list(state, &r).await,
         ["channels", name] => channels::show(state, &r, &decode_segment(name)).await,
         ["channels", name, "users"] => channels::users(state, &r, &decode_segment(name)).await,
-        ["users", user, "terminate_connections"] => users::terminate(&r, &decode_segment(user)),
-        _ => channels::connections(&r),
+        ["users", user, "terminate_connections"] => {
+            users::terminate(state, &r, &decode_segment(user))
+        }
+        _ => channels::connections(state, &r).await,
     };
     (endpoint, result)
 }
@@ -277,7 +279,7 @@ async fn bare_terminate(
         .find_by_key(key)
         .ok_or_else(|| ApiError::Unauthorized("Unknown auth_key".into()))?;
     let (_, r) = signed(req, state, app, raw_path, path).await?;
-    users::terminate(&r, &decode_segment(user_id))
+    users::terminate(state, &r, &decode_segment(user_id))
 }
 
 fn decode_segment(s: &str) -> String {

@@ -6,21 +6,21 @@ use http_body_util::Full;
 use serde_json::json;
 
 use super::{ok_json, ApiError, ApiRequest};
-use crate::protocol::ErrorKind;
+use crate::state::ServerState;
 
 /// Closes every connection signed in as `user_id` with 4009 (and, with
-/// `terminate_presence_members`, every connection present as that user). Always `{}`.
-pub(super) fn terminate(r: &ApiRequest, user_id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+/// `terminate_presence_members`, every connection present as that user), on every node.
+/// Always `{}`.
+pub(super) fn terminate(
+    state: &ServerState,
+    r: &ApiRequest,
+    user_id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     if user_id.is_empty() {
         return Err(ApiError::BadRequest("user id is empty".into()));
     }
-    r.hub.users.terminate(user_id);
-    if r.app.settings.terminate_presence_members {
-        for c in r.hub.connections.iter() {
-            if c.value().is_present_as(user_id) {
-                c.value().close(ErrorKind::Terminated);
-            }
-        }
-    }
+    let presence = r.app.settings.terminate_presence_members;
+    r.hub.terminate_user(user_id, presence);
+    state.adapter.terminate(&r.app.id, user_id, presence);
     Ok(ok_json(&json!({})))
 }

@@ -74,13 +74,33 @@ pub(super) async fn upgrade(
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return ApiError::UpgradeRequired.into_response();
     }
-    let admission = admit(&req, key, &state);
+    let mut admission = admit(&req, key, &state);
+    // The app's connection quota is cluster-wide.
+    if let Admission::Accepted { app, hub } = &admission {
+        match state
+            .cluster
+            .open_connection(hub, app.settings.max_connections)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                hub.release_connection();
+                state.release_node_connection();
+                admission = Admission::Refused(ErrorKind::OverQuota {
+                    close_code: app.settings.over_quota_close_code,
+                });
+            }
+            // Backend unreachable: keep serving on this node's own limits.
+            Err(e) => debug!(error = %e, "cluster connection count unavailable"),
+        }
+    }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
             if let Admission::Accepted { hub, .. } = &admission {
                 hub.release_connection();
                 state.release_node_connection();
+                let _ = state.cluster.close_connection(hub).await;
             }
             debug!(error = %e, "bad upgrade request");
             return ApiError::BadRequest("Invalid WebSocket upgrade request".into())
@@ -95,6 +115,7 @@ pub(super) async fn upgrade(
                 if let Admission::Accepted { hub, .. } = admission {
                     hub.release_connection();
                     state.release_node_connection();
+                    let _ = state.cluster.close_connection(&hub).await;
                 }
             }
         }

@@ -7,6 +7,7 @@ mod support;
 
 mod channels;
 mod client_events;
+mod cluster;
 mod connection;
 mod http_api;
 mod lifecycle;

@@ -1,0 +1,979 @@
+//! The Redis cluster backend: fan-out over pub/sub with interest-based routing, presence and
+//! counts as shared state with per-node leases, cache channels shared through keys.
+//!
+//! Keys and channels (`P` = `[scaling] channel`, so several deployments can share one Redis):
+//!
+//! | name | type | content |
+//! |---|---|---|
+//! | `P#c#{app}#{channel}` | pub/sub | events for a channel; subscribed by nodes with local subscribers |
+//! | `P#u#{app}#{user}` | pub/sub | events for a user's connections (`#server-to-user-`) |
+//! | `P#ctl` | pub/sub | control messages (terminate), subscribed by every node |
+//! | `P:nodes` | zset | node id → lease expiry (ms); refreshed every `HEARTBEAT` |
+//! | `P:s:{app}` | hash | channel → cluster-wide subscription count |
+//! | `P:c` | hash | app → cluster-wide connection count |
+//! | `P:node:{id}:s` / `:c` | hash | this node's share of the two above (to undo when it dies) |
+//! | `P:p:{app}:{channel}:m` | hash | presence user → user_info |
+//! | `P:p:{app}:{channel}:n` | hash | presence user → connections cluster-wide |
+//! | `P:p:{app}:{channel}:o` | hash | `{node}|{user}` → that node's connections of the user |
+//! | `P:node:{id}:p` | set | `{app}\n{channel}\n{user}` the node holds (to undo when it dies) |
+//! | `P:cache:{app}:{channel}` | hash | `frame`, `data` of a cache channel's last event, with a TTL |
+//!
+//! Every membership and count change is one Lua script, so first/last transitions are decided
+//! atomically cluster-wide: `member_added`, `member_removed`, `channel_occupied` and
+//! `channel_vacated` happen once per cluster, on the node that made the transition. A node
+//! whose lease expires (it died) is reaped by the first survivor that claims it (`ZREM` returns
+//! 1 to one node only): its counts are subtracted and its members removed, with the matching
+//! `member_removed` broadcasts and webhooks. Bound: `LEASE` + `HEARTBEAT` (12 s).
+//!
+//! Delivery is at-most-once, like Pusher: events published while a node is not subscribed
+//! (Redis down, or between a first local subscribe and the `SUBSCRIBE` reply) are not replayed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{Client, Script};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::wire::{self, WireMessage};
+use super::{Adapter, ClusterError, ClusterState, Inbound, RemoteEvent, Target};
+use crate::app::AppId;
+use crate::channels::CachedEvent;
+use crate::presence::{Join, PresenceError, PresenceStore};
+use crate::protocol::{message, ChannelName, PresenceMember, SocketId, UserId};
+use crate::state::AppHub;
+
+/// How long a node's lease lasts without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(10);
+/// Heartbeat and reaper period.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Outgoing publishes queued before new ones are dropped (counted).
+const PUBLISH_QUEUE: usize = 65_536;
+/// Inbound messages queued for the server before new ones are dropped (counted).
+pub const INBOUND_QUEUE: usize = 65_536;
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+const JOIN: &str = r"
+local total = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if total == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {-1, {}} end
+redis.call('HINCRBY', KEYS[3], ARGV[2] .. '|' .. ARGV[1], 1)
+total = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('SADD', KEYS[4], ARGV[5])
+local first = 0
+if total == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]); first = 1 end
+return {first, redis.call('HGETALL', KEYS[1])}
+";
+
+const LEAVE: &str = r"
+local field = ARGV[2] .. '|' .. ARGV[1]
+local c = redis.call('HINCRBY', KEYS[3], field, -1)
+if c < 0 then redis.call('HDEL', KEYS[3], field); return 0 end
+if c == 0 then redis.call('HDEL', KEYS[3], field); redis.call('SREM', KEYS[4], ARGV[3]) end
+local t = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+if t <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]); redis.call('HDEL', KEYS[1], ARGV[1]); return 1 end
+return 0
+";
+
+/// Reaps one dead node's connections of one presence member; 1 when the user left the channel.
+const REAP_MEMBER: &str = r"
+local field = ARGV[1] .. '|' .. ARGV[2]
+local c = tonumber(redis.call('HGET', KEYS[3], field) or '0')
+redis.call('HDEL', KEYS[3], field)
+if c <= 0 then return 0 end
+local t = redis.call('HINCRBY', KEYS[2], ARGV[2], -c)
+if t <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]); redis.call('HDEL', KEYS[1], ARGV[2]); return 1 end
+return 0
+";
+
+/// Adds `delta` to a node's share and to the cluster-wide total; returns the total.
+const COUNT: &str = r"
+local n = redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
+if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
+local g = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[3])
+if g <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]); return 0 end
+return g
+";
+
+/// Reserves a connection under a cluster-wide maximum (ARGV[4], 0 = none); -1 when full.
+const OPEN: &str = r"
+local g = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local max = tonumber(ARGV[4])
+if max > 0 and g >= max then return -1 end
+redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
+return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[3])
+";
+
+struct Metrics {
+    publishes: IntCounter,
+    receives: IntCounter,
+    reconnects: IntCounter,
+    dropped: IntCounterVec,
+    publish_queue: IntGauge,
+    healthy: IntGauge,
+    reaped: IntCounter,
+}
+
+impl Metrics {
+    fn new(registry: &Registry, prefix: &str) -> Result<Metrics, prometheus::Error> {
+        let o = |n: &str, h: &str| Opts::new(n, h).namespace(prefix.to_string());
+        let m = Metrics {
+            publishes: IntCounter::with_opts(o(
+                "cluster_publishes_total",
+                "Messages published to other nodes",
+            ))?,
+            receives: IntCounter::with_opts(o(
+                "cluster_receives_total",
+                "Messages received from other nodes",
+            ))?,
+            reconnects: IntCounter::with_opts(o(
+                "cluster_reconnects_total",
+                "Pub/sub reconnections to the backend",
+            ))?,
+            dropped: IntCounterVec::new(
+                o(
+                    "cluster_dropped_total",
+                    "Cluster messages not delivered, by reason",
+                ),
+                &["reason"],
+            )?,
+            publish_queue: IntGauge::with_opts(o(
+                "cluster_publish_queue",
+                "Messages waiting to be published",
+            ))?,
+            healthy: IntGauge::with_opts(o("cluster_healthy", "1 while the backend is reachable"))?,
+            reaped: IntCounter::with_opts(o(
+                "cluster_reaped_nodes_total",
+                "Dead nodes whose state this node removed",
+            ))?,
+        };
+        registry.register(Box::new(m.publishes.clone()))?;
+        registry.register(Box::new(m.receives.clone()))?;
+        registry.register(Box::new(m.reconnects.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
+        registry.register(Box::new(m.publish_queue.clone()))?;
+        registry.register(Box::new(m.healthy.clone()))?;
+        registry.register(Box::new(m.reaped.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Pub/sub subscriptions this node needs, with local reference counts.
+#[derive(Default)]
+struct Interests {
+    counts: HashMap<String, usize>,
+    sink: Option<PubSubSink>,
+}
+
+pub struct RedisCluster {
+    node: u64,
+    prefix: String,
+    client: Client,
+    conn: ConnectionManager,
+    interests: tokio::sync::Mutex<Interests>,
+    /// Topics wanted, readable without the async lock (for resubscription).
+    wanted: Mutex<Vec<String>>,
+    publish_tx: mpsc::Sender<(String, Bytes)>,
+    inbound: mpsc::Sender<Inbound>,
+    healthy: AtomicBool,
+    /// Set after the first heartbeat: a later heartbeat that creates the lease anew means
+    /// this node's shared state was lost.
+    registered: AtomicBool,
+    metrics: Metrics,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    join: Script,
+    leave: Script,
+    reap_member: Script,
+    count: Script,
+    open: Script,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn err(e: &redis::RedisError) -> ClusterError {
+    ClusterError(e.to_string())
+}
+
+impl RedisCluster {
+    /// Connects (failing fast when Redis cannot be reached at start-up) and starts the
+    /// pub/sub reader, the publisher and the heartbeat/reaper tasks.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        registry: &Registry,
+        metric_prefix: &str,
+    ) -> Result<(Arc<RedisCluster>, mpsc::Receiver<Inbound>), ClusterError> {
+        let client = Client::open(url).map_err(|e| err(&e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(COMMAND_TIMEOUT)
+            .set_response_timeout(COMMAND_TIMEOUT)
+            .set_number_of_retries(2)
+            .set_max_delay(1000);
+        let conn = tokio::time::timeout(
+            COMMAND_TIMEOUT * 3,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| {
+            ClusterError(format!(
+                "timed out connecting to {}",
+                crate::config::mask_url_password(url)
+            ))
+        })?
+        .map_err(|e| err(&e))?;
+        let metrics =
+            Metrics::new(registry, metric_prefix).map_err(|e| ClusterError(e.to_string()))?;
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let cluster = Arc::new(RedisCluster {
+            node: rand::random::<u64>() >> 1,
+            prefix: prefix.to_string(),
+            client,
+            conn,
+            interests: tokio::sync::Mutex::new(Interests::default()),
+            wanted: Mutex::new(Vec::new()),
+            publish_tx,
+            inbound,
+            healthy: AtomicBool::new(true),
+            registered: AtomicBool::new(false),
+            metrics,
+            scripts: Scripts {
+                join: Script::new(JOIN),
+                leave: Script::new(LEAVE),
+                reap_member: Script::new(REAP_MEMBER),
+                count: Script::new(COUNT),
+                open: Script::new(OPEN),
+            },
+        });
+        cluster.metrics.healthy.set(1);
+        cluster.heartbeat().await?;
+        tokio::spawn(publisher(cluster.clone(), publish_rx));
+        tokio::spawn(subscriber(cluster.clone()));
+        tokio::spawn(heartbeats(cluster.clone()));
+        info!(node = cluster.node, prefix, "joined the cluster");
+        Ok((cluster, inbound_rx))
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node
+    }
+
+    fn topic(&self, app: &AppId, target: &Target) -> String {
+        match target {
+            Target::Channel(c) => format!("{}#c#{}#{}", self.prefix, app, c),
+            Target::User(u) => format!("{}#u#{}#{}", self.prefix, app, u),
+        }
+    }
+
+    fn control_topic(&self) -> String {
+        format!("{}#ctl", self.prefix)
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{}", self.prefix, rest)
+    }
+
+    fn node_key(&self, node: u64, what: &str) -> String {
+        format!("{}:node:{}:{}", self.prefix, node, what)
+    }
+
+    fn presence_keys(&self, app: &AppId, channel: &str) -> [String; 3] {
+        let base = format!("{}:p:{}:{}", self.prefix, app, channel);
+        [
+            format!("{base}:m"),
+            format!("{base}:n"),
+            format!("{base}:o"),
+        ]
+    }
+
+    fn set_healthy(&self, ok: bool) {
+        if self.healthy.swap(ok, Ordering::AcqRel) != ok {
+            if ok {
+                info!("cluster backend reachable again");
+            } else {
+                warn!("cluster backend unreachable; serving local clients only");
+            }
+        }
+        self.metrics.healthy.set(i64::from(ok));
+    }
+
+    fn check(&self) -> Result<(), ClusterError> {
+        if self.healthy.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(ClusterError("backend unreachable".into()))
+        }
+    }
+
+    fn enqueue(&self, topic: String, payload: Bytes) {
+        match self.publish_tx.try_send((topic, payload)) {
+            Ok(()) => self.metrics.publish_queue.inc(),
+            Err(_) => self
+                .metrics
+                .dropped
+                .with_label_values(&["publish_queue_full"])
+                .inc(),
+        }
+    }
+
+    /// Refreshes this node's lease. A lease that had to be created anew means this node's
+    /// shared state is gone (it was reaped, or Redis restarted): ask the server to resync.
+    async fn heartbeat(&self) -> Result<(), ClusterError> {
+        let mut conn = self.conn.clone();
+        let added: i64 = redis::cmd("ZADD")
+            .arg(self.key("nodes"))
+            .arg(now_ms() + u64::try_from(LEASE.as_millis()).unwrap_or(10_000))
+            .arg(self.node)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        let was_registered = self.registered.swap(true, Ordering::AcqRel);
+        if added == 1 && was_registered {
+            warn!("this node's cluster lease was gone; publishing its state again");
+            let _ = self.inbound.try_send(Inbound::Resync);
+        }
+        Ok(())
+    }
+
+    /// Claims and removes the state of nodes whose lease expired.
+    async fn reap(&self) -> Result<(), ClusterError> {
+        let mut conn = self.conn.clone();
+        let dead: Vec<u64> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.key("nodes"))
+            .arg("-inf")
+            .arg(now_ms())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        for node in dead {
+            let claimed: i64 = redis::cmd("ZREM")
+                .arg(self.key("nodes"))
+                .arg(node)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| err(&e))?;
+            if claimed == 1 {
+                warn!(dead = node, "reaping a node whose lease expired");
+                self.metrics.reaped.inc();
+                self.reap_node(node).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reap_node(&self, node: u64) -> Result<(), ClusterError> {
+        let mut conn = self.conn.clone();
+        // Presence members.
+        let entries: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.node_key(node, "p"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        for entry in entries {
+            let mut parts = entry.splitn(3, '\n');
+            let (Some(app), Some(channel), Some(user)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let app = AppId(app.into());
+            let [m, n, o] = self.presence_keys(&app, channel);
+            let mut inv = self.scripts.reap_member.prepare_invoke();
+            inv.key(&m).key(&n).key(&o).arg(node).arg(user);
+            let left: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            if left == 1 {
+                let frame = message::member_removed(channel, user);
+                self.publish(RemoteEvent {
+                    app: app.clone(),
+                    target: Target::Channel(channel.to_string()),
+                    frame: frame.clone(),
+                    except: None,
+                });
+                let _ = self.inbound.try_send(Inbound::MemberGone {
+                    app,
+                    channel: channel.to_string(),
+                    user: user.to_string(),
+                    frame,
+                });
+            }
+        }
+        // Subscription counts.
+        let subs: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.node_key(node, "s"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        for (field, count) in subs {
+            let Some((app, channel)) = field.split_once('\n') else {
+                continue;
+            };
+            let key = self.key(&format!("s:{app}"));
+            let mut inv = self.scripts.count.prepare_invoke();
+            inv.key(&key)
+                .key(self.node_key(node, "s"))
+                .arg(channel)
+                .arg(&field)
+                .arg(-count);
+            let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            if total == 0 {
+                let _ = self.inbound.try_send(Inbound::ChannelGone {
+                    app: AppId(app.into()),
+                    channel: channel.to_string(),
+                });
+            }
+        }
+        // Connection counts.
+        let conns: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.node_key(node, "c"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        for (app, count) in conns {
+            let mut inv = self.scripts.count.prepare_invoke();
+            inv.key(self.key("c"))
+                .key(self.node_key(node, "c"))
+                .arg(&app)
+                .arg(&app)
+                .arg(-count);
+            let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        }
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.node_key(node, "p"))
+            .arg(self.node_key(node, "s"))
+            .arg(self.node_key(node, "c"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    /// Takes a local reference on `target`; the first one subscribes (and waits for Redis to
+    /// confirm, so a `subscription_succeeded` sent after it means cluster events will arrive).
+    async fn acquire_topic(&self, app: &AppId, target: &Target) {
+        let topic = self.topic(app, target);
+        let mut i = self.interests.lock().await;
+        let count = i.counts.entry(topic.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.wanted.lock().push(topic.clone());
+            if let Some(sink) = i.sink.as_mut() {
+                if tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&topic))
+                    .await
+                    .is_err()
+                {
+                    warn!(%topic, "SUBSCRIBE timed out; the reconnect loop will retry");
+                }
+            }
+        }
+    }
+
+    /// Drops a local reference on `target`; the last one unsubscribes.
+    async fn release_topic(&self, app: &AppId, target: &Target) {
+        let topic = self.topic(app, target);
+        let mut i = self.interests.lock().await;
+        let Some(count) = i.counts.get_mut(&topic) else {
+            return;
+        };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            i.counts.remove(&topic);
+            self.wanted.lock().retain(|t| t != &topic);
+            if let Some(sink) = i.sink.as_mut() {
+                let _ = tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&topic)).await;
+            }
+        }
+    }
+
+    fn handle(&self, payload: &[u8]) {
+        self.metrics.receives.inc();
+        let msg = match wire::decode(&Bytes::copy_from_slice(payload)) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics
+                    .dropped
+                    .with_label_values(&["undecodable"])
+                    .inc();
+                warn!(error = %e, "ignoring a cluster message");
+                return;
+            }
+        };
+        let inbound = match msg {
+            // The publishing node already applied its own messages.
+            WireMessage::Event { origin, .. } | WireMessage::Terminate { origin, .. }
+                if origin == self.node =>
+            {
+                return
+            }
+            WireMessage::Event { event, .. } => Inbound::Event(event),
+            WireMessage::Terminate {
+                app,
+                user,
+                presence,
+                ..
+            } => Inbound::Terminate {
+                app,
+                user,
+                presence,
+            },
+        };
+        if self.inbound.try_send(inbound).is_err() {
+            self.metrics
+                .dropped
+                .with_label_values(&["inbound_queue_full"])
+                .inc();
+        }
+    }
+}
+
+async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<(String, Bytes)>) {
+    let mut batch = Vec::with_capacity(128);
+    while rx.recv_many(&mut batch, 128).await > 0 {
+        cluster.metrics.publish_queue.sub(batch.len() as i64);
+        if !cluster.healthy.load(Ordering::Acquire) {
+            cluster
+                .metrics
+                .dropped
+                .with_label_values(&["backend_down"])
+                .inc_by(batch.len() as u64);
+            batch.clear();
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (topic, payload) in &batch {
+            pipe.cmd("PUBLISH")
+                .arg(topic)
+                .arg(payload.as_ref())
+                .ignore();
+        }
+        let mut conn = cluster.conn.clone();
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => cluster.metrics.publishes.inc_by(batch.len() as u64),
+            Err(e) => {
+                warn!(error = %e, lost = batch.len(), "publishing to the cluster failed");
+                cluster
+                    .metrics
+                    .dropped
+                    .with_label_values(&["publish_failed"])
+                    .inc_by(batch.len() as u64);
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Keeps one pub/sub connection, resubscribing every wanted topic after each reconnect.
+async fn subscriber(cluster: Arc<RedisCluster>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        match cluster.client.get_async_pubsub().await {
+            Ok(pubsub) => {
+                let (mut sink, mut stream) = pubsub.split();
+                let mut topics = cluster.wanted.lock().clone();
+                topics.push(cluster.control_topic());
+                let mut ok = sink.subscribe(&topics).await.is_ok();
+                if ok {
+                    // Topics wanted while we were subscribing are caught by `acquire`, which
+                    // waits for this lock.
+                    let mut i = cluster.interests.lock().await;
+                    let now: Vec<String> = cluster.wanted.lock().clone();
+                    let missing: Vec<&String> =
+                        now.iter().filter(|t| !topics.contains(t)).collect();
+                    if !missing.is_empty() {
+                        ok = sink.subscribe(&missing).await.is_ok();
+                    }
+                    i.sink = Some(sink);
+                }
+                if ok {
+                    if !first {
+                        cluster.metrics.reconnects.inc();
+                        info!("cluster pub/sub reconnected and resubscribed");
+                    }
+                    first = false;
+                    backoff = Duration::from_millis(100);
+                    cluster.set_healthy(true);
+                    while let Some(msg) = stream.next().await {
+                        cluster.handle(msg.get_payload_bytes());
+                    }
+                    warn!("cluster pub/sub connection lost");
+                }
+                cluster.interests.lock().await.sink = None;
+                cluster.set_healthy(false);
+            }
+            Err(e) => {
+                cluster.set_healthy(false);
+                warn!(error = %e, "cannot reach the cluster backend");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn heartbeats(cluster: Arc<RedisCluster>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = async {
+            cluster.heartbeat().await?;
+            cluster.reap().await
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(error = %e, "cluster heartbeat failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Adapter for RedisCluster {
+    fn publish(&self, event: RemoteEvent) {
+        let topic = self.topic(&event.app, &event.target);
+        self.enqueue(topic, wire::encode_event(self.node, &event));
+    }
+
+    async fn acquire(&self, app: &AppId, target: &Target) {
+        self.acquire_topic(app, target).await;
+    }
+
+    async fn release(&self, app: &AppId, target: &Target) {
+        self.release_topic(app, target).await;
+    }
+
+    fn terminate(&self, app: &AppId, user: &str, presence: bool) {
+        self.enqueue(
+            self.control_topic(),
+            wire::encode_terminate(self.node, app, user, presence),
+        );
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+}
+
+#[async_trait]
+impl ClusterState for RedisCluster {
+    async fn subscribed(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+        _local: usize,
+    ) -> Result<u64, ClusterError> {
+        self.count(hub, channel, 1).await
+    }
+
+    async fn unsubscribed(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+        _local: usize,
+    ) -> Result<u64, ClusterError> {
+        self.count(hub, channel, -1).await
+    }
+
+    async fn subscription_count(&self, hub: &AppHub, channel: &str) -> Result<u64, ClusterError> {
+        self.check()?;
+        let mut conn = self.conn.clone();
+        let n: Option<u64> = redis::cmd("HGET")
+            .arg(self.key(&format!("s:{}", hub.app.id)))
+            .arg(channel)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn occupied(
+        &self,
+        hub: &AppHub,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64)>, ClusterError> {
+        self.check()?;
+        let mut conn = self.conn.clone();
+        let all: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.key(&format!("s:{}", hub.app.id)))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(all
+            .into_iter()
+            .filter(|(c, n)| *n > 0 && c.starts_with(prefix) && !c.starts_with('#'))
+            .map(|(c, n)| (c, n.unsigned_abs()))
+            .collect())
+    }
+
+    async fn open_connection(&self, hub: &AppHub, max: Option<u64>) -> Result<bool, ClusterError> {
+        self.check()?;
+        let mut conn = self.conn.clone();
+        let app = hub.app.id.as_str();
+        let mut inv = self.scripts.open.prepare_invoke();
+        inv.key(self.key("c"))
+            .key(self.node_key(self.node, "c"))
+            .arg(app)
+            .arg(app)
+            .arg(1)
+            .arg(max.unwrap_or(0));
+        let n: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        Ok(n >= 0)
+    }
+
+    async fn close_connection(&self, hub: &AppHub) -> Result<(), ClusterError> {
+        self.check()?;
+        let mut conn = self.conn.clone();
+        let app = hub.app.id.as_str();
+        let mut inv = self.scripts.count.prepare_invoke();
+        inv.key(self.key("c"))
+            .key(self.node_key(self.node, "c"))
+            .arg(app)
+            .arg(app)
+            .arg(-1);
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    async fn connections(&self, hub: &AppHub) -> Result<u64, ClusterError> {
+        self.check()?;
+        let mut conn = self.conn.clone();
+        let n: Option<u64> = redis::cmd("HGET")
+            .arg(self.key("c"))
+            .arg(hub.app.id.as_str())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    fn store_cache(&self, hub: &AppHub, channel: &str, cached: &CachedEvent) -> bool {
+        let key = self.key(&format!("cache:{}:{}", hub.app.id, channel));
+        let ttl = u64::try_from(hub.app.settings.cache_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let (frame, data) = (cached.frame.clone(), cached.data.clone());
+        let mut conn = self.conn.clone();
+        tokio::spawn(async move {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(&key)
+                .arg("frame")
+                .arg(frame.as_ref())
+                .arg("data")
+                .arg(&*data)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl)
+                .ignore();
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                warn!(error = %e, "storing a cache channel event failed");
+            }
+        });
+        true
+    }
+
+    async fn cached(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+    ) -> Result<Option<CachedEvent>, ClusterError> {
+        self.check()?;
+        let key = self.key(&format!("cache:{}:{}", hub.app.id, channel));
+        let mut conn = self.conn.clone();
+        let (frame, data, ttl): (Option<Vec<u8>>, Option<String>, i64) = redis::pipe()
+            .cmd("HGET")
+            .arg(&key)
+            .arg("frame")
+            .cmd("HGET")
+            .arg(&key)
+            .arg("data")
+            .cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        let (Some(frame), Some(data)) = (frame, data) else {
+            return Ok(None);
+        };
+        if ttl <= 0 {
+            return Ok(None);
+        }
+        Ok(Some(CachedEvent {
+            frame: Bytes::from(frame),
+            data: data.into(),
+            expires: std::time::Instant::now() + Duration::from_millis(ttl.unsigned_abs()),
+        }))
+    }
+}
+
+impl RedisCluster {
+    async fn count(&self, hub: &AppHub, channel: &str, delta: i64) -> Result<u64, ClusterError> {
+        self.check()?;
+        let mut conn = self.conn.clone();
+        let field = format!("{}\n{}", hub.app.id, channel);
+        let mut inv = self.scripts.count.prepare_invoke();
+        inv.key(self.key(&format!("s:{}", hub.app.id)))
+            .key(self.node_key(self.node, "s"))
+            .arg(channel)
+            .arg(field)
+            .arg(delta);
+        let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        Ok(total.max(0).unsigned_abs())
+    }
+
+    /// Publishes this node's local state again after it was lost (see `Inbound::Resync`):
+    /// connection and subscription counts and presence memberships.
+    pub async fn resync(&self, hubs: &[Arc<AppHub>]) -> Result<(), ClusterError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.node_key(self.node, "s"))
+            .arg(self.node_key(self.node, "c"))
+            .arg(self.node_key(self.node, "p"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        for hub in hubs {
+            let app = hub.app.id.as_str();
+            let n = hub.connection_count();
+            if n > 0 {
+                let mut inv = self.scripts.count.prepare_invoke();
+                inv.key(self.key("c"))
+                    .key(self.node_key(self.node, "c"))
+                    .arg(app)
+                    .arg(app)
+                    .arg(n);
+                let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            }
+            for (channel, count) in hub.channels.occupied_all() {
+                let mut inv = self.scripts.count.prepare_invoke();
+                inv.key(self.key(&format!("s:{app}")))
+                    .key(self.node_key(self.node, "s"))
+                    .arg(channel.as_str())
+                    .arg(format!("{app}\n{channel}"))
+                    .arg(count);
+                let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            }
+            for (channel, socket, member) in hub.channels.presence_members() {
+                self.join(&hub.app.id, &channel, &member, socket, usize::MAX)
+                    .await
+                    .map_err(|e| ClusterError(e.0))?;
+            }
+        }
+        info!("cluster state published again");
+        Ok(())
+    }
+}
+
+fn roster(flat: Vec<String>) -> Vec<PresenceMember> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(user), Some(info)) = (it.next(), it.next()) {
+        let Some(user_id) = UserId::new(&user) else {
+            continue;
+        };
+        let user_info = if info == "null" {
+            None
+        } else {
+            serde_json::value::RawValue::from_string(info)
+                .ok()
+                .map(Arc::from)
+        };
+        out.push(PresenceMember { user_id, user_info });
+    }
+    out
+}
+
+#[async_trait]
+impl PresenceStore for RedisCluster {
+    async fn join(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        member: &PresenceMember,
+        _socket: SocketId,
+        max_members: usize,
+    ) -> Result<Join, PresenceError> {
+        self.check().map_err(|e| PresenceError(e.0))?;
+        let [m, n, o] = self.presence_keys(app, channel.as_str());
+        let info = member.user_info.as_ref().map_or("null", |i| i.get());
+        let entry = format!("{}\n{}\n{}", app, channel, member.user_id);
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.join.prepare_invoke();
+        inv.key(&m)
+            .key(&n)
+            .key(&o)
+            .key(self.node_key(self.node, "p"))
+            .arg(member.user_id.as_str())
+            .arg(self.node)
+            .arg(info)
+            .arg(max_members.min(i64::MAX as usize))
+            .arg(entry);
+        let (first, flat): (i64, Vec<String>) = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| PresenceError(e.to_string()))?;
+        if first < 0 {
+            return Ok(Join::Full);
+        }
+        Ok(Join::Joined {
+            first: first == 1,
+            roster: roster(flat),
+        })
+    }
+
+    async fn leave(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        user: &UserId,
+        _socket: SocketId,
+    ) -> Result<bool, PresenceError> {
+        self.check().map_err(|e| PresenceError(e.0))?;
+        let [m, n, o] = self.presence_keys(app, channel.as_str());
+        let entry = format!("{}\n{}\n{}", app, channel, user);
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.leave.prepare_invoke();
+        inv.key(&m)
+            .key(&n)
+            .key(&o)
+            .key(self.node_key(self.node, "p"))
+            .arg(user.as_str())
+            .arg(self.node)
+            .arg(entry);
+        let last: i64 = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| PresenceError(e.to_string()))?;
+        Ok(last == 1)
+    }
+
+    async fn members(
+        &self,
+        app: &AppId,
+        channel: &str,
+    ) -> Result<Vec<PresenceMember>, PresenceError> {
+        self.check().map_err(|e| PresenceError(e.0))?;
+        let [m, _, _] = self.presence_keys(app, channel);
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = redis::cmd("HGETALL")
+            .arg(&m)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| PresenceError(e.to_string()))?;
+        Ok(roster(flat))
+    }
+}

@@ -1,0 +1,544 @@
+//! Cluster mode over a real Redis: several nodes (in this process, and real processes for the
+//! node-failure test) share one Redis; every behaviour a client or the HTTP API sees must be
+//! cluster-wide. Redis must run on 127.0.0.1:6379 (`.ci/run` starts it); these tests fail, not
+//! skip, without it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+fn prefix() -> String {
+    format!("it-{}", resound::protocol::SocketId::random()).replace('.', "-")
+}
+
+/// The test app on a cluster node: `[scaling]` goes between `[server]` and `[[apps]]`.
+fn cluster_config(prefix: &str, redis_url: &str, extra: &str) -> String {
+    let scaling = format!(
+        "shutdown_grace_period = 2\n\n[scaling]\nenabled = true\nredis_url = \"{redis_url}\"\nchannel = \"{prefix}\""
+    );
+    config(extra, "").replace("shutdown_grace_period = 2", &scaling)
+}
+
+const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+async fn nodes(n: usize, extra: &str) -> Vec<TestServer> {
+    let p = prefix();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(TestServer::start(&cluster_config(&p, REDIS, extra)).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_trigger_on_one_node_reaches_subscribers_on_every_node_once() {
+    let ns = nodes(3, "").await;
+    let mut clients = Vec::new();
+    for n in &ns {
+        let mut c = n.client().await;
+        assert_eq!(
+            c.subscribe("news").await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+        clients.push(c);
+    }
+    let r = ns[0]
+        .api()
+        .trigger(&["news"], "headline", "{\"n\":1}")
+        .await;
+    assert_eq!(r.status, 200);
+    for c in &mut clients {
+        assert_eq!(
+            c.recv().await,
+            json!({"event":"headline","channel":"news","data":"{\"n\":1}"})
+        );
+        c.expect_silence(Duration::from_millis(200), "delivered twice")
+            .await;
+    }
+    // socket_id exclusion crosses nodes too.
+    let excluded = clients[2].socket_id.clone();
+    ns[0]
+        .api()
+        .post(
+            "/events",
+            &json!({"name":"e","channels":["news"],"data":"{}","socket_id":excluded}),
+        )
+        .await;
+    assert_eq!(clients[0].recv().await["event"], "e");
+    assert_eq!(clients[1].recv().await["event"], "e");
+    clients[2]
+        .expect_silence(
+            Duration::from_millis(300),
+            "excluded socket on another node",
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn client_events_cross_nodes_and_are_not_echoed() {
+    let ns = nodes(2, "").await;
+    let mut a = ns[0].client().await;
+    let mut b = ns[1].client().await;
+    a.subscribe_presence("presence-chat", r#"{"user_id":"1"}"#)
+        .await;
+    b.subscribe_presence("presence-chat", r#"{"user_id":"2"}"#)
+        .await;
+    a.recv_event("pusher_internal:member_added").await;
+    a.send(json!({"event":"client-typing","channel":"presence-chat","data":{"t":1}}))
+        .await;
+    let got = b.recv_event("client-typing").await;
+    assert_eq!(got["user_id"], "1");
+    a.expect_silence(Duration::from_millis(300), "echo").await;
+}
+
+#[tokio::test]
+async fn presence_is_per_user_across_nodes() {
+    let ns = nodes(3, "").await;
+    let ch = "presence-room";
+    let mut watcher = ns[2].client().await;
+    watcher.subscribe_presence(ch, r#"{"user_id":"w"}"#).await;
+    // User 42 on node 0, then a second tab on node 1.
+    let mut tab1 = ns[0].client().await;
+    let r1 = data_json(
+        &tab1
+            .subscribe_presence(ch, r#"{"user_id":42,"user_info":{"name":"Ada"}}"#)
+            .await,
+    );
+    assert_eq!(r1["presence"]["count"], 2);
+    let added = watcher.recv_event("pusher_internal:member_added").await;
+    assert_eq!(data_json(&added)["user_id"], "42");
+    let mut tab2 = ns[1].client().await;
+    let r2 = data_json(
+        &tab2
+            .subscribe_presence(ch, r#"{"user_id":"42","user_info":{"name":"Ada"}}"#)
+            .await,
+    );
+    assert_eq!(
+        r2["presence"]["count"], 2,
+        "a second tab on another node is the same member"
+    );
+    watcher
+        .expect_silence(
+            Duration::from_millis(300),
+            "member_added for a second connection",
+        )
+        .await;
+    // The same roster from every node's HTTP API.
+    for n in &ns {
+        let users = n.api().get(&format!("/channels/{ch}/users"), &[]).await;
+        let mut ids: Vec<String> = users.body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec!["42", "w"]);
+        let info = n
+            .api()
+            .get(
+                &format!("/channels/{ch}"),
+                &[("info", "user_count,subscription_count")],
+            )
+            .await;
+        assert_eq!(
+            info.body,
+            json!({"occupied":true,"user_count":2,"subscription_count":3})
+        );
+    }
+    drop(tab1);
+    watcher
+        .expect_silence(
+            Duration::from_millis(400),
+            "member_removed while another tab remains",
+        )
+        .await;
+    drop(tab2);
+    let removed = watcher.recv_event("pusher_internal:member_removed").await;
+    assert_eq!(data_json(&removed), json!({"user_id":"42"}));
+}
+
+#[tokio::test]
+async fn http_answers_agree_on_every_node() {
+    let ns = nodes(3, "").await;
+    let mut keep = Vec::new();
+    for (i, n) in ns.iter().enumerate() {
+        let mut c = n.client().await;
+        c.subscribe("shared").await;
+        c.subscribe(&format!("only-{i}")).await;
+        keep.push(c);
+    }
+    for n in &ns {
+        let list = n
+            .api()
+            .get("/channels", &[("info", "subscription_count")])
+            .await;
+        assert_eq!(
+            list.body,
+            json!({"channels":{"only-0":{"subscription_count":1},"only-1":{"subscription_count":1},"only-2":{"subscription_count":1},"shared":{"subscription_count":3}}})
+        );
+        assert_eq!(
+            n.api().get("/connections", &[]).await.body,
+            json!({"connections":3})
+        );
+        let info = n
+            .api()
+            .post(
+                "/events",
+                &json!({"name":"e","channels":["shared"],"data":"{}","info":"subscription_count"}),
+            )
+            .await;
+        assert_eq!(
+            info.body,
+            json!({"channels":{"shared":{"subscription_count":3}}})
+        );
+    }
+    drop(keep);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in &ns {
+        assert_eq!(
+            n.api().get("/channels", &[]).await.body,
+            json!({"channels":{}})
+        );
+        assert_eq!(
+            n.api().get("/connections", &[]).await.body,
+            json!({"connections":0})
+        );
+    }
+}
+
+#[tokio::test]
+async fn app_connection_quota_is_cluster_wide() {
+    let ns = nodes(2, "max_connections = 2").await;
+    let _a = ns[0].client().await;
+    let _b = ns[1].client().await;
+    let mut ws = Client::raw(&ns[0].ws_url(KEY, "protocol=7")).await;
+    let first = next_json(&mut ws).await.unwrap();
+    assert_eq!(
+        first["data"]["code"], 4004,
+        "third connection across the cluster is over quota"
+    );
+}
+
+#[tokio::test]
+async fn terminate_and_send_to_user_reach_every_node() {
+    let ns = nodes(2, "").await;
+    let mut a = ns[0].client().await;
+    a.signin(r#"{"id":"u1"}"#).await;
+    let mut b = ns[1].client().await;
+    b.signin(r#"{"id":"u1"}"#).await;
+    let r = ns[1]
+        .api()
+        .trigger(&["#server-to-user-u1"], "note", "{}")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(a.recv().await["event"], "note");
+    assert_eq!(b.recv().await["event"], "note");
+    ns[0]
+        .api()
+        .post("/users/u1/terminate_connections", &json!({}))
+        .await;
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.recv().await["data"]["code"], 4009);
+        assert_eq!(c.closed().await, Some(4009));
+    }
+}
+
+#[tokio::test]
+async fn cache_channels_are_shared() {
+    let ns = nodes(2, "").await;
+    ns[0]
+        .api()
+        .trigger(&["cache-board"], "state", "{\"v\":7}")
+        .await;
+    let mut c = ns[1].client().await;
+    c.subscribe("cache-board").await;
+    assert_eq!(
+        c.recv().await,
+        json!({"event":"state","channel":"cache-board","data":"{\"v\":7}"})
+    );
+    let info = ns[1]
+        .api()
+        .get("/channels/cache-board", &[("info", "cache")])
+        .await;
+    assert_eq!(info.body["cache"]["data"], "{\"v\":7}");
+}
+
+// ---- real processes: node failure and Redis restart ----
+
+struct Proc {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn_node(toml: &str) -> Proc {
+    let dir = std::env::temp_dir().join(format!("resound-node-{}", prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("resound.toml");
+    std::fs::write(&path, toml).unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_resound"))
+        .arg("--config")
+        .arg(&path)
+        .env("RESOUND_SERVER__PORT", port.to_string())
+        .env("RESOUND_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn resound");
+    wait_up(port).await;
+    Proc { child, port }
+}
+
+async fn wait_up(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server on port {port} did not come up");
+}
+
+#[tokio::test]
+async fn a_killed_nodes_members_are_removed_by_the_survivors() {
+    let p = prefix();
+    let toml = cluster_config(&p, REDIS, "");
+    let survivor = TestServer::start(&toml).await;
+    let doomed = spawn_node(&toml).await;
+    let mut watcher = survivor.client().await;
+    watcher
+        .subscribe_presence("presence-crash", r#"{"user_id":"stay"}"#)
+        .await;
+    let mut victim = Client::connect(&format!(
+        "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
+        doomed.port
+    ))
+    .await;
+    victim
+        .subscribe_presence("presence-crash", r#"{"user_id":"gone"}"#)
+        .await;
+    watcher.recv_event("pusher_internal:member_added").await;
+    let killed_at = Instant::now();
+    drop(doomed); // SIGKILL: no goodbye to Redis.
+    let removed = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some(v) = next_json(&mut watcher.ws).await {
+                    return v;
+                }
+            }
+        })
+        .await
+        .expect("member_removed within 20 s of the crash");
+        if ev["event"] == "pusher_internal:member_removed" {
+            break ev;
+        }
+    };
+    assert_eq!(data_json(&removed), json!({"user_id":"gone"}));
+    assert!(
+        killed_at.elapsed() <= Duration::from_secs(15),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    let users = survivor
+        .api()
+        .get("/channels/presence-crash/users", &[])
+        .await;
+    assert_eq!(users.body, json!({"users":[{"id":"stay"}]}));
+    assert_eq!(
+        survivor.api().get("/connections", &[]).await.body,
+        json!({"connections":1})
+    );
+}
+
+struct RedisProc {
+    child: Child,
+    port: u16,
+}
+
+impl RedisProc {
+    async fn start(port: u16) -> RedisProc {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        wait_up(port).await;
+        RedisProc { child, port }
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn delivery_resumes_after_redis_restarts() {
+    let port = free_port();
+    let redis = RedisProc::start(port).await;
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let p = prefix();
+    let a = TestServer::start(&cluster_config(&p, &url, "")).await;
+    let b = TestServer::start(&cluster_config(&p, &url, "")).await;
+    let mut sub = b.client().await;
+    sub.subscribe("live").await;
+    a.api().trigger(&["live"], "before", "{}").await;
+    assert_eq!(sub.recv().await["event"], "before");
+
+    drop(redis);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The node keeps serving its own clients and says it is not ready.
+    let local = a.api().trigger(&["live"], "local-only", "{}").await;
+    assert_eq!(local.status, 200);
+    let mut ready = 200;
+    for _ in 0..40 {
+        ready = raw_request("GET", &a.url("/ready"), String::new())
+            .await
+            .status;
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 503, "/ready reports the lost backend");
+
+    let _redis = RedisProc::start(port).await;
+    // Without restarting any node, cross-node delivery comes back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    loop {
+        n += 1;
+        a.api().trigger(&["live"], "after", &format!("{n}")).await;
+        if let Ok(Some(v)) =
+            tokio::time::timeout(Duration::from_millis(300), next_json(&mut sub.ws)).await
+        {
+            if v["event"] == "after" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivery did not resume after Redis came back"
+        );
+    }
+    assert_eq!(
+        raw_request("GET", &a.url("/ready"), String::new())
+            .await
+            .status,
+        200
+    );
+    // Counts were published again (Redis came back empty).
+    let mut count = json!(null);
+    for _ in 0..50 {
+        count = a
+            .api()
+            .get("/channels/live", &[("info", "subscription_count")])
+            .await
+            .body;
+        if count["subscription_count"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count, json!({"occupied":true,"subscription_count":1}));
+}
+
+#[tokio::test]
+async fn occupancy_webhooks_fire_once_per_cluster() {
+    use http_body_util::{BodyExt, Full};
+    use std::convert::Infallible;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let b = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                                for e in v["events"].as_array().cloned().unwrap_or_default() {
+                                    let _ = tx.send(e);
+                                }
+                            }
+                            Ok::<_, Infallible>(hyper::Response::new(
+                                Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let ns = nodes(2, &format!("webhook_removal_delay = 1\n\n[[apps.webhooks]]\nurl = \"{url}\"\nevent_types = [\"channel_occupied\", \"channel_vacated\"]\n")).await;
+    let mut a = ns[0].client().await;
+    a.subscribe("both").await;
+    let mut b = ns[1].client().await;
+    b.subscribe("both").await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(b);
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        got.push(e);
+    }
+    assert_eq!(
+        got,
+        vec![
+            json!({"name":"channel_occupied","channel":"both"}),
+            json!({"name":"channel_vacated","channel":"both"})
+        ],
+        "one occupied/vacated pair per channel across the cluster"
+    );
+}
