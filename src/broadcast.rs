@@ -103,6 +103,22 @@ impl Broadcaster {
     }
 }
 
+impl Broadcaster {
+    /// Tells every watcher of `user`, on every node, that the user came online or went
+    /// offline (spec 3.8).
+    pub fn publish_watch(&self, hub: &AppHub, user: &str, online: bool) {
+        let name = if online { "online" } else { "offline" };
+        let frame = message::watchlist_events(&[(name, vec![user.to_string()])]);
+        hub.watchers.deliver(user, &frame);
+        self.adapter.publish(RemoteEvent {
+            app: hub.app.id.clone(),
+            target: Target::Watchers(user.to_string()),
+            frame,
+            except: None,
+        });
+    }
+}
+
 /// The cluster target of a channel: `#server-to-user-` channels route by user.
 pub fn target_of(channel: &ChannelName) -> Target {
     match channel.server_to_user_id() {

@@ -226,6 +226,10 @@ async fn apply_inbound(
                 let name = match &e.target {
                     Target::Channel(c) => ChannelName::parse(c, usize::MAX),
                     Target::User(u) => ChannelName::server_to_user(u),
+                    Target::Watchers(u) => {
+                        hub.watchers.deliver(u, &e.frame);
+                        continue;
+                    }
                 };
                 if let Ok(name) = name {
                     state
@@ -265,6 +269,16 @@ async fn apply_inbound(
                         user_id: user,
                     },
                 );
+            }
+            Inbound::UserGone { app, user } => {
+                let Some(app) = state.apps.find_by_id(app.as_str()) else {
+                    continue;
+                };
+                if app.settings.watchlist_events {
+                    state
+                        .broadcaster
+                        .publish_watch(&state.hub(&app), &user, false);
+                }
             }
             Inbound::ChannelGone { app, channel } => {
                 let Some(app) = state.apps.find_by_id(app.as_str()) else {

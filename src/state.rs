@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use crate::app::{App, AppId, AppStore};
 use crate::broadcast::Broadcaster;
-use crate::channels::users::UserRegistry;
+use crate::channels::users::{UserRegistry, WatcherRegistry};
 use crate::channels::ChannelRegistry;
 use crate::cluster::{Adapter, ClusterState};
 use crate::config::ServerConfig;
@@ -25,6 +25,7 @@ pub struct AppHub {
     pub app: Arc<App>,
     pub channels: ChannelRegistry,
     pub users: UserRegistry,
+    pub watchers: WatcherRegistry,
     pub connections: DashMap<SocketId, ConnRef>,
     connection_count: AtomicU64,
     pub metrics: AppMetrics,
@@ -38,6 +39,7 @@ impl AppHub {
         AppHub {
             channels: ChannelRegistry::new(m.clone()),
             users: UserRegistry::default(),
+            watchers: WatcherRegistry::default(),
             connections: DashMap::new(),
             connection_count: AtomicU64::new(0),
             metrics: m,

@@ -191,8 +191,9 @@ impl ChannelRegistry {
 
     /// Whether a `subscription_count` event may go out now (and records that it does).
     pub fn take_count_event_slot(&self, channel: &ChannelName) -> bool {
+        // No local subscriber left (the change came from here, the audience is elsewhere).
         let Some(mut entry) = self.channels.get_mut(channel) else {
-            return false;
+            return true;
         };
         let now = Instant::now();
         if entry.subscribers.len() > COUNT_THROTTLE_ABOVE {

@@ -65,4 +65,50 @@ impl UserRegistry {
     pub fn is_online(&self, user: &str) -> bool {
         self.users.get(user).is_some_and(|c| !c.is_empty())
     }
+
+    /// This node's signed-in connections of `user`.
+    pub fn count(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, |c| c.len())
+    }
+
+    /// Every signed-in user of this node with its connection count.
+    pub fn counts(&self) -> Vec<(UserId, usize)> {
+        self.users
+            .iter()
+            .map(|e| (e.key().clone(), e.value().len()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// Connections watching each user (watchlist events, spec 3.8).
+#[derive(Default)]
+pub struct WatcherRegistry {
+    watchers: DashMap<UserId, Vec<ConnRef>>,
+}
+
+impl WatcherRegistry {
+    pub fn add(&self, watched: &UserId, conn: &ConnRef) {
+        let mut entry = self.watchers.entry(watched.clone()).or_default();
+        if !entry.iter().any(|c| c.socket_id == conn.socket_id) {
+            entry.push(conn.clone());
+        }
+    }
+
+    pub fn remove(&self, watched: &UserId, socket_id: SocketId) {
+        if let Some(mut entry) = self.watchers.get_mut(watched) {
+            entry.retain(|c| c.socket_id != socket_id);
+        }
+        self.watchers.remove_if(watched, |_, v| v.is_empty());
+    }
+
+    /// Delivers `frame` to every local watcher of `user`.
+    pub fn deliver(&self, user: &str, frame: &Bytes) -> usize {
+        self.watchers.get(user).map_or(0, |conns| {
+            conns
+                .iter()
+                .filter(|c| c.deliver(frame) == Delivery::Queued)
+                .count()
+        })
+    }
 }

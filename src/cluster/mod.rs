@@ -28,6 +28,8 @@ pub enum Target {
     Channel(String),
     /// Every connection signed in as a user (`#server-to-user-`).
     User(String),
+    /// Every connection watching a user (watchlist events, spec 3.8).
+    Watchers(String),
 }
 
 /// An encoded event for the other nodes.
@@ -61,6 +63,8 @@ pub enum Inbound {
     },
     /// A dead node's last subscriber of a channel is gone cluster-wide (webhook only).
     ChannelGone { app: AppId, channel: String },
+    /// A dead node held a user's last signed-in connection: the user is offline.
+    UserGone { app: AppId, user: String },
     /// This node's shared state was lost (reaped or Redis restarted): publish it again.
     Resync,
 }
@@ -127,6 +131,17 @@ pub trait ClusterState: Send + Sync {
         hub: &AppHub,
         channel: &str,
     ) -> Result<Option<CachedEvent>, ClusterError>;
+    /// A connection signed in as `user` (`delta` 1) or went away (-1); returns the user's
+    /// signed-in connections cluster-wide after it (`local`: this node's, after it).
+    async fn signed_in(
+        &self,
+        hub: &AppHub,
+        user: &str,
+        delta: i64,
+        local: usize,
+    ) -> Result<u64, ClusterError>;
+    /// Which of `users` have a signed-in connection anywhere.
+    async fn online(&self, hub: &AppHub, users: &[String]) -> Result<Vec<bool>, ClusterError>;
 }
 
 /// One node, no peers: every answer comes from the local registries.
@@ -200,5 +215,17 @@ impl ClusterState for Local {
         channel: &str,
     ) -> Result<Option<CachedEvent>, ClusterError> {
         Ok(hub.channels.cached(channel))
+    }
+    async fn signed_in(
+        &self,
+        _hub: &AppHub,
+        _user: &str,
+        _delta: i64,
+        local: usize,
+    ) -> Result<u64, ClusterError> {
+        Ok(local as u64)
+    }
+    async fn online(&self, hub: &AppHub, users: &[String]) -> Result<Vec<bool>, ClusterError> {
+        Ok(users.iter().map(|u| hub.users.is_online(u)).collect())
     }
 }

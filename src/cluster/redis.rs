@@ -276,6 +276,7 @@ impl RedisCluster {
         match target {
             Target::Channel(c) => format!("{}#c#{}#{}", self.prefix, app, c),
             Target::User(u) => format!("{}#u#{}#{}", self.prefix, app, u),
+            Target::Watchers(u) => format!("{}#w#{}#{}", self.prefix, app, u),
         }
     }
 
@@ -377,6 +378,71 @@ impl RedisCluster {
 
     async fn reap_node(&self, node: u64) -> Result<(), ClusterError> {
         let mut conn = self.conn.clone();
+        // Counts first, so that when clients see `member_removed` the HTTP API agrees.
+        // Connection counts.
+        let conns: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.node_key(node, "c"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        for (app, count) in conns {
+            let mut inv = self.scripts.count.prepare_invoke();
+            inv.key(self.key("c"))
+                .key(self.node_key(node, "c"))
+                .arg(&app)
+                .arg(&app)
+                .arg(-count);
+            let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        }
+        // Subscription counts.
+        let subs: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.node_key(node, "s"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        for (field, count) in subs {
+            let Some((app, channel)) = field.split_once('\n') else {
+                continue;
+            };
+            let key = self.key(&format!("s:{app}"));
+            let mut inv = self.scripts.count.prepare_invoke();
+            inv.key(&key)
+                .key(self.node_key(node, "s"))
+                .arg(channel)
+                .arg(&field)
+                .arg(-count);
+            let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            if total == 0 {
+                let _ = self.inbound.try_send(Inbound::ChannelGone {
+                    app: AppId(app.into()),
+                    channel: channel.to_string(),
+                });
+            }
+        }
+        // Signed-in users.
+        let users: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.node_key(node, "u"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        for (field, count) in users {
+            let Some((app, user)) = field.split_once('\n') else {
+                continue;
+            };
+            let mut inv = self.scripts.count.prepare_invoke();
+            inv.key(self.key(&format!("u:{app}")))
+                .key(self.node_key(node, "u"))
+                .arg(user)
+                .arg(&field)
+                .arg(-count);
+            let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            if total == 0 {
+                let _ = self.inbound.try_send(Inbound::UserGone {
+                    app: AppId(app.into()),
+                    user: user.to_string(),
+                });
+            }
+        }
         // Presence members.
         let entries: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.node_key(node, "p"))
@@ -410,50 +476,11 @@ impl RedisCluster {
                 });
             }
         }
-        // Subscription counts.
-        let subs: Vec<(String, i64)> = redis::cmd("HGETALL")
-            .arg(self.node_key(node, "s"))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| err(&e))?;
-        for (field, count) in subs {
-            let Some((app, channel)) = field.split_once('\n') else {
-                continue;
-            };
-            let key = self.key(&format!("s:{app}"));
-            let mut inv = self.scripts.count.prepare_invoke();
-            inv.key(&key)
-                .key(self.node_key(node, "s"))
-                .arg(channel)
-                .arg(&field)
-                .arg(-count);
-            let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
-            if total == 0 {
-                let _ = self.inbound.try_send(Inbound::ChannelGone {
-                    app: AppId(app.into()),
-                    channel: channel.to_string(),
-                });
-            }
-        }
-        // Connection counts.
-        let conns: Vec<(String, i64)> = redis::cmd("HGETALL")
-            .arg(self.node_key(node, "c"))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| err(&e))?;
-        for (app, count) in conns {
-            let mut inv = self.scripts.count.prepare_invoke();
-            inv.key(self.key("c"))
-                .key(self.node_key(node, "c"))
-                .arg(&app)
-                .arg(&app)
-                .arg(-count);
-            let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
-        }
         let _: i64 = redis::cmd("DEL")
             .arg(self.node_key(node, "p"))
             .arg(self.node_key(node, "s"))
             .arg(self.node_key(node, "c"))
+            .arg(self.node_key(node, "u"))
             .query_async(&mut conn)
             .await
             .map_err(|e| err(&e))?;
@@ -818,6 +845,41 @@ impl ClusterState for RedisCluster {
             expires: std::time::Instant::now() + Duration::from_millis(ttl.unsigned_abs()),
         }))
     }
+
+    async fn signed_in(
+        &self,
+        hub: &AppHub,
+        user: &str,
+        delta: i64,
+        _local: usize,
+    ) -> Result<u64, ClusterError> {
+        self.check()?;
+        let mut conn = self.conn.clone();
+        let field = format!("{}\n{}", hub.app.id, user);
+        let mut inv = self.scripts.count.prepare_invoke();
+        inv.key(self.key(&format!("u:{}", hub.app.id)))
+            .key(self.node_key(self.node, "u"))
+            .arg(user)
+            .arg(field)
+            .arg(delta);
+        let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        Ok(total.max(0).unsigned_abs())
+    }
+
+    async fn online(&self, hub: &AppHub, users: &[String]) -> Result<Vec<bool>, ClusterError> {
+        self.check()?;
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let counts: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(self.key(&format!("u:{}", hub.app.id)))
+            .arg(users)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(counts.into_iter().map(|c| c.unwrap_or(0) > 0).collect())
+    }
 }
 
 impl RedisCluster {
@@ -843,6 +905,7 @@ impl RedisCluster {
             .arg(self.node_key(self.node, "s"))
             .arg(self.node_key(self.node, "c"))
             .arg(self.node_key(self.node, "p"))
+            .arg(self.node_key(self.node, "u"))
             .query_async(&mut conn)
             .await
             .map_err(|e| err(&e))?;
@@ -865,6 +928,15 @@ impl RedisCluster {
                     .arg(channel.as_str())
                     .arg(format!("{app}\n{channel}"))
                     .arg(count);
+                let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            }
+            for (user, n) in hub.users.counts() {
+                let mut inv = self.scripts.count.prepare_invoke();
+                inv.key(self.key(&format!("u:{app}")))
+                    .key(self.node_key(self.node, "u"))
+                    .arg(user.as_str())
+                    .arg(format!("{app}\n{user}"))
+                    .arg(n);
                 let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
             }
             for (channel, socket, member) in hub.channels.presence_members() {

@@ -18,6 +18,7 @@ const KIND_CHANNEL: u8 = 1;
 const KIND_USER: u8 = 2;
 const KIND_TERMINATE: u8 = 3;
 const KIND_TERMINATE_PRESENCE: u8 = 4;
+const KIND_WATCHERS: u8 = 5;
 
 const FLAG_EXCEPT: u8 = 1;
 
@@ -71,6 +72,7 @@ pub fn encode_event(origin: u64, e: &RemoteEvent) -> Bytes {
     let (kind, target) = match &e.target {
         Target::Channel(c) => (KIND_CHANNEL, c.as_str()),
         Target::User(u) => (KIND_USER, u.as_str()),
+        Target::Watchers(u) => (KIND_WATCHERS, u.as_str()),
     };
     let mut buf = BytesMut::with_capacity(24 + e.app.as_str().len() + target.len() + e.frame.len());
     header(&mut buf, kind, origin, e.except);
@@ -138,11 +140,11 @@ pub fn decode(msg: &Bytes) -> Result<WireMessage, WireError> {
     let target = r.str()?;
     let consumed = msg.len() - r.b.len();
     match kind {
-        KIND_CHANNEL | KIND_USER => {
-            let target = if kind == KIND_CHANNEL {
-                Target::Channel(target)
-            } else {
-                Target::User(target)
+        KIND_CHANNEL | KIND_USER | KIND_WATCHERS => {
+            let target = match kind {
+                KIND_CHANNEL => Target::Channel(target),
+                KIND_USER => Target::User(target),
+                _ => Target::Watchers(target),
             };
             Ok(WireMessage::Event {
                 origin,

@@ -475,6 +475,30 @@ impl Session {
                 .adapter
                 .release(&self.app.id, &Target::User(user.id.to_string()))
                 .await;
+            let local = self.hub.users.count(user.id.as_str());
+            match self
+                .state
+                .cluster
+                .signed_in(&self.hub, user.id.as_str(), -1, local)
+                .await
+            {
+                Ok(0) if self.app.settings.watchlist_events => {
+                    self.state
+                        .broadcaster
+                        .publish_watch(&self.hub, user.id.as_str(), false);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "counting a sign-out cluster-wide failed"),
+            }
+            if self.app.settings.watchlist_events {
+                for watched in &user.watchlist {
+                    self.hub.watchers.remove(watched, self.conn.socket_id);
+                    self.state
+                        .adapter
+                        .release(&self.app.id, &Target::Watchers(watched.to_string()))
+                        .await;
+                }
+            }
         }
     }
 
@@ -516,7 +540,9 @@ impl Session {
         let max_watch = self.app.settings.max_watchlist_size;
         let over_watchlist = user.watchlist.len() > max_watch;
         user.watchlist.truncate(max_watch);
-        if self.user.is_none() {
+        // A repeated sign-in with the same id only answers again.
+        let first_signin = self.user.is_none();
+        if first_signin {
             self.state
                 .adapter
                 .acquire(&self.app.id, &Target::User(user.id.to_string()))
@@ -524,20 +550,54 @@ impl Session {
         }
         self.hub.users.add(&user.id, &self.conn);
         self.conn.set_signed_in_user(user.id.clone());
+        if first_signin {
+            let local = self.hub.users.count(user.id.as_str());
+            match self
+                .state
+                .cluster
+                .signed_in(&self.hub, user.id.as_str(), 1, local)
+                .await
+            {
+                Ok(1) if self.app.settings.watchlist_events => {
+                    self.state
+                        .broadcaster
+                        .publish_watch(&self.hub, user.id.as_str(), true);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "counting a sign-in cluster-wide failed"),
+            }
+        }
         self.conn.deliver(&message::signin_success(user_data));
         if over_watchlist {
             self.conn
                 .deliver(&message::error(&ErrorKind::WatchlistLimit, None));
         }
-        if self.app.settings.watchlist_events && !user.watchlist.is_empty() {
-            let (online, offline): (Vec<&UserId>, Vec<&UserId>) = user
-                .watchlist
-                .iter()
-                .partition(|u| self.hub.users.is_online(u.as_str()));
-            let ids = |v: Vec<&UserId>| v.into_iter().map(|u| u.to_string()).collect::<Vec<_>>();
+        if self.app.settings.watchlist_events && first_signin && !user.watchlist.is_empty() {
+            // Watch first, then read the status, so no transition in between is missed.
+            for watched in &user.watchlist {
+                self.hub.watchers.add(watched, &self.conn);
+                self.state
+                    .adapter
+                    .acquire(&self.app.id, &Target::Watchers(watched.to_string()))
+                    .await;
+            }
+            let ids: Vec<String> = user.watchlist.iter().map(|u| u.to_string()).collect();
+            let status = self
+                .state
+                .cluster
+                .online(&self.hub, &ids)
+                .await
+                .unwrap_or_else(|_| vec![false; ids.len()]);
+            let mut online = Vec::new();
+            let mut offline = Vec::new();
+            for (id, on) in ids.into_iter().zip(status) {
+                if on {
+                    online.push(id);
+                } else {
+                    offline.push(id);
+                }
+            }
             let mut events = Vec::new();
-            let online = ids(online);
-            let offline = ids(offline);
             if !online.is_empty() {
                 events.push(("online", online));
             }

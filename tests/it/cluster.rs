@@ -542,3 +542,41 @@ async fn occupancy_webhooks_fire_once_per_cluster() {
         "one occupied/vacated pair per channel across the cluster"
     );
 }
+
+#[tokio::test]
+async fn watchlist_status_crosses_nodes() {
+    let ns = nodes(2, "watchlist_events = true").await;
+    let mut watcher = ns[0].client().await;
+    let ok = watcher
+        .signin(r#"{"id":"watcher","watchlist":["friend"]}"#)
+        .await;
+    assert_eq!(ok["event"], "pusher:signin_success");
+    let initial = watcher.recv().await;
+    assert_eq!(initial["event"], "pusher_internal:watchlist_events");
+    assert_eq!(
+        data_json(&initial),
+        json!({"events":[{"name":"offline","user_ids":["friend"]}]})
+    );
+    let mut friend = ns[1].client().await;
+    friend.signin(r#"{"id":"friend"}"#).await;
+    let online = watcher.recv().await;
+    assert_eq!(
+        data_json(&online),
+        json!({"events":[{"name":"online","user_ids":["friend"]}]})
+    );
+    let mut friend2 = ns[0].client().await;
+    friend2.signin(r#"{"id":"friend"}"#).await;
+    watcher
+        .expect_silence(
+            Duration::from_millis(300),
+            "a second connection is no transition",
+        )
+        .await;
+    drop(friend);
+    drop(friend2);
+    let offline = watcher.recv().await;
+    assert_eq!(
+        data_json(&offline),
+        json!({"events":[{"name":"offline","user_ids":["friend"]}]})
+    );
+}

@@ -9,6 +9,7 @@ mod channels;
 mod client_events;
 mod cluster;
 mod connection;
+mod deploy;
 mod http_api;
 mod lifecycle;
 mod webhooks;

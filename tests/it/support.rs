@@ -45,6 +45,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(toml: &str) -> TestServer {
+        // `RUST_LOG=resound=debug cargo nextest run ...` shows the server's logs.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = std::env::temp_dir().join(format!("resound-it-{}", rand_suffix()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("resound.toml");
