@@ -190,6 +190,17 @@ pub struct RedisCluster {
     scripts: Scripts,
 }
 
+/// The counts kept per node and in total (see the table above).
+#[derive(Clone, Copy)]
+enum Tally {
+    /// `P:c` app → connections.
+    Connections,
+    /// `P:s:{app}` channel → subscriptions.
+    Subscriptions,
+    /// `P:u:{app}` user → signed-in connections.
+    Users,
+}
+
 struct Scripts {
     join: Script,
     leave: Script,
@@ -386,13 +397,9 @@ impl RedisCluster {
             .await
             .map_err(|e| err(&e))?;
         for (app, count) in conns {
-            let mut inv = self.scripts.count.prepare_invoke();
-            inv.key(self.key("c"))
-                .key(self.node_key(node, "c"))
-                .arg(&app)
-                .arg(&app)
-                .arg(-count);
-            let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            let _ = self
+                .tally(Tally::Connections, node, &app, "", -count)
+                .await?;
         }
         // Subscription counts.
         let subs: Vec<(String, i64)> = redis::cmd("HGETALL")
@@ -404,14 +411,9 @@ impl RedisCluster {
             let Some((app, channel)) = field.split_once('\n') else {
                 continue;
             };
-            let key = self.key(&format!("s:{app}"));
-            let mut inv = self.scripts.count.prepare_invoke();
-            inv.key(&key)
-                .key(self.node_key(node, "s"))
-                .arg(channel)
-                .arg(&field)
-                .arg(-count);
-            let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            let total = self
+                .tally(Tally::Subscriptions, node, app, channel, -count)
+                .await?;
             if total == 0 {
                 let _ = self.inbound.try_send(Inbound::ChannelGone {
                     app: AppId(app.into()),
@@ -429,13 +431,7 @@ impl RedisCluster {
             let Some((app, user)) = field.split_once('\n') else {
                 continue;
             };
-            let mut inv = self.scripts.count.prepare_invoke();
-            inv.key(self.key(&format!("u:{app}")))
-                .key(self.node_key(node, "u"))
-                .arg(user)
-                .arg(&field)
-                .arg(-count);
-            let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            let total = self.tally(Tally::Users, node, app, user, -count).await?;
             if total == 0 {
                 let _ = self.inbound.try_send(Inbound::UserGone {
                     app: AppId(app.into()),
@@ -485,6 +481,45 @@ impl RedisCluster {
             .await
             .map_err(|e| err(&e))?;
         Ok(())
+    }
+
+    /// Adds `delta` to `node`'s share of a tally and to the cluster total; returns the total.
+    async fn tally(
+        &self,
+        what: Tally,
+        node: u64,
+        app: &str,
+        item: &str,
+        delta: i64,
+    ) -> Result<i64, ClusterError> {
+        let (global, field, node_key, node_field) = match what {
+            Tally::Connections => (
+                self.key("c"),
+                app.to_string(),
+                self.node_key(node, "c"),
+                app.to_string(),
+            ),
+            Tally::Subscriptions => (
+                self.key(&format!("s:{app}")),
+                item.to_string(),
+                self.node_key(node, "s"),
+                format!("{app}\n{item}"),
+            ),
+            Tally::Users => (
+                self.key(&format!("u:{app}")),
+                item.to_string(),
+                self.node_key(node, "u"),
+                format!("{app}\n{item}"),
+            ),
+        };
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.count.prepare_invoke();
+        inv.key(global)
+            .key(node_key)
+            .arg(field)
+            .arg(node_field)
+            .arg(delta);
+        inv.invoke_async(&mut conn).await.map_err(|e| err(&e))
     }
 
     /// Takes a local reference on `target`; the first one subscribes (and waits for Redis to
@@ -761,15 +796,9 @@ impl ClusterState for RedisCluster {
 
     async fn close_connection(&self, hub: &AppHub) -> Result<(), ClusterError> {
         self.check()?;
-        let mut conn = self.conn.clone();
         let app = hub.app.id.as_str();
-        let mut inv = self.scripts.count.prepare_invoke();
-        inv.key(self.key("c"))
-            .key(self.node_key(self.node, "c"))
-            .arg(app)
-            .arg(app)
-            .arg(-1);
-        let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        self.tally(Tally::Connections, self.node, app, "", -1)
+            .await?;
         Ok(())
     }
 
@@ -854,15 +883,9 @@ impl ClusterState for RedisCluster {
         _local: usize,
     ) -> Result<u64, ClusterError> {
         self.check()?;
-        let mut conn = self.conn.clone();
-        let field = format!("{}\n{}", hub.app.id, user);
-        let mut inv = self.scripts.count.prepare_invoke();
-        inv.key(self.key(&format!("u:{}", hub.app.id)))
-            .key(self.node_key(self.node, "u"))
-            .arg(user)
-            .arg(field)
-            .arg(delta);
-        let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        let total = self
+            .tally(Tally::Users, self.node, hub.app.id.as_str(), user, delta)
+            .await?;
         Ok(total.max(0).unsigned_abs())
     }
 
@@ -885,15 +908,15 @@ impl ClusterState for RedisCluster {
 impl RedisCluster {
     async fn count(&self, hub: &AppHub, channel: &str, delta: i64) -> Result<u64, ClusterError> {
         self.check()?;
-        let mut conn = self.conn.clone();
-        let field = format!("{}\n{}", hub.app.id, channel);
-        let mut inv = self.scripts.count.prepare_invoke();
-        inv.key(self.key(&format!("s:{}", hub.app.id)))
-            .key(self.node_key(self.node, "s"))
-            .arg(channel)
-            .arg(field)
-            .arg(delta);
-        let total: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        let total = self
+            .tally(
+                Tally::Subscriptions,
+                self.node,
+                hub.app.id.as_str(),
+                channel,
+                delta,
+            )
+            .await?;
         Ok(total.max(0).unsigned_abs())
     }
 
@@ -913,31 +936,37 @@ impl RedisCluster {
             let app = hub.app.id.as_str();
             let n = hub.connection_count();
             if n > 0 {
-                let mut inv = self.scripts.count.prepare_invoke();
-                inv.key(self.key("c"))
-                    .key(self.node_key(self.node, "c"))
-                    .arg(app)
-                    .arg(app)
-                    .arg(n);
-                let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+                let _ = self
+                    .tally(
+                        Tally::Connections,
+                        self.node,
+                        app,
+                        "",
+                        i64::try_from(n).unwrap_or(i64::MAX),
+                    )
+                    .await?;
             }
             for (channel, count) in hub.channels.occupied_all() {
-                let mut inv = self.scripts.count.prepare_invoke();
-                inv.key(self.key(&format!("s:{app}")))
-                    .key(self.node_key(self.node, "s"))
-                    .arg(channel.as_str())
-                    .arg(format!("{app}\n{channel}"))
-                    .arg(count);
-                let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+                let _ = self
+                    .tally(
+                        Tally::Subscriptions,
+                        self.node,
+                        app,
+                        channel.as_str(),
+                        i64::try_from(count).unwrap_or(i64::MAX),
+                    )
+                    .await?;
             }
             for (user, n) in hub.users.counts() {
-                let mut inv = self.scripts.count.prepare_invoke();
-                inv.key(self.key(&format!("u:{app}")))
-                    .key(self.node_key(self.node, "u"))
-                    .arg(user.as_str())
-                    .arg(format!("{app}\n{user}"))
-                    .arg(n);
-                let _: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+                let _ = self
+                    .tally(
+                        Tally::Users,
+                        self.node,
+                        app,
+                        user.as_str(),
+                        i64::try_from(n).unwrap_or(i64::MAX),
+                    )
+                    .await?;
             }
             for (channel, socket, member) in hub.channels.presence_members() {
                 self.join(&hub.app.id, &channel, &member, socket, usize::MAX)
