@@ -14,4 +14,5 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod webhooks;

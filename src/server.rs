@@ -22,6 +22,7 @@ use crate::presence::MemoryPresence;
 use crate::presence::PresenceStore;
 use crate::protocol::ChannelName;
 use crate::state::ServerState;
+use crate::tls::{Secure, Tls, TlsError};
 use crate::webhooks::WebhookEvent;
 use crate::webhooks::{DispatcherSettings, WebhookError, Webhooks};
 
@@ -39,6 +40,8 @@ pub enum ServerError {
     Webhooks(#[from] WebhookError),
     #[error("scaling: {0}")]
     Cluster(#[from] ClusterError),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A server bound to its port(s), not yet serving.
@@ -46,6 +49,7 @@ pub struct Server {
     state: Arc<ServerState>,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Server {
@@ -98,13 +102,15 @@ impl Server {
         for app in apps.all() {
             state.hub(&app);
         }
+        let tls = match &config.server.tls {
+            Some(t) => Some(Arc::new(Tls::new(&t.cert, &t.key)?)),
+            None => None,
+        };
         let addr = format!("{}:{}", config.server.host, config.server.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
+        let listener = listen(&addr).await.map_err(|source| ServerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
         let metrics_listener = match config.server.metrics_port {
             Some(port) => {
                 let addr = format!("{}:{}", config.server.host, port);
@@ -120,6 +126,7 @@ impl Server {
             state,
             listener,
             metrics_listener,
+            tls,
         })
     }
 
@@ -143,7 +150,9 @@ impl Server {
             state,
             listener,
             metrics_listener,
+            tls,
         } = self;
+        let reloader = tls.clone().map(|t| tokio::spawn(reload_on_sighup(t)));
         let sweeper = tokio::spawn(sweep(state.clone()));
         let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
         tokio::pin!(shutdown);
@@ -154,16 +163,21 @@ impl Server {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let state = state.clone();
-                        tokio::spawn(async move {
-                            let service = service_fn(move |req| crate::http::handle(req, state.clone()));
-                            if let Err(e) = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .with_upgrades()
-                                .await
-                            {
-                                debug!(%peer, error = %e, "http connection ended");
+                        match &tls {
+                            None => {
+                                tokio::spawn(serve_http(stream, state, false, peer));
                             }
-                        });
+                            Some(tls) => {
+                                let acceptor = tls.acceptor();
+                                tokio::spawn(async move {
+                                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                                        Ok(Ok(stream)) => serve_http(stream, state, true, peer).await,
+                                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -194,10 +208,81 @@ impl Server {
             .shutdown(left.max(Duration::from_secs(1)))
             .await;
         sweeper.abort();
+        if let Some(r) = reloader {
+            r.abort();
+        }
         if let Some(t) = metrics_task {
             t.abort();
         }
         info!("stopped");
+    }
+}
+
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Pending connections the kernel may queue before `accept` (capped by `net.core.somaxconn`).
+/// The default of 128 drops SYNs during a reconnect storm of thousands of clients.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`host:port`) with a deep accept backlog.
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
+}
+
+/// Serves HTTP/1.1 (with WebSocket upgrades) on one accepted connection.
+async fn serve_http<I>(io: I, state: Arc<ServerState>, secure: bool, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if secure {
+            req.extensions_mut().insert(Secure);
+        }
+        crate::http::handle(req, state.clone())
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+    {
+        debug!(%peer, error = %e, "http connection ended");
+    }
+}
+
+/// Reloads the certificate on every SIGHUP; open connections are not touched.
+async fn reload_on_sighup(tls: Arc<Tls>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            warn!("cannot listen for SIGHUP; certificate reload disabled");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => info!("TLS certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "TLS certificate reload failed; keeping the previous one")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tls;
     }
 }
 

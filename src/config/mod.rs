@@ -69,6 +69,18 @@ pub struct ServerConfig {
     pub metrics_prefix: String,
     /// Messages buffered per socket before a slow consumer is disconnected.
     pub outbound_queue_size: usize,
+    /// TLS termination in the binary: every connection on `port` is TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +94,7 @@ impl Default for ServerConfig {
             metrics_port: None,
             metrics_prefix: "resound".into(),
             outbound_queue_size: 1024,
+            tls: None,
         }
     }
 }

@@ -26,7 +26,7 @@ fn admit(req: &Request<Incoming>, key: &str, state: &ServerState) -> Admission {
     if !app.settings.enabled {
         return Admission::Refused(ErrorKind::AppDisabled);
     }
-    if app.settings.tls_only {
+    if app.settings.tls_only && req.extensions().get::<crate::tls::Secure>().is_none() {
         let forwarded_tls = req
             .headers()
             .get("x-forwarded-proto")

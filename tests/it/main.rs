@@ -12,4 +12,5 @@ mod connection;
 mod deploy;
 mod http_api;
 mod lifecycle;
+mod tls;
 mod webhooks;

@@ -1,0 +1,89 @@
+//! `connections`: open N idle connections, each subscribed to M public channels, at a target
+//! rate; report the connect rate, time to all-connected, failures and, with `--server-pid`,
+//! the server's resident memory per connection.
+
+use anyhow::Result;
+
+use crate::cli::ConnectionsArgs;
+use crate::ipc::{Assignment, ChannelKind, ChannelPlan};
+use crate::report::{latency_value, round3, Report};
+use crate::run::{self, Setup, Workload};
+
+pub async fn run(args: &ConnectionsArgs, setup: &Setup) -> Result<Report> {
+    let mut setup = setup.clone();
+    if let Some(rate) = args.rate {
+        setup.connect_rate = rate.max(0.0);
+    }
+    let hold = args.common.duration_or(2.0)?;
+    let workload = Workload {
+        subscribers: args.connections,
+        channels: ChannelPlan {
+            prefix: "bench-".to_string(),
+            kind: ChannelKind::Public,
+            total: args.channels.max(1),
+            assignment: Assignment::Spread {
+                per_conn: args.channels_per_conn.max(1),
+            },
+        },
+        typing: None,
+        client_publishers: None,
+        http: None,
+        duration: hold,
+        hold: true,
+        storm: None,
+    };
+    let outcome = run::run(&setup, &workload).await?;
+
+    let mut report = Report::new("connections", &setup.url, setup.baseline);
+    report
+        .param("connections", args.connections)
+        .param("channels_per_conn", args.channels_per_conn)
+        .param("channels", args.channels)
+        .param("target_rate", setup.connect_rate)
+        .param("workers", workers(&setup, args.connections))
+        .param("source_ips", setup.source_ips.len())
+        .param("hold_s", hold.as_secs_f64());
+    let c = &outcome.connect;
+    let secs = c.time_to_all.as_secs_f64();
+    report
+        .result("connected", c.connected)
+        .result("failed", c.failed)
+        .result("time_to_all_connected_s", round3(secs))
+        .result(
+            "connect_rate_per_s",
+            round3(if secs > 0.0 {
+                c.connected as f64 / secs
+            } else {
+                0.0
+            }),
+        )
+        .result("connect_latency", latency_value(&c.latency))
+        .result("disconnects_while_idle", outcome.totals.disconnects);
+    if !c.failure_samples.is_empty() {
+        report.result("failure_samples", c.failure_samples.join(" | "));
+    }
+    add_rss(&mut report, &outcome);
+    Ok(report)
+}
+
+pub fn workers(setup: &Setup, connections: u64) -> usize {
+    setup
+        .workers
+        .unwrap_or_else(|| run::default_workers(connections))
+}
+
+/// Server memory rows, when a server pid was given.
+pub fn add_rss(report: &mut Report, outcome: &run::Outcome) {
+    if let Some(before) = outcome.rss_before_kib {
+        report.result("server_rss_before_kib", before);
+    }
+    if let Some(connected) = outcome.rss_connected_kib {
+        report.result("server_rss_connected_kib", connected);
+    }
+    if let Some(after) = outcome.rss_after_kib {
+        report.result("server_rss_end_kib", after);
+    }
+    if let Some(per) = outcome.rss_per_conn_kib() {
+        report.result("server_rss_per_conn_kib", round3(per));
+    }
+}

@@ -1,0 +1,327 @@
+//! `fanout`: S subscribers over C channels, publishers at a fixed rate for D seconds (signed
+//! HTTP API, or `client-` events on private channels), end-to-end latency, loss and
+//! duplicates; and the A/B mode that interleaves the target with the built-in baseline and
+//! reports target/baseline ratios so machine noise cancels.
+
+use anyhow::Result;
+use std::time::Duration;
+
+use crate::baseline::BaselineChild;
+use crate::cli::{FanoutArgs, Via};
+use crate::connections::{add_rss, workers};
+use crate::ipc::{Assignment, ChannelKind, ChannelPlan, SenderSpec};
+use crate::publish::HttpPlan;
+use crate::report::{latency_value, round3, Report};
+use crate::run::{self, ClientPublishers, Outcome, Setup, Workload};
+
+fn workload(args: &FanoutArgs, setup: &Setup) -> Result<Workload> {
+    let duration = args.common.duration_or(10.0)?;
+    let channels = args.channels.max(1);
+    let (prefix, kind) = match args.via {
+        Via::Http => ("bench-", ChannelKind::Public),
+        Via::ClientEvents => ("private-bench-", ChannelKind::Private),
+    };
+    let plan = ChannelPlan {
+        prefix: prefix.to_string(),
+        kind,
+        total: channels,
+        assignment: Assignment::Spread {
+            per_conn: args.channels_per_sub.max(1),
+        },
+    };
+    let (http, client_publishers) = match args.via {
+        Via::Http => (
+            Some(HttpPlan {
+                target: setup.target.clone(),
+                app_id: setup.app_id.clone(),
+                rate: args.rate,
+                connections: args.http_conns.max(1),
+                event: "bench".to_string(),
+                channel_prefix: prefix.to_string(),
+                channels,
+                pad: args.payload_bytes,
+            }),
+            None,
+        ),
+        Via::ClientEvents => {
+            let per_conn = args.client_event_rate.max(0.1);
+            let publishers = ((args.rate / per_conn).ceil() as u64).max(1);
+            (
+                None,
+                Some(ClientPublishers {
+                    connections: publishers,
+                    channels: ChannelPlan {
+                        assignment: Assignment::Strided { stride: publishers },
+                        ..plan.clone()
+                    },
+                    sender: SenderSpec {
+                        event: "client-bench".to_string(),
+                        rate: args.rate / publishers as f64,
+                        pad: args.payload_bytes,
+                        duration_ms: 0,
+                    },
+                }),
+            )
+        }
+    };
+    Ok(Workload {
+        subscribers: args.subscribers,
+        channels: plan,
+        typing: None,
+        client_publishers,
+        http,
+        duration,
+        hold: false,
+        storm: None,
+    })
+}
+
+/// Runs the scenario as asked: against the target, the baseline, or both interleaved.
+pub async fn run(args: &FanoutArgs) -> Result<Vec<Report>> {
+    if args.ab {
+        return run_ab(args).await;
+    }
+    if args.common.baseline {
+        let baseline = BaselineChild::start().await?;
+        let mut setup = args.common.setup(Some(baseline.port))?;
+        setup.server_pid = baseline.pid;
+        let result = run_once(args, &setup).await;
+        baseline.stop().await;
+        return Ok(vec![result?]);
+    }
+    let setup = args.common.setup(None)?;
+    Ok(vec![run_once(args, &setup).await?])
+}
+
+async fn run_once(args: &FanoutArgs, setup: &Setup) -> Result<Report> {
+    let workload = workload(args, setup)?;
+    let outcome = run::run(setup, &workload).await?;
+    Ok(report("fanout", args, setup, &workload, &outcome))
+}
+
+async fn run_ab(args: &FanoutArgs) -> Result<Vec<Report>> {
+    let target = args.common.setup(None)?;
+    let baseline = BaselineChild::start().await?;
+    let mut base = args.common.setup(Some(baseline.port))?;
+    base.server_pid = baseline.pid;
+    let mut reports = Vec::new();
+    let mut pairs = Vec::new();
+    let rounds = args.rounds.max(1);
+    let result: Result<()> = async {
+        for round in 0..rounds {
+            let a = run_once(args, &target).await?;
+            a.print(args.common.json);
+            settle().await;
+            let b = run_once(args, &base).await?;
+            b.print(args.common.json);
+            settle().await;
+            pairs.push((round, metrics(&a), metrics(&b)));
+            reports.push(a);
+            reports.push(b);
+        }
+        Ok(())
+    }
+    .await;
+    baseline.stop().await;
+    result?;
+
+    let mut summary = Report::new("fanout-ab", &target.url, false);
+    summary
+        .param("rounds", rounds)
+        .param("subscribers", args.subscribers)
+        .param("channels", args.channels)
+        .param("rate", args.rate)
+        .param("via", via_name(args.via))
+        .param("duration_s", args.common.duration.unwrap_or(10.0));
+    let mut throughput_ratios = Vec::new();
+    let mut p99_ratios = Vec::new();
+    for (round, a, b) in &pairs {
+        let t = ratio(a.deliveries_per_s, b.deliveries_per_s);
+        let p = ratio(a.p99_ms, b.p99_ms);
+        throughput_ratios.push(t);
+        p99_ratios.push(p);
+        summary.result(
+            &format!("round_{}", round + 1),
+            serde_json::json!({
+                "target_deliveries_per_s": round3(a.deliveries_per_s),
+                "baseline_deliveries_per_s": round3(b.deliveries_per_s),
+                "target_p99_ms": round3(a.p99_ms),
+                "baseline_p99_ms": round3(b.p99_ms),
+                "target_lost": a.lost,
+                "baseline_lost": b.lost,
+                "deliveries_per_s_ratio": round3(t),
+                "p99_ratio": round3(p),
+            }),
+        );
+    }
+    summary
+        .result(
+            "deliveries_per_s_ratio",
+            round3(geometric_mean(&throughput_ratios)),
+        )
+        .result("p99_ratio", round3(geometric_mean(&p99_ratios)))
+        .result("p99_ratio_range", spread(&p99_ratios))
+        .result(
+            "note",
+            "ratios are target/baseline, geometric mean over rounds; throughput < 1 and p99 > 1 mean the target is slower",
+        );
+    reports.push(summary);
+    Ok(reports)
+}
+
+/// Lets the server finish closing the previous run's sockets before the next run starts.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+struct Metrics {
+    deliveries_per_s: f64,
+    p99_ms: f64,
+    lost: u64,
+}
+
+fn metrics(report: &Report) -> Metrics {
+    let num = |k: &str| report.get_result(k).and_then(serde_json::Value::as_f64);
+    Metrics {
+        deliveries_per_s: num("deliveries_per_s").unwrap_or(0.0),
+        p99_ms: report
+            .get_result("latency")
+            .and_then(|l| l.get("p99_ms"))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0),
+        lost: report
+            .get_result("lost")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+fn geometric_mean(values: &[f64]) -> f64 {
+    let positive: Vec<f64> = values.iter().copied().filter(|v| *v > 0.0).collect();
+    if positive.is_empty() {
+        return 0.0;
+    }
+    (positive.iter().map(|v| v.ln()).sum::<f64>() / positive.len() as f64).exp()
+}
+
+/// `[min, max]` of the per-round ratios: a wide range means the machine was noisy and more
+/// rounds are needed.
+fn spread(values: &[f64]) -> serde_json::Value {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if values.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::json!([round3(min), round3(max)])
+}
+
+fn via_name(via: Via) -> &'static str {
+    match via {
+        Via::Http => "http",
+        Via::ClientEvents => "client-events",
+    }
+}
+
+fn report(
+    scenario: &str,
+    args: &FanoutArgs,
+    setup: &Setup,
+    workload: &Workload,
+    outcome: &Outcome,
+) -> Report {
+    let mut report = Report::new(scenario, &setup.url, setup.baseline);
+    report
+        .param("subscribers", args.subscribers)
+        .param("channels", args.channels)
+        .param("channels_per_sub", args.channels_per_sub)
+        .param("rate", args.rate)
+        .param("via", via_name(args.via))
+        .param("duration_s", workload.duration.as_secs_f64())
+        .param("payload_pad_bytes", args.payload_bytes)
+        .param("workers", workers(setup, args.subscribers));
+    if let Some(p) = &workload.client_publishers {
+        report.param("publisher_connections", p.connections);
+    } else {
+        report.param("http_conns", args.http_conns);
+    }
+    add_delivery_results(&mut report, outcome);
+    report
+}
+
+/// The rows fanout and chat share: connection, publishing, delivery, latency, memory.
+pub fn add_delivery_results(report: &mut Report, outcome: &Outcome) {
+    let c = &outcome.connect;
+    let window = outcome.window.as_secs_f64();
+    report
+        .result("subscribers_connected", c.connected)
+        .result("subscribe_failures", c.failed)
+        .result("connect_time_s", round3(c.time_to_all.as_secs_f64()));
+    if outcome.publisher_connect_failures > 0 {
+        report.result(
+            "publisher_connect_failures",
+            outcome.publisher_connect_failures,
+        );
+    }
+    if !c.failure_samples.is_empty() {
+        report.result("failure_samples", c.failure_samples.join(" | "));
+    }
+    report.result("publish_window_s", round3(window));
+    let per_s = |n: u64| round3(if window > 0.0 { n as f64 / window } else { 0.0 });
+    if let Some(http) = &outcome.http {
+        report
+            .result("http_published", http.attempted)
+            .result("http_publish_ok", http.ok())
+            .result("http_publish_errors", http.errors)
+            .result("http_publish_rate_per_s", per_s(http.ok()))
+            .result(
+                "http_publish_latency",
+                latency_value(&http.latency.summary()),
+            );
+        if !http.error_samples.is_empty() {
+            report.result("http_error_samples", http.error_samples.join(" | "));
+        }
+    }
+    if outcome.client_sent > 0 {
+        report
+            .result("client_events_sent", outcome.client_sent)
+            .result("client_event_rate_per_s", per_s(outcome.client_sent))
+            .result("client_event_errors", outcome.client_publish_errors);
+    }
+    let t = &outcome.totals;
+    report
+        .result("deliveries", t.deliveries)
+        .result("deliveries_per_s", round3(outcome.deliveries_per_s()))
+        .result("expected_deliveries", t.expected)
+        .result("lost", t.lost)
+        .result("duplicated", t.duplicates)
+        .result("surplus", t.surplus)
+        .result("misrouted", t.misrouted)
+        .result("latency", latency_value(&outcome.latency_all()))
+        .result("server_errors", t.server_errors)
+        .result("disconnects", t.disconnects);
+    add_rss(report, outcome);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_and_means() {
+        assert_eq!(ratio(2.0, 4.0), 0.5);
+        assert_eq!(ratio(1.0, 0.0), 0.0);
+        assert!((geometric_mean(&[0.5, 2.0]) - 1.0).abs() < 1e-9);
+        assert_eq!(geometric_mean(&[]), 0.0);
+        assert_eq!(spread(&[1.5, 0.5, 1.0]), serde_json::json!([0.5, 1.5]));
+        assert!(spread(&[]).is_null());
+    }
+}
