@@ -311,21 +311,22 @@ mod tests {
         // Published with nobody subscribed: still cached.
         let f = r.publish(&ch, &Bytes::from_static(b"cached"), None, Some(cached));
         assert_eq!(f.delivered, 0);
-        let (conn, mut rx) = ConnHandle::new(SocketId::from_parts(1, 1), 8);
+        let conn = ConnHandle::new(SocketId::from_parts(1, 1), 8);
         let s = r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None);
         assert!(s.is_some_and(|s| s.occupied && s.cache_hit));
         r.publish(&ch, &Bytes::from_static(b"live"), None, None);
-        assert_eq!(&text(rx.try_recv().ok())[..], b"ok");
-        assert_eq!(&text(rx.try_recv().ok())[..], b"cached");
-        assert_eq!(&text(rx.try_recv().ok())[..], b"live");
+        let mut q = conn.take_queued();
+        assert_eq!(&text(q.pop_front())[..], b"ok");
+        assert_eq!(&text(q.pop_front())[..], b"cached");
+        assert_eq!(&text(q.pop_front())[..], b"live");
     }
 
     #[test]
     fn exclusion_and_occupancy_transitions() {
         let r = registry();
         let ch = name("my-channel");
-        let (a, mut ra) = ConnHandle::new(SocketId::from_parts(1, 1), 8);
-        let (b, mut rb) = ConnHandle::new(SocketId::from_parts(2, 2), 8);
+        let a = ConnHandle::new(SocketId::from_parts(1, 1), 8);
+        let b = ConnHandle::new(SocketId::from_parts(2, 2), 8);
         let ok = Bytes::from_static(b"ok");
         assert!(r
             .subscribe(&ch, &a, &ok, None, None)
@@ -337,11 +338,11 @@ mod tests {
             r.subscribe(&ch, &b, &ok, None, None).is_none(),
             "duplicate subscribe"
         );
-        let _ = (ra.try_recv(), rb.try_recv());
+        let _ = (a.take_queued(), b.take_queued());
         let f = r.publish(&ch, &Bytes::from_static(b"ev"), Some(a.socket_id), None);
         assert_eq!(f.delivered, 1);
-        assert!(ra.try_recv().is_err());
-        assert_eq!(&text(rb.try_recv().ok())[..], b"ev");
+        assert!(a.take_queued().is_empty());
+        assert_eq!(&text(b.take_queued().pop_front())[..], b"ev");
         assert!(r.unsubscribe(&ch, a.socket_id).is_some_and(|u| !u.vacated));
         assert!(r.unsubscribe(&ch, a.socket_id).is_none());
         assert!(r.unsubscribe(&ch, b.socket_id).is_some_and(|u| u.vacated));
@@ -352,8 +353,8 @@ mod tests {
     fn a_full_queue_closes_only_that_connection() {
         let r = registry();
         let ch = name("my-channel");
-        let (slow, _rs) = ConnHandle::new(SocketId::from_parts(1, 1), 2);
-        let (fast, mut rf) = ConnHandle::new(SocketId::from_parts(2, 2), 64);
+        let slow = ConnHandle::new(SocketId::from_parts(1, 1), 2);
+        let fast = ConnHandle::new(SocketId::from_parts(2, 2), 64);
         let ok = Bytes::from_static(b"ok");
         r.subscribe(&ch, &slow, &ok, None, None);
         r.subscribe(&ch, &fast, &ok, None, None);
@@ -362,7 +363,7 @@ mod tests {
             overflowed += r
                 .publish(&ch, &Bytes::from_static(b"ev"), None, None)
                 .overflowed;
-            let _ = rf.try_recv();
+            let _ = fast.take_queued();
         }
         assert!(overflowed > 0);
         assert_eq!(

@@ -2,11 +2,12 @@
 //! (never write to the socket: the connection's own tasks do that) and ask the connection to
 //! close.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ErrorKind, SocketId, UserId};
@@ -23,9 +24,19 @@ pub enum Outbound {
 /// Shared by the registries, the users index and the connection's tasks.
 pub type ConnRef = Arc<ConnHandle>;
 
+/// The outbound queue. A `VecDeque` behind a lock rather than a channel: an idle connection's
+/// queue holds no allocation at all (the writer takes the whole deque each time it wakes).
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    closed: bool,
+}
+
 pub struct ConnHandle {
     pub socket_id: SocketId,
-    tx: mpsc::Sender<Outbound>,
+    queue: Mutex<Queue>,
+    capacity: usize,
+    ready: Notify,
     close_reason: Mutex<Option<ErrorKind>>,
     cancel: CancellationToken,
     /// The signed-in user (spec 3.5), for `terminate_connections` and `#server-to-user-`.
@@ -45,17 +56,17 @@ pub enum Delivery {
 }
 
 impl ConnHandle {
-    pub fn new(socket_id: SocketId, queue_size: usize) -> (ConnRef, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue_size);
-        let handle = ConnHandle {
+    pub fn new(socket_id: SocketId, queue_size: usize) -> ConnRef {
+        Arc::new(ConnHandle {
             socket_id,
-            tx,
+            queue: Mutex::new(Queue::default()),
+            capacity: queue_size.max(1),
+            ready: Notify::new(),
             close_reason: Mutex::new(None),
             cancel: CancellationToken::new(),
             signed_in: Mutex::new(None),
             presence_users: Mutex::new(Vec::new()),
-        };
-        (Arc::new(handle), rx)
+        })
     }
 
     /// Enqueues a shared frame without waiting. Overflow policy: a full queue means the client
@@ -66,14 +77,42 @@ impl ConnHandle {
     }
 
     pub fn enqueue(&self, out: Outbound) -> Delivery {
-        match self.tx.try_send(out) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(ErrorKind::SlowConsumer);
-                Delivery::Overflow
+        {
+            let mut q = self.queue.lock();
+            if q.closed {
+                return Delivery::Closed;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            if q.items.len() >= self.capacity {
+                drop(q);
+                self.close(ErrorKind::SlowConsumer);
+                return Delivery::Overflow;
+            }
+            q.items.push_back(out);
         }
+        self.ready.notify_one();
+        Delivery::Queued
+    }
+
+    /// Takes everything queued (for the writer); empty when nothing is.
+    pub fn take_queued(&self) -> VecDeque<Outbound> {
+        std::mem::take(&mut self.queue.lock().items)
+    }
+
+    /// Completes when something was queued since the last `take_queued`.
+    pub(super) async fn queued(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Refuses further frames (the writer is gone).
+    pub(super) fn close_queue(&self) {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        q.items.clear();
+    }
+
+    /// Frames waiting to be written.
+    pub fn queued_len(&self) -> usize {
+        self.queue.lock().items.len()
     }
 
     /// Asks the connection to close with `kind` (the first reason wins).

@@ -6,16 +6,15 @@
 //! loop with the liveness timer → on any end, the session leaves every channel and the writer
 //! sends the close frame.
 
+mod frames;
 pub mod handle;
 mod session;
 mod writer;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
+use bytes::BytesMut;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::time::{sleep_until, Instant};
@@ -24,6 +23,7 @@ use tracing::{debug, Instrument};
 use crate::app::App;
 use crate::protocol::{message, ErrorKind, SocketId};
 use crate::state::{AppHub, ServerState};
+use frames::{Frame, FrameError, OpCode};
 use handle::{ConnHandle, Outbound};
 use session::Session;
 
@@ -59,7 +59,7 @@ pub async fn run(io: Io, admission: Admission, state: Arc<ServerState>) {
 }
 
 enum Step {
-    Frame(Result<(OpCode, bool, BytesMut), WebSocketError>),
+    Frame(Result<Frame, FrameError>),
     Closed,
 }
 
@@ -70,17 +70,10 @@ async fn serve(
     hub: Arc<AppHub>,
     state: Arc<ServerState>,
 ) {
-    let (conn, rx) = ConnHandle::new(socket_id, state.server.outbound_queue_size);
-    let (read_half, write_half) = tokio::io::split(io);
-    let writer = tokio::spawn(
-        writer::run(write_half, rx, conn.clone(), hub.metrics.clone()).in_current_span(),
-    );
-    let (mut ws, _) =
-        fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
-    // fastwebsockets refuses a frame whose length is >= the limit.
-    ws.set_max_message_size(app.settings.max_message_size.saturating_add(1));
-    ws.set_auto_pong(true);
-    ws.set_auto_close(true);
+    let conn = ConnHandle::new(socket_id, state.server.outbound_queue_size);
+    let (mut reader, write_half) = tokio::io::split(io);
+    let writer =
+        tokio::spawn(writer::run(write_half, conn.clone(), hub.metrics.clone()).in_current_span());
 
     hub.connections.insert(socket_id, conn.clone());
     hub.metrics.connected.inc();
@@ -93,28 +86,21 @@ async fn serve(
 
     let mut session = Session::new(state.clone(), app.clone(), hub.clone(), conn.clone());
     let settings = &app.settings;
+    let max = settings.max_message_size;
     let mut deadline = Instant::now() + settings.ping_interval;
     let mut pinged = false;
     let mut auth_deadline = settings
         .require_authorization
         .then(|| Instant::now() + settings.authorization_timeout);
     let mut fragments: Option<(OpCode, BytesMut)> = None;
-    let max = settings.max_message_size;
-    let pong_conn = conn.clone();
-    let mut obligated = |frame: Frame<'_>| {
-        if frame.opcode == OpCode::Pong {
-            pong_conn.enqueue(Outbound::Pong(Bytes::copy_from_slice(&frame.payload)));
-        }
-        std::future::ready(Ok::<(), Infallible>(()))
-    };
 
     loop {
         let step = {
-            let read = ws.read_frame(&mut obligated);
+            let read = frames::read_frame(&mut reader, max);
             tokio::pin!(read);
             loop {
                 tokio::select! {
-                    r = &mut read => break Step::Frame(r.map(|f| (f.opcode, f.fin, into_bytes(f.payload)))),
+                    r = &mut read => break Step::Frame(r),
                     () = conn.cancelled().cancelled() => break Step::Closed,
                     () = sleep_until(deadline) => {
                         if pinged {
@@ -135,18 +121,15 @@ async fn serve(
                 }
             }
         };
-        let (opcode, fin, payload) = match step {
+        let frame = match step {
             Step::Closed => break,
             Step::Frame(Ok(f)) => f,
             Step::Frame(Err(e)) => {
                 debug!(error = %e, "read ended");
                 match e {
-                    WebSocketError::FrameTooLarge => conn.close(ErrorKind::MessageTooBig),
-                    WebSocketError::InvalidUTF8 => conn.close(ErrorKind::InvalidPayload),
-                    WebSocketError::UnexpectedEOF
-                    | WebSocketError::ConnectionClosed
-                    | WebSocketError::IoError(_) => {}
-                    _ => conn.close(ErrorKind::WebSocketProtocol),
+                    FrameError::TooBig(_) => conn.close(ErrorKind::MessageTooBig),
+                    FrameError::Protocol(_) => conn.close(ErrorKind::WebSocketProtocol),
+                    FrameError::Eof | FrameError::Io(_) => {}
                 }
                 break;
             }
@@ -156,38 +139,44 @@ async fn serve(
         pinged = false;
         hub.metrics
             .socket_received_bytes
-            .inc_by(payload.len() as u64);
-        let complete = match opcode {
-            OpCode::Close => break,
-            OpCode::Ping | OpCode::Pong => continue,
-            OpCode::Text | OpCode::Binary if fin => {
-                if fragments.is_some() {
+            .inc_by(frame.payload.len() as u64);
+        let complete = match frame.opcode {
+            OpCode::Close => {
+                if !valid_close_payload(&frame.payload) {
                     conn.close(ErrorKind::WebSocketProtocol);
-                    break;
                 }
-                Some((opcode, payload))
+                break;
             }
+            OpCode::Ping => {
+                conn.enqueue(Outbound::Pong(frame.payload));
+                continue;
+            }
+            OpCode::Pong => continue,
             OpCode::Text | OpCode::Binary => {
                 if fragments.is_some() {
                     conn.close(ErrorKind::WebSocketProtocol);
                     break;
                 }
-                fragments = Some((opcode, payload));
-                None
+                if frame.fin {
+                    Some((frame.opcode, frame.payload))
+                } else {
+                    fragments = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
+                    None
+                }
             }
             OpCode::Continuation => {
                 let Some((first, mut buf)) = fragments.take() else {
                     conn.close(ErrorKind::WebSocketProtocol);
                     break;
                 };
-                // fastwebsockets caps single frames only; the message total is capped here.
-                if buf.len() + payload.len() > max {
+                // Each frame is capped by the reader; the message total is capped here.
+                if buf.len() + frame.payload.len() > max {
                     conn.close(ErrorKind::MessageTooBig);
                     break;
                 }
-                buf.extend_from_slice(&payload);
-                if fin {
-                    Some((first, buf))
+                buf.extend_from_slice(&frame.payload);
+                if frame.fin {
+                    Some((first, buf.freeze()))
                 } else {
                     fragments = Some((first, buf));
                     None
@@ -206,7 +195,8 @@ async fn serve(
             conn.close(ErrorKind::InvalidPayload);
             break;
         }
-        session.handle(&payload).await;
+        // Boxed so an idle connection's task does not carry the handler's state.
+        Box::pin(session.handle(&payload)).await;
         if conn.cancelled().is_cancelled() {
             break;
         }
@@ -231,13 +221,19 @@ async fn serve(
     );
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
+/// A close frame's payload is empty, or a 2-byte code allowed on the wire plus UTF-8.
+fn valid_close_payload(p: &[u8]) -> bool {
+    match p.len() {
+        0 => true,
+        1 => false,
+        _ => {
+            let code = u16::from_be_bytes([p[0], p[1]]);
+            let allowed = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            allowed && std::str::from_utf8(&p[2..]).is_ok()
+        }
+    }
 }
 
-fn into_bytes(p: Payload<'_>) -> BytesMut {
-    match p {
-        Payload::Bytes(b) => b,
-        other => BytesMut::from(&other[..]),
-    }
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, WriteHalf};
-use tokio::sync::mpsc;
 
 use super::handle::{ConnRef, Outbound};
 use super::Io;
@@ -78,46 +77,44 @@ fn push(buf: &mut Vec<u8>, out: Outbound, metrics: &AppMetrics) {
     }
 }
 
-pub(super) async fn run(
-    mut w: WriteHalf<Io>,
-    mut rx: mpsc::Receiver<Outbound>,
-    conn: ConnRef,
-    metrics: AppMetrics,
-) {
+pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics) {
     let mut buf: Vec<u8> = Vec::new();
     let mut clean = true;
-    loop {
-        let first = tokio::select! {
-            biased;
-            () = conn.cancelled().cancelled() => break,
-            m = rx.recv() => match m {
-                Some(m) => m,
-                None => break,
-            },
-        };
-        buf.clear();
-        push(&mut buf, first, &metrics);
-        while buf.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(m) => push(&mut buf, m, &metrics),
-                Err(_) => break,
+    'outer: loop {
+        let mut batch = conn.take_queued();
+        if batch.is_empty() {
+            tokio::select! {
+                biased;
+                () = conn.cancelled().cancelled() => break,
+                () = conn.queued() => continue,
             }
         }
-        let written = tokio::select! {
-            r = w.write_all(&buf) => r.is_ok(),
-            () = conn.cancelled().cancelled() => {
-                // A frame may be half written: no close frame can follow it.
-                clean = false;
-                false
+        while !batch.is_empty() {
+            if conn.cancelled().is_cancelled() {
+                break 'outer;
             }
-        };
-        if !written {
-            break;
+            buf.clear();
+            while buf.len() < BATCH_BYTES {
+                let Some(m) = batch.pop_front() else { break };
+                push(&mut buf, m, &metrics);
+            }
+            let written = tokio::select! {
+                r = w.write_all(&buf) => r.is_ok(),
+                () = conn.cancelled().cancelled() => {
+                    // A frame may be half written: no close frame can follow it.
+                    clean = false;
+                    false
+                }
+            };
+            if !written {
+                break 'outer;
+            }
         }
         if buf.capacity() > KEEP_BUFFER {
             buf = Vec::new();
         }
     }
+    conn.close_queue();
     if clean {
         // Queued messages are dropped: the connection is closing.
         let seq = close_sequence(conn.close_reason().as_ref());
