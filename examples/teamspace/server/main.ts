@@ -1,0 +1,59 @@
+//! Starts the backend: configuration, store, Pusher client (pointed at Resound), HTTP server,
+//! the dashboard ticker; reconciles presence with Resound on start; stops cleanly on SIGTERM.
+
+import fs from 'node:fs'
+import path from 'node:path'
+import Pusher from 'pusher'
+import { createApp } from './app.js'
+import { Chat } from './chat.js'
+import { loadConfig } from './config.js'
+import { Dashboard } from './dashboard.js'
+import { consoleLogger } from './log.js'
+import { Store } from './store.js'
+import { FileStorage } from './uploads.js'
+import { WebhookReceiver } from './webhooks.js'
+import { WordFilter } from './wordFilter.js'
+
+const config = loadConfig()
+const log = consoleLogger(process.env.TEAMSPACE_QUIET === '1')
+fs.mkdirSync(config.dataDir, { recursive: true })
+
+const store = new Store(path.join(config.dataDir, 'teamspace.sqlite'))
+const pusher = new Pusher({
+  appId: config.appId,
+  key: config.key,
+  secret: config.secret,
+  host: config.resoundHost,
+  port: String(config.resoundPort),
+  useTLS: config.resoundScheme === 'https',
+  timeout: 5000,
+})
+const filter = WordFilter.fromFile(config.sensitiveWordsFile, config.sensitiveWords)
+const chat = new Chat(store, pusher, filter, log)
+const dashboard = new Dashboard(
+  { metricsUrl: `${config.resoundScheme}://${config.resoundHost}:${config.resoundPort}/metrics`, appId: config.appId },
+  store, chat, pusher, log)
+const webhooks = new WebhookReceiver(store, pusher, dashboard, log)
+const files = new FileStorage(path.join(config.dataDir, 'uploads'))
+const app = createApp({ config, store, pusher, chat, dashboard, webhooks, files, log })
+
+const server = app.listen(config.port, config.host, () => {
+  log.info('teamspace backend listening', {
+    url: `http://${config.host}:${config.port}`, resound: `${config.resoundHost}:${config.resoundPort}`, sensitiveWords: filter.size,
+  })
+  void webhooks.reconcile()
+  dashboard.start()
+})
+
+function shutdown(signal: string): void {
+  log.info('stopping', { signal })
+  dashboard.stop()
+  server.close(() => {
+    store.close()
+    process.exit(0)
+  })
+  server.closeAllConnections()
+  setTimeout(() => process.exit(0), 2000).unref()
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'))
+process.on('SIGINT', () => shutdown('SIGINT'))

@@ -1,0 +1,191 @@
+// Shapes exchanged between the backend and the browser: REST responses and the data of the
+// events the backend triggers. Whisper payloads (client events) are here too, because both
+// browsers of a conversation must agree on them even though the backend never sees them.
+
+export interface User {
+  id: number
+  name: string
+  color: string
+  online: boolean
+  lastSeenAt: number | null
+}
+
+/** What a presence channel carries as `user_info` (and Echo hands to here/joining/leaving). */
+export interface MemberInfo {
+  id: number
+  name: string
+  color: string
+}
+
+export type ConversationKind = 'room' | 'dm'
+
+export interface Conversation {
+  id: number
+  kind: ConversationKind
+  /** Room name, or for a direct message the other person's name. */
+  name: string
+  topic: string
+  /** Channel the conversation's events go to: `presence-room.{id}` or `private-dm.{id}`. */
+  channel: string
+  /** For a direct message: the other participant. */
+  peer?: MemberInfo
+  lastMessageId: number
+  unread: number
+}
+
+export interface Attachment {
+  id: string
+  name: string
+  type: string
+  size: number
+  url: string
+}
+
+export interface Message {
+  id: number
+  conversationId: number
+  author: MemberInfo
+  body: string
+  createdAt: number
+  attachment: Attachment | null
+  /** Set by the sender's browser so its optimistic copy can be matched with the stored one. */
+  clientId: string | null
+}
+
+export interface HistoryPage {
+  messages: Message[]
+  hasMore: boolean
+}
+
+export interface Receipt {
+  conversationId: number
+  user: MemberInfo
+  messageId: number
+}
+
+export interface SearchSegment {
+  text: string
+  hit: boolean
+}
+
+export interface SearchHit {
+  message: Message
+  conversation: { id: number; kind: ConversationKind; name: string }
+  snippet: SearchSegment[]
+}
+
+export interface AppNotification {
+  id: number
+  kind: 'mention'
+  title: string
+  body: string
+  conversationId: number | null
+  messageId: number | null
+  createdAt: number
+  read: boolean
+}
+
+/** One whiteboard stroke. Points are a flat [x0, y0, x1, y1, …] list in board units. */
+export interface Stroke {
+  id: string
+  userId: number
+  color: string
+  width: number
+  points: number[]
+}
+
+/** Board coordinates are independent of the canvas size on screen. */
+export const BOARD_WIDTH = 1600
+export const BOARD_HEIGHT = 1000
+export const MAX_STROKE_POINTS = 400
+
+export interface DashboardSample {
+  /** Unix time in milliseconds. */
+  t: number
+  messagesPerSecond: number
+  onlineUsers: number
+  /** Figures read from Resound's own /metrics. */
+  connections: number
+  wsMessagesSentPerSecond: number
+  apiEventsPerSecond: number
+  clientEventsPerSecond: number
+  subscriptions: number
+}
+
+export interface DashboardSnapshot {
+  samples: DashboardSample[]
+  totals: { messages: number; files: number; strokes: number; users: number }
+  resoundReachable: boolean
+}
+
+export interface ClientConfig {
+  key: string
+  wsHost: string
+  wsPort: number
+  forceTLS: boolean
+}
+
+export interface Session {
+  user: MemberInfo
+  csrfToken: string
+}
+
+// ---- events the backend triggers (Echo listens with a leading dot: `.message.sent`) ----------
+
+export const EVENTS = {
+  messageSent: 'message.sent',
+  receiptUpdated: 'receipt.updated',
+  strokeSaved: 'stroke.saved',
+  boardCleared: 'board.cleared',
+  roomCreated: 'room.created',
+  roomActivity: 'room.activity',
+  userStatus: 'user.status',
+  statsTick: 'stats.tick',
+  /** Sent to one user through `sendToUser`. */
+  notification: 'notification',
+  conversationActivity: 'conversation.activity',
+} as const
+
+export interface RoomActivity {
+  conversationId: number
+  messageId: number
+  authorId: number
+}
+
+export interface UserStatus {
+  userId: number
+  online: boolean
+  lastSeenAt: number | null
+}
+
+// ---- whispers (client events; Echo prefixes them with `client-`) ------------------------------
+
+export const WHISPERS = {
+  typing: 'typing',
+  stroke: 'stroke',
+  cursor: 'cursor',
+} as const
+
+export interface TypingWhisper {
+  userId: number
+  name: string
+  typing: boolean
+}
+
+/** A piece of a stroke in progress: `points` continue the stroke `id`. */
+export interface StrokeWhisper {
+  id: string
+  userId: number
+  color: string
+  width: number
+  points: number[]
+  done: boolean
+}
+
+export interface CursorWhisper {
+  userId: number
+  name: string
+  color: string
+  x: number
+  y: number
+}

@@ -1,0 +1,141 @@
+// The HTTP surface end to end, on an ephemeral port with a real store: sessions and CSRF, the
+// broadcasting auth endpoints as pusher-js calls them, message posting through the word
+// filter, history paging, uploads, and the webhook receiver's signature check. Publishing
+// goes nowhere (Resound is not running here); the handlers must not care.
+
+import assert from 'node:assert/strict'
+import crypto from 'node:crypto'
+import type { AddressInfo } from 'node:net'
+import path from 'node:path'
+import type { Server } from 'node:http'
+import { after, before, describe, test } from 'node:test'
+import { createApp } from '../../server/app.js'
+import { Chat } from '../../server/chat.js'
+import { loadConfig } from '../../server/config.js'
+import { Dashboard } from '../../server/dashboard.js'
+import { silentLogger } from '../../server/log.js'
+import { FileStorage } from '../../server/uploads.js'
+import { WebhookReceiver } from '../../server/webhooks.js'
+import { WordFilter } from '../../server/wordFilter.js'
+import { tempStore, VECTOR_APP, vectorPusher } from './helpers.js'
+
+const PNG = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 0x49, 0x48, 0x44, 0x52])
+
+describe('HTTP API', () => {
+  const { store, dir, cleanup } = tempStore()
+  const pusher = vectorPusher()
+  const chat = new Chat(store, pusher, new WordFilter(['darn']), silentLogger)
+  const dashboard = new Dashboard({ metricsUrl: 'http://127.0.0.1:9/metrics', appId: VECTOR_APP.appId }, store, chat, pusher, silentLogger)
+  const config = { ...loadConfig({}), dataDir: dir, distDir: path.join(dir, 'dist'), maxUploadBytes: 1024, ...VECTOR_APP }
+  const app = createApp({
+    config, store, pusher, chat, dashboard, log: silentLogger,
+    webhooks: new WebhookReceiver(store, pusher, dashboard, silentLogger),
+    files: new FileStorage(path.join(dir, 'uploads')),
+  })
+  let server: Server
+  let base = ''
+
+  before(async () => {
+    server = app.listen(0, '127.0.0.1')
+    await new Promise((resolve) => server.once('listening', resolve))
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  })
+  after(() => {
+    server.closeAllConnections()
+    server.close()
+    cleanup()
+  })
+
+  async function signIn(name: string) {
+    const res = await fetch(`${base}/api/session`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ name }) })
+    assert.equal(res.status, 201)
+    const cookie = res.headers.get('set-cookie')!
+    assert.match(cookie, /HttpOnly/)
+    assert.match(cookie, /SameSite=Lax/)
+    const body = (await res.json()) as { csrfToken: string; user: { id: number } }
+    return { cookie: cookie.split(';')[0]!, csrf: body.csrfToken, id: body.user.id }
+  }
+
+  test('sessions: anonymous requests are refused, bad names rejected', async () => {
+    assert.equal((await fetch(`${base}/api/session`)).status, 401)
+    assert.equal((await fetch(`${base}/api/conversations`)).status, 401)
+    const bad = await fetch(`${base}/api/session`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"name":"a b"}' })
+    assert.equal(bad.status, 422)
+  })
+
+  test('broadcasting auth: form-encoded like pusher-js, CSRF required', async () => {
+    const alice = await signIn('alice')
+    const form = 'socket_id=123.456&channel_name=presence-lobby'
+    const noCsrf = await fetch(`${base}/broadcasting/auth`, {
+      method: 'POST', headers: { Cookie: alice.cookie, 'Content-Type': 'application/x-www-form-urlencoded' }, body: form,
+    })
+    assert.equal(noCsrf.status, 419)
+    const ok = await fetch(`${base}/broadcasting/auth`, {
+      method: 'POST', headers: { Cookie: alice.cookie, 'X-CSRF-TOKEN': alice.csrf, 'Content-Type': 'application/x-www-form-urlencoded' }, body: form,
+    })
+    assert.equal(ok.status, 200)
+    const body = (await ok.json()) as { auth: string; channel_data: string }
+    const expected = crypto.createHmac('sha256', VECTOR_APP.secret).update(`123.456:presence-lobby:${body.channel_data}`).digest('hex')
+    assert.equal(body.auth, `${VECTOR_APP.key}:${expected}`)
+    const user = await fetch(`${base}/broadcasting/user-auth`, {
+      method: 'POST', headers: { Cookie: alice.cookie, 'X-CSRF-TOKEN': alice.csrf, 'Content-Type': 'application/x-www-form-urlencoded' }, body: 'socket_id=123.456',
+    })
+    assert.equal(user.status, 200)
+    assert.equal(JSON.parse(((await user.json()) as { user_data: string }).user_data).id, String(alice.id))
+  })
+
+  test('messages are validated, filtered, stored and paged', async () => {
+    const bob = await signIn('bob')
+    const h = { Cookie: bob.cookie, 'X-CSRF-TOKEN': bob.csrf, 'Content-Type': 'application/json', 'X-Socket-ID': '1.1' }
+    const empty = await fetch(`${base}/api/conversations/1/messages`, { method: 'POST', headers: h, body: '{"body":"   "}' })
+    assert.equal(empty.status, 422)
+    for (let i = 1; i <= 5; i++) {
+      const res = await fetch(`${base}/api/conversations/1/messages`, { method: 'POST', headers: h, body: JSON.stringify({ body: `darn ${i}`, clientId: `c${i}` }) })
+      assert.equal(res.status, 201)
+      assert.equal(((await res.json()) as { body: string }).body, `**** ${i}`)
+    }
+    const page = (await (await fetch(`${base}/api/conversations/1/messages?limit=2`, { headers: h })).json()) as { messages: Array<{ id: number; body: string }>; hasMore: boolean }
+    assert.deepEqual(page.messages.map((m) => m.body), ['**** 4', '**** 5'])
+    assert.equal(page.hasMore, true)
+    const older = (await (await fetch(`${base}/api/conversations/1/messages?limit=10&before=${page.messages[0]!.id}`, { headers: h })).json()) as { messages: unknown[]; hasMore: boolean }
+    assert.equal(older.messages.length, 3)
+    assert.equal(older.hasMore, false)
+    assert.equal((await fetch(`${base}/api/conversations/999/messages`, { headers: h })).status, 404)
+  })
+
+  test('uploads: allow-listed and sniffed; files only for those who may read them', async () => {
+    const alice = await signIn('alice')
+    const carol = await signIn('carol')
+    const bob = await signIn('bob')
+    const dm = (await (await fetch(`${base}/api/dms`, {
+      method: 'POST', headers: { Cookie: alice.cookie, 'X-CSRF-TOKEN': alice.csrf, 'Content-Type': 'application/json' }, body: JSON.stringify({ userId: bob.id }),
+    })).json()) as { id: number }
+    const up = (type: string, bytes: Buffer) => fetch(`${base}/api/conversations/${dm.id}/files`, {
+      method: 'POST', headers: { Cookie: alice.cookie, 'X-CSRF-TOKEN': alice.csrf, 'Content-Type': type, 'X-Filename': 'pic%20one.png' }, body: new Uint8Array(bytes),
+    })
+    assert.equal((await up('image/png', Buffer.from('not a png'))).status, 415)
+    assert.equal((await up('application/x-msdownload', PNG)).status, 415)
+    assert.equal((await up('image/png', Buffer.concat([PNG, Buffer.alloc(2048)]))).status, 413)
+    const ok = await up('image/png', PNG)
+    assert.equal(ok.status, 201)
+    const message = (await ok.json()) as { attachment: { url: string; name: string } }
+    assert.equal(message.attachment.name, 'pic one.png')
+    const got = await fetch(`${base}${message.attachment.url}`, { headers: { Cookie: bob.cookie } })
+    assert.equal(got.status, 200)
+    assert.equal(got.headers.get('x-content-type-options'), 'nosniff')
+    assert.deepEqual(Buffer.from(await got.arrayBuffer()), PNG)
+    assert.equal((await fetch(`${base}${message.attachment.url}`, { headers: { Cookie: carol.cookie } })).status, 404)
+  })
+
+  test('webhooks: signed bodies are applied, anything else refused', async () => {
+    const user = store.findOrCreateUser('dave')
+    const body = JSON.stringify({ time_ms: Date.now(), events: [{ name: 'member_added', channel: 'presence-lobby', user_id: String(user.id) }] })
+    const sign = (b: string) => crypto.createHmac('sha256', VECTOR_APP.secret).update(b).digest('hex')
+    const post = (headers: Record<string, string>) => fetch(`${base}/webhooks/pusher`, { method: 'POST', headers, body })
+    assert.equal((await post({ 'Content-Type': 'application/json', 'X-Pusher-Key': VECTOR_APP.key, 'X-Pusher-Signature': sign(`${body} `) })).status, 401)
+    assert.equal((await post({ 'Content-Type': 'application/json', 'X-Pusher-Key': 'other', 'X-Pusher-Signature': sign(body) })).status, 401)
+    assert.equal(store.userStatus(user.id).online, false)
+    assert.equal((await post({ 'Content-Type': 'application/json', 'X-Pusher-Key': VECTOR_APP.key, 'X-Pusher-Signature': sign(body) })).status, 200)
+    assert.equal(store.userStatus(user.id).online, true)
+  })
+})
