@@ -72,12 +72,14 @@ impl Broadcaster {
         cache: Option<CachedEvent>,
     ) -> Fanout {
         let fanout = self.deliver_local(hub, channel, &frame, except, cache);
-        self.adapter.publish(RemoteEvent {
-            app: hub.app.id.clone(),
-            target: target_of(channel),
-            frame,
-            except,
-        });
+        if self.adapter.has_peers() {
+            self.adapter.publish(RemoteEvent {
+                app: hub.app.id.clone(),
+                target: target_of(channel),
+                frame,
+                except,
+            });
+        }
         fanout
     }
 
@@ -110,12 +112,14 @@ impl Broadcaster {
         let name = if online { "online" } else { "offline" };
         let frame = message::watchlist_events(&[(name, vec![user.to_string()])]);
         hub.watchers.deliver(user, &frame);
-        self.adapter.publish(RemoteEvent {
-            app: hub.app.id.clone(),
-            target: Target::Watchers(user.to_string()),
-            frame,
-            except: None,
-        });
+        if self.adapter.has_peers() {
+            self.adapter.publish(RemoteEvent {
+                app: hub.app.id.clone(),
+                target: Target::Watchers(user.to_string()),
+                frame,
+                except: None,
+            });
+        }
     }
 }
 

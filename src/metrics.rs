@@ -29,6 +29,7 @@ pub struct Metrics {
     pub http_transmitted_bytes: IntCounter,
     slow_consumers: IntCounterVec,
     rate_limited: IntCounterVec,
+    refused: IntCounterVec,
     pub fanout_size: Histogram,
     pub http_request_seconds: HistogramVec,
 }
@@ -217,6 +218,16 @@ impl Metrics {
                     &["app_id", "limit"]
                 )?
             ),
+            refused: register!(
+                registry,
+                IntCounterVec::new(
+                    o(
+                        "connections_refused_total",
+                        "WebSocket handshakes refused, by close code (4001 unknown app, 4004 quota, 4009 origin, 4100 capacity, ...)"
+                    ),
+                    &["code"]
+                )?
+            ),
             fanout_size: register!(
                 registry,
                 Histogram::with_opts(
@@ -281,6 +292,11 @@ impl Metrics {
             disconnections: self.disconnections.clone(),
             app_id: app_id.to_string(),
         }
+    }
+
+    /// A handshake refused with `code` (spec 1.2).
+    pub fn refused(&self, code: u16) {
+        self.refused.with_label_values(&[&code.to_string()]).inc();
     }
 
     pub fn http_call(&self, endpoint: &str, status: u16) {

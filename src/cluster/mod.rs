@@ -89,6 +89,11 @@ pub trait Adapter: Send + Sync {
     fn terminate(&self, app: &AppId, user: &str, presence: bool);
     /// Whether the backend is reachable (`/ready`).
     fn is_healthy(&self) -> bool;
+    /// Whether there are other nodes at all (when not, publishers skip building
+    /// `RemoteEvent`s).
+    fn has_peers(&self) -> bool {
+        true
+    }
 }
 
 /// Cluster-wide facts. `local` arguments are this node's figures after the change, which is all
@@ -156,6 +161,9 @@ impl Adapter for Local {
     fn terminate(&self, _app: &AppId, _user: &str, _presence: bool) {}
     fn is_healthy(&self) -> bool {
         true
+    }
+    fn has_peers(&self) -> bool {
+        false
     }
 }
 

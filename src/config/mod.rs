@@ -331,11 +331,17 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     }
     let mut file: FileConfig = figment.extract()?;
 
-    // An app defined by Reverb's variables joins (or replaces, by id) the configured apps.
-    let reverb_app = reverb::app_from_env(&env)?;
+    // An app defined by Reverb's variables joins the configured apps; when the file has an app
+    // with the same id, the variables override its credentials and the settings they name
+    // (the file's other settings, webhooks included, stay).
+    let mut reverb_app = reverb::app_from_env(&env)?;
     if let Some(app) = &reverb_app {
-        file.apps.retain(|a| a.id != app.id);
-        file.apps.push(app.clone());
+        if let Some(existing) = file.apps.iter_mut().find(|a| a.id == app.id) {
+            reverb::overlay(existing, app);
+            reverb_app = None;
+        } else {
+            file.apps.push(app.clone());
+        }
     }
     let embedded = file.apps.is_empty();
     if embedded {
@@ -458,6 +464,8 @@ fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
             ClientEventPolicy::MembersIncludingPublic
         }
         (None, Some(true)) => ClientEventPolicy::Members,
+        // Reverb accepts whispers from members unless told otherwise.
+        (None, None) if reverb_defaults => ClientEventPolicy::Members,
         (None, _) => ClientEventPolicy::Disabled,
     };
     let over_quota_close_code = a.over_quota_close_code.unwrap_or(d.over_quota_close_code);

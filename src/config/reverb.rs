@@ -87,14 +87,13 @@ pub(super) fn app_from_env(
             ))
         }
     };
-    let accept = env
-        .get("REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM")
-        .cloned()
-        .unwrap_or_else(|| "members".into());
-    if !matches!(accept.as_str(), "members" | "all" | "none") {
-        return Err(ConfigError::Invalid(format!(
-            "environment variable REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM: invalid value {accept:?} (members, all or none)"
-        )));
+    let accept = env.get("REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM").cloned();
+    if let Some(a) = &accept {
+        if !matches!(a.as_str(), "members" | "all" | "none") {
+            return Err(ConfigError::Invalid(format!(
+                "environment variable REVERB_APP_ACCEPT_CLIENT_EVENTS_FROM: invalid value {a:?} (members, all or none)"
+            )));
+        }
     }
     Ok(Some(AppConfig {
         id,
@@ -104,7 +103,29 @@ pub(super) fn app_from_env(
         activity_timeout: parse(env, "REVERB_APP_ACTIVITY_TIMEOUT")?,
         max_message_size: parse(env, "REVERB_APP_MAX_MESSAGE_SIZE")?,
         max_connections: parse(env, "REVERB_APP_MAX_CONNECTIONS")?,
-        accept_client_events_from: Some(accept),
+        accept_client_events_from: accept,
         ..AppConfig::default()
     }))
+}
+
+/// Applies what Reverb's variables set to an app of the configuration file with the same id.
+pub(super) fn overlay(app: &mut AppConfig, env: &AppConfig) {
+    app.key.clone_from(&env.key);
+    app.secret.clone_from(&env.secret);
+    if env.ping_interval.is_some() {
+        app.ping_interval = env.ping_interval;
+    }
+    if env.activity_timeout.is_some() {
+        app.activity_timeout = env.activity_timeout;
+    }
+    if env.max_message_size.is_some() {
+        app.max_message_size = env.max_message_size;
+    }
+    if env.max_connections.is_some() {
+        app.max_connections = env.max_connections;
+    }
+    if env.accept_client_events_from.is_some() {
+        app.accept_client_events_from
+            .clone_from(&env.accept_client_events_from);
+    }
 }

@@ -215,3 +215,28 @@ fn example_config_is_valid() {
     });
     assert!(!c.apps.is_empty());
 }
+
+#[test]
+fn reverb_variables_overlay_a_configured_app_with_the_same_id() {
+    let p = temp_file(
+        "e.toml",
+        "[[apps]]\nid = \"123456\"\nkey = \"old\"\nsecret = \"old\"\nenable_client_messages = true\n\n[[apps.webhooks]]\nurl = \"http://127.0.0.1:3000/hooks\"\n",
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        process_env: env(&[
+            ("REVERB_APP_ID", "123456"),
+            ("REVERB_APP_KEY", "new-key"),
+            ("REVERB_APP_SECRET", "new-secret"),
+            ("REVERB_APP_ACTIVITY_TIMEOUT", "45"),
+        ]),
+        ..Sources::default()
+    });
+    assert_eq!(c.apps.len(), 1);
+    let a = &c.apps[0];
+    assert_eq!(a.key.as_str(), "new-key");
+    assert_eq!(a.secret.as_str(), "new-secret");
+    assert_eq!(a.settings.activity_timeout, Duration::from_secs(45));
+    assert!(a.webhooks.is_some(), "the file's webhooks stay");
+    assert_eq!(a.settings.client_events, ClientEventPolicy::Members);
+}

@@ -94,6 +94,9 @@ pub(super) async fn upgrade(
             Err(e) => debug!(error = %e, "cluster connection count unavailable"),
         }
     }
+    if let Admission::Refused(kind) = &admission {
+        state.metrics.refused(kind.code());
+    }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
