@@ -62,7 +62,9 @@ async fn handshake_refusals_send_error_then_close_with_the_same_code() {
             "{key} {q}: close code must equal the error code"
         );
     }
-    let metrics = raw_request("GET", &s.url("/metrics"), String::new()).await.text;
+    let metrics = raw_request("GET", &s.url("/metrics"), String::new())
+        .await
+        .text;
     assert!(
         metrics.contains("resound_connections_refused_total{code=\"4001\"} 1"),
         "refusals are counted by code"

@@ -129,3 +129,34 @@ async fn shutdown_closes_every_socket_with_4200() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn authorized_connections_close_unauthorized_sockets_after_the_timeout() {
+    let s = TestServer::start(&config(
+        "require_authorization = true\nauthorization_timeout = 1",
+        "",
+    ))
+    .await;
+    let mut idle = s.client().await;
+    let mut signed = s.client().await;
+    signed.signin(r#"{"id":"ok"}"#).await;
+    let mut private = s.client().await;
+    private.subscribe_private("private-ok").await;
+    let started = std::time::Instant::now();
+    let e = idle.recv().await;
+    assert_eq!(
+        e["data"]["code"], 4009,
+        "an unauthorized socket is told why"
+    );
+    assert_eq!(idle.closed().await, Some(4009));
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for c in [&mut signed, &mut private] {
+        c.send(json!({"event":"pusher:ping"})).await;
+        assert_eq!(
+            c.recv().await["event"],
+            "pusher:pong",
+            "signed-in and private subscribers stay"
+        );
+    }
+}
