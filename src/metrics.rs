@@ -299,9 +299,9 @@ impl Metrics {
         self.refused.with_label_values(&[&code.to_string()]).inc();
     }
 
-    pub fn http_call(&self, endpoint: &str, status: u16) {
+    pub fn http_call(&self, endpoint: &str, status: &http::StatusCode) {
         self.http_calls
-            .with_label_values(&[endpoint, &status.to_string()])
+            .with_label_values(&[endpoint, status.as_str()])
             .inc();
     }
 

@@ -201,11 +201,12 @@ impl Server {
                 "grace period over; exiting with sockets open"
             );
         }
-        // Webhooks queued so far (vacates of the closed sockets included) get what is left.
+        // Webhooks queued so far (vacates of the closed sockets included) get what is left of
+        // the grace period, but a receiver that is down must not hold the exit for all of it.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         state
             .webhooks
-            .shutdown(left.max(Duration::from_secs(1)))
+            .shutdown(left.clamp(Duration::from_secs(1), WEBHOOK_FLUSH))
             .await;
         sweeper.abort();
         if let Some(r) = reloader {
@@ -219,6 +220,8 @@ impl Server {
 }
 
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// The longest a shutdown waits for queued webhooks.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(3);
 
 /// Pending connections the kernel may queue before `accept` (capped by `net.core.somaxconn`).
 /// The default of 128 drops SYNs during a reconnect storm of thousands of clients.

@@ -623,8 +623,12 @@ impl Session {
         if event.len() > settings.max_event_name_length {
             return Err(Refusal::on(ErrorKind::EventNameTooLong, channel));
         }
-        let Ok(name) = ChannelName::parse(channel, settings.max_channel_name_length) else {
-            return Err(Refusal::on(ErrorKind::InvalidChannelName, channel));
+        // A subscribed channel was validated when it was joined: reuse its name (no parse, no
+        // allocation on the hot path); anything else is parsed for the right refusal.
+        let name = match self.subscriptions.get_key_value(channel) {
+            Some((name, _)) => name.clone(),
+            None => ChannelName::parse(channel, settings.max_channel_name_length)
+                .map_err(|_| Refusal::on(ErrorKind::InvalidChannelName, channel))?,
         };
         let kind = name.kind();
         let public_allowed = settings.client_events == ClientEventPolicy::MembersIncludingPublic

@@ -110,7 +110,7 @@ pub async fn handle(
         Route::NotFound => ("not_found", Err(ApiError::NotFound("Not found".into()))),
     };
     let resp = result.unwrap_or_else(ApiError::into_response);
-    state.metrics.http_call(endpoint, resp.status().as_u16());
+    state.metrics.http_call(endpoint, &resp.status());
     state
         .metrics
         .http_request_seconds
