@@ -374,9 +374,9 @@ async fn apply_inbound(
                 };
                 state.webhook(&app, WebhookEvent::ChannelVacated { channel });
             }
-            Inbound::Resync => {
+            Inbound::Resync { announce } => {
                 if let Some(redis) = &redis {
-                    if let Err(e) = redis.resync(&state.hubs()).await {
+                    if let Err(e) = redis.resync(&state.hubs(), announce).await {
                         warn!(error = %e, "publishing this node's state again failed");
                     }
                 }

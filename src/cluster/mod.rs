@@ -65,8 +65,10 @@ pub enum Inbound {
     ChannelGone { app: AppId, channel: String },
     /// A dead node held a user's last signed-in connection: the user is offline.
     UserGone { app: AppId, user: String },
-    /// This node's shared state was lost (reaped or Redis restarted): publish it again.
-    Resync,
+    /// This node's shared state may be lost or stale (it was reaped, Redis restarted, or
+    /// changes were lost while Redis was unreachable): publish it again. `announce` when other
+    /// nodes saw this node's members leave.
+    Resync { announce: bool },
 }
 
 /// A cluster backend failure.

@@ -186,8 +186,18 @@ pub struct RedisCluster {
     /// Set after the first heartbeat: a later heartbeat that creates the lease anew means
     /// this node's shared state was lost.
     registered: AtomicBool,
+    /// A change of shared state could not be recorded (Redis unreachable or failing): the next
+    /// successful heartbeat publishes this node's state again.
+    dirty: AtomicBool,
     metrics: Metrics,
     scripts: Scripts,
+}
+
+/// A presence member whose last connection's record was removed.
+struct Gone {
+    app: AppId,
+    channel: String,
+    user: String,
 }
 
 /// The counts kept per node and in total (see the table above).
@@ -261,6 +271,7 @@ impl RedisCluster {
             inbound,
             healthy: AtomicBool::new(true),
             registered: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
             metrics,
             scripts: Scripts {
                 join: Script::new(JOIN),
@@ -327,8 +338,15 @@ impl RedisCluster {
         if self.healthy.load(Ordering::Acquire) {
             Ok(())
         } else {
+            self.dirty.store(true, Ordering::Release);
             Err(ClusterError("backend unreachable".into()))
         }
+    }
+
+    /// Records that a state change failed, so it is repaired by a resync.
+    fn failed(&self, e: &redis::RedisError) -> ClusterError {
+        self.dirty.store(true, Ordering::Release);
+        err(e)
     }
 
     fn enqueue(&self, topic: String, payload: Bytes) {
@@ -356,7 +374,12 @@ impl RedisCluster {
         let was_registered = self.registered.swap(true, Ordering::AcqRel);
         if added == 1 && was_registered {
             warn!("this node's cluster lease was gone; publishing its state again");
-            let _ = self.inbound.try_send(Inbound::Resync);
+            let _ = self.inbound.try_send(Inbound::Resync { announce: true });
+        } else if self.dirty.swap(false, Ordering::AcqRel) {
+            warn!(
+                "some cluster state changes were not recorded; publishing this node's state again"
+            );
+            let _ = self.inbound.try_send(Inbound::Resync { announce: false });
         }
         Ok(())
     }
@@ -381,13 +404,17 @@ impl RedisCluster {
             if claimed == 1 {
                 warn!(dead = node, "reaping a node whose lease expired");
                 self.metrics.reaped.inc();
-                self.reap_node(node).await?;
+                let _ = self.reap_node(node, true).await?;
             }
         }
         Ok(())
     }
 
-    async fn reap_node(&self, node: u64) -> Result<(), ClusterError> {
+    /// Removes `node`'s contributions to the shared state. With `announce`, the transitions it
+    /// causes are reported (member_removed broadcasts, vacated webhooks, offline watchers);
+    /// without, it is this node clearing its own shares before publishing them again.
+    async fn reap_node(&self, node: u64, announce: bool) -> Result<Vec<Gone>, ClusterError> {
+        let mut gone = Vec::new();
         let mut conn = self.conn.clone();
         // Counts first, so that when clients see `member_removed` the HTTP API agrees.
         // Connection counts.
@@ -414,7 +441,7 @@ impl RedisCluster {
             let total = self
                 .tally(Tally::Subscriptions, node, app, channel, -count)
                 .await?;
-            if total == 0 {
+            if total == 0 && announce {
                 let _ = self.inbound.try_send(Inbound::ChannelGone {
                     app: AppId(app.into()),
                     channel: channel.to_string(),
@@ -432,7 +459,7 @@ impl RedisCluster {
                 continue;
             };
             let total = self.tally(Tally::Users, node, app, user, -count).await?;
-            if total == 0 {
+            if total == 0 && announce {
                 let _ = self.inbound.try_send(Inbound::UserGone {
                     app: AppId(app.into()),
                     user: user.to_string(),
@@ -456,7 +483,14 @@ impl RedisCluster {
             let mut inv = self.scripts.reap_member.prepare_invoke();
             inv.key(&m).key(&n).key(&o).arg(node).arg(user);
             let left: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
-            if left == 1 {
+            if left == 1 && !announce {
+                gone.push(Gone {
+                    app: app.clone(),
+                    channel: channel.to_string(),
+                    user: user.to_string(),
+                });
+            }
+            if left == 1 && announce {
                 let frame = message::member_removed(channel, user);
                 self.publish(RemoteEvent {
                     app: app.clone(),
@@ -480,7 +514,7 @@ impl RedisCluster {
             .query_async(&mut conn)
             .await
             .map_err(|e| err(&e))?;
-        Ok(())
+        Ok(gone)
     }
 
     /// Adds `delta` to `node`'s share of a tally and to the cluster total; returns the total.
@@ -663,6 +697,10 @@ async fn subscriber(cluster: Arc<RedisCluster>) {
                     if !first {
                         cluster.metrics.reconnects.inc();
                         info!("cluster pub/sub reconnected and resubscribed");
+                        // Changes made while Redis was unreachable were not recorded.
+                        let _ = cluster
+                            .inbound
+                            .try_send(Inbound::Resync { announce: false });
                     }
                     first = false;
                     backoff = Duration::from_millis(100);
@@ -790,7 +828,10 @@ impl ClusterState for RedisCluster {
             .arg(app)
             .arg(1)
             .arg(max.unwrap_or(0));
-        let n: i64 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        let n: i64 = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(&e))?;
         Ok(n >= 0)
     }
 
@@ -922,16 +963,13 @@ impl RedisCluster {
 
     /// Publishes this node's local state again after it was lost (see `Inbound::Resync`):
     /// connection and subscription counts and presence memberships.
-    pub async fn resync(&self, hubs: &[Arc<AppHub>]) -> Result<(), ClusterError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("DEL")
-            .arg(self.node_key(self.node, "s"))
-            .arg(self.node_key(self.node, "c"))
-            .arg(self.node_key(self.node, "p"))
-            .arg(self.node_key(self.node, "u"))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| err(&e))?;
+    /// `announce`: the state was lost and others saw this node's members leave, so members
+    /// that come back are announced with `member_added`.
+    pub async fn resync(&self, hubs: &[Arc<AppHub>], announce: bool) -> Result<(), ClusterError> {
+        // Whatever is left of this node's shares (after a mere disconnection: possibly stale,
+        // since changes made while Redis was unreachable were lost) is replaced as a whole.
+        let gone = self.reap_node(self.node, false).await?;
+        let mut back = std::collections::HashSet::new();
         for hub in hubs {
             let app = hub.app.id.as_str();
             let n = hub.connection_count();
@@ -969,11 +1007,61 @@ impl RedisCluster {
                     .await?;
             }
             for (channel, socket, member) in hub.channels.presence_members() {
-                self.join(&hub.app.id, &channel, &member, socket, usize::MAX)
+                let joined = self
+                    .join(&hub.app.id, &channel, &member, socket, usize::MAX)
                     .await
                     .map_err(|e| ClusterError(e.0))?;
+                back.insert((
+                    hub.app.id.clone(),
+                    channel.to_string(),
+                    member.user_id.to_string(),
+                ));
+                if announce && matches!(joined, Join::Joined { first: true, .. }) {
+                    let event = RemoteEvent {
+                        app: hub.app.id.clone(),
+                        target: Target::Channel(channel.to_string()),
+                        frame: message::member_added(
+                            channel.as_str(),
+                            member.user_id.as_str(),
+                            member.user_info.as_deref(),
+                        ),
+                        except: Some(socket),
+                    };
+                    self.publish(event.clone());
+                    let _ = self.inbound.try_send(Inbound::Event(event));
+                }
             }
         }
+        // Members who left while their departure could not be recorded: tell everyone now,
+        // unless another node still has them.
+        for g in gone {
+            if back.contains(&(g.app.clone(), g.channel.clone(), g.user.clone())) {
+                continue;
+            }
+            let still_there = self
+                .members(&g.app, &g.channel)
+                .await
+                .map_err(|e| ClusterError(e.0))?
+                .iter()
+                .any(|m| m.user_id.as_str() == g.user);
+            if still_there {
+                continue;
+            }
+            let frame = message::member_removed(&g.channel, &g.user);
+            self.publish(RemoteEvent {
+                app: g.app.clone(),
+                target: Target::Channel(g.channel.clone()),
+                frame: frame.clone(),
+                except: None,
+            });
+            let _ = self.inbound.try_send(Inbound::MemberGone {
+                app: g.app,
+                channel: g.channel,
+                user: g.user,
+                frame,
+            });
+        }
+        self.dirty.store(false, Ordering::Release);
         info!("cluster state published again");
         Ok(())
     }
@@ -1026,7 +1114,7 @@ impl PresenceStore for RedisCluster {
         let (first, flat): (i64, Vec<String>) = inv
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| PresenceError(e.to_string()))?;
+            .map_err(|e| PresenceError(self.failed(&e).0))?;
         if first < 0 {
             return Ok(Join::Full);
         }
@@ -1058,7 +1146,7 @@ impl PresenceStore for RedisCluster {
         let last: i64 = inv
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| PresenceError(e.to_string()))?;
+            .map_err(|e| PresenceError(self.failed(&e).0))?;
         Ok(last == 1)
     }
 

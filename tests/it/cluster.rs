@@ -580,3 +580,52 @@ async fn watchlist_status_crosses_nodes() {
         json!({"events":[{"name":"offline","user_ids":["friend"]}]})
     );
 }
+
+#[tokio::test]
+async fn a_departure_during_a_redis_stall_is_repaired_when_redis_answers_again() {
+    let port = free_port();
+    let redis = RedisProc::start(port).await;
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let p = prefix();
+    let a = TestServer::start(&cluster_config(&p, &url, "")).await;
+    let b = TestServer::start(&cluster_config(&p, &url, "")).await;
+    let mut watcher = a.client().await;
+    watcher
+        .subscribe_presence("presence-stall", r#"{"user_id":"w"}"#)
+        .await;
+    let mut leaver = b.client().await;
+    leaver
+        .subscribe_presence("presence-stall", r#"{"user_id":"l"}"#)
+        .await;
+    watcher.recv_event("pusher_internal:member_added").await;
+
+    // Redis stops answering; the departure cannot be recorded.
+    let pid = redis.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    drop(leaver);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    let removed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(v) = next_json(&mut watcher.ws).await {
+                if v["event"] == "pusher_internal:member_removed" {
+                    return v;
+                }
+            }
+        }
+    })
+    .await
+    .expect("member_removed once Redis answers again");
+    assert_eq!(data_json(&removed), json!({"user_id":"l"}));
+    let users = a.api().get("/channels/presence-stall/users", &[]).await;
+    assert_eq!(users.body, json!({"users":[{"id":"w"}]}));
+}
