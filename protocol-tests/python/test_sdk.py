@@ -7,6 +7,7 @@ protocol 6, pings with data "" and signs channel_data locally with json.dumps.
 
 import base64
 import binascii
+import http.server
 import json
 import logging
 import os
@@ -25,6 +26,9 @@ import websocket
 
 URLS = [u.strip() for u in os.environ.get("PT_URLS", "http://127.0.0.1:8080").split(",") if u.strip()]
 APP = {"id": "1000001", "key": "pt-key", "secret": "pt-secret"}
+# Posts its webhooks to a receiver this suite runs on 127.0.0.1:47614 (resound.toml).
+HOOKS_APP = {"id": "1000012", "key": "pt-pyhooks-key", "secret": "pt-pyhooks-secret"}
+HOOKS_PORT = 47614
 MASTER_KEY_B64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 WAIT = 4.0
 
@@ -52,10 +56,11 @@ def uniq(prefix):
 class RawClient:
     """A websocket-client connection that records every JSON frame."""
 
-    def __init__(self, i=0):
+    def __init__(self, i=0, app=None):
         n = node(i)
         scheme = "wss" if n["tls"] else "ws"
-        url = "%s://%s:%d/app/%s?protocol=7&client=python-tests&version=1.0" % (scheme, n["host"], n["port"], APP["key"])
+        key = (app or APP)["key"]
+        url = "%s://%s:%d/app/%s?protocol=7&client=python-tests&version=1.0" % (scheme, n["host"], n["port"], key)
         self.ws = websocket.create_connection(url, timeout=WAIT)
         self.frames = []
         self.close_code = None
@@ -347,6 +352,41 @@ class PythonSdkTests(unittest.TestCase):
         except (nacl.exceptions.CryptoError, binascii.Error, KeyError) as ex:
             self.fail("ciphertext was altered by the server: %s" % ex)
         self.assertEqual(json.loads(plain), {"card": "4242"}, "decrypted payload differs from what the SDK encrypted")
+
+    def test_webhooks_pass_the_python_sdk_validator(self):
+        hooks = []
+
+        class Receiver(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                hooks.append((self.headers.get("X-Pusher-Key"), self.headers.get("X-Pusher-Signature"), body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", HOOKS_PORT), Receiver)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            r = RawClient(app=HOOKS_APP)
+            self.cleanup.append(r)
+            ch = uniq("py-hooked-")
+            m = r.subscribe(ch)
+            self.assertEqual(m["event"], "pusher_internal:subscription_succeeded")
+            deadline = time.time() + 5
+            while time.time() < deadline and not hooks:
+                time.sleep(0.05)
+            self.assertTrue(hooks, "no webhook arrived for channel_occupied")
+            key, signature, body = hooks[0]
+            sdk = pusher.Pusher(app_id=HOOKS_APP["id"], key=HOOKS_APP["key"], secret=HOOKS_APP["secret"])
+            result = sdk.validate_webhook(key, signature, body.decode("utf-8"))
+            self.assertIsNotNone(result, "pusher-http-python validate_webhook rejected the webhook: %r" % body)
+            self.assertIn({"name": "channel_occupied", "channel": ch}, result["events"])
+        finally:
+            srv.shutdown()
+            srv.server_close()
 
 
 if __name__ == "__main__":
