@@ -3,11 +3,12 @@
 //! close.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ErrorKind, SocketId, UserId};
@@ -36,8 +37,13 @@ pub struct ConnHandle {
     pub socket_id: SocketId,
     queue: Mutex<Queue>,
     capacity: usize,
-    ready: Notify,
+    /// Wakes the writer: a waker slot and a flag instead of a `Notify` (no lock on the
+    /// delivery path; at most one wake per batch).
+    writer: AtomicWaker,
+    pending: AtomicBool,
     close_reason: Mutex<Option<ErrorKind>>,
+    /// Set with `cancel`; read on the hot path without the token's lock.
+    closing: AtomicBool,
     cancel: CancellationToken,
     /// The signed-in user (spec 3.5), for `terminate_connections` and `#server-to-user-`.
     signed_in: Mutex<Option<UserId>>,
@@ -61,8 +67,10 @@ impl ConnHandle {
             socket_id,
             queue: Mutex::new(Queue::default()),
             capacity: queue_size.max(1),
-            ready: Notify::new(),
+            writer: AtomicWaker::new(),
+            pending: AtomicBool::new(false),
             close_reason: Mutex::new(None),
+            closing: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             signed_in: Mutex::new(None),
             presence_users: Mutex::new(Vec::new()),
@@ -89,18 +97,30 @@ impl ConnHandle {
             }
             q.items.push_back(out);
         }
-        self.ready.notify_one();
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.writer.wake();
+        }
         Delivery::Queued
     }
 
     /// Takes everything queued (for the writer); empty when nothing is.
     pub fn take_queued(&self) -> VecDeque<Outbound> {
+        // Cleared before taking: a frame queued after the take sets it again and wakes.
+        self.pending.store(false, Ordering::Release);
         std::mem::take(&mut self.queue.lock().items)
     }
 
     /// Completes when something was queued since the last `take_queued`.
     pub(super) async fn queued(&self) {
-        self.ready.notified().await;
+        std::future::poll_fn(|cx| {
+            self.writer.register(cx.waker());
+            if self.pending.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// Refuses further frames (the writer is gone).
@@ -123,7 +143,18 @@ impl ConnHandle {
                 *reason = Some(kind);
             }
         }
+        self.stop();
+    }
+
+    /// Stops both tasks of the connection (without setting a reason).
+    pub fn stop(&self) {
+        self.closing.store(true, Ordering::Release);
         self.cancel.cancel();
+    }
+
+    /// Whether the connection is closing (cheap; for loops between awaits).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     pub fn close_reason(&self) -> Option<ErrorKind> {

@@ -90,7 +90,7 @@ pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics
             }
         }
         while !batch.is_empty() {
-            if conn.cancelled().is_cancelled() {
+            if conn.is_closing() {
                 break 'outer;
             }
             buf.clear();
