@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ErrorKind, SocketId, UserId};
