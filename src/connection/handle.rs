@@ -44,6 +44,8 @@ pub struct ConnHandle {
     close_reason: Mutex<Option<ErrorKind>>,
     /// Set with `cancel`; read on the hot path without the token's lock.
     closing: AtomicBool,
+    /// The client already closed its side (EOF): no close frame is sent back.
+    peer_gone: AtomicBool,
     cancel: CancellationToken,
     /// The signed-in user (spec 3.5), for `terminate_connections` and `#server-to-user-`.
     signed_in: Mutex<Option<UserId>>,
@@ -71,6 +73,7 @@ impl ConnHandle {
             pending: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
+            peer_gone: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             signed_in: Mutex::new(None),
             presence_users: Mutex::new(Vec::new()),
@@ -150,6 +153,15 @@ impl ConnHandle {
     pub fn stop(&self) {
         self.closing.store(true, Ordering::Release);
         self.cancel.cancel();
+    }
+
+    /// The client closed the TCP connection: nothing more can be written to it.
+    pub(super) fn mark_peer_gone(&self) {
+        self.peer_gone.store(true, Ordering::Release);
+    }
+
+    pub(super) fn is_peer_gone(&self) -> bool {
+        self.peer_gone.load(Ordering::Acquire)
     }
 
     /// Whether the connection is closing (cheap; for loops between awaits).

@@ -131,7 +131,9 @@ async fn serve(
                 match e {
                     FrameError::TooBig(_) => conn.close(ErrorKind::MessageTooBig),
                     FrameError::Protocol(_) => conn.close(ErrorKind::WebSocketProtocol),
-                    FrameError::Eof | FrameError::Io(_) => {}
+                    // Nothing can be written to a client that is gone: skip the close frame (a
+                    // mass disconnect then costs no write per socket).
+                    FrameError::Eof | FrameError::Io(_) => conn.mark_peer_gone(),
                 }
                 break;
             }

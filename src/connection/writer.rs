@@ -115,6 +115,9 @@ pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics
         }
     }
     conn.close_queue();
+    if conn.is_peer_gone() {
+        return;
+    }
     if clean {
         // Queued messages are dropped: the connection is closing.
         let seq = close_sequence(conn.close_reason().as_ref());

@@ -49,7 +49,7 @@ pub async fn run(args: &ChatArgs, setup: &Setup) -> Result<Report> {
         }),
         client_publishers: None,
         http: (http_rate > 0.0).then(|| HttpPlan {
-            target: setup.target.clone(),
+            target: setup.publish_target.clone(),
             app_id: setup.app_id.clone(),
             rate: http_rate,
             connections: args.http_conns.max(1),

@@ -43,6 +43,10 @@ pub struct CommonArgs {
     /// Server base URL; WebSocket at {url}/app/{key}, HTTP API at {url}/apps/{id}/events.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Publish through this node instead of --url (a cluster: subscribers on --url,
+    /// publishers on another node, so every delivery crosses the cluster backend).
+    #[arg(long)]
+    pub publish_url: Option<String>,
     #[arg(long, default_value = "app-id")]
     pub app_id: String,
     #[arg(long, default_value = "app-key")]
@@ -254,14 +258,29 @@ impl CommonArgs {
             Some(port) => format!("http://127.0.0.1:{port}"),
             None => self.url.clone(),
         };
+        let target = TargetSpec {
+            ip,
+            port,
+            prefix,
+            key: self.key.clone(),
+            secret: self.secret.clone(),
+        };
+        let publish_target = match (&self.publish_url, port_override) {
+            (Some(u), None) => {
+                let (ip, port, prefix) = parse_url(u)?;
+                TargetSpec {
+                    ip,
+                    port,
+                    prefix,
+                    key: self.key.clone(),
+                    secret: self.secret.clone(),
+                }
+            }
+            _ => target.clone(),
+        };
         Ok(Setup {
-            target: TargetSpec {
-                ip,
-                port,
-                prefix,
-                key: self.key.clone(),
-                secret: self.secret.clone(),
-            },
+            target,
+            publish_target,
             url,
             baseline: port_override.is_some(),
             app_id: self.app_id.clone(),

@@ -32,7 +32,7 @@ fn workload(args: &FanoutArgs, setup: &Setup) -> Result<Workload> {
     let (http, client_publishers) = match args.via {
         Via::Http => (
             Some(HttpPlan {
-                target: setup.target.clone(),
+                target: setup.publish_target.clone(),
                 app_id: setup.app_id.clone(),
                 rate: args.rate,
                 connections: args.http_conns.max(1),

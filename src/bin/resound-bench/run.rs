@@ -26,6 +26,8 @@ use crate::wsclient::{self, Incoming};
 #[derive(Debug, Clone)]
 pub struct Setup {
     pub target: TargetSpec,
+    /// Where publishers send (`--publish-url`; else `target`).
+    pub publish_target: TargetSpec,
     pub url: String,
     /// The target is the built-in baseline, not the server under test.
     pub baseline: bool,
@@ -256,7 +258,7 @@ pub async fn run(setup: &Setup, workload: &Workload) -> Result<Outcome> {
         sender.duration_ms = sender_duration;
         jobs.push(JobSpec {
             worker: jobs.len(),
-            target: setup.target.clone(),
+            target: setup.publish_target.clone(),
             first: 0,
             count: p.connections,
             channels: p.channels.clone(),
