@@ -269,57 +269,12 @@ async fn cache_channels_are_shared() {
 
 // ---- real processes: node failure and Redis restart ----
 
-struct Proc {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn spawn_node(toml: &str) -> Proc {
+async fn spawn_node(toml: &str) -> ServerProcess {
     let dir = std::env::temp_dir().join(format!("resound-node-{}", prefix()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("resound.toml");
     std::fs::write(&path, toml).unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_resound"))
-        .arg("--config")
-        .arg(&path)
-        .env("RESOUND_SERVER__PORT", port.to_string())
-        .env("RESOUND_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn resound");
-    wait_up(port).await;
-    Proc { child, port }
-}
-
-async fn wait_up(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server on port {port} did not come up");
+    ServerProcess::start(&path).await
 }
 
 #[tokio::test]
@@ -401,6 +356,16 @@ impl RedisProc {
     }
 }
 
+/// Two nodes sharing a Redis of their own (which the test may stop, pause or restart).
+async fn private_cluster() -> (RedisProc, TestServer, TestServer) {
+    let redis = RedisProc::start(free_port()).await;
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let p = prefix();
+    let a = TestServer::start(&cluster_config(&p, &url, "")).await;
+    let b = TestServer::start(&cluster_config(&p, &url, "")).await;
+    (redis, a, b)
+}
+
 impl Drop for RedisProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -410,12 +375,8 @@ impl Drop for RedisProc {
 
 #[tokio::test]
 async fn delivery_resumes_after_redis_restarts() {
-    let port = free_port();
-    let redis = RedisProc::start(port).await;
-    let url = format!("redis://127.0.0.1:{}/0", redis.port);
-    let p = prefix();
-    let a = TestServer::start(&cluster_config(&p, &url, "")).await;
-    let b = TestServer::start(&cluster_config(&p, &url, "")).await;
+    let (redis, a, b) = private_cluster().await;
+    let port = redis.port;
     let mut sub = b.client().await;
     sub.subscribe("live").await;
     a.api().trigger(&["live"], "before", "{}").await;
@@ -583,12 +544,7 @@ async fn watchlist_status_crosses_nodes() {
 
 #[tokio::test]
 async fn a_departure_during_a_redis_stall_is_repaired_when_redis_answers_again() {
-    let port = free_port();
-    let redis = RedisProc::start(port).await;
-    let url = format!("redis://127.0.0.1:{}/0", redis.port);
-    let p = prefix();
-    let a = TestServer::start(&cluster_config(&p, &url, "")).await;
-    let b = TestServer::start(&cluster_config(&p, &url, "")).await;
+    let (redis, a, b) = private_cluster().await;
     let mut watcher = a.client().await;
     watcher
         .subscribe_presence("presence-stall", r#"{"user_id":"w"}"#)

@@ -345,3 +345,55 @@ pub async fn raw_request(method: &str, url: &str, body: String) -> Reply {
         text,
     }
 }
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on `port` (15 s at most).
+pub async fn wait_up(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server on port {port} did not come up");
+}
+
+/// The real `resound` binary as a child process; killed (SIGKILL) when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Starts `resound --config <config>` on a free port and waits until it listens.
+    pub async fn start(config: &std::path::Path) -> ServerProcess {
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_resound"))
+            .arg("--config")
+            .arg(config)
+            .env("RESOUND_SERVER__PORT", port.to_string())
+            .env("RESOUND_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn resound");
+        wait_up(port).await;
+        ServerProcess { child, port }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

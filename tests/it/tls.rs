@@ -1,7 +1,7 @@
 //! TLS in the binary: `wss://` and `https://` on one port, certificate reload on SIGHUP.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,31 +187,14 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
     let toml = tls_config(&first, "");
     let path = dir.join("resound.toml");
     std::fs::write(&path, toml).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_resound"))
-        .arg("--config")
-        .arg(&path)
-        .env("RESOUND_SERVER__PORT", port.to_string())
-        .env("RESOUND_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = ServerProcess::start(&path).await;
+    let port = server.port;
     let (mut old, presented, _) = wss(port, &first.der).await;
     assert_eq!(presented, first.der);
     let second = write_cert(&dir);
     let hup = Command::new("kill")
         .arg("-HUP")
-        .arg(child.id().to_string())
+        .arg(server.child.id().to_string())
         .status()
         .unwrap();
     assert!(hup.success());
@@ -237,6 +220,4 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
         "pusher:pong",
         "the open connection survived the reload"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
