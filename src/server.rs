@@ -24,7 +24,7 @@ use crate::protocol::ChannelName;
 use crate::state::ServerState;
 use crate::tls::{Secure, Tls, TlsError};
 use crate::webhooks::WebhookEvent;
-use crate::webhooks::{DispatcherSettings, WebhookError, Webhooks};
+use crate::webhooks::{WebhookError, Webhooks};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new(&config.server.metrics_prefix)?);
         let apps: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps));
         let webhooks = Webhooks::start(
-            DispatcherSettings::default(),
+            config.webhooks.clone(),
             &metrics.registry,
             &format!("{}_webhooks", config.server.metrics_prefix),
         )?;

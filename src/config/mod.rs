@@ -18,7 +18,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy};
-use crate::webhooks::{AppWebhooks, WebhookKind, WebhookTarget};
+use crate::webhooks::{AppWebhooks, DispatcherSettings, WebhookKind, WebhookTarget};
 
 /// A configuration problem, already phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub server: ServerConfig,
     #[serde(default)]
     pub scaling: ScalingConfig,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub apps: Vec<AppConfig>,
 }
@@ -114,6 +116,47 @@ impl Default for ScalingConfig {
             enabled: false,
             redis_url: "redis://127.0.0.1:6379/0".into(),
             channel: "resound".into(),
+        }
+    }
+}
+
+/// `[webhooks]`: delivery settings shared by every app (targets are per app, in
+/// `[[apps.webhooks]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Extra trusted roots (PEM) for `https://` targets, added to the bundled Mozilla roots
+    /// and the system's trust store: a private CA or a receiver's self-signed certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Seconds one attempt may take, connect to response.
+    pub request_timeout: u64,
+    /// Seconds after the first attempt during which failed requests are retried.
+    pub retry_window: u64,
+    /// Events that may wait per app before the newest are dropped.
+    pub queue_capacity: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let d = DispatcherSettings::default();
+        WebhooksConfig {
+            ca_file: None,
+            request_timeout: d.request_timeout.as_secs(),
+            retry_window: d.retry_window.as_secs(),
+            queue_capacity: d.queue_capacity,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The dispatcher settings these values describe (back-off stays at its defaults).
+    pub fn dispatcher(&self) -> DispatcherSettings {
+        DispatcherSettings {
+            queue_capacity: self.queue_capacity,
+            request_timeout: Duration::from_secs(self.request_timeout),
+            retry_window: Duration::from_secs(self.retry_window),
+            ca_file: self.ca_file.clone(),
+            ..DispatcherSettings::default()
         }
     }
 }
@@ -188,6 +231,7 @@ pub struct WebhookConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub scaling: ScalingConfig,
+    pub webhooks: DispatcherSettings,
     pub apps: Vec<App>,
     /// What `check-config` prints (secrets masked).
     pub effective: FileConfig,
@@ -348,6 +392,10 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         file.apps.push(embedded_app());
     }
     validate_server(&file.server)?;
+    let webhooks = file.webhooks.dispatcher();
+    webhooks
+        .check()
+        .map_err(|e| ConfigError::Invalid(format!("webhooks: {e}")))?;
     let mut apps = Vec::with_capacity(file.apps.len());
     let mut seen_keys = std::collections::HashSet::new();
     let mut seen_ids = std::collections::HashSet::new();
@@ -377,6 +425,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     Ok(Config {
         server: file.server,
         scaling: file.scaling,
+        webhooks,
         apps,
         effective,
     })

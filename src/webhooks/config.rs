@@ -7,6 +7,7 @@
 //! [`WebhookTarget::validate`] / [`super::validate_target_url`] at start-up.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::endpoint;
@@ -23,7 +24,7 @@ pub const DEFAULT_REMOVAL_DELAY: Duration = Duration::from_secs(3);
 /// One webhook URL of an app, with the events it wants.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct WebhookTarget {
-    /// `http://` URL the events are POSTed to.
+    /// `http://` or `https://` URL the events are POSTed to.
     pub url: String,
     /// Kinds this URL receives; empty means every kind.
     pub event_types: Vec<WebhookKind>,
@@ -70,7 +71,7 @@ impl WebhookTarget {
         prefix_ok && suffix_ok
     }
 
-    /// Checks the URL (absolute `http://`, see [`super::validate_target_url`]) and the custom
+    /// Checks the URL (absolute `http://` or `https://`, see [`super::validate_target_url`]) and the custom
     /// headers (valid names and values, none that the protocol owns). Meant for the config
     /// layer at start-up; at run time a bad header is skipped with a warning instead.
     pub fn validate(&self) -> Result<(), WebhookError> {
@@ -184,6 +185,8 @@ pub struct DispatcherSettings {
     pub initial_backoff: Duration,
     /// Cap of the doubling wait (default 60 s).
     pub max_backoff: Duration,
+    /// Extra trusted roots (PEM) for `https://` targets.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for DispatcherSettings {
@@ -194,12 +197,14 @@ impl Default for DispatcherSettings {
             retry_window: Duration::from_secs(300),
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            ca_file: None,
         }
     }
 }
 
 impl DispatcherSettings {
-    pub(crate) fn check(&self) -> Result<(), WebhookError> {
+    /// Rejects settings that cannot work (zero capacity or timeout, inverted back-off).
+    pub fn check(&self) -> Result<(), WebhookError> {
         if self.queue_capacity == 0 {
             return Err(WebhookError::InvalidSettings(
                 "queue_capacity must be at least 1",

@@ -290,10 +290,10 @@ impl AppDispatcher {
         let (endpoint, skipped) = match Endpoint::prepare(target) {
             Ok(prepared) => prepared,
             Err(err) => {
-                // The URL may carry a token, so only the reason is logged, not the URL.
+                // The URL may carry a token, so only the kind of problem is logged.
                 let reason = match err {
-                    super::WebhookError::TlsUnsupported { .. } => "https is not supported yet",
-                    _ => "not an absolute http:// URL",
+                    super::WebhookError::InvalidUrl { .. } => "not an absolute http(s):// URL",
+                    _ => "unusable",
                 };
                 tracing::error!(app_id = %app_id, target = index, reason, "webhook target unusable; its events are dropped");
                 return TargetState {

@@ -1,9 +1,9 @@
-//! Turns a configured [`WebhookTarget`] into an [`Endpoint`]: a parsed `http://` URI and the
-//! custom headers that may be sent with it.
+//! Turns a configured [`WebhookTarget`] into an [`Endpoint`]: a parsed `http://` or
+//! `https://` URI and the custom headers that may be sent with it.
 //!
-//! Owns the rules for what a target URL may be (absolute, `http://`, a host, no user info)
-//! and which header names belong to the protocol and can never be replaced by a custom header.
-//! TLS is not supported yet, so `https://` is refused here, at start-up, with a clear error.
+//! Owns the rules for what a target URL may be (absolute, `http://` or `https://`, a host, no
+//! user info) and which header names belong to the protocol and can never be replaced by a
+//! custom header.
 
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
@@ -18,8 +18,8 @@ pub(crate) const X_PUSHER_KEY: &str = "x-pusher-key";
 /// `X-Pusher-Signature`, lowercase as `http` stores header names.
 pub(crate) const X_PUSHER_SIGNATURE: &str = "x-pusher-signature";
 
-/// Checks that `url` can be a webhook target: an absolute `http://` URL with a host and no
-/// user info. `https://` gets its own error ([`WebhookError::TlsUnsupported`]).
+/// Checks that `url` can be a webhook target: an absolute `http://` or `https://` URL with a
+/// host and no user info.
 pub fn validate_target_url(url: &str) -> Result<(), WebhookError> {
     parse_target_url(url).map(|_| ())
 }
@@ -34,14 +34,9 @@ pub(crate) fn parse_target_url(url: &str) -> Result<Uri, WebhookError> {
         .parse()
         .map_err(|err: http::uri::InvalidUri| invalid(&err.to_string()))?;
     match uri.scheme() {
-        Some(scheme) if *scheme == Scheme::HTTP => {}
-        Some(scheme) if *scheme == Scheme::HTTPS => {
-            return Err(WebhookError::TlsUnsupported {
-                url: url.to_owned(),
-            })
-        }
-        Some(_) => return Err(invalid("only http:// URLs are supported")),
-        None => return Err(invalid("must be an absolute http:// URL")),
+        Some(scheme) if *scheme == Scheme::HTTP || *scheme == Scheme::HTTPS => {}
+        Some(_) => return Err(invalid("only http:// and https:// URLs are supported")),
+        None => return Err(invalid("must be an absolute http:// or https:// URL")),
     }
     let Some(authority) = uri.authority() else {
         return Err(invalid("must name a host"));
@@ -131,23 +126,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_plain_http_urls() {
+    fn accepts_http_and_https_urls() {
         for url in [
             "http://127.0.0.1:8080/webhooks",
             "http://example.test/hooks?token=abc",
             "http://localhost",
             "HTTP://EXAMPLE.TEST/x",
+            "https://example.test/hooks",
+            "https://127.0.0.1:8443/hooks?token=abc",
         ] {
             assert!(validate_target_url(url).is_ok(), "{url}");
         }
-    }
-
-    #[test]
-    fn refuses_https_with_a_clear_error() {
-        let err = validate_target_url("https://example.test/hooks");
-        assert!(matches!(err, Err(WebhookError::TlsUnsupported { .. })));
-        let text = err.map_err(|e| e.to_string()).err().unwrap_or_default();
-        assert!(text.contains("https://"), "{text}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// A configuration or start-up problem of the webhooks module.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    /// The target URL is not an absolute `http://` URL with a host.
+    /// The target URL is not an absolute `http://` or `https://` URL with a host.
     #[error("webhook url {url:?} is invalid: {reason}")]
     InvalidUrl {
         /// The URL as configured.
@@ -18,12 +18,17 @@ pub enum WebhookError {
         /// Why it was rejected.
         reason: String,
     },
-    /// The target URL asks for TLS, which the webhook client does not speak yet.
-    #[error("webhook url {url:?} uses https://, which is not supported yet; use an http:// URL")]
-    TlsUnsupported {
-        /// The URL as configured.
-        url: String,
+    /// The extra CA file for `https://` targets cannot be used.
+    #[error("webhook CA file {path:?} cannot be used: {reason}")]
+    CaFile {
+        /// The path as configured.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
     },
+    /// The TLS client could not be set up.
+    #[error("webhook TLS client: {0}")]
+    Tls(String),
     /// A custom header has an invalid name or value, or would override a header the
     /// protocol owns (`Content-Type`, `X-Pusher-Key`, `X-Pusher-Signature`, framing headers).
     #[error("webhook header {name:?} rejected: {reason}")]

@@ -15,7 +15,7 @@
 //! Prometheus handles · `dispatcher.rs` the tasks.
 //!
 //! Not owned here: deciding that a channel became occupied or a member left (the callers do,
-//! from cluster-wide state), and TLS (only `http://` targets for now).
+//! from cluster-wide state).
 //!
 //! Guarantees: a request never mixes apps or targets; each URL receives only the events its
 //! filter selects; one channel's events reach a URL in release order; delivery is
@@ -125,7 +125,10 @@ impl Webhooks {
     ) -> Result<Self, WebhookError> {
         settings.check()?;
         let metrics = WebhookMetrics::register(registry, metric_prefix)?;
-        let transport = Arc::new(HyperTransport::new(LANES_PER_TARGET));
+        let transport = Arc::new(HyperTransport::new(
+            LANES_PER_TARGET,
+            settings.ca_file.as_deref(),
+        )?);
         Webhooks::start_with(settings, metrics, transport)
     }
 

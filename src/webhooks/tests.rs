@@ -1116,7 +1116,7 @@ async fn node_sdk_validates_every_webhook() {
             .unwrap()
             .replace("ch-", "xx-"),
     );
-    let transport = transport::HyperTransport::new(1);
+    let transport = transport::HyperTransport::new(1, None).unwrap();
     for request in [&charset, &tampered] {
         let status = transport.post(request).await.unwrap();
         assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -23,15 +23,24 @@ struct Hook {
 
 /// A receiver answering 200 to everything; returns its URL and the requests it saw.
 async fn receiver() -> (String, mpsc::UnboundedReceiver<Hook>) {
+    let (port, rx) = serve_hooks(None).await;
+    (format!("http://127.0.0.1:{port}/hooks"), rx)
+}
+
+/// The receiver, over TLS when `tls` is given; returns its port.
+async fn serve_hooks(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (u16, mpsc::UnboundedReceiver<Hook>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
             let tx = tx.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let tx = tx.clone();
@@ -65,13 +74,41 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<Hook>) {
                         ))))
                     }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let builder = http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                    }
+                    Some(tls) => {
+                        // A client that does not trust the certificate fails here.
+                        if let Ok(stream) = tls.accept(tcp).await {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                }
             });
         }
     });
-    (format!("http://{addr}/hooks"), rx)
+    (port, rx)
+}
+
+/// A self-signed certificate for `localhost`: (acceptor, certificate PEM).
+fn self_signed() -> (tokio_rustls::TlsAcceptor, String) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = CertificateDer::from(ck.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        ck.cert.pem(),
+    )
 }
 
 /// Collects events (flattened across requests) until `n` arrived or `wait` passed.
@@ -217,4 +254,52 @@ async fn a_dead_receiver_does_not_slow_publishing() {
             "every message arrives in order"
         );
     }
+}
+
+#[tokio::test]
+async fn https_receivers_get_signed_events_when_their_certificate_is_trusted() {
+    let (acceptor, pem) = self_signed();
+    let (port, mut rx) = serve_hooks(Some(acceptor)).await;
+    let url = format!("https://localhost:{port}/hooks");
+    let dir = std::env::temp_dir().join(format!("resound-it-webhook-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+
+    // Trusted through `[webhooks] ca_file`: delivered and signed.
+    let trusted = config(
+        &format!("webhook_removal_delay = 1\n\n[[apps.webhooks]]\nurl = \"{url}\"\n"),
+        &format!("[webhooks]\nca_file = \"{}\"\n", ca.display()),
+    );
+    let s = TestServer::start(&trusted).await;
+    let mut c = s.client().await;
+    c.subscribe("secure").await;
+    assert_eq!(
+        events(&mut rx, 1, Duration::from_secs(5)).await,
+        vec![json!({"name":"channel_occupied","channel":"secure"})]
+    );
+
+    // Not trusted: the certificate is refused, nothing arrives, and the failure is retried.
+    let s2 = TestServer::start(&hook_config(&url)).await;
+    let mut c2 = s2.client().await;
+    c2.subscribe("insecure").await;
+    let got = events(&mut rx, 1, Duration::from_millis(2500)).await;
+    assert!(
+        got.is_empty(),
+        "an untrusted certificate must not be accepted: {got:?}"
+    );
+    let metrics = raw_request("GET", &s2.url("/metrics"), String::new()).await;
+    let retried = metrics
+        .text
+        .lines()
+        .find(|l| l.starts_with("resound_webhooks_retried_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        retried >= 1.0,
+        "the TLS failure is retried: {}",
+        metrics.text
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
