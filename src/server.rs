@@ -24,7 +24,7 @@ use crate::protocol::ChannelName;
 use crate::state::ServerState;
 use crate::tls::{Secure, Tls, TlsError};
 use crate::webhooks::WebhookEvent;
-use crate::webhooks::{WebhookError, Webhooks};
+use crate::webhooks::{Journal, WebhookError, Webhooks};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +57,6 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let metrics = Arc::new(Metrics::new(&config.server.metrics_prefix)?);
         let apps: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps));
-        let webhooks = Webhooks::start(
-            config.webhooks.clone(),
-            &metrics.registry,
-            &format!("{}_webhooks", config.server.metrics_prefix),
-        )?;
         let (presence, cluster, adapter, redis, inbound): Backend = if config.scaling.enabled {
             let (redis, inbound) = RedisCluster::connect(
                 &config.scaling.redis_url,
@@ -87,6 +82,13 @@ impl Server {
                 None,
             )
         };
+        let journal = redis.clone().map(|r| r as Arc<dyn Journal>);
+        let webhooks = Webhooks::start(
+            config.webhooks.clone(),
+            &metrics.registry,
+            &format!("{}_webhooks", config.server.metrics_prefix),
+            journal,
+        )?;
         let state = Arc::new(ServerState::new(
             config.server.clone(),
             apps.clone(),
@@ -373,6 +375,13 @@ async fn apply_inbound(
                     continue;
                 };
                 state.webhook(&app, WebhookEvent::ChannelVacated { channel });
+            }
+            Inbound::Replay(replays) => {
+                for replay in replays {
+                    let app = state.apps.find_by_id(&replay.entry.app_id);
+                    let webhooks = app.as_ref().and_then(|app| app.webhooks.as_ref());
+                    state.webhooks.replay(webhooks, replay);
+                }
             }
             Inbound::Resync { announce } => {
                 if let Some(redis) = &redis {

@@ -69,6 +69,8 @@ pub enum Inbound {
     /// changes were lost while Redis was unreachable): publish it again. `announce` when other
     /// nodes saw this node's members leave.
     Resync { announce: bool },
+    /// Webhook requests taken over from a dead node's journal, to deliver in order.
+    Replay(Vec<crate::webhooks::Replay>),
 }
 
 /// A cluster backend failure.

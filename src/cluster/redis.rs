@@ -219,6 +219,8 @@ struct Scripts {
     open: Script,
 }
 
+mod journal;
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -404,6 +406,8 @@ impl RedisCluster {
             if claimed == 1 {
                 warn!(dead = node, "reaping a node whose lease expired");
                 self.metrics.reaped.inc();
+                // Its webhooks first: they were released before the departures reaping causes.
+                self.adopt_journal(node).await?;
                 let _ = self.reap_node(node, true).await?;
             }
         }
@@ -730,7 +734,8 @@ async fn heartbeats(cluster: Arc<RedisCluster>) {
         tick.tick().await;
         let result = async {
             cluster.heartbeat().await?;
-            cluster.reap().await
+            cluster.reap().await?;
+            cluster.adopt_orphans().await
         }
         .await;
         if let Err(e) = result {

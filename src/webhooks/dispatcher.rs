@@ -8,6 +8,12 @@
 //! in flight per target, and a slow receiver fills only its own backlogs, whose overflow is
 //! dropped and counted. Targets and apps never wait for each other.
 //!
+//! Journal: when the node has one (cluster mode), a lane records each request before its
+//! first attempt and forgets it when finished; requests waiting behind a slow one are
+//! recorded as they arrive, so a node that dies leaves them for another node to replay.
+//! Replays (requests taken over from a dead node) enter through the app's queue like events,
+//! skip the gate and batching, and go to the lane their first channel maps to.
+//!
 //! Order: without batching, a channel always maps to the same lane, so one channel's events
 //! reach a URL in the order they were released while different channels go concurrently.
 //! With batching, all of a target's events share one batch (so one request carries every
@@ -17,10 +23,12 @@
 //! `batch.rs`, `payload.rs` and `delivery.rs`.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
@@ -33,27 +41,45 @@ use super::delivery::{deliver, DeliveryPolicy, Outcome};
 use super::endpoint::Endpoint;
 use super::event::WebhookEvent;
 use super::gate::{Admission, EventGate};
-use super::metrics::{AppMetrics, DropReason};
+use super::journal::{Journal, JournalEntry, JournalId, Replay};
+use super::metrics::{AppMetrics, DropReason, JournalOp};
 use super::payload::{build_request, unix_time_ms};
 use super::transport::Transport;
 
 /// Concurrent requests per target (and pooled connections per receiver).
 pub(crate) const LANES_PER_TARGET: usize = 4;
-/// Requests that may wait per lane before new ones are dropped.
+/// Requests that may wait per lane before new ones are dropped: this many in the lane's
+/// queue, and as many again taken from it (and journaled) behind the request in flight.
 pub(crate) const LANE_BACKLOG: usize = 256;
 /// Repeated warnings of one kind are logged at most this often (with a count of the rest).
 pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// One emitted event with the configuration it was emitted under.
+/// One emitted event (or replayed request) with the configuration it came under.
 pub(crate) struct Queued {
     pub(crate) app: Arc<AppWebhooks>,
-    pub(crate) event: WebhookEvent,
+    pub(crate) item: Item,
 }
 
-/// What every lane needs to deliver: the transport and the retry policy.
+pub(crate) enum Item {
+    Event(WebhookEvent),
+    Replay(Replay),
+}
+
+/// What every lane needs to deliver: the transport, the retry policy and the journal.
 pub(crate) struct Delivery {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) policy: DeliveryPolicy,
+    pub(crate) journal: Option<Arc<dyn Journal>>,
+}
+
+impl Delivery {
+    /// Forgets a journaled request that will not be delivered, without waiting.
+    pub(crate) fn discard(&self, id: JournalId) {
+        if let Some(journal) = &self.journal {
+            let journal = Arc::clone(journal);
+            tokio::spawn(async move { journal.forget(&id).await });
+        }
+    }
 }
 
 /// Lets one warning through per interval and counts the ones it held back.
@@ -88,10 +114,12 @@ impl WarnLimiter {
     }
 }
 
-/// A batch of one target's events on its way to a lane.
+/// A batch of one target's events on its way to a lane; `journal` is set for a replay,
+/// which is already recorded.
 struct Job {
     app: Arc<AppWebhooks>,
     events: Vec<WebhookEvent>,
+    journal: Option<JournalId>,
 }
 
 struct Lane {
@@ -196,7 +224,11 @@ impl AppDispatcher {
             }
         }
         let now = Instant::now();
-        match self.gate.admit(queued.event, self.app.removal_delay, now) {
+        let event = match queued.item {
+            Item::Event(event) => event,
+            Item::Replay(replay) => return self.replay(replay),
+        };
+        match self.gate.admit(event, self.app.removal_delay, now) {
             Admission::Release(event) => self.route(event, now),
             Admission::Held => {}
             Admission::Suppressed(why) => {
@@ -214,11 +246,11 @@ impl AppDispatcher {
                 if let Some(events) = lane.batch.take_due(now) {
                     offer_job(
                         lane,
-                        &self.app,
-                        events,
+                        Job::fresh(&self.app, events),
                         &state.host,
                         &state.warn,
                         &self.metrics,
+                        &self.delivery,
                     );
                 }
             }
@@ -253,9 +285,56 @@ impl AppDispatcher {
                 Some(vec![event.clone()])
             };
             if let Some(events) = events {
-                offer_job(lane, app, events, &state.host, &state.warn, &self.metrics);
+                offer_job(
+                    lane,
+                    Job::fresh(app, events),
+                    &state.host,
+                    &state.warn,
+                    &self.metrics,
+                    &self.delivery,
+                );
             }
         }
+    }
+
+    /// Sends a request taken over from a dead node to the target with its URL, as it was:
+    /// its events passed the gate and were batched on the node that recorded them.
+    fn replay(&mut self, replay: Replay) {
+        let Replay { id, entry } = replay;
+        let count = entry.events.len() as u64;
+        self.metrics.journal(JournalOp::Replayed).inc();
+        let state = self
+            .targets
+            .iter()
+            .find(|state| state.target.url == entry.url && !state.lanes.is_empty());
+        let Some(state) = state else {
+            self.metrics
+                .dropped(DropReason::InvalidTarget)
+                .inc_by(count);
+            tracing::warn!(app_id = %self.app.app_id, events = count, "replayed webhook request has no matching target any more; dropped");
+            self.delivery.discard(id);
+            return;
+        };
+        let index = match entry.events.first() {
+            Some(event) if !self.app.batching => lane_index(event.channel(), state.lanes.len()),
+            _ => 0,
+        };
+        let Some(lane) = state.lanes.get(index) else {
+            return;
+        };
+        let job = Job {
+            app: Arc::clone(&self.app),
+            events: entry.events,
+            journal: Some(id),
+        };
+        offer_job(
+            lane,
+            job,
+            &state.host,
+            &state.warn,
+            &self.metrics,
+            &self.delivery,
+        );
     }
 
     /// Applies a changed configuration: targets that are unchanged keep their lanes and open
@@ -277,7 +356,7 @@ impl AppDispatcher {
             }
         }
         for mut state in old.into_iter().flatten() {
-            flush_target(&mut state, &self.app, &self.metrics);
+            flush_target(&mut state, &self.app, &self.metrics, &self.delivery);
         }
         self.targets = next;
         self.app = app;
@@ -309,12 +388,14 @@ impl AppDispatcher {
             tracing::warn!(app_id = %app_id, target = index, host = %host, error = %err, "webhook header skipped");
         }
         let endpoint = Arc::new(endpoint);
+        let url: Arc<str> = Arc::from(target.url.as_str());
         let lanes = (0..LANES_PER_TARGET)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(LANE_BACKLOG);
                 self.lane_tasks.spawn(run_lane(
                     rx,
                     Arc::clone(&endpoint),
+                    Arc::clone(&url),
                     Arc::clone(&self.delivery),
                     self.metrics.clone(),
                     Arc::clone(&warn),
@@ -343,7 +424,7 @@ impl AppDispatcher {
             self.route(event, now);
         }
         for state in &mut self.targets {
-            flush_target(state, &self.app, &self.metrics);
+            flush_target(state, &self.app, &self.metrics, &self.delivery);
         }
         // Closing the lane queues lets each lane finish its backlog and stop.
         self.targets.clear();
@@ -359,53 +440,151 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Sends every open batch of `state` regardless of its deadline.
-fn flush_target(state: &mut TargetState, app: &Arc<AppWebhooks>, metrics: &AppMetrics) {
+fn flush_target(
+    state: &mut TargetState,
+    app: &Arc<AppWebhooks>,
+    metrics: &AppMetrics,
+    delivery: &Delivery,
+) {
     let TargetState {
         lanes, host, warn, ..
     } = state;
     for lane in lanes.iter_mut() {
         if let Some(events) = lane.batch.take() {
-            offer_job(lane, app, events, host, warn, metrics);
+            offer_job(lane, Job::fresh(app, events), host, warn, metrics, delivery);
+        }
+    }
+}
+
+impl Job {
+    /// A request made on this node (not yet journaled).
+    fn fresh(app: &Arc<AppWebhooks>, events: Vec<WebhookEvent>) -> Job {
+        Job {
+            app: Arc::clone(app),
+            events,
+            journal: None,
         }
     }
 }
 
 /// Hands a batch to a lane without waiting: a full backlog drops the batch (newest) and
-/// counts its events, so a slow receiver never stalls the app's other targets.
+/// counts its events, so a slow receiver never stalls the app's other targets. A dropped
+/// replay is forgotten by the journal too.
 fn offer_job(
     lane: &Lane,
-    app: &Arc<AppWebhooks>,
-    events: Vec<WebhookEvent>,
+    job: Job,
     host: &str,
     warn: &WarnLimiter,
     metrics: &AppMetrics,
+    delivery: &Delivery,
 ) {
-    let count = events.len() as u64;
-    let job = Job {
-        app: Arc::clone(app),
-        events,
-    };
+    let count = job.events.len() as u64;
     if let Err(err) = lane.tx.try_send(job) {
         metrics.dropped(DropReason::BacklogFull).inc_by(count);
-        if matches!(err, TrySendError::Full(_)) {
+        let full = matches!(err, TrySendError::Full(_));
+        let job = err.into_inner();
+        if let Some(id) = job.journal {
+            delivery.discard(id);
+        }
+        if full {
             if let Some(held_back) = warn.allow() {
-                tracing::warn!(app_id = %app.app_id, host = %host, dropped = count, held_back, "webhook receiver is not keeping up; dropping newest events");
+                tracing::warn!(app_id = %job.app.app_id, host = %host, dropped = count, held_back, "webhook receiver is not keeping up; dropping newest events");
             }
         }
     }
 }
 
-/// One lane: builds, signs and delivers its jobs one at a time, in order. The body is built
-/// (and `time_ms` taken) just before the first attempt so the retry window and `time_ms`
-/// start together.
+/// One lane: delivers its jobs one at a time, in order, while it keeps taking (and
+/// journaling) the jobs that queue up behind the one in flight, up to [`LANE_BACKLOG`].
 async fn run_lane(
     mut rx: mpsc::Receiver<Job>,
     endpoint: Arc<Endpoint>,
+    url: Arc<str>,
     delivery: Arc<Delivery>,
     metrics: AppMetrics,
     warn: Arc<WarnLimiter>,
 ) {
-    while let Some(job) = rx.recv().await {
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut current: Option<BoxFuture<'static, Option<JournalId>>> = None;
+    let mut open = true;
+    loop {
+        if current.is_none() {
+            match waiting.pop_front() {
+                Some(job) => {
+                    current = Some(Box::pin(send(
+                        job,
+                        Arc::clone(&endpoint),
+                        Arc::clone(&delivery),
+                        metrics.clone(),
+                        Arc::clone(&warn),
+                    )));
+                }
+                None if !open => break,
+                None => {}
+            }
+        }
+        let busy = current.is_some();
+        let in_flight = async {
+            match current.as_mut() {
+                Some(request) => request.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            job = rx.recv(), if open && waiting.len() < LANE_BACKLOG => match job {
+                Some(mut job) => {
+                    if job.journal.is_none() {
+                        job.journal = record(&delivery, &job, &url, &metrics).await;
+                    }
+                    waiting.push_back(job);
+                }
+                None => open = false,
+            },
+            finished = in_flight, if busy => {
+                current = None;
+                if let (Some(journal), Some(id)) = (&delivery.journal, finished) {
+                    journal.forget(&id).await;
+                }
+            }
+            else => break,
+        }
+    }
+}
+
+/// Journals a job made on this node (nothing without a journal).
+async fn record(
+    delivery: &Delivery,
+    job: &Job,
+    url: &str,
+    metrics: &AppMetrics,
+) -> Option<JournalId> {
+    let journal = delivery.journal.as_ref()?;
+    let entry = JournalEntry {
+        app_id: job.app.app_id.clone(),
+        url: url.to_owned(),
+        events: job.events.clone(),
+    };
+    let id = journal.record(&entry).await;
+    let op = if id.is_some() {
+        JournalOp::Recorded
+    } else {
+        JournalOp::Unrecorded
+    };
+    metrics.journal(op).inc();
+    id
+}
+
+/// Builds, signs and delivers one job; returns its journal id once it is finished. The body
+/// is built (and `time_ms` taken) just before the first attempt so the retry window and
+/// `time_ms` start together.
+async fn send(
+    job: Job,
+    endpoint: Arc<Endpoint>,
+    delivery: Arc<Delivery>,
+    metrics: AppMetrics,
+    warn: Arc<WarnLimiter>,
+) -> Option<JournalId> {
+    {
         let app_id = &job.app.app_id;
         let request = match build_request(
             &endpoint,
@@ -418,7 +597,7 @@ async fn run_lane(
             Err(err) => {
                 metrics.failed.inc();
                 tracing::error!(app_id = %app_id, host = %endpoint.host, error = %err, "webhook request could not be built");
-                continue;
+                return job.journal;
             }
         };
         let outcome = deliver(&*delivery.transport, &request, &delivery.policy, &metrics).await;
@@ -441,6 +620,7 @@ async fn run_lane(
             }
         }
     }
+    job.journal
 }
 
 #[cfg(test)]

@@ -40,6 +40,33 @@ impl DropReason {
     }
 }
 
+/// What happened to a request in the journal (the `op` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JournalOp {
+    /// Recorded before its first attempt.
+    Recorded,
+    /// The journal could not record it (delivery went on without).
+    Unrecorded,
+    /// Taken over from a node that died, to deliver again.
+    Replayed,
+}
+
+impl JournalOp {
+    const ALL: [JournalOp; 3] = [
+        JournalOp::Recorded,
+        JournalOp::Unrecorded,
+        JournalOp::Replayed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            JournalOp::Recorded => "recorded",
+            JournalOp::Unrecorded => "unrecorded",
+            JournalOp::Replayed => "replayed",
+        }
+    }
+}
+
 /// All webhook metric families.
 #[derive(Clone)]
 pub(crate) struct WebhookMetrics {
@@ -48,11 +75,13 @@ pub(crate) struct WebhookMetrics {
     retried: IntCounterVec,
     dropped: IntCounterVec,
     queue_depth: IntGaugeVec,
+    journal: IntCounterVec,
 }
 
 impl WebhookMetrics {
     /// Creates and registers `{prefix}_sent_total`, `{prefix}_failed_total`,
-    /// `{prefix}_retried_total`, `{prefix}_dropped_total` and `{prefix}_queue_depth`.
+    /// `{prefix}_retried_total`, `{prefix}_dropped_total`, `{prefix}_queue_depth` and
+    /// `{prefix}_journal_total`.
     pub(crate) fn register(registry: &Registry, prefix: &str) -> Result<Self, WebhookError> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(format!("{prefix}_{name}"), help), labels)
@@ -85,12 +114,18 @@ impl WebhookMetrics {
                 ),
                 &["app_id"],
             )?,
+            journal: counter(
+                "journal_total",
+                "Webhook requests recorded in the cluster journal, not recorded (journal unreachable), or replayed from a node that died.",
+                &["app_id", "op"],
+            )?,
         };
         registry.register(Box::new(metrics.sent.clone()))?;
         registry.register(Box::new(metrics.failed.clone()))?;
         registry.register(Box::new(metrics.retried.clone()))?;
         registry.register(Box::new(metrics.dropped.clone()))?;
         registry.register(Box::new(metrics.queue_depth.clone()))?;
+        registry.register(Box::new(metrics.journal.clone()))?;
         Ok(metrics)
     }
 
@@ -105,6 +140,8 @@ impl WebhookMetrics {
             retried: self.retried.with_label_values(&labels),
             dropped,
             queue_depth: self.queue_depth.with_label_values(&labels),
+            journal: JournalOp::ALL
+                .map(|op| self.journal.with_label_values(&[app_id, op.as_str()])),
         }
     }
 }
@@ -117,12 +154,18 @@ pub(crate) struct AppMetrics {
     pub(crate) retried: IntCounter,
     dropped: [IntCounter; 4],
     pub(crate) queue_depth: IntGauge,
+    journal: [IntCounter; 3],
 }
 
 impl AppMetrics {
     pub(crate) fn dropped(&self, reason: DropReason) -> &IntCounter {
         // The array is built from DropReason::ALL, whose order matches the discriminants.
         &self.dropped[reason as usize]
+    }
+
+    pub(crate) fn journal(&self, op: JournalOp) -> &IntCounter {
+        // Built from JournalOp::ALL, in discriminant order.
+        &self.journal[op as usize]
     }
 }
 

@@ -29,6 +29,7 @@ mod endpoint;
 mod error;
 mod event;
 mod gate;
+mod journal;
 mod metrics;
 mod payload;
 mod transport;
@@ -56,9 +57,12 @@ pub use endpoint::validate_target_url;
 pub use error::WebhookError;
 pub use event::{WebhookEvent, WebhookKind};
 pub use gate::{CACHE_MISS_WINDOW, SUBSCRIPTION_COUNT_BUSY, SUBSCRIPTION_COUNT_INTERVAL};
+pub use journal::{Journal, JournalEntry, JournalId, MemoryJournal, Replay};
 
 use delivery::DeliveryPolicy;
-use dispatcher::{AppDispatcher, Delivery, Queued, WarnLimiter, LANES_PER_TARGET, WARN_INTERVAL};
+use dispatcher::{
+    AppDispatcher, Delivery, Item, Queued, WarnLimiter, LANES_PER_TARGET, WARN_INTERVAL,
+};
 use metrics::{AppMetrics, DropReason, WebhookMetrics};
 use transport::{HyperTransport, Transport};
 
@@ -89,24 +93,28 @@ struct AppQueue {
 }
 
 impl AppQueue {
-    fn offer(&self, app: &Arc<AppWebhooks>, event: WebhookEvent) {
+    fn offer(&self, app: &Arc<AppWebhooks>, item: Item, delivery: &Delivery) {
         // Counted before the send so the dispatcher's decrement can never run first.
         self.metrics.queue_depth.inc();
         let queued = Queued {
             app: Arc::clone(app),
-            event,
+            item,
         };
         let Err(err) = self.tx.try_send(queued) else {
             return;
         };
         self.metrics.queue_depth.dec();
         match err {
-            TrySendError::Full(_) => {
+            TrySendError::Full(queued) => {
                 self.metrics.dropped(DropReason::QueueFull).inc();
+                if let Item::Replay(replay) = queued.item {
+                    delivery.discard(replay.id);
+                }
                 if let Some(held_back) = self.overflow_warn.allow() {
                     tracing::warn!(app_id = %app.app_id, held_back, "webhook queue full; dropping the newest events");
                 }
             }
+            // A replay refused at shutdown stays journaled for the node that outlives this one.
             TrySendError::Closed(_) => self.metrics.dropped(DropReason::Shutdown).inc(),
         }
     }
@@ -116,12 +124,14 @@ impl Webhooks {
     /// Registers the metrics (`{metric_prefix}_sent_total`, `_failed_total`,
     /// `_retried_total`, `_dropped_total`, `_queue_depth`) and prepares the dispatcher on the
     /// current tokio runtime. Each app's dispatcher task is spawned on that runtime when the
-    /// app first emits. Fails outside a runtime, on unusable settings, or when the metrics
+    /// app first emits. With a `journal`, released requests are recorded until finished
+    /// (see `journal.rs`). Fails outside a runtime, on unusable settings, or when the metrics
     /// cannot be registered.
     pub fn start(
         settings: DispatcherSettings,
         registry: &prometheus::Registry,
         metric_prefix: &str,
+        journal: Option<Arc<dyn Journal>>,
     ) -> Result<Self, WebhookError> {
         settings.check()?;
         let metrics = WebhookMetrics::register(registry, metric_prefix)?;
@@ -129,13 +139,14 @@ impl Webhooks {
             LANES_PER_TARGET,
             settings.ca_file.as_deref(),
         )?);
-        Webhooks::start_with(settings, metrics, transport)
+        Webhooks::start_with(settings, metrics, transport, journal)
     }
 
     pub(crate) fn start_with(
         settings: DispatcherSettings,
         metrics: WebhookMetrics,
         transport: Arc<dyn Transport>,
+        journal: Option<Arc<dyn Journal>>,
     ) -> Result<Self, WebhookError> {
         settings.check()?;
         let runtime = Handle::try_current().map_err(|_| WebhookError::NoRuntime)?;
@@ -146,6 +157,7 @@ impl Webhooks {
             delivery: Arc::new(Delivery {
                 transport,
                 policy: DeliveryPolicy::from_settings(&settings),
+                journal,
             }),
             metrics,
             apps: RwLock::new(HashMap::new()),
@@ -172,11 +184,32 @@ impl Webhooks {
         if !app.wants(&event) {
             return;
         }
+        self.offer(app, Item::Event(event));
+    }
+
+    /// Delivers a request taken over from a node that died (see `journal.rs`) to the target
+    /// of `app` with the recorded URL, and forgets it once finished. Without `app` (it, or its
+    /// webhooks, are not configured here) the request is dropped, counted and forgotten.
+    /// Never blocks.
+    pub fn replay(&self, app: Option<&Arc<AppWebhooks>>, replay: Replay) {
+        let Some(app) = app else {
+            let metrics = self.shared.metrics.for_app(&replay.entry.app_id);
+            metrics
+                .dropped(DropReason::InvalidTarget)
+                .inc_by(replay.entry.events.len() as u64);
+            tracing::warn!(app_id = %replay.entry.app_id, "replayed webhook request for an app without webhooks here; dropped");
+            self.shared.delivery.discard(replay.id);
+            return;
+        };
+        self.offer(app, Item::Replay(replay));
+    }
+
+    fn offer(&self, app: &Arc<AppWebhooks>, item: Item) {
         let shared = &*self.shared;
         {
             let apps = shared.apps.read();
             if let Some(queue) = apps.get(&app.app_id) {
-                queue.offer(app, event);
+                queue.offer(app, item, &shared.delivery);
                 return;
             }
         }
@@ -190,7 +223,7 @@ impl Webhooks {
         let queue = apps
             .entry(app.app_id.clone())
             .or_insert_with(|| shared.open_app(app));
-        queue.offer(app, event);
+        queue.offer(app, item, &shared.delivery);
     }
 
     /// Stops accepting events, then lets every app's dispatcher send what it holds: queued

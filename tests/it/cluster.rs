@@ -442,11 +442,42 @@ async fn delivery_resumes_after_redis_restarts() {
 
 #[tokio::test]
 async fn occupancy_webhooks_fire_once_per_cluster() {
+    let (port, mut rx) = event_receiver(0).await;
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let ns = nodes(2, &format!("webhook_removal_delay = 1\n\n[[apps.webhooks]]\nurl = \"{url}\"\nevent_types = [\"channel_occupied\", \"channel_vacated\"]\n")).await;
+    let mut a = ns[0].client().await;
+    a.subscribe("both").await;
+    let mut b = ns[1].client().await;
+    b.subscribe("both").await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(b);
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        got.push(e);
+    }
+    assert_eq!(
+        got,
+        vec![
+            json!({"name":"channel_occupied","channel":"both"}),
+            json!({"name":"channel_vacated","channel":"both"})
+        ],
+        "one occupied/vacated pair per channel across the cluster"
+    );
+}
+
+/// A receiver on `port` (0: any) that forwards every event it gets; returns its port.
+async fn event_receiver(
+    port: u16,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
     use http_body_util::{BodyExt, Full};
     use std::convert::Infallible;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else {
@@ -481,27 +512,50 @@ async fn occupancy_webhooks_fire_once_per_cluster() {
             });
         }
     });
-    let ns = nodes(2, &format!("webhook_removal_delay = 1\n\n[[apps.webhooks]]\nurl = \"{url}\"\nevent_types = [\"channel_occupied\", \"channel_vacated\"]\n")).await;
-    let mut a = ns[0].client().await;
-    a.subscribe("both").await;
-    let mut b = ns[1].client().await;
-    b.subscribe("both").await;
-    drop(a);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(b);
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
-    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        got.push(e);
-    }
-    assert_eq!(
-        got,
-        vec![
-            json!({"name":"channel_occupied","channel":"both"}),
-            json!({"name":"channel_vacated","channel":"both"})
-        ],
-        "one occupied/vacated pair per channel across the cluster"
+    (port, rx)
+}
+
+#[tokio::test]
+async fn a_queued_webhook_survives_a_kill_9_of_the_node_that_queued_it() {
+    let p = prefix();
+    // Nothing listens on the receiver's port yet: every attempt is refused and retried.
+    let port = free_port();
+    let hooks = format!(
+        "[[apps.webhooks]]\nurl = \"http://127.0.0.1:{port}/hooks\"\nevent_types = [\"channel_occupied\"]\n"
     );
+    let toml = cluster_config(&p, REDIS, &hooks);
+    let doomed = spawn_node(&toml).await;
+    let mut c = Client::connect(&format!(
+        "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
+        doomed.port
+    ))
+    .await;
+    c.subscribe("durable").await;
+    // The first attempt fails at once; the request is journaled before it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = Instant::now();
+    drop(doomed); // SIGKILL: the queued webhook is only in Redis now.
+    drop(c);
+
+    let (_, mut rx) = event_receiver(port).await;
+    // The node's replacement (same configuration) takes the journal over once the dead
+    // node's lease expires, and delivers.
+    let _successor = TestServer::start(&toml).await;
+    let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("the queued webhook arrives from the successor")
+        .unwrap();
+    assert_eq!(
+        first,
+        json!({"name":"channel_occupied","channel":"durable"})
+    );
+    assert!(
+        killed_at.elapsed() <= Duration::from_secs(15),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    let again = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+    assert!(again.is_err(), "delivered once: {again:?}");
 }
 
 #[tokio::test]

@@ -1,0 +1,178 @@
+//! The webhook journal in Redis (`webhooks::Journal`): one stream per node.
+//!
+//! Keys (`P` is the prefix): `P:node:{id}:wh` is node `id`'s journal, a stream of entries
+//! with one field `j` (a `JournalEntry` as JSON), capped near [`JOURNAL_MAXLEN`] entries;
+//! `P:wh` is the set of node ids that have journaled.
+//!
+//! A node appends (`XADD`) before a request's first attempt and deletes (`XDEL`) the entry
+//! when the request is finished. When a node's lease is gone, the node that reaps it adopts
+//! its journal: [`ADOPT`] moves a chunk of entries into the adopter's own stream (so they
+//! survive the adopter too) and returns them, in order, for replay. The script refuses while
+//! the owner's lease is alive, so the orphan sweep (every heartbeat, over `P:wh`) can never
+//! take a live node's journal; it picks up journals whose reaper died mid-way.
+
+use async_trait::async_trait;
+use tracing::{debug, warn};
+
+use super::{err, now_ms, RedisCluster};
+use crate::cluster::{ClusterError, Inbound};
+use crate::webhooks::{Journal, JournalEntry, JournalId, Replay};
+
+/// Entries a journal keeps at most (approximately; the oldest go first). Far above what
+/// a node's lanes can hold, so only a runaway would reach it.
+const JOURNAL_MAXLEN: usize = 100_000;
+/// Entries moved per script call, so adopting a long journal never blocks Redis for long.
+const ADOPT_CHUNK: usize = 200;
+
+/// KEYS: nodes zset, dead journal, own journal, journals set.
+/// ARGV: dead node id, now (ms), chunk size, maxlen.
+/// Returns `[id1, json1, id2, json2, ...]` (ids in the adopter's stream); `{}` when the owner
+/// is alive or nothing is left (then the dead journal and its set entry are removed).
+const ADOPT: &str = r"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) > tonumber(ARGV[2]) then return {} end
+local entries = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[3])
+if #entries == 0 then
+  redis.call('DEL', KEYS[2])
+  redis.call('SREM', KEYS[4], ARGV[1])
+  return {}
+end
+local out = {}
+for _, e in ipairs(entries) do
+  local fields = e[2]
+  local json = ''
+  for i = 1, #fields, 2 do
+    if fields[i] == 'j' then json = fields[i + 1] end
+  end
+  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'j', json)
+  redis.call('XDEL', KEYS[2], e[1])
+  out[#out + 1] = id
+  out[#out + 1] = json
+end
+return out
+";
+
+impl RedisCluster {
+    fn journal_key(&self, node: u64) -> String {
+        self.node_key(node, "wh")
+    }
+
+    fn journals_key(&self) -> String {
+        self.key("wh")
+    }
+
+    /// Takes over `dead`'s journal (unless its lease is alive) and hands the requests to the
+    /// server to deliver, in order. Returns how many were taken.
+    pub(super) async fn adopt_journal(&self, dead: u64) -> Result<usize, ClusterError> {
+        let script = redis::Script::new(ADOPT);
+        let mut conn = self.conn.clone();
+        let mut adopted = 0;
+        loop {
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .key(self.key("nodes"))
+                .key(self.journal_key(dead))
+                .key(self.journal_key(self.node))
+                .key(self.journals_key())
+                .arg(dead)
+                .arg(now_ms())
+                .arg(ADOPT_CHUNK)
+                .arg(JOURNAL_MAXLEN);
+            let flat: Vec<String> = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| err(&e))?;
+            if flat.is_empty() {
+                break;
+            }
+            let mut replays = Vec::with_capacity(flat.len() / 2);
+            let mut pairs = flat.chunks_exact(2);
+            for pair in &mut pairs {
+                let [id, json] = pair else { continue };
+                let id = JournalId(id.clone());
+                match JournalEntry::decode(json) {
+                    Ok(entry) => replays.push(Replay { id, entry }),
+                    Err(e) => {
+                        warn!(dead, error = %e, "unreadable webhook journal entry dropped");
+                        self.forget(&id).await;
+                    }
+                }
+            }
+            adopted += replays.len();
+            let chunk = flat.len() / 2;
+            if !replays.is_empty() && self.inbound.try_send(Inbound::Replay(replays)).is_err() {
+                // They stay in this node's journal, adopted again if this node dies.
+                warn!(
+                    dead,
+                    "server busy; adopted webhooks wait in this node's journal"
+                );
+            }
+            if chunk < ADOPT_CHUNK {
+                break;
+            }
+        }
+        if adopted > 0 {
+            warn!(
+                dead,
+                requests = adopted,
+                "took over the webhook journal of a node that is gone"
+            );
+        }
+        Ok(adopted)
+    }
+
+    /// Adopts the journals of nodes that are gone but whose journal nobody took (their
+    /// reaper died first, or reaped them before journals existed).
+    pub(super) async fn adopt_orphans(&self) -> Result<(), ClusterError> {
+        let mut conn = self.conn.clone();
+        let owners: Vec<u64> = redis::cmd("SMEMBERS")
+            .arg(self.journals_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err(&e))?;
+        for owner in owners.into_iter().filter(|owner| *owner != self.node) {
+            self.adopt_journal(owner).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Journal for RedisCluster {
+    async fn record(&self, entry: &JournalEntry) -> Option<JournalId> {
+        if !self.healthy.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let json = entry.encode().ok()?;
+        let mut conn = self.conn.clone();
+        let (id, _): (String, i64) = redis::pipe()
+            .cmd("XADD")
+            .arg(self.journal_key(self.node))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(JOURNAL_MAXLEN)
+            .arg("*")
+            .arg("j")
+            .arg(json)
+            .cmd("SADD")
+            .arg(self.journals_key())
+            .arg(self.node)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| debug!(error = %e, "webhook journal write failed"))
+            .ok()?;
+        Some(JournalId(id))
+    }
+
+    async fn forget(&self, id: &JournalId) {
+        let mut conn = self.conn.clone();
+        let result: Result<i64, _> = redis::cmd("XDEL")
+            .arg(self.journal_key(self.node))
+            .arg(&id.0)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = result {
+            debug!(error = %e, "webhook journal delete failed; the request may be delivered twice");
+        }
+    }
+}
