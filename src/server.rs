@@ -50,6 +50,7 @@ pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     tls: Option<Arc<Tls>>,
+    redis: Option<Arc<RedisCluster>>,
 }
 
 impl Server {
@@ -99,7 +100,7 @@ impl Server {
             webhooks,
         ));
         if let Some(rx) = inbound {
-            tokio::spawn(apply_inbound(state.clone(), rx, redis));
+            tokio::spawn(apply_inbound(state.clone(), rx, redis.clone()));
         }
         for app in apps.all() {
             state.hub(&app);
@@ -129,6 +130,7 @@ impl Server {
             listener,
             metrics_listener,
             tls,
+            redis,
         })
     }
 
@@ -153,6 +155,7 @@ impl Server {
             listener,
             metrics_listener,
             tls,
+            redis,
         } = self;
         let reloader = tls.clone().map(|t| tokio::spawn(reload_on_sighup(t)));
         let sweeper = tokio::spawn(sweep(state.clone()));
@@ -210,6 +213,11 @@ impl Server {
             .webhooks
             .shutdown(left.clamp(Duration::from_secs(1), WEBHOOK_FLUSH))
             .await;
+        // Survivors take over what is left (sockets still open, unsent webhooks) at their next
+        // heartbeat instead of after the lease.
+        if let Some(redis) = &redis {
+            redis.leave().await;
+        }
         sweeper.abort();
         if let Some(r) = reloader {
             r.abort();

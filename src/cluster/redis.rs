@@ -183,6 +183,8 @@ pub struct RedisCluster {
     publish_tx: mpsc::Sender<(String, Bytes)>,
     inbound: mpsc::Sender<Inbound>,
     healthy: AtomicBool,
+    /// Set by `leave`: the heartbeat stops renewing the lease.
+    leaving: AtomicBool,
     /// Set after the first heartbeat: a later heartbeat that creates the lease anew means
     /// this node's shared state was lost.
     registered: AtomicBool,
@@ -272,6 +274,7 @@ impl RedisCluster {
             publish_tx,
             inbound,
             healthy: AtomicBool::new(true),
+            leaving: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             metrics,
@@ -294,6 +297,25 @@ impl RedisCluster {
 
     pub fn node_id(&self) -> u64 {
         self.node
+    }
+
+    /// Ends this node's membership at shutdown: the lease stops being renewed and is marked
+    /// expired, so the next survivor heartbeat (≤ 2 s) reaps what is left of this node's state
+    /// and adopts its webhook journal.
+    pub async fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+        let mut conn = self.conn.clone();
+        let result: Result<i64, _> = redis::cmd("ZADD")
+            .arg(self.key("nodes"))
+            .arg("XX")
+            .arg(0)
+            .arg(self.node)
+            .query_async(&mut conn)
+            .await;
+        match result {
+            Ok(_) => info!(node = self.node, "left the cluster"),
+            Err(e) => warn!(error = %e, "could not end this node's lease; it expires on its own"),
+        }
     }
 
     fn topic(&self, app: &AppId, target: &Target) -> String {
@@ -732,6 +754,9 @@ async fn heartbeats(cluster: Arc<RedisCluster>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if cluster.leaving.load(Ordering::Acquire) {
+            return;
+        }
         let result = async {
             cluster.heartbeat().await?;
             cluster.reap().await?;

@@ -515,24 +515,46 @@ async fn event_receiver(
     (port, rx)
 }
 
-#[tokio::test]
-async fn a_queued_webhook_survives_a_kill_9_of_the_node_that_queued_it() {
-    let p = prefix();
-    // Nothing listens on the receiver's port yet: every attempt is refused and retried.
+/// A node process whose only webhook target (`channel_occupied` to `port`, where nothing
+/// listens yet) is failing, with a socket subscribed to `channel` on it: the occupied webhook
+/// is journaled and being retried. Returns the cluster's configuration too.
+async fn node_with_an_unsent_webhook(channel: &str) -> (String, u16, ServerProcess, Client) {
     let port = free_port();
     let hooks = format!(
         "[[apps.webhooks]]\nurl = \"http://127.0.0.1:{port}/hooks\"\nevent_types = [\"channel_occupied\"]\n"
     );
-    let toml = cluster_config(&p, REDIS, &hooks);
-    let doomed = spawn_node(&toml).await;
+    let toml = cluster_config(&prefix(), REDIS, &hooks);
+    let node = spawn_node(&toml).await;
     let mut c = Client::connect(&format!(
         "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
-        doomed.port
+        node.port
     ))
     .await;
-    c.subscribe("durable").await;
+    c.subscribe(channel).await;
     // The first attempt fails at once; the request is journaled before it.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    (toml, port, node, c)
+}
+
+/// Waits for the journaled `channel_occupied` of `channel` and checks it came within `bound`
+/// of `since`.
+async fn taken_over(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    channel: &str,
+    since: Instant,
+    bound: Duration,
+) {
+    let first = tokio::time::timeout(bound + Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the unsent webhook arrives from another node")
+        .unwrap();
+    assert_eq!(first, json!({"name":"channel_occupied","channel":channel}));
+    assert!(since.elapsed() <= bound, "took {:?}", since.elapsed());
+}
+
+#[tokio::test]
+async fn a_queued_webhook_survives_a_kill_9_of_the_node_that_queued_it() {
+    let (toml, port, doomed, c) = node_with_an_unsent_webhook("durable").await;
     let killed_at = Instant::now();
     drop(doomed); // SIGKILL: the queued webhook is only in Redis now.
     drop(c);
@@ -541,21 +563,29 @@ async fn a_queued_webhook_survives_a_kill_9_of_the_node_that_queued_it() {
     // The node's replacement (same configuration) takes the journal over once the dead
     // node's lease expires, and delivers.
     let _successor = TestServer::start(&toml).await;
-    let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("the queued webhook arrives from the successor")
-        .unwrap();
-    assert_eq!(
-        first,
-        json!({"name":"channel_occupied","channel":"durable"})
-    );
-    assert!(
-        killed_at.elapsed() <= Duration::from_secs(15),
-        "took {:?}",
-        killed_at.elapsed()
-    );
+    taken_over(&mut rx, "durable", killed_at, Duration::from_secs(15)).await;
     let again = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
     assert!(again.is_err(), "delivered once: {again:?}");
+}
+
+#[tokio::test]
+async fn a_graceful_stop_hands_unsent_webhooks_to_the_other_nodes_at_once() {
+    let (toml, port, mut old, _c) = node_with_an_unsent_webhook("rolling").await;
+    let _other = TestServer::start(&toml).await;
+    // SIGTERM, as a rolling deploy does: the node drains, gives its webhooks a moment, leaves.
+    signal(&old.child, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while old.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exited_at = Instant::now();
+    let (_, mut rx) = event_receiver(port).await;
+    // A node that left is taken over at the next heartbeat, not after its lease.
+    taken_over(&mut rx, "rolling", exited_at, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -610,19 +640,10 @@ async fn a_departure_during_a_redis_stall_is_repaired_when_redis_answers_again()
     watcher.recv_event("pusher_internal:member_added").await;
 
     // Redis stops answering; the departure cannot be recorded.
-    let pid = redis.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&redis.child, "-STOP");
     drop(leaver);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&redis.child, "-CONT");
 
     let removed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {

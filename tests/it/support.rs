@@ -367,6 +367,15 @@ pub async fn wait_up(port: u16) {
     panic!("server on port {port} did not come up");
 }
 
+/// Sends `sig` (`"-TERM"`, `"-STOP"`, ...) to a child process we started.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill {sig} {}", child.id());
+}
+
 /// The real `resound` binary as a child process; killed (SIGKILL) when dropped.
 pub struct ServerProcess {
     pub child: std::process::Child,

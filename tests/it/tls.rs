@@ -192,12 +192,7 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
     let (mut old, presented, _) = wss(port, &first.der).await;
     assert_eq!(presented, first.der);
     let second = write_cert(&dir);
-    let hup = Command::new("kill")
-        .arg("-HUP")
-        .arg(server.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    signal(&server.child, "-HUP");
     let mut presented = Vec::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
