@@ -64,8 +64,7 @@ impl Server {
         )?;
         let (presence, cluster, adapter, redis, inbound): Backend = if config.scaling.enabled {
             let (redis, inbound) = RedisCluster::connect(
-                &config.scaling.redis_url,
-                &config.scaling.channel,
+                &config.scaling,
                 &metrics.registry,
                 &config.server.metrics_prefix,
             )

@@ -38,15 +38,17 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::{Client, Script};
+use redis::aio::PubSubSink;
+use redis::Script;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::endpoint::{Commands, Endpoint, COMMAND_TIMEOUT};
 use super::wire::{self, WireMessage};
 use super::{Adapter, ClusterError, ClusterState, Inbound, RemoteEvent, Target};
 use crate::app::AppId;
 use crate::channels::CachedEvent;
+use crate::config::ScalingConfig;
 use crate::presence::{Join, PresenceError, PresenceStore};
 use crate::protocol::{message, ChannelName, PresenceMember, SocketId, UserId};
 use crate::state::AppHub;
@@ -59,7 +61,6 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 const PUBLISH_QUEUE: usize = 65_536;
 /// Inbound messages queued for the server before new ones are dropped (counted).
 pub const INBOUND_QUEUE: usize = 65_536;
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 const JOIN: &str = r"
 local total = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
@@ -175,8 +176,8 @@ struct Interests {
 pub struct RedisCluster {
     node: u64,
     prefix: String,
-    client: Client,
-    conn: ConnectionManager,
+    endpoint: Arc<Endpoint>,
+    conn: Commands,
     interests: tokio::sync::Mutex<Interests>,
     /// Topics wanted, readable without the async lock (for resubscription).
     wanted: Mutex<Vec<String>>,
@@ -233,29 +234,13 @@ impl RedisCluster {
     /// Connects (failing fast when Redis cannot be reached at start-up) and starts the
     /// pub/sub reader, the publisher and the heartbeat/reaper tasks.
     pub async fn connect(
-        url: &str,
-        prefix: &str,
+        scaling: &ScalingConfig,
         registry: &Registry,
         metric_prefix: &str,
     ) -> Result<(Arc<RedisCluster>, mpsc::Receiver<Inbound>), ClusterError> {
-        let client = Client::open(url).map_err(|e| err(&e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(COMMAND_TIMEOUT)
-            .set_response_timeout(COMMAND_TIMEOUT)
-            .set_number_of_retries(2)
-            .set_max_delay(1000);
-        let conn = tokio::time::timeout(
-            COMMAND_TIMEOUT * 3,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| {
-            ClusterError(format!(
-                "timed out connecting to {}",
-                crate::config::mask_url_password(url)
-            ))
-        })?
-        .map_err(|e| err(&e))?;
+        let prefix = scaling.channel.as_str();
+        let endpoint = Endpoint::connect(scaling).await?;
+        let conn = endpoint.commands();
         let metrics =
             Metrics::new(registry, metric_prefix).map_err(|e| ClusterError(e.to_string()))?;
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
@@ -263,7 +248,7 @@ impl RedisCluster {
         let cluster = Arc::new(RedisCluster {
             node: rand::random::<u64>() >> 1,
             prefix: prefix.to_string(),
-            client,
+            endpoint,
             conn,
             interests: tokio::sync::Mutex::new(Interests::default()),
             wanted: Mutex::new(Vec::new()),
@@ -674,8 +659,10 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<(String, B
 async fn subscriber(cluster: Arc<RedisCluster>) {
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
+    let mut moved = cluster.endpoint.moved();
     loop {
-        match cluster.client.get_async_pubsub().await {
+        moved.mark_unchanged();
+        match cluster.endpoint.pubsub().await {
             Ok(pubsub) => {
                 let (mut sink, mut stream) = pubsub.split();
                 let mut topics = cluster.wanted.lock().clone();
@@ -705,10 +692,23 @@ async fn subscriber(cluster: Arc<RedisCluster>) {
                     first = false;
                     backoff = Duration::from_millis(100);
                     cluster.set_healthy(true);
-                    while let Some(msg) = stream.next().await {
-                        cluster.handle(msg.get_payload_bytes());
+                    loop {
+                        tokio::select! {
+                            msg = stream.next() => match msg {
+                                Some(msg) => cluster.handle(msg.get_payload_bytes()),
+                                None => {
+                                    warn!("cluster pub/sub connection lost");
+                                    break;
+                                }
+                            },
+                            // A failover: the old master may still accept the connection
+                            // (demoted to a replica) but no longer carries every publish.
+                            _ = moved.changed() => {
+                                info!("the Redis master moved; moving the pub/sub connection");
+                                break;
+                            }
+                        }
                     }
-                    warn!("cluster pub/sub connection lost");
                 }
                 cluster.interests.lock().await.sink = None;
                 cluster.set_healthy(false);
@@ -718,7 +718,11 @@ async fn subscriber(cluster: Arc<RedisCluster>) {
                 warn!(error = %e, "cannot reach the cluster backend");
             }
         }
-        tokio::time::sleep(backoff).await;
+        // A failover found the new master: no need to wait.
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = moved.changed() => {}
+        }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
