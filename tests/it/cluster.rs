@@ -881,3 +881,79 @@ async fn nodes_share_a_redis_over_tls_with_a_private_certificate() {
         json!({"occupied":true,"subscription_count":1})
     );
 }
+
+// ---- lag metrics and the wire version ----
+
+/// The value of the sample `name` (with its labels, if any) in a node's `/metrics`.
+async fn sample(node: &TestServer, name: &str) -> f64 {
+    raw_request("GET", &node.url("/metrics"), String::new())
+        .await
+        .text
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+}
+
+#[tokio::test]
+async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
+    let p = prefix();
+    let a = TestServer::start(&cluster_config(&p, REDIS, "")).await;
+    let b = TestServer::start(&cluster_config(&p, REDIS, "")).await;
+    let mut sub = b.client().await;
+    sub.subscribe("live").await;
+    let redis = redis::Client::open(REDIS).unwrap();
+    let mut spy = redis.get_async_pubsub().await.unwrap();
+    spy.subscribe(format!("{p}#c#{APP_ID}#live")).await.unwrap();
+    let mut spied = spy.into_on_message();
+    let published = sample(&a, "resound_cluster_publish_lag_seconds_count").await;
+    let received = sample(&b, "resound_cluster_receive_lag_seconds_count").await;
+
+    // Until the version of what `a` publishes is `version` (one heartbeat or two).
+    let mut n = 0;
+    let mut sends = async |version: u8| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            n += 1;
+            a.api().trigger(&["live"], "e", &n.to_string()).await;
+            let msg = tokio::time::timeout(WAIT, spied.next())
+                .await
+                .expect("the publish reaches Redis")
+                .unwrap();
+            assert_eq!(sub.recv_event("e").await["data"], n.to_string());
+            if msg.get_payload_bytes()[0] == version {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still not sending version {version}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    sends(2).await;
+    assert!(sample(&a, "resound_cluster_publish_lag_seconds_count").await > published);
+    assert!(sample(&b, "resound_cluster_receive_lag_seconds_count").await > received);
+    let lag = sample(&b, "resound_cluster_receive_lag_seconds_sum").await;
+    assert!(lag < 5.0, "{lag} s from one node to the other on loopback");
+
+    // A node of the previous release joins (a lease, no wire version): back to version 1,
+    // which it reads; when it is gone, version 2 again.
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let old_node = 4242u64;
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{p}:nodes"))
+        .arg(now() * 1000 + 60_000)
+        .arg(old_node)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    sends(1).await;
+    let _: i64 = redis::cmd("ZREM")
+        .arg(format!("{p}:nodes"))
+        .arg(old_node)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    sends(2).await;
+}
