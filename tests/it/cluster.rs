@@ -335,6 +335,53 @@ async fn a_killed_nodes_members_are_removed_by_the_survivors() {
     );
 }
 
+#[tokio::test]
+async fn three_processes_on_a_private_redis_deliver_a_trigger_to_every_node_once() {
+    let redis = RedisProc::start(free_port()).await;
+    let toml = cluster_config(
+        &prefix(),
+        &format!("redis://127.0.0.1:{}/0", redis.port),
+        "",
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(spawn_node(&toml).await);
+    }
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut c = Client::connect(&format!(
+            "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
+            node.port
+        ))
+        .await;
+        assert_eq!(
+            c.subscribe("news").await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+        clients.push(c);
+    }
+    for (i, from) in nodes.iter().enumerate() {
+        let api = Api {
+            base: format!("http://127.0.0.1:{}", from.port),
+            app_id: APP_ID.into(),
+            key: KEY.into(),
+            secret: SECRET.into(),
+        };
+        let data = format!("{{\"from\":{i}}}");
+        assert_eq!(api.trigger(&["news"], "headline", &data).await.status, 200);
+        for c in &mut clients {
+            assert_eq!(
+                c.recv().await,
+                json!({"event":"headline","channel":"news","data":data})
+            );
+        }
+    }
+    for c in &mut clients {
+        c.expect_silence(Duration::from_millis(300), "delivered twice")
+            .await;
+    }
+}
+
 struct RedisProc {
     child: Child,
     port: u16,
