@@ -452,6 +452,14 @@ fn validate_scaling(s: &ScalingConfig) -> Result<(), ConfigError> {
             )));
         }
     }
+    let tls = std::iter::once(&s.redis_url)
+        .chain(&s.sentinels)
+        .any(|u| u.starts_with("rediss://"));
+    if s.tls_ca_file.is_some() && !tls {
+        return Err(ConfigError::Invalid(
+            "scaling.tls_ca_file is only used with rediss:// URLs (redis_url or sentinels)".into(),
+        ));
+    }
     match (&s.sentinel_master, s.sentinels.is_empty()) {
         (None, false) => Err(ConfigError::Invalid(
             "scaling.sentinels needs scaling.sentinel_master (the master's name in the sentinels' configuration)".into(),

@@ -306,4 +306,9 @@ fn inconsistent_redis_settings_are_refused() {
         ..Sources::default()
     });
     assert!(e.contains("redis://"), "{e}");
+    let e = load_err(&Sources {
+        process_env: env(&[("RESOUND_SCALING__TLS_CA_FILE", "/etc/ca.pem")]),
+        ..Sources::default()
+    });
+    assert!(e.contains("rediss://"), "{e}");
 }
