@@ -60,8 +60,7 @@ impl Server {
         let apps: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps));
         let (presence, cluster, adapter, redis, inbound): Backend = if config.scaling.enabled {
             let (redis, inbound) = RedisCluster::connect(
-                &config.scaling.redis_url,
-                &config.scaling.channel,
+                &config.scaling,
                 &metrics.registry,
                 &config.server.metrics_prefix,
             )

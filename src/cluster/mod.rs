@@ -10,6 +10,7 @@
 //! `cluster` knows nothing of sockets: what arrives from other nodes is handed to the server as
 //! `Inbound` values and applied by the owner of the state (`server::apply_inbound`).
 
+mod endpoint;
 pub mod redis;
 pub mod wire;
 

@@ -9,6 +9,7 @@
 //! | `P#u#{app}#{user}` | pub/sub | events for a user's connections (`#server-to-user-`) |
 //! | `P#ctl` | pub/sub | control messages (terminate), subscribed by every node |
 //! | `P:nodes` | zset | node id → lease expiry (ms); refreshed every `HEARTBEAT` |
+//! | `P:wire` | hash | node id → newest wire version it reads (absent: 1) |
 //! | `P:s:{app}` | hash | channel → cluster-wide subscription count |
 //! | `P:c` | hash | app → cluster-wide connection count |
 //! | `P:node:{id}:s` / `:c` | hash | this node's share of the two above (to undo when it dies) |
@@ -29,24 +30,26 @@
 //! (Redis down, or between a first local subscribe and the `SUBSCRIBE` reply) are not replayed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::{Client, Script};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use redis::aio::PubSubSink;
+use redis::Script;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::wire::{self, WireMessage};
+use super::endpoint::{Commands, Endpoint, COMMAND_TIMEOUT};
+use super::wire::{self, Received, WireMessage};
 use super::{Adapter, ClusterError, ClusterState, Inbound, RemoteEvent, Target};
 use crate::app::AppId;
 use crate::channels::CachedEvent;
+use crate::config::ScalingConfig;
 use crate::presence::{Join, PresenceError, PresenceStore};
 use crate::protocol::{message, ChannelName, PresenceMember, SocketId, UserId};
 use crate::state::AppHub;
@@ -59,7 +62,6 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 const PUBLISH_QUEUE: usize = 65_536;
 /// Inbound messages queued for the server before new ones are dropped (counted).
 pub const INBOUND_QUEUE: usize = 65_536;
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 const JOIN: &str = r"
 local total = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
@@ -93,6 +95,18 @@ if t <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]); redis.call('HDEL', KEYS[1],
 return 0
 ";
 
+/// Records the wire version this node reads and returns the oldest one a live node reads
+/// (a node that records none reads only version 1).
+const WIRE: &str = r"
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local oldest = tonumber(ARGV[3])
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+  local v = tonumber(redis.call('HGET', KEYS[2], n) or '1')
+  if v < oldest then oldest = v end
+end
+return oldest
+";
+
 /// Adds `delta` to a node's share and to the cluster-wide total; returns the total.
 const COUNT: &str = r"
 local n = redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
@@ -119,11 +133,23 @@ struct Metrics {
     publish_queue: IntGauge,
     healthy: IntGauge,
     reaped: IntCounter,
+    publish_lag: Histogram,
+    receive_lag: Histogram,
 }
+
+/// Buckets of the lag histograms, in seconds.
+const LAG_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 impl Metrics {
     fn new(registry: &Registry, prefix: &str) -> Result<Metrics, prometheus::Error> {
         let o = |n: &str, h: &str| Opts::new(n, h).namespace(prefix.to_string());
+        let lag = |n: &str, h: &str| {
+            HistogramOpts::new(n, h)
+                .namespace(prefix.to_string())
+                .buckets(LAG_BUCKETS.to_vec())
+        };
         let m = Metrics {
             publishes: IntCounter::with_opts(o(
                 "cluster_publishes_total",
@@ -153,6 +179,14 @@ impl Metrics {
                 "cluster_reaped_nodes_total",
                 "Dead nodes whose state this node removed",
             ))?,
+            publish_lag: Histogram::with_opts(lag(
+                "cluster_publish_lag_seconds",
+                "Time from queueing a message for other nodes to Redis acknowledging its PUBLISH",
+            ))?,
+            receive_lag: Histogram::with_opts(lag(
+                "cluster_receive_lag_seconds",
+                "Time from publishing on another node (its wall clock) to receipt here",
+            ))?,
         };
         registry.register(Box::new(m.publishes.clone()))?;
         registry.register(Box::new(m.receives.clone()))?;
@@ -161,6 +195,8 @@ impl Metrics {
         registry.register(Box::new(m.publish_queue.clone()))?;
         registry.register(Box::new(m.healthy.clone()))?;
         registry.register(Box::new(m.reaped.clone()))?;
+        registry.register(Box::new(m.publish_lag.clone()))?;
+        registry.register(Box::new(m.receive_lag.clone()))?;
         Ok(m)
     }
 }
@@ -175,12 +211,14 @@ struct Interests {
 pub struct RedisCluster {
     node: u64,
     prefix: String,
-    client: Client,
-    conn: ConnectionManager,
+    endpoint: Arc<Endpoint>,
+    conn: Commands,
     interests: tokio::sync::Mutex<Interests>,
     /// Topics wanted, readable without the async lock (for resubscription).
     wanted: Mutex<Vec<String>>,
-    publish_tx: mpsc::Sender<(String, Bytes)>,
+    publish_tx: mpsc::Sender<Queued>,
+    /// The wire version this node sends: the oldest any live node reads (`P:wire`).
+    send_version: AtomicU8,
     inbound: mpsc::Sender<Inbound>,
     healthy: AtomicBool,
     /// Set by `leave`: the heartbeat stops renewing the lease.
@@ -213,7 +251,15 @@ enum Tally {
     Users,
 }
 
+/// A message waiting for the publisher task.
+struct Queued {
+    topic: String,
+    payload: Bytes,
+    queued: Instant,
+}
+
 struct Scripts {
+    wire: Script,
     join: Script,
     leave: Script,
     reap_member: Script,
@@ -237,29 +283,13 @@ impl RedisCluster {
     /// Connects (failing fast when Redis cannot be reached at start-up) and starts the
     /// pub/sub reader, the publisher and the heartbeat/reaper tasks.
     pub async fn connect(
-        url: &str,
-        prefix: &str,
+        scaling: &ScalingConfig,
         registry: &Registry,
         metric_prefix: &str,
     ) -> Result<(Arc<RedisCluster>, mpsc::Receiver<Inbound>), ClusterError> {
-        let client = Client::open(url).map_err(|e| err(&e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(COMMAND_TIMEOUT)
-            .set_response_timeout(COMMAND_TIMEOUT)
-            .set_number_of_retries(2)
-            .set_max_delay(1000);
-        let conn = tokio::time::timeout(
-            COMMAND_TIMEOUT * 3,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| {
-            ClusterError(format!(
-                "timed out connecting to {}",
-                crate::config::mask_url_password(url)
-            ))
-        })?
-        .map_err(|e| err(&e))?;
+        let prefix = scaling.channel.as_str();
+        let endpoint = Endpoint::connect(scaling).await?;
+        let conn = endpoint.commands();
         let metrics =
             Metrics::new(registry, metric_prefix).map_err(|e| ClusterError(e.to_string()))?;
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
@@ -267,7 +297,7 @@ impl RedisCluster {
         let cluster = Arc::new(RedisCluster {
             node: rand::random::<u64>() >> 1,
             prefix: prefix.to_string(),
-            client,
+            endpoint,
             conn,
             interests: tokio::sync::Mutex::new(Interests::default()),
             wanted: Mutex::new(Vec::new()),
@@ -278,7 +308,9 @@ impl RedisCluster {
             registered: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             metrics,
+            send_version: AtomicU8::new(1),
             scripts: Scripts {
+                wire: Script::new(WIRE),
                 join: Script::new(JOIN),
                 leave: Script::new(LEAVE),
                 reap_member: Script::new(REAP_MEMBER),
@@ -373,8 +405,18 @@ impl RedisCluster {
         err(e)
     }
 
+    /// The send time to write into a message, when every live node reads wire version 2.
+    fn stamp(&self) -> Option<u64> {
+        (self.send_version.load(Ordering::Acquire) >= 2).then(now_ms)
+    }
+
     fn enqueue(&self, topic: String, payload: Bytes) {
-        match self.publish_tx.try_send((topic, payload)) {
+        let queued = Queued {
+            topic,
+            payload,
+            queued: Instant::now(),
+        };
+        match self.publish_tx.try_send(queued) {
             Ok(()) => self.metrics.publish_queue.inc(),
             Err(_) => self
                 .metrics
@@ -395,6 +437,17 @@ impl RedisCluster {
             .query_async(&mut conn)
             .await
             .map_err(|e| err(&e))?;
+        let mut inv = self.scripts.wire.prepare_invoke();
+        inv.key(self.key("nodes"))
+            .key(self.key("wire"))
+            .arg(now_ms())
+            .arg(self.node)
+            .arg(wire::VERSION);
+        let oldest: u8 = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        let before = self.send_version.swap(oldest.max(1), Ordering::AcqRel);
+        if before != oldest {
+            info!(version = oldest, "cluster wire version");
+        }
         let was_registered = self.registered.swap(true, Ordering::AcqRel);
         if added == 1 && was_registered {
             warn!("this node's cluster lease was gone; publishing its state again");
@@ -427,6 +480,12 @@ impl RedisCluster {
                 .map_err(|e| err(&e))?;
             if claimed == 1 {
                 warn!(dead = node, "reaping a node whose lease expired");
+                let _: i64 = redis::cmd("HDEL")
+                    .arg(self.key("wire"))
+                    .arg(node)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| err(&e))?;
                 self.metrics.reaped.inc();
                 // Its webhooks first: they were released before the departures reaping causes.
                 self.adopt_journal(node).await?;
@@ -621,7 +680,11 @@ impl RedisCluster {
 
     fn handle(&self, payload: &[u8]) {
         self.metrics.receives.inc();
-        let msg = match wire::decode(&Bytes::copy_from_slice(payload)) {
+        let Received {
+            origin,
+            sent_at,
+            message,
+        } = match wire::decode(&Bytes::copy_from_slice(payload)) {
             Ok(m) => m,
             Err(e) => {
                 self.metrics
@@ -632,19 +695,23 @@ impl RedisCluster {
                 return;
             }
         };
-        let inbound = match msg {
-            // The publishing node already applied its own messages.
-            WireMessage::Event { origin, .. } | WireMessage::Terminate { origin, .. }
-                if origin == self.node =>
-            {
-                return
+        // The publishing node already applied its own messages.
+        if origin == self.node {
+            return;
+        }
+        let inbound = match message {
+            WireMessage::Event(event) => {
+                if let Some(sent) = sent_at {
+                    // Another host's clock: only as good as the clocks' synchronization.
+                    let lag_ms = now_ms().saturating_sub(sent);
+                    self.metrics.receive_lag.observe(lag_ms as f64 / 1000.0);
+                }
+                Inbound::Event(event)
             }
-            WireMessage::Event { event, .. } => Inbound::Event(event),
             WireMessage::Terminate {
                 app,
                 user,
                 presence,
-                ..
             } => Inbound::Terminate {
                 app,
                 user,
@@ -660,7 +727,7 @@ impl RedisCluster {
     }
 }
 
-async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<(String, Bytes)>) {
+async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(128);
     while rx.recv_many(&mut batch, 128).await > 0 {
         cluster.metrics.publish_queue.sub(batch.len() as i64);
@@ -674,15 +741,23 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<(String, B
             continue;
         }
         let mut pipe = redis::pipe();
-        for (topic, payload) in &batch {
+        for q in &batch {
             pipe.cmd("PUBLISH")
-                .arg(topic)
-                .arg(payload.as_ref())
+                .arg(&q.topic)
+                .arg(q.payload.as_ref())
                 .ignore();
         }
         let mut conn = cluster.conn.clone();
         match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => cluster.metrics.publishes.inc_by(batch.len() as u64),
+            Ok(()) => {
+                cluster.metrics.publishes.inc_by(batch.len() as u64);
+                for q in &batch {
+                    cluster
+                        .metrics
+                        .publish_lag
+                        .observe(q.queued.elapsed().as_secs_f64());
+                }
+            }
             Err(e) => {
                 warn!(error = %e, lost = batch.len(), "publishing to the cluster failed");
                 cluster
@@ -700,8 +775,10 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<(String, B
 async fn subscriber(cluster: Arc<RedisCluster>) {
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
+    let mut moved = cluster.endpoint.moved();
     loop {
-        match cluster.client.get_async_pubsub().await {
+        moved.mark_unchanged();
+        match cluster.endpoint.pubsub().await {
             Ok(pubsub) => {
                 let (mut sink, mut stream) = pubsub.split();
                 let mut topics = cluster.wanted.lock().clone();
@@ -731,10 +808,23 @@ async fn subscriber(cluster: Arc<RedisCluster>) {
                     first = false;
                     backoff = Duration::from_millis(100);
                     cluster.set_healthy(true);
-                    while let Some(msg) = stream.next().await {
-                        cluster.handle(msg.get_payload_bytes());
+                    loop {
+                        tokio::select! {
+                            msg = stream.next() => match msg {
+                                Some(msg) => cluster.handle(msg.get_payload_bytes()),
+                                None => {
+                                    warn!("cluster pub/sub connection lost");
+                                    break;
+                                }
+                            },
+                            // A failover: the old master may still accept the connection
+                            // (demoted to a replica) but no longer carries every publish.
+                            _ = moved.changed() => {
+                                info!("the Redis master moved; moving the pub/sub connection");
+                                break;
+                            }
+                        }
                     }
-                    warn!("cluster pub/sub connection lost");
                 }
                 cluster.interests.lock().await.sink = None;
                 cluster.set_healthy(false);
@@ -744,7 +834,11 @@ async fn subscriber(cluster: Arc<RedisCluster>) {
                 warn!(error = %e, "cannot reach the cluster backend");
             }
         }
-        tokio::time::sleep(backoff).await;
+        // A failover found the new master: no need to wait.
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = moved.changed() => {}
+        }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
@@ -773,7 +867,7 @@ async fn heartbeats(cluster: Arc<RedisCluster>) {
 impl Adapter for RedisCluster {
     fn publish(&self, event: RemoteEvent) {
         let topic = self.topic(&event.app, &event.target);
-        self.enqueue(topic, wire::encode_event(self.node, &event));
+        self.enqueue(topic, wire::encode_event(self.node, &event, self.stamp()));
     }
 
     async fn acquire(&self, app: &AppId, target: &Target) {
@@ -787,7 +881,7 @@ impl Adapter for RedisCluster {
     fn terminate(&self, app: &AppId, user: &str, presence: bool) {
         self.enqueue(
             self.control_topic(),
-            wire::encode_terminate(self.node, app, user, presence),
+            wire::encode_terminate(self.node, app, user, presence, self.stamp()),
         );
     }
 

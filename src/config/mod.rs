@@ -106,8 +106,17 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ScalingConfig {
     pub enabled: bool,
+    /// The Redis server; with `sentinels`, only its scheme (`rediss://` for TLS), credentials
+    /// and database apply to the master the sentinels name.
     pub redis_url: String,
     pub channel: String,
+    /// Sentinel URLs: when set, the master named `sentinel_master` is found through them and
+    /// followed across failovers.
+    pub sentinels: Vec<String>,
+    pub sentinel_master: Option<String>,
+    /// PEM file of the CA (or self-signed certificate) to trust for `rediss://`, instead of
+    /// the public roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ScalingConfig {
@@ -116,6 +125,9 @@ impl Default for ScalingConfig {
             enabled: false,
             redis_url: "redis://127.0.0.1:6379/0".into(),
             channel: "resound".into(),
+            sentinels: Vec::new(),
+            sentinel_master: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -392,6 +404,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         file.apps.push(embedded_app());
     }
     validate_server(&file.server)?;
+    validate_scaling(&file.scaling)?;
     let webhooks = file.webhooks.dispatcher();
     webhooks
         .check()
@@ -422,6 +435,9 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         a.secret = "***".into();
     }
     effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
+    for s in &mut effective.scaling.sentinels {
+        *s = mask_url_password(s);
+    }
     Ok(Config {
         server: file.server,
         scaling: file.scaling,
@@ -466,6 +482,42 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
         )));
     }
     Ok(())
+}
+
+fn validate_scaling(s: &ScalingConfig) -> Result<(), ConfigError> {
+    let urls = std::iter::once(&s.redis_url).chain(&s.sentinels);
+    for url in urls {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::Invalid(format!(
+                "scaling: {} must start with redis:// or rediss://",
+                mask_url_password(url)
+            )));
+        }
+        // Certificate checks cannot be turned off: trust a private CA with `tls_ca_file`.
+        if url.ends_with("#insecure") {
+            return Err(ConfigError::Invalid(format!(
+                "scaling: {} asks for unverified TLS, which is not supported; set scaling.tls_ca_file to the CA that signed the Redis certificate",
+                mask_url_password(url)
+            )));
+        }
+    }
+    let tls = std::iter::once(&s.redis_url)
+        .chain(&s.sentinels)
+        .any(|u| u.starts_with("rediss://"));
+    if s.tls_ca_file.is_some() && !tls {
+        return Err(ConfigError::Invalid(
+            "scaling.tls_ca_file is only used with rediss:// URLs (redis_url or sentinels)".into(),
+        ));
+    }
+    match (&s.sentinel_master, s.sentinels.is_empty()) {
+        (None, false) => Err(ConfigError::Invalid(
+            "scaling.sentinels needs scaling.sentinel_master (the master's name in the sentinels' configuration)".into(),
+        )),
+        (Some(_), true) => Err(ConfigError::Invalid(
+            "scaling.sentinel_master needs scaling.sentinels".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn secs(v: Option<u64>, default: Duration) -> Duration {

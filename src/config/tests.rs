@@ -240,3 +240,75 @@ fn reverb_variables_overlay_a_configured_app_with_the_same_id() {
     assert!(a.webhooks.is_some(), "the file's webhooks stay");
     assert_eq!(a.settings.client_events, ClientEventPolicy::Members);
 }
+
+#[test]
+fn sentinels_come_from_the_file_or_the_environment() {
+    let p = temp_file(
+        "sentinel.toml",
+        "[scaling]\nenabled = true\nredis_url = \"rediss://:pw@ignored/2\"\nsentinels = [\"redis://:spw@10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\nsentinel_master = \"mymaster\"\ntls_ca_file = \"/etc/redis/ca.pem\"\n",
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    assert_eq!(c.scaling.sentinels.len(), 2);
+    assert_eq!(c.scaling.sentinel_master.as_deref(), Some("mymaster"));
+    assert_eq!(
+        c.scaling.tls_ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/redis/ca.pem"))
+    );
+    // `check-config` shows no password.
+    assert_eq!(
+        c.effective.scaling.sentinels[0],
+        "redis://:***@10.0.0.1:26379"
+    );
+    assert_eq!(c.effective.scaling.redis_url, "rediss://:***@ignored/2");
+
+    let c = load_ok(&Sources {
+        process_env: env(&[
+            (
+                "RESOUND_SCALING__SENTINELS",
+                r#"["redis://a:26379","redis://b:26379"]"#,
+            ),
+            ("RESOUND_SCALING__SENTINEL_MASTER", "primary"),
+        ]),
+        ..Sources::default()
+    });
+    assert_eq!(
+        c.scaling.sentinels,
+        vec!["redis://a:26379".to_string(), "redis://b:26379".to_string()]
+    );
+    assert_eq!(c.scaling.sentinel_master.as_deref(), Some("primary"));
+}
+
+#[test]
+fn inconsistent_redis_settings_are_refused() {
+    let e = load_err(&Sources {
+        process_env: env(&[("RESOUND_SCALING__SENTINELS", r#"["redis://a:26379"]"#)]),
+        ..Sources::default()
+    });
+    assert!(e.contains("sentinel_master"), "{e}");
+    let e = load_err(&Sources {
+        process_env: env(&[("RESOUND_SCALING__SENTINEL_MASTER", "m")]),
+        ..Sources::default()
+    });
+    assert!(e.contains("needs scaling.sentinels"), "{e}");
+    let e = load_err(&Sources {
+        process_env: env(&[(
+            "RESOUND_SCALING__REDIS_URL",
+            "rediss://:secret@redis:6380/0#insecure",
+        )]),
+        ..Sources::default()
+    });
+    assert!(e.contains("tls_ca_file") && !e.contains("secret"), "{e}");
+    let e = load_err(&Sources {
+        process_env: env(&[("RESOUND_SCALING__REDIS_URL", "http://redis")]),
+        ..Sources::default()
+    });
+    assert!(e.contains("redis://"), "{e}");
+    let e = load_err(&Sources {
+        process_env: env(&[("RESOUND_SCALING__TLS_CA_FILE", "/etc/ca.pem")]),
+        ..Sources::default()
+    });
+    assert!(e.contains("rediss://"), "{e}");
+}

@@ -6,6 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::support::*;
@@ -16,8 +17,13 @@ fn prefix() -> String {
 
 /// The test app on a cluster node: `[scaling]` goes between `[server]` and `[[apps]]`.
 fn cluster_config(prefix: &str, redis_url: &str, extra: &str) -> String {
+    scaled_config(prefix, &format!("redis_url = \"{redis_url}\""), extra)
+}
+
+/// The test app on a cluster node whose `[scaling]` section also holds `scaling`'s lines.
+fn scaled_config(prefix: &str, scaling: &str, extra: &str) -> String {
     let scaling = format!(
-        "shutdown_grace_period = 2\n\n[scaling]\nenabled = true\nredis_url = \"{redis_url}\"\nchannel = \"{prefix}\""
+        "shutdown_grace_period = 2\n\n[scaling]\nenabled = true\nchannel = \"{prefix}\"\n{scaling}"
     );
     config(extra, "").replace("shutdown_grace_period = 2", &scaling)
 }
@@ -329,6 +335,53 @@ async fn a_killed_nodes_members_are_removed_by_the_survivors() {
     );
 }
 
+#[tokio::test]
+async fn three_processes_on_a_private_redis_deliver_a_trigger_to_every_node_once() {
+    let redis = RedisProc::start(free_port()).await;
+    let toml = cluster_config(
+        &prefix(),
+        &format!("redis://127.0.0.1:{}/0", redis.port),
+        "",
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(spawn_node(&toml).await);
+    }
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut c = Client::connect(&format!(
+            "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
+            node.port
+        ))
+        .await;
+        assert_eq!(
+            c.subscribe("news").await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+        clients.push(c);
+    }
+    for (i, from) in nodes.iter().enumerate() {
+        let api = Api {
+            base: format!("http://127.0.0.1:{}", from.port),
+            app_id: APP_ID.into(),
+            key: KEY.into(),
+            secret: SECRET.into(),
+        };
+        let data = format!("{{\"from\":{i}}}");
+        assert_eq!(api.trigger(&["news"], "headline", &data).await.status, 200);
+        for c in &mut clients {
+            assert_eq!(
+                c.recv().await,
+                json!({"event":"headline","channel":"news","data":data})
+            );
+        }
+    }
+    for c in &mut clients {
+        c.expect_silence(Duration::from_millis(300), "delivered twice")
+            .await;
+    }
+}
+
 struct RedisProc {
     child: Child,
     port: u16,
@@ -336,23 +389,65 @@ struct RedisProc {
 
 impl RedisProc {
     async fn start(port: u16) -> RedisProc {
+        RedisProc::with_args(port, &["--port", &port.to_string()]).await
+    }
+
+    /// `redis-server` with `args` (which must make it listen on `port`), no persistence; a
+    /// replica's copy of the data set goes to a directory of its own.
+    async fn with_args(port: u16, args: &[&str]) -> RedisProc {
+        let dir = std::env::temp_dir().join(format!("resound-redis-{}", prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed");
+            .expect("redis-server must be installed (Debian package redis-server)");
         wait_up(port).await;
         RedisProc { child, port }
+    }
+}
+
+/// Until `node`'s HTTP API counts one subscription of `live` (10 s at most): the nodes
+/// published their state to a Redis that had lost it.
+async fn live_counted_once(node: &TestServer) {
+    let mut count = json!(null);
+    for _ in 0..50 {
+        count = node
+            .api()
+            .get("/channels/live", &[("info", "subscription_count")])
+            .await
+            .body;
+        if count["subscription_count"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count, json!({"occupied":true,"subscription_count":1}));
+}
+
+/// Triggers on `on` until `sub` receives the event; returns how long that took. Fails after
+/// `within`.
+async fn delivery_resumes(on: &TestServer, sub: &mut Client, within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        on.api().trigger(&["live"], "after", &format!("{n}")).await;
+        if let Ok(Some(v)) =
+            tokio::time::timeout(Duration::from_millis(200), next_json(&mut sub.ws)).await
+        {
+            if v["event"] == "after" {
+                return started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < within,
+            "cross-node delivery did not resume within {within:?}"
+        );
     }
 }
 
@@ -401,23 +496,7 @@ async fn delivery_resumes_after_redis_restarts() {
 
     let _redis = RedisProc::start(port).await;
     // Without restarting any node, cross-node delivery comes back.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut n = 0;
-    loop {
-        n += 1;
-        a.api().trigger(&["live"], "after", &format!("{n}")).await;
-        if let Ok(Some(v)) =
-            tokio::time::timeout(Duration::from_millis(300), next_json(&mut sub.ws)).await
-        {
-            if v["event"] == "after" {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "delivery did not resume after Redis came back"
-        );
-    }
+    delivery_resumes(&a, &mut sub, Duration::from_secs(15)).await;
     assert_eq!(
         raw_request("GET", &a.url("/ready"), String::new())
             .await
@@ -425,19 +504,7 @@ async fn delivery_resumes_after_redis_restarts() {
         200
     );
     // Counts were published again (Redis came back empty).
-    let mut count = json!(null);
-    for _ in 0..50 {
-        count = a
-            .api()
-            .get("/channels/live", &[("info", "subscription_count")])
-            .await
-            .body;
-        if count["subscription_count"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(count, json!({"occupied":true,"subscription_count":1}));
+    live_counted_once(&a).await;
 }
 
 #[tokio::test]
@@ -659,4 +726,356 @@ async fn a_departure_during_a_redis_stall_is_repaired_when_redis_answers_again()
     assert_eq!(data_json(&removed), json!({"user_id":"l"}));
     let users = a.api().get("/channels/presence-stall/users", &[]).await;
     assert_eq!(users.body, json!({"users":[{"id":"w"}]}));
+}
+
+// ---- Redis Sentinel ----
+
+/// A master, two replicas and one sentinel watching them, on free ports.
+struct SentinelGroup {
+    redis: Vec<RedisProc>,
+    sentinel: RedisProc,
+}
+
+const MASTER_NAME: &str = "resound-it";
+
+impl SentinelGroup {
+    async fn start() -> SentinelGroup {
+        let m = free_port();
+        let mut redis = vec![RedisProc::start(m).await];
+        for _ in 0..2 {
+            let r = free_port();
+            let args = [
+                "--port",
+                &r.to_string(),
+                "--replicaof",
+                "127.0.0.1",
+                &m.to_string(),
+            ];
+            redis.push(RedisProc::with_args(r, &args).await);
+        }
+        let s = free_port();
+        let dir = std::env::temp_dir().join(format!("resound-sentinel-{}", prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {s}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {m} 1\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 10000\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (Debian package redis-server)");
+        wait_up(s).await;
+        let group = SentinelGroup {
+            redis,
+            sentinel: RedisProc { child, port: s },
+        };
+        group.wait_for_replica().await;
+        group
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.sentinel.port)
+    }
+
+    async fn ask(&self, cmd: &redis::Cmd) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        cmd.query_async(&mut c).await.unwrap()
+    }
+
+    async fn master_port(&self) -> u16 {
+        let v = self
+            .ask(
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(MASTER_NAME),
+            )
+            .await;
+        let (_, port): (String, u16) = redis::from_redis_value(&v).unwrap();
+        port
+    }
+
+    /// Until the sentinel knows a replica in sync with the master (a failover needs one).
+    async fn wait_for_replica(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self
+                .ask(redis::cmd("SENTINEL").arg("REPLICAS").arg(MASTER_NAME))
+                .await;
+            let replicas: Vec<std::collections::HashMap<String, String>> =
+                redis::from_redis_value(&v).unwrap();
+            if replicas.iter().any(|r| {
+                r.get("flags").map(String::as_str) == Some("slave")
+                    && r.get("master-link-status").map(String::as_str) == Some("ok")
+            }) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel found no replica in sync: {replicas:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Until the sentinel names a master other than the one on `old`.
+    async fn wait_for_new_master(&self, old: u16) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let port = self.master_port().await;
+            if port != old {
+                return port;
+            }
+            assert!(Instant::now() < deadline, "the sentinel did not fail over");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(&mut self, port: u16) {
+        self.redis.retain(|r| r.port != port);
+    }
+}
+
+/// Until both nodes use the master on `port`: `b`'s pub/sub connection subscribes there to
+/// the channel `sub` is in, and what `a` publishes reaches that master and `sub`. Returns
+/// when that was first true.
+async fn follows(port: u16, prefix: &str, a: &TestServer, sub: &mut Client) {
+    let master = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = master.get_multiplexed_async_connection().await.unwrap();
+    let topic = format!("{prefix}#c#{APP_ID}#live");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&topic)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if counts[0].1 == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber's node stays away"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut spy = master.get_async_pubsub().await.unwrap();
+    spy.subscribe(&topic).await.unwrap();
+    let mut spied = spy.on_message();
+    let mut n = 0;
+    loop {
+        n += 1;
+        a.api().trigger(&["live"], "after", &format!("{n}")).await;
+        let seen = tokio::time::timeout(Duration::from_millis(200), spied.next()).await;
+        if seen.is_ok() {
+            let v = sub.recv().await;
+            assert_eq!(v["event"], "after", "{v}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "the publishing node stays away");
+    }
+}
+
+#[tokio::test]
+async fn nodes_follow_the_master_through_sentinel_failovers() {
+    let mut group = SentinelGroup::start().await;
+    let p = prefix();
+    let scaling = format!(
+        "sentinels = [\"{}\"]\nsentinel_master = \"{MASTER_NAME}\"",
+        group.url()
+    );
+    let a = TestServer::start(&scaled_config(&p, &scaling, "")).await;
+    let b = TestServer::start(&scaled_config(&p, &scaling, "")).await;
+    let mut sub = b.client().await;
+    sub.subscribe("live").await;
+    let first = group.master_port().await;
+    follows(first, &p, &a, &mut sub).await;
+
+    // A switch-over: the old master keeps running, as a master until the sentinel turns it
+    // into a replica some seconds later.
+    group
+        .ask(redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER_NAME))
+        .await;
+    let switched = Instant::now();
+    let second = group.wait_for_new_master(first).await;
+    let promoted = switched.elapsed();
+    follows(second, &p, &a, &mut sub).await;
+    eprintln!(
+        "switch-over: promoted after {promoted:?}, both nodes on the new master after {:?}",
+        switched.elapsed()
+    );
+
+    // A crash: the master dies; the sentinel promotes the other replica.
+    group.wait_for_replica().await;
+    group.kill(second);
+    let crashed = Instant::now();
+    let third = group.wait_for_new_master(second).await;
+    let promoted = crashed.elapsed();
+    follows(third, &p, &a, &mut sub).await;
+    eprintln!(
+        "crash: promoted after {promoted:?}, both nodes on the new master after {:?}",
+        crashed.elapsed()
+    );
+    // The HTTP API answers from the new master, where the nodes published their state again.
+    live_counted_once(&a).await;
+}
+
+// ---- TLS to Redis ----
+
+/// A `redis-server` answering only TLS, with a self-signed certificate for `localhost`;
+/// returns it and the certificate's PEM file.
+async fn tls_redis() -> (RedisProc, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("resound-redis-tls-{}", prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let redis = RedisProc::with_args(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "tls-secret",
+        ],
+    )
+    .await;
+    (redis, cert)
+}
+
+#[tokio::test]
+async fn nodes_share_a_redis_over_tls_with_a_private_certificate() {
+    let (redis, cert) = tls_redis().await;
+    let p = prefix();
+    let url = format!("rediss://:tls-secret@localhost:{}/0", redis.port);
+
+    // Certificates are verified: without the private CA the node refuses to start, and
+    // says so without the password.
+    let untrusted = scaled_config(&p, &format!("redis_url = \"{url}\""), "");
+    let dir = std::env::temp_dir().join(format!("resound-it-{}", prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("resound.toml");
+    std::fs::write(&path, &untrusted).unwrap();
+    let config = resound::config::load(&resound::config::Sources {
+        config_file: Some(&path),
+        ..Default::default()
+    })
+    .unwrap();
+    let refused = resound::server::Server::bind(config).await.err();
+    let message = refused
+        .expect("an untrusted certificate is refused")
+        .to_string();
+    assert!(!message.contains("tls-secret"), "{message}");
+
+    let scaling = format!(
+        "redis_url = \"{url}\"\ntls_ca_file = \"{}\"",
+        cert.display()
+    );
+    let a = TestServer::start(&scaled_config(&p, &scaling, "")).await;
+    let b = TestServer::start(&scaled_config(&p, &scaling, "")).await;
+    let mut sub = b.client().await;
+    sub.subscribe("live").await;
+    delivery_resumes(&a, &mut sub, Duration::from_secs(3)).await;
+    assert_eq!(
+        b.api()
+            .get("/channels/live", &[("info", "subscription_count")])
+            .await
+            .body,
+        json!({"occupied":true,"subscription_count":1})
+    );
+}
+
+// ---- lag metrics and the wire version ----
+
+/// The value of the sample `name` (with its labels, if any) in a node's `/metrics`.
+async fn sample(node: &TestServer, name: &str) -> f64 {
+    raw_request("GET", &node.url("/metrics"), String::new())
+        .await
+        .text
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+}
+
+#[tokio::test]
+async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
+    let p = prefix();
+    let a = TestServer::start(&cluster_config(&p, REDIS, "")).await;
+    let b = TestServer::start(&cluster_config(&p, REDIS, "")).await;
+    let mut sub = b.client().await;
+    sub.subscribe("live").await;
+    let redis = redis::Client::open(REDIS).unwrap();
+    let mut spy = redis.get_async_pubsub().await.unwrap();
+    spy.subscribe(format!("{p}#c#{APP_ID}#live")).await.unwrap();
+    let mut spied = spy.into_on_message();
+    let published = sample(&a, "resound_cluster_publish_lag_seconds_count").await;
+    let received = sample(&b, "resound_cluster_receive_lag_seconds_count").await;
+
+    // Until the version of what `a` publishes is `version` (one heartbeat or two).
+    let mut n = 0;
+    let mut sends = async |version: u8| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            n += 1;
+            a.api().trigger(&["live"], "e", &n.to_string()).await;
+            let msg = tokio::time::timeout(WAIT, spied.next())
+                .await
+                .expect("the publish reaches Redis")
+                .unwrap();
+            assert_eq!(sub.recv_event("e").await["data"], n.to_string());
+            if msg.get_payload_bytes()[0] == version {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still not sending version {version}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    sends(2).await;
+    assert!(sample(&a, "resound_cluster_publish_lag_seconds_count").await > published);
+    assert!(sample(&b, "resound_cluster_receive_lag_seconds_count").await > received);
+    let lag = sample(&b, "resound_cluster_receive_lag_seconds_sum").await;
+    assert!(lag < 5.0, "{lag} s from one node to the other on loopback");
+
+    // A node of the previous release joins (a lease, no wire version): back to version 1,
+    // which it reads; when it is gone, version 2 again.
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let old_node = 4242u64;
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{p}:nodes"))
+        .arg(now() * 1000 + 60_000)
+        .arg(old_node)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    sends(1).await;
+    let _: i64 = redis::cmd("ZREM")
+        .arg(format!("{p}:nodes"))
+        .arg(old_node)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    sends(2).await;
 }
