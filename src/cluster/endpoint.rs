@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::cluster_async::ClusterConnection;
 use redis::{
     Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
     RedisError, RedisFuture, RedisResult, Role, TlsCertificates, Value,
@@ -60,10 +61,26 @@ pub struct Endpoint {
 }
 
 /// The command connection: a cheap handle on the current master's multiplexed connection,
-/// which reconnects on its own and follows a failover (`Endpoint`).
+/// which reconnects on its own and follows a failover (`Endpoint`), or on a Redis Cluster
+/// connection, which routes each command to the shard of its key (`shards.rs`).
 #[derive(Clone)]
 pub struct Commands {
-    endpoint: Arc<Endpoint>,
+    route: Route,
+}
+
+#[derive(Clone)]
+enum Route {
+    Endpoint(Arc<Endpoint>),
+    Shards(ClusterConnection),
+}
+
+impl Commands {
+    /// Commands over a Redis Cluster connection.
+    pub fn sharded(conn: ClusterConnection) -> Commands {
+        Commands {
+            route: Route::Shards(conn),
+        }
+    }
 }
 
 fn cluster_err(e: &RedisError) -> ClusterError {
@@ -78,7 +95,7 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_max_delay(1000)
 }
 
-fn certificates(ca: Option<&Path>) -> Result<Option<TlsCertificates>, ClusterError> {
+pub(super) fn certificates(ca: Option<&Path>) -> Result<Option<TlsCertificates>, ClusterError> {
     let Some(path) = ca else { return Ok(None) };
     let pem = std::fs::read(path).map_err(|e| {
         ClusterError(format!(
@@ -204,7 +221,7 @@ impl Endpoint {
     /// The command connection.
     pub fn commands(self: &Arc<Self>) -> Commands {
         Commands {
-            endpoint: self.clone(),
+            route: Route::Endpoint(self.clone()),
         }
     }
 
@@ -415,11 +432,15 @@ async fn announcements(endpoint: Arc<Endpoint>) {
 
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let mut conn = self.endpoint.current.lock().conn.clone();
+        let endpoint = match &mut self.route {
+            Route::Shards(conn) => return conn.req_packed_command(cmd),
+            Route::Endpoint(endpoint) => endpoint,
+        };
+        let mut conn = endpoint.current.lock().conn.clone();
         Box::pin(async move {
             let r = conn.req_packed_command(cmd).await;
             if let Err(e) = &r {
-                self.endpoint.failed(e);
+                endpoint.failed(e);
             }
             r
         })
@@ -431,17 +452,24 @@ impl ConnectionLike for Commands {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let mut conn = self.endpoint.current.lock().conn.clone();
+        let endpoint = match &mut self.route {
+            Route::Shards(conn) => return conn.req_packed_commands(cmd, offset, count),
+            Route::Endpoint(endpoint) => endpoint,
+        };
+        let mut conn = endpoint.current.lock().conn.clone();
         Box::pin(async move {
             let r = conn.req_packed_commands(cmd, offset, count).await;
             if let Err(e) = &r {
-                self.endpoint.failed(e);
+                endpoint.failed(e);
             }
             r
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.endpoint.db
+        match &self.route {
+            Route::Endpoint(endpoint) => endpoint.db,
+            Route::Shards(_) => 0,
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 mod endpoint;
 pub mod redis;
+mod shards;
 pub mod wire;
 
 use async_trait::async_trait;

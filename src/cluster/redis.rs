@@ -40,11 +40,13 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::PubSubSink;
-use redis::Script;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Script};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::endpoint::{Commands, Endpoint, COMMAND_TIMEOUT};
+use super::shards;
 use super::wire::{self, Received, WireMessage};
 use super::{Adapter, ClusterError, ClusterState, Inbound, RemoteEvent, Target};
 use crate::app::AppId;
@@ -210,8 +212,14 @@ struct Interests {
 
 pub struct RedisCluster {
     node: u64,
+    /// Prefix of pub/sub topics (`[scaling] channel`).
     prefix: String,
-    endpoint: Arc<Endpoint>,
+    /// Prefix of keys: the same, in braces on a Redis Cluster (one slot for every key).
+    key_prefix: String,
+    /// A standalone or Sentinel-managed Redis; `None` on a Redis Cluster.
+    endpoint: Option<Arc<Endpoint>>,
+    /// The Redis Cluster connection for sharded pub/sub; `None` otherwise.
+    shards: Option<ClusterConnection>,
     conn: Commands,
     interests: tokio::sync::Mutex<Interests>,
     /// Topics wanted, readable without the async lock (for resubscription).
@@ -288,16 +296,32 @@ impl RedisCluster {
         metric_prefix: &str,
     ) -> Result<(Arc<RedisCluster>, mpsc::Receiver<Inbound>), ClusterError> {
         let prefix = scaling.channel.as_str();
-        let endpoint = Endpoint::connect(scaling).await?;
-        let conn = endpoint.commands();
         let metrics =
             Metrics::new(registry, metric_prefix).map_err(|e| ClusterError(e.to_string()))?;
+        let (endpoint, shards, pushes, conn, key_prefix) = if scaling.cluster_nodes.is_empty() {
+            let endpoint = Endpoint::connect(scaling).await?;
+            let conn = endpoint.commands();
+            (Some(endpoint), None, None, conn, prefix.to_string())
+        } else {
+            let overflow = metrics.dropped.with_label_values(&["receive_queue_full"]);
+            let (sharded, pushes) = shards::connect(scaling, move || overflow.inc()).await?;
+            let conn = Commands::sharded(sharded.clone());
+            (
+                None,
+                Some(sharded),
+                Some(pushes),
+                conn,
+                shards::key_prefix(prefix),
+            )
+        };
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let cluster = Arc::new(RedisCluster {
             node: rand::random::<u64>() >> 1,
             prefix: prefix.to_string(),
+            key_prefix,
             endpoint,
+            shards,
             conn,
             interests: tokio::sync::Mutex::new(Interests::default()),
             wanted: Mutex::new(Vec::new()),
@@ -321,7 +345,15 @@ impl RedisCluster {
         cluster.metrics.healthy.set(1);
         cluster.heartbeat().await?;
         tokio::spawn(publisher(cluster.clone(), publish_rx));
-        tokio::spawn(subscriber(cluster.clone()));
+        match pushes {
+            Some(pushes) => {
+                cluster.ssubscribe(&cluster.control_topic()).await?;
+                tokio::spawn(shard_reader(cluster.clone(), pushes));
+            }
+            None => {
+                tokio::spawn(subscriber(cluster.clone()));
+            }
+        }
         tokio::spawn(heartbeats(cluster.clone()));
         info!(node = cluster.node, prefix, "joined the cluster");
         Ok((cluster, inbound_rx))
@@ -363,15 +395,15 @@ impl RedisCluster {
     }
 
     fn key(&self, rest: &str) -> String {
-        format!("{}:{}", self.prefix, rest)
+        format!("{}:{}", self.key_prefix, rest)
     }
 
     fn node_key(&self, node: u64, what: &str) -> String {
-        format!("{}:node:{}:{}", self.prefix, node, what)
+        format!("{}:node:{}:{}", self.key_prefix, node, what)
     }
 
     fn presence_keys(&self, app: &AppId, channel: &str) -> [String; 3] {
-        let base = format!("{}:p:{}:{}", self.prefix, app, channel);
+        let base = format!("{}:p:{}:{}", self.key_prefix, app, channel);
         [
             format!("{base}:m"),
             format!("{base}:n"),
@@ -650,7 +682,11 @@ impl RedisCluster {
         *count += 1;
         if *count == 1 {
             self.wanted.lock().push(topic.clone());
-            if let Some(sink) = i.sink.as_mut() {
+            if self.shards.is_some() {
+                if let Err(e) = self.ssubscribe(&topic).await {
+                    warn!(%topic, error = %e, "SSUBSCRIBE failed; the cluster connection re-subscribes when it reconnects");
+                }
+            } else if let Some(sink) = i.sink.as_mut() {
                 if tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&topic))
                     .await
                     .is_err()
@@ -672,9 +708,24 @@ impl RedisCluster {
         if *count == 0 {
             i.counts.remove(&topic);
             self.wanted.lock().retain(|t| t != &topic);
-            if let Some(sink) = i.sink.as_mut() {
+            if let Some(shards) = &self.shards {
+                let mut shards = shards.clone();
+                let _ = tokio::time::timeout(COMMAND_TIMEOUT, shards.sunsubscribe(&topic)).await;
+            } else if let Some(sink) = i.sink.as_mut() {
                 let _ = tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&topic)).await;
             }
+        }
+    }
+
+    /// `SSUBSCRIBE`s `topic` on a Redis Cluster (the crate renews it after reconnects).
+    async fn ssubscribe(&self, topic: &str) -> Result<(), ClusterError> {
+        let Some(shards) = &self.shards else {
+            return Ok(());
+        };
+        let mut shards = shards.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, shards.ssubscribe(topic)).await {
+            Ok(result) => result.map_err(|e| err(&e)),
+            Err(_) => Err(ClusterError("SSUBSCRIBE timed out".into())),
         }
     }
 
@@ -740,15 +791,21 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<Queued>) {
             batch.clear();
             continue;
         }
-        let mut pipe = redis::pipe();
-        for q in &batch {
-            pipe.cmd("PUBLISH")
-                .arg(&q.topic)
-                .arg(q.payload.as_ref())
-                .ignore();
-        }
-        let mut conn = cluster.conn.clone();
-        match pipe.query_async::<()>(&mut conn).await {
+        let sent = match &cluster.shards {
+            Some(shards) => spublish(shards, &batch).await,
+            None => {
+                let mut pipe = redis::pipe();
+                for q in &batch {
+                    pipe.cmd("PUBLISH")
+                        .arg(&q.topic)
+                        .arg(q.payload.as_ref())
+                        .ignore();
+                }
+                let mut conn = cluster.conn.clone();
+                pipe.query_async::<()>(&mut conn).await
+            }
+        };
+        match sent {
             Ok(()) => {
                 cluster.metrics.publishes.inc_by(batch.len() as u64);
                 for q in &batch {
@@ -772,13 +829,57 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<Queued>) {
 }
 
 /// Keeps one pub/sub connection, resubscribing every wanted topic after each reconnect.
+/// Sends a batch on a Redis Cluster: one `SPUBLISH` per message, each to the shard of its
+/// topic (a pipeline cannot cross slots), all in flight together on the multiplexed
+/// connections. Fails if any failed.
+async fn spublish(shards: &ClusterConnection, batch: &[Queued]) -> redis::RedisResult<()> {
+    let sends = batch.iter().map(|q| {
+        let mut conn = shards.clone();
+        async move {
+            redis::cmd("SPUBLISH")
+                .arg(&q.topic)
+                .arg(q.payload.as_ref())
+                .query_async::<()>(&mut conn)
+                .await
+        }
+    });
+    futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// On a Redis Cluster: delivers the sharded messages the connection pushes (`shards.rs`).
+async fn shard_reader(cluster: Arc<RedisCluster>, mut pushes: mpsc::Receiver<PushInfo>) {
+    while let Some(push) = pushes.recv().await {
+        match push.kind {
+            PushKind::SMessage => {
+                // [topic, payload]
+                if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                    cluster.handle(payload);
+                }
+            }
+            PushKind::Disconnection => {
+                // The crate reconnects and re-subscribes; what was published meanwhile is
+                // lost, and state changes may not have been recorded: publish ours again.
+                cluster.metrics.reconnects.inc();
+                cluster.dirty.store(true, Ordering::Release);
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn subscriber(cluster: Arc<RedisCluster>) {
+    let Some(endpoint) = cluster.endpoint.clone() else {
+        return;
+    };
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
-    let mut moved = cluster.endpoint.moved();
+    let mut moved = endpoint.moved();
     loop {
         moved.mark_unchanged();
-        match cluster.endpoint.pubsub().await {
+        match endpoint.pubsub().await {
             Ok(pubsub) => {
                 let (mut sink, mut stream) = pubsub.split();
                 let mut topics = cluster.wanted.lock().clone();
@@ -852,7 +953,12 @@ async fn heartbeats(cluster: Arc<RedisCluster>) {
             return;
         }
         let result = async {
-            cluster.heartbeat().await?;
+            let beat = cluster.heartbeat().await;
+            // A Redis Cluster connection has no pub/sub reader to tell: the heartbeat does.
+            if cluster.shards.is_some() {
+                cluster.set_healthy(beat.is_ok());
+            }
+            beat?;
             cluster.reap().await?;
             cluster.adopt_orphans().await
         }
@@ -1191,10 +1297,10 @@ impl RedisCluster {
     }
 }
 
-fn roster(flat: Vec<String>) -> Vec<PresenceMember> {
-    let mut out = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(user), Some(info)) = (it.next(), it.next()) {
+/// The roster from `(user, user_info)` pairs (a hash read with `HGETALL`).
+fn roster(pairs: Vec<(String, String)>) -> Vec<PresenceMember> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for (user, info) in pairs {
         let Some(user_id) = UserId::new(&user) else {
             continue;
         };
@@ -1235,6 +1341,7 @@ impl PresenceStore for RedisCluster {
             .arg(info)
             .arg(max_members.min(i64::MAX as usize))
             .arg(entry);
+        // From a script the hash comes as a flat list (RESP2 inside Lua) on every protocol.
         let (first, flat): (i64, Vec<String>) = inv
             .invoke_async(&mut conn)
             .await
@@ -1244,7 +1351,11 @@ impl PresenceStore for RedisCluster {
         }
         Ok(Join::Joined {
             first: first == 1,
-            roster: roster(flat),
+            roster: roster(
+                flat.chunks_exact(2)
+                    .map(|pair| (pair[0].clone(), pair[1].clone()))
+                    .collect(),
+            ),
         })
     }
 
@@ -1282,11 +1393,12 @@ impl PresenceStore for RedisCluster {
         self.check().map_err(|e| PresenceError(e.0))?;
         let [m, _, _] = self.presence_keys(app, channel);
         let mut conn = self.conn.clone();
-        let flat: Vec<String> = redis::cmd("HGETALL")
+        // Pairs, not a flat list: a Redis Cluster connection speaks RESP3, where a hash is a map.
+        let pairs: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(&m)
             .query_async(&mut conn)
             .await
             .map_err(|e| PresenceError(e.to_string()))?;
-        Ok(roster(flat))
+        Ok(roster(pairs))
     }
 }

@@ -114,6 +114,9 @@ pub struct ScalingConfig {
     /// followed across failovers.
     pub sentinels: Vec<String>,
     pub sentinel_master: Option<String>,
+    /// Redis Cluster seed URLs: when set, commands follow the cluster's slots and pub/sub is
+    /// sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis 7+); `redis_url` is not used.
+    pub cluster_nodes: Vec<String>,
     /// PEM file of the CA (or self-signed certificate) to trust for `rediss://`, instead of
     /// the public roots.
     pub tls_ca_file: Option<std::path::PathBuf>,
@@ -127,6 +130,7 @@ impl Default for ScalingConfig {
             channel: "resound".into(),
             sentinels: Vec::new(),
             sentinel_master: None,
+            cluster_nodes: Vec::new(),
             tls_ca_file: None,
         }
     }
@@ -435,7 +439,12 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         a.secret = "***".into();
     }
     effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
-    for s in &mut effective.scaling.sentinels {
+    for s in effective
+        .scaling
+        .sentinels
+        .iter_mut()
+        .chain(effective.scaling.cluster_nodes.iter_mut())
+    {
         *s = mask_url_password(s);
     }
     Ok(Config {
@@ -485,7 +494,9 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
 }
 
 fn validate_scaling(s: &ScalingConfig) -> Result<(), ConfigError> {
-    let urls = std::iter::once(&s.redis_url).chain(&s.sentinels);
+    let urls = std::iter::once(&s.redis_url)
+        .chain(&s.sentinels)
+        .chain(&s.cluster_nodes);
     for url in urls {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(ConfigError::Invalid(format!(
@@ -503,10 +514,16 @@ fn validate_scaling(s: &ScalingConfig) -> Result<(), ConfigError> {
     }
     let tls = std::iter::once(&s.redis_url)
         .chain(&s.sentinels)
+        .chain(&s.cluster_nodes)
         .any(|u| u.starts_with("rediss://"));
     if s.tls_ca_file.is_some() && !tls {
         return Err(ConfigError::Invalid(
-            "scaling.tls_ca_file is only used with rediss:// URLs (redis_url or sentinels)".into(),
+            "scaling.tls_ca_file is only used with rediss:// URLs (redis_url, sentinels or cluster_nodes)".into(),
+        ));
+    }
+    if !s.cluster_nodes.is_empty() && !s.sentinels.is_empty() {
+        return Err(ConfigError::Invalid(
+            "scaling.cluster_nodes and scaling.sentinels cannot be combined: a Redis Cluster fails over by itself".into(),
         ));
     }
     match (&s.sentinel_master, s.sentinels.is_empty()) {

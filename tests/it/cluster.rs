@@ -293,31 +293,16 @@ async fn a_killed_nodes_members_are_removed_by_the_survivors() {
     watcher
         .subscribe_presence("presence-crash", r#"{"user_id":"stay"}"#)
         .await;
-    let mut victim = Client::connect(&format!(
-        "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
-        doomed.port
-    ))
-    .await;
+    let mut victim = doomed.client().await;
     victim
         .subscribe_presence("presence-crash", r#"{"user_id":"gone"}"#)
         .await;
     watcher.recv_event("pusher_internal:member_added").await;
     let killed_at = Instant::now();
     drop(doomed); // SIGKILL: no goodbye to Redis.
-    let removed = loop {
-        let ev = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                if let Some(v) = next_json(&mut watcher.ws).await {
-                    return v;
-                }
-            }
-        })
-        .await
-        .expect("member_removed within 20 s of the crash");
-        if ev["event"] == "pusher_internal:member_removed" {
-            break ev;
-        }
-    };
+    let removed = watcher
+        .await_event("pusher_internal:member_removed", Duration::from_secs(20))
+        .await;
     assert_eq!(data_json(&removed), json!({"user_id":"gone"}));
     assert!(
         killed_at.elapsed() <= Duration::from_secs(15),
@@ -349,11 +334,7 @@ async fn three_processes_on_a_private_redis_deliver_a_trigger_to_every_node_once
     }
     let mut clients = Vec::new();
     for node in &nodes {
-        let mut c = Client::connect(&format!(
-            "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
-            node.port
-        ))
-        .await;
+        let mut c = node.client().await;
         assert_eq!(
             c.subscribe("news").await["event"],
             "pusher_internal:subscription_succeeded"
@@ -592,11 +573,7 @@ async fn node_with_an_unsent_webhook(channel: &str) -> (String, u16, ServerProce
     );
     let toml = cluster_config(&prefix(), REDIS, &hooks);
     let node = spawn_node(&toml).await;
-    let mut c = Client::connect(&format!(
-        "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
-        node.port
-    ))
-    .await;
+    let mut c = node.client().await;
     c.subscribe(channel).await;
     // The first attempt fails at once; the request is journaled before it.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -712,17 +689,9 @@ async fn a_departure_during_a_redis_stall_is_repaired_when_redis_answers_again()
     tokio::time::sleep(Duration::from_secs(3)).await;
     signal(&redis.child, "-CONT");
 
-    let removed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(v) = next_json(&mut watcher.ws).await {
-                if v["event"] == "pusher_internal:member_removed" {
-                    return v;
-                }
-            }
-        }
-    })
-    .await
-    .expect("member_removed once Redis answers again");
+    let removed = watcher
+        .await_event("pusher_internal:member_removed", Duration::from_secs(10))
+        .await;
     assert_eq!(data_json(&removed), json!({"user_id":"l"}));
     let users = a.api().get("/channels/presence-stall/users", &[]).await;
     assert_eq!(users.body, json!({"users":[{"id":"w"}]}));
@@ -1078,4 +1047,152 @@ async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
         .await
         .unwrap();
     sends(2).await;
+}
+
+// ---- Redis Cluster ----
+
+/// Three Redis Cluster masters on loopback (no replicas), slots assigned, state ok.
+async fn redis_cluster() -> Vec<RedisProc> {
+    let mut shards = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let p = port.to_string();
+        shards.push(
+            RedisProc::with_args(
+                port,
+                &[
+                    "--port",
+                    &p,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
+            .await,
+        );
+    }
+    let addrs: Vec<String> = shards
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let created = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("redis-cli must be installed (Debian package redis-tools)");
+    assert!(created.success(), "redis-cli --cluster create failed");
+    for shard in &shards {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", shard.port)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the Redis Cluster did not form");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    shards
+}
+
+#[tokio::test]
+async fn nodes_share_a_redis_cluster_with_sharded_pub_sub() {
+    let shards = redis_cluster().await;
+    let seeds: Vec<String> = shards
+        .iter()
+        .map(|s| format!("\"redis://127.0.0.1:{}\"", s.port))
+        .collect();
+    let p = prefix();
+    let scaling = format!("cluster_nodes = [{}]", seeds.join(", "));
+    let a = TestServer::start(&scaled_config(&p, &scaling, "")).await;
+    let b = TestServer::start(&scaled_config(&p, &scaling, "")).await;
+
+    // Events cross nodes, once each, whatever shard their channel's topic lives on.
+    let mut sub = b.client().await;
+    let channels: Vec<String> = (0..12).map(|i| format!("room-{i}")).collect();
+    for channel in &channels {
+        sub.subscribe(channel).await;
+    }
+    for channel in &channels {
+        let reply = a.api().trigger(&[channel], "hello", channel).await;
+        assert_eq!(reply.status, 200);
+        let got = sub.recv_event("hello").await;
+        assert_eq!(got["channel"], channel.as_str());
+        assert_eq!(got["data"], channel.as_str());
+    }
+    sub.expect_silence(Duration::from_millis(300), "a duplicate")
+        .await;
+
+    // The topics are spread over the shards (sharded pub/sub), not all on one.
+    let mut shards_used = 0;
+    for shard in &shards {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", shard.port)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let topics: Vec<String> = redis::cmd("PUBSUB")
+            .arg("SHARDCHANNELS")
+            .arg(format!("{p}#c#*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !topics.is_empty() {
+            shards_used += 1;
+        }
+    }
+    assert!(shards_used >= 2, "topics on {shards_used} shard(s) only");
+
+    // Shared state: presence and counts agree on both nodes.
+    let mut alice = a.client().await;
+    alice
+        .subscribe_presence("presence-shards", r#"{"user_id":"alice"}"#)
+        .await;
+    let mut bob = b.client().await;
+    let joined = bob
+        .subscribe_presence("presence-shards", r#"{"user_id":"bob"}"#)
+        .await;
+    assert_eq!(data_json(&joined)["presence"]["count"], 2);
+    let added = alice.recv_event("pusher_internal:member_added").await;
+    assert_eq!(data_json(&added), json!({"user_id":"bob"}));
+    for node in [&a, &b] {
+        let users = node.api().get("/channels/presence-shards/users", &[]).await;
+        assert_eq!(
+            users.body["users"].as_array().map(Vec::len),
+            Some(2),
+            "{} {}",
+            users.status,
+            users.text
+        );
+        assert_eq!(
+            node.api().get("/connections", &[]).await.body,
+            json!({"connections":3})
+        );
+    }
+    drop(bob);
+    let removed = alice.recv_event("pusher_internal:member_removed").await;
+    assert_eq!(data_json(&removed), json!({"user_id":"bob"}));
+
+    // A node that dies is reaped through the cluster too.
+    let doomed = spawn_node(&scaled_config(&p, &scaling, "")).await;
+    let mut carol = doomed.client().await;
+    carol
+        .subscribe_presence("presence-shards", r#"{"user_id":"carol"}"#)
+        .await;
+    alice.recv_event("pusher_internal:member_added").await;
+    drop(doomed);
+    let gone = alice
+        .await_event("pusher_internal:member_removed", Duration::from_secs(15))
+        .await;
+    assert_eq!(data_json(&gone), json!({"user_id":"carol"}));
 }

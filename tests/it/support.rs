@@ -184,6 +184,22 @@ impl Client {
         }
     }
 
+    /// Skips messages until `event` arrives, waiting through quiet spells longer than `recv`
+    /// allows; fails after `within`.
+    pub async fn await_event(&mut self, event: &str, within: Duration) -> Value {
+        tokio::time::timeout(within, async {
+            loop {
+                if let Some(v) = next_json(&mut self.ws).await {
+                    if v["event"] == event {
+                        return v;
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {event} within {within:?}"))
+    }
+
     /// Asserts that nothing but pongs/pings arrives for `d`.
     pub async fn expect_silence(&mut self, d: Duration, what: &str) {
         if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(d, self.ws.next()).await {
@@ -397,6 +413,17 @@ impl ServerProcess {
             .expect("spawn resound");
         wait_up(port).await;
         ServerProcess { child, port }
+    }
+}
+
+impl ServerProcess {
+    /// A WebSocket client of the test app on this process.
+    pub async fn client(&self) -> Client {
+        Client::connect(&format!(
+            "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
+            self.port
+        ))
+        .await
     }
 }
 
