@@ -220,6 +220,8 @@ pub struct RedisCluster {
     endpoint: Option<Arc<Endpoint>>,
     /// The Redis Cluster connection for sharded pub/sub; `None` otherwise.
     shards: Option<ClusterConnection>,
+    /// On a Redis Cluster: whether it has sharded pub/sub (Redis 7+).
+    sharded_pubsub: AtomicBool,
     conn: Commands,
     interests: tokio::sync::Mutex<Interests>,
     /// Topics wanted, readable without the async lock (for resubscription).
@@ -322,6 +324,7 @@ impl RedisCluster {
             key_prefix,
             endpoint,
             shards,
+            sharded_pubsub: AtomicBool::new(true),
             conn,
             interests: tokio::sync::Mutex::new(Interests::default()),
             wanted: Mutex::new(Vec::new()),
@@ -347,7 +350,16 @@ impl RedisCluster {
         tokio::spawn(publisher(cluster.clone(), publish_rx));
         match pushes {
             Some(pushes) => {
-                cluster.ssubscribe(&cluster.control_topic()).await?;
+                let control = cluster.control_topic();
+                if let Err(e) = cluster.shard_subscribe(&control, true).await {
+                    if !e.0.contains("unknown command") {
+                        return Err(e);
+                    }
+                    // Redis 6.2: no sharded pub/sub; classic pub/sub reaches every shard.
+                    cluster.sharded_pubsub.store(false, Ordering::Release);
+                    warn!("this Redis Cluster has no sharded pub/sub (Redis < 7): using classic pub/sub, which every shard carries");
+                    cluster.shard_subscribe(&control, true).await?;
+                }
                 tokio::spawn(shard_reader(cluster.clone(), pushes));
             }
             None => {
@@ -683,8 +695,8 @@ impl RedisCluster {
         if *count == 1 {
             self.wanted.lock().push(topic.clone());
             if self.shards.is_some() {
-                if let Err(e) = self.ssubscribe(&topic).await {
-                    warn!(%topic, error = %e, "SSUBSCRIBE failed; the cluster connection re-subscribes when it reconnects");
+                if let Err(e) = self.shard_subscribe(&topic, true).await {
+                    warn!(%topic, error = %e, "subscribing failed; the cluster connection re-subscribes when it reconnects");
                 }
             } else if let Some(sink) = i.sink.as_mut() {
                 if tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&topic))
@@ -708,24 +720,34 @@ impl RedisCluster {
         if *count == 0 {
             i.counts.remove(&topic);
             self.wanted.lock().retain(|t| t != &topic);
-            if let Some(shards) = &self.shards {
-                let mut shards = shards.clone();
-                let _ = tokio::time::timeout(COMMAND_TIMEOUT, shards.sunsubscribe(&topic)).await;
+            if self.shards.is_some() {
+                let _ = self.shard_subscribe(&topic, false).await;
             } else if let Some(sink) = i.sink.as_mut() {
                 let _ = tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&topic)).await;
             }
         }
     }
 
-    /// `SSUBSCRIBE`s `topic` on a Redis Cluster (the crate renews it after reconnects).
-    async fn ssubscribe(&self, topic: &str) -> Result<(), ClusterError> {
+    /// Subscribes to (`on`) or unsubscribes from `topic` on a Redis Cluster: sharded
+    /// (`SSUBSCRIBE`) where the cluster has it, classic otherwise. The crate renews
+    /// subscriptions after reconnects.
+    async fn shard_subscribe(&self, topic: &str, on: bool) -> Result<(), ClusterError> {
         let Some(shards) = &self.shards else {
             return Ok(());
         };
         let mut shards = shards.clone();
-        match tokio::time::timeout(COMMAND_TIMEOUT, shards.ssubscribe(topic)).await {
+        let sharded = self.sharded_pubsub.load(Ordering::Acquire);
+        let call = async {
+            match (sharded, on) {
+                (true, true) => shards.ssubscribe(topic).await,
+                (true, false) => shards.sunsubscribe(topic).await,
+                (false, true) => shards.subscribe(topic).await,
+                (false, false) => shards.unsubscribe(topic).await,
+            }
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
             Ok(result) => result.map_err(|e| err(&e)),
-            Err(_) => Err(ClusterError("SSUBSCRIBE timed out".into())),
+            Err(_) => Err(ClusterError("subscribing timed out".into())),
         }
     }
 
@@ -792,7 +814,14 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<Queued>) {
             continue;
         }
         let sent = match &cluster.shards {
-            Some(shards) => spublish(shards, &batch).await,
+            Some(shards) => {
+                let command = if cluster.sharded_pubsub.load(Ordering::Acquire) {
+                    "SPUBLISH"
+                } else {
+                    "PUBLISH"
+                };
+                spublish(shards, command, &batch).await
+            }
             None => {
                 let mut pipe = redis::pipe();
                 for q in &batch {
@@ -829,14 +858,18 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<Queued>) {
 }
 
 /// Keeps one pub/sub connection, resubscribing every wanted topic after each reconnect.
-/// Sends a batch on a Redis Cluster: one `SPUBLISH` per message, each to the shard of its
-/// topic (a pipeline cannot cross slots), all in flight together on the multiplexed
-/// connections. Fails if any failed.
-async fn spublish(shards: &ClusterConnection, batch: &[Queued]) -> redis::RedisResult<()> {
+/// Sends a batch on a Redis Cluster: one `command` (`SPUBLISH`, or `PUBLISH` without sharded
+/// pub/sub) per message, each to the shard of its topic (a pipeline cannot cross slots), all
+/// in flight together on the multiplexed connections. Fails if any failed.
+async fn spublish(
+    shards: &ClusterConnection,
+    command: &str,
+    batch: &[Queued],
+) -> redis::RedisResult<()> {
     let sends = batch.iter().map(|q| {
         let mut conn = shards.clone();
         async move {
-            redis::cmd("SPUBLISH")
+            redis::cmd(command)
                 .arg(&q.topic)
                 .arg(q.payload.as_ref())
                 .query_async::<()>(&mut conn)
@@ -853,7 +886,7 @@ async fn spublish(shards: &ClusterConnection, batch: &[Queued]) -> redis::RedisR
 async fn shard_reader(cluster: Arc<RedisCluster>, mut pushes: mpsc::Receiver<PushInfo>) {
     while let Some(push) = pushes.recv().await {
         match push.kind {
-            PushKind::SMessage => {
+            PushKind::SMessage | PushKind::Message => {
                 // [topic, payload]
                 if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
                     cluster.handle(payload);

@@ -1,7 +1,8 @@
 //! Redis Cluster as the backend (`[scaling] cluster_nodes`): commands go through the crate's
 //! cluster connection, which routes each to the shard owning its key's slot and follows
 //! `MOVED`/`ASK` and failovers; pub/sub is sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis 7+), so
-//! each topic lives on the shard of its own slot and pub/sub load spreads over the shards.
+//! each topic lives on the shard of its own slot and pub/sub load spreads over the shards. A
+//! cluster without it (Redis 6.2) gets classic pub/sub through the same connection.
 //!
 //! The connection speaks RESP3: sharded messages arrive as pushes, which the crate hands to a
 //! callback; the callback forwards them into a bounded queue ([`PUSH_QUEUE`]; overflow drops

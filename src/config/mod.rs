@@ -115,7 +115,7 @@ pub struct ScalingConfig {
     pub sentinels: Vec<String>,
     pub sentinel_master: Option<String>,
     /// Redis Cluster seed URLs: when set, commands follow the cluster's slots and pub/sub is
-    /// sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis 7+); `redis_url` is not used.
+    /// sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis 7+; classic on 6.2); `redis_url` is not used.
     pub cluster_nodes: Vec<String>,
     /// PEM file of the CA (or self-signed certificate) to trust for `rediss://`, instead of
     /// the public roots.

@@ -311,4 +311,21 @@ fn inconsistent_redis_settings_are_refused() {
         ..Sources::default()
     });
     assert!(e.contains("rediss://"), "{e}");
+    let e = load_err(&Sources {
+        process_env: env(&[
+            ("RESOUND_SCALING__CLUSTER_NODES", r#"["redis://a:6379"]"#),
+            ("RESOUND_SCALING__SENTINELS", r#"["redis://a:26379"]"#),
+            ("RESOUND_SCALING__SENTINEL_MASTER", "m"),
+        ]),
+        ..Sources::default()
+    });
+    assert!(e.contains("cannot be combined"), "{e}");
+    let e = load_err(&Sources {
+        process_env: env(&[(
+            "RESOUND_SCALING__CLUSTER_NODES",
+            r#"["redis://:pw@a:6379", "tcp://b:6379"]"#,
+        )]),
+        ..Sources::default()
+    });
+    assert!(e.contains("tcp://b:6379") && e.contains("redis://"), "{e}");
 }
