@@ -1,6 +1,6 @@
-//! Cluster mode over a real Redis: several nodes (in this process, and real processes for the
-//! node-failure test) share one Redis; every behaviour a client or the HTTP API sees must be
-//! cluster-wide. Redis must run on 127.0.0.1:6379 (`.ci/run` starts it); these tests fail, not
+//! Cluster mode over a real Redis: several nodes share one Redis — separate `resound`
+//! processes on loopback ports (`nodes`), plus in-process servers where a test needs the
+//! server's handle; every behaviour a client or the HTTP API sees must be cluster-wide. Redis must run on 127.0.0.1:6379 (`.ci/run` starts it); these tests fail, not
 //! skip, without it.
 
 use std::process::{Child, Command, Stdio};
@@ -30,11 +30,12 @@ fn scaled_config(prefix: &str, scaling: &str, extra: &str) -> String {
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
 
-async fn nodes(n: usize, extra: &str) -> Vec<TestServer> {
-    let p = prefix();
+/// `n` nodes of one cluster on the shared Redis, each a `resound` process of its own.
+async fn nodes(n: usize, extra: &str) -> Vec<ServerProcess> {
+    let toml = cluster_config(&prefix(), REDIS, extra);
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(TestServer::start(&cluster_config(&p, REDIS, extra)).await);
+        out.push(spawn_node(&toml).await);
     }
     out
 }
@@ -342,14 +343,14 @@ async fn three_processes_on_a_private_redis_deliver_a_trigger_to_every_node_once
         clients.push(c);
     }
     for (i, from) in nodes.iter().enumerate() {
-        let api = Api {
-            base: format!("http://127.0.0.1:{}", from.port),
-            app_id: APP_ID.into(),
-            key: KEY.into(),
-            secret: SECRET.into(),
-        };
         let data = format!("{{\"from\":{i}}}");
-        assert_eq!(api.trigger(&["news"], "headline", &data).await.status, 200);
+        assert_eq!(
+            from.api()
+                .trigger(&["news"], "headline", &data)
+                .await
+                .status,
+            200
+        );
         for c in &mut clients {
             assert_eq!(
                 c.recv().await,

@@ -417,13 +417,23 @@ impl ServerProcess {
 }
 
 impl ServerProcess {
+    pub fn ws_url(&self, key: &str, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/app/{key}?{query}", self.port)
+    }
+
     /// A WebSocket client of the test app on this process.
     pub async fn client(&self) -> Client {
-        Client::connect(&format!(
-            "ws://127.0.0.1:{}/app/{KEY}?protocol=7",
-            self.port
-        ))
-        .await
+        Client::connect(&self.ws_url(KEY, "protocol=7")).await
+    }
+
+    /// The HTTP API of the test app on this process.
+    pub fn api(&self) -> Api {
+        Api {
+            base: format!("http://127.0.0.1:{}", self.port),
+            app_id: APP_ID.into(),
+            key: KEY.into(),
+            secret: SECRET.into(),
+        }
     }
 }
 
