@@ -101,12 +101,7 @@ impl TestServer {
     }
 
     pub fn api(&self) -> Api {
-        Api {
-            base: format!("http://{}", self.addr),
-            app_id: APP_ID.into(),
-            key: KEY.into(),
-            secret: SECRET.into(),
-        }
+        Api::of_test_app(format!("http://{}", self.addr))
     }
 }
 
@@ -303,6 +298,16 @@ pub fn now() -> u64 {
 }
 
 impl Api {
+    /// The HTTP API of the test app at `base` (`http://host:port`).
+    pub fn of_test_app(base: String) -> Api {
+        Api {
+            base,
+            app_id: APP_ID.into(),
+            key: KEY.into(),
+            secret: SECRET.into(),
+        }
+    }
+
     pub fn path(&self, rest: &str) -> String {
         format!("/apps/{}{}", self.app_id, rest)
     }
@@ -428,12 +433,7 @@ impl ServerProcess {
 
     /// The HTTP API of the test app on this process.
     pub fn api(&self) -> Api {
-        Api {
-            base: format!("http://127.0.0.1:{}", self.port),
-            app_id: APP_ID.into(),
-            key: KEY.into(),
-            secret: SECRET.into(),
-        }
+        Api::of_test_app(format!("http://127.0.0.1:{}", self.port))
     }
 }
 
