@@ -113,11 +113,23 @@ impl ConnHandle {
         std::mem::take(&mut self.queue.lock().items)
     }
 
-    /// Completes when something was queued since the last `take_queued`.
+    /// Completes when something was queued since the last `take_queued`, or the connection
+    /// is closing. For the writer task only (one waker slot).
     pub(super) async fn queued(&self) {
+        self.writer_wait(true).await;
+    }
+
+    /// Completes when the connection is closing. For the writer task only: it shares the
+    /// waker slot with `queued`, and neither takes a lock (the cancellation token would).
+    pub(super) async fn closing(&self) {
+        self.writer_wait(false).await;
+    }
+
+    async fn writer_wait(&self, or_queued: bool) {
         std::future::poll_fn(|cx| {
             self.writer.register(cx.waker());
-            if self.pending.load(Ordering::Acquire) {
+            let queued = or_queued && self.pending.load(Ordering::Acquire);
+            if queued || self.closing.load(Ordering::Acquire) {
                 std::task::Poll::Ready(())
             } else {
                 std::task::Poll::Pending
@@ -152,6 +164,7 @@ impl ConnHandle {
     /// Stops both tasks of the connection (without setting a reason).
     pub fn stop(&self) {
         self.closing.store(true, Ordering::Release);
+        self.writer.wake();
         self.cancel.cancel();
     }
 

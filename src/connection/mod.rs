@@ -95,6 +95,9 @@ async fn serve(
         .require_authorization
         .then(|| Instant::now() + settings.authorization_timeout);
     let mut fragments: Option<(OpCode, BytesMut)> = None;
+    // Registered with the token once for the connection's life (see writer.rs).
+    let cancelled = conn.cancelled().cancelled();
+    tokio::pin!(cancelled);
 
     loop {
         let step = {
@@ -103,7 +106,7 @@ async fn serve(
             loop {
                 tokio::select! {
                     r = &mut read => break Step::Frame(r),
-                    () = conn.cancelled().cancelled() => break Step::Closed,
+                    () = &mut cancelled => break Step::Closed,
                     () = sleep_until(deadline) => {
                         if pinged {
                             conn.close(ErrorKind::PongTimeout);

@@ -80,14 +80,16 @@ fn push(buf: &mut Vec<u8>, out: Outbound, metrics: &AppMetrics) {
 pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics) {
     let mut buf: Vec<u8> = Vec::new();
     let mut clean = true;
+    // Woken through the handle's waker slot for both new frames and closing: the
+    // cancellation token would lock on every wake-up.
     'outer: loop {
         let mut batch = conn.take_queued();
         if batch.is_empty() {
-            tokio::select! {
-                biased;
-                () = conn.cancelled().cancelled() => break,
-                () = conn.queued() => continue,
+            if conn.is_closing() {
+                break;
             }
+            conn.queued().await;
+            continue;
         }
         while !batch.is_empty() {
             if conn.is_closing() {
@@ -100,7 +102,7 @@ pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics
             }
             let written = tokio::select! {
                 r = w.write_all(&buf) => r.is_ok(),
-                () = conn.cancelled().cancelled() => {
+                () = conn.closing() => {
                     // A frame may be half written: no close frame can follow it.
                     clean = false;
                     false
