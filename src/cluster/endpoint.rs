@@ -17,7 +17,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
-use redis::cluster_async::ClusterConnection;
 use redis::{
     Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
     RedisError, RedisFuture, RedisResult, Role, TlsCertificates, Value,
@@ -25,6 +24,7 @@ use redis::{
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
+use super::shards::Shards;
 use super::ClusterError;
 use crate::config::{mask_url_password, ScalingConfig};
 
@@ -71,14 +71,14 @@ pub struct Commands {
 #[derive(Clone)]
 enum Route {
     Endpoint(Arc<Endpoint>),
-    Shards(ClusterConnection),
+    Shards(Arc<Shards>),
 }
 
 impl Commands {
     /// Commands over a Redis Cluster connection.
-    pub fn sharded(conn: ClusterConnection) -> Commands {
+    pub(super) fn sharded(shards: Arc<Shards>) -> Commands {
         Commands {
-            route: Route::Shards(conn),
+            route: Route::Shards(shards),
         }
     }
 }
@@ -433,7 +433,16 @@ async fn announcements(endpoint: Arc<Endpoint>) {
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let endpoint = match &mut self.route {
-            Route::Shards(conn) => return conn.req_packed_command(cmd),
+            Route::Shards(shards) => {
+                let (generation, mut conn) = shards.conn();
+                return Box::pin(async move {
+                    let r = conn.req_packed_command(cmd).await;
+                    if let Err(e) = &r {
+                        shards.failed(generation, e);
+                    }
+                    r
+                });
+            }
             Route::Endpoint(endpoint) => endpoint,
         };
         let mut conn = endpoint.current.lock().conn.clone();
@@ -453,7 +462,16 @@ impl ConnectionLike for Commands {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         let endpoint = match &mut self.route {
-            Route::Shards(conn) => return conn.req_packed_commands(cmd, offset, count),
+            Route::Shards(shards) => {
+                let (generation, mut conn) = shards.conn();
+                return Box::pin(async move {
+                    let r = conn.req_packed_commands(cmd, offset, count).await;
+                    if let Err(e) = &r {
+                        shards.failed(generation, e);
+                    }
+                    r
+                });
+            }
             Route::Endpoint(endpoint) => endpoint,
         };
         let mut conn = endpoint.current.lock().conn.clone();

@@ -43,7 +43,7 @@ use redis::aio::PubSubSink;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Script};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::endpoint::{Commands, Endpoint, COMMAND_TIMEOUT};
 use super::shards;
@@ -219,9 +219,11 @@ pub struct RedisCluster {
     /// A standalone or Sentinel-managed Redis; `None` on a Redis Cluster.
     endpoint: Option<Arc<Endpoint>>,
     /// The Redis Cluster connection for sharded pub/sub; `None` otherwise.
-    shards: Option<ClusterConnection>,
+    shards: Option<Arc<shards::Shards>>,
     /// On a Redis Cluster: whether it has sharded pub/sub (Redis 7+).
     sharded_pubsub: AtomicBool,
+    /// On a Redis Cluster: wakes `resubscriber` (a shard connection closed).
+    resubscribe: tokio::sync::Notify,
     conn: Commands,
     interests: tokio::sync::Mutex<Interests>,
     /// Topics wanted, readable without the async lock (for resubscription).
@@ -325,6 +327,7 @@ impl RedisCluster {
             endpoint,
             shards,
             sharded_pubsub: AtomicBool::new(true),
+            resubscribe: tokio::sync::Notify::new(),
             conn,
             interests: tokio::sync::Mutex::new(Interests::default()),
             wanted: Mutex::new(Vec::new()),
@@ -361,6 +364,9 @@ impl RedisCluster {
                     cluster.shard_subscribe(&control, true).await?;
                 }
                 tokio::spawn(shard_reader(cluster.clone(), pushes));
+                if let Some(shards) = &cluster.shards {
+                    tokio::spawn(resubscriber(cluster.clone(), shards.moved()));
+                }
             }
             None => {
                 tokio::spawn(subscriber(cluster.clone()));
@@ -735,18 +741,21 @@ impl RedisCluster {
         let Some(shards) = &self.shards else {
             return Ok(());
         };
-        let mut shards = shards.clone();
+        let (generation, mut conn) = shards.conn();
         let sharded = self.sharded_pubsub.load(Ordering::Acquire);
         let call = async {
             match (sharded, on) {
-                (true, true) => shards.ssubscribe(topic).await,
-                (true, false) => shards.sunsubscribe(topic).await,
-                (false, true) => shards.subscribe(topic).await,
-                (false, false) => shards.unsubscribe(topic).await,
+                (true, true) => conn.ssubscribe(topic).await,
+                (true, false) => conn.sunsubscribe(topic).await,
+                (false, true) => conn.subscribe(topic).await,
+                (false, false) => conn.unsubscribe(topic).await,
             }
         };
         match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
-            Ok(result) => result.map_err(|e| err(&e)),
+            Ok(result) => result.map_err(|e| {
+                shards.failed(generation, &e);
+                err(&e)
+            }),
             Err(_) => Err(ClusterError("subscribing timed out".into())),
         }
     }
@@ -820,7 +829,12 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<Queued>) {
                 } else {
                     "PUBLISH"
                 };
-                spublish(shards, command, &batch).await
+                let (generation, conn) = shards.conn();
+                let sent = spublish(&conn, command, &batch).await;
+                if let Err(e) = &sent {
+                    shards.failed(generation, e);
+                }
+                sent
             }
             None => {
                 let mut pipe = redis::pipe();
@@ -893,12 +907,60 @@ async fn shard_reader(cluster: Arc<RedisCluster>, mut pushes: mpsc::Receiver<Pus
                 }
             }
             PushKind::Disconnection => {
-                // The crate reconnects and re-subscribes; what was published meanwhile is
-                // lost, and state changes may not have been recorded: publish ours again.
+                // A shard's connection closed (its master died, or the link dropped): what
+                // was published meanwhile is lost, state changes may not have been recorded
+                // (publish ours again), and the subscriptions on that shard are gone.
                 cluster.metrics.reconnects.inc();
                 cluster.dirty.store(true, Ordering::Release);
+                cluster.resubscribe.notify_one();
             }
             _ => {}
+        }
+    }
+}
+
+/// On a Redis Cluster: after a shard's connection closed or the connection was replaced,
+/// subscribes to every wanted topic again, one command per topic so each goes to the shard
+/// owning its slot, until all succeed (a failed master's slots answer only once a replica is
+/// promoted; failures meanwhile make `Shards` replace the connection). One task, so a
+/// replacement that comes while it works is never missed: the watch and the `Notify` both
+/// remember it and the loop runs again. The crate's own re-subscription cannot be relied on:
+/// it sends the topics of several slots in one command.
+async fn resubscriber(cluster: Arc<RedisCluster>, mut moved: tokio::sync::watch::Receiver<u64>) {
+    loop {
+        tokio::select! {
+            changed = moved.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = cluster.resubscribe.notified() => {}
+        }
+        // The new connection has no subscriptions, and changes may have been lost.
+        cluster.dirty.store(true, Ordering::Release);
+        let mut delay = Duration::from_millis(250);
+        loop {
+            tokio::time::sleep(delay).await;
+            moved.mark_unchanged();
+            let mut topics = cluster.wanted.lock().clone();
+            topics.push(cluster.control_topic());
+            let attempts = topics
+                .iter()
+                .map(|topic| cluster.shard_subscribe(topic, true));
+            let failed = futures_util::future::join_all(attempts)
+                .await
+                .iter()
+                .filter(|r| r.is_err())
+                .count();
+            if failed == 0 {
+                info!(
+                    topics = topics.len(),
+                    "subscribed again on the Redis Cluster after a lost connection"
+                );
+                break;
+            }
+            debug!(failed, "subscribing again on the Redis Cluster; retrying");
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 }

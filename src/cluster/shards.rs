@@ -14,10 +14,15 @@
 //! The shared state therefore lives on one shard; the publish traffic, which is the load that
 //! grows with the cluster, is what spreads.
 
-use redis::cluster::ClusterClientBuilder;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{ProtocolVersion, PushInfo};
-use tokio::sync::mpsc;
+use redis::{ProtocolVersion, PushInfo, RedisError};
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{info, warn};
 
 use super::endpoint::{certificates, COMMAND_TIMEOUT};
 use super::ClusterError;
@@ -31,13 +36,80 @@ pub(super) fn key_prefix(channel: &str) -> String {
     format!("{{{channel}}}")
 }
 
+/// Pause before a new connection is made after a shard was lost, and between attempts.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// The Redis Cluster connection, replaced as a whole when a shard is lost: the crate keeps
+/// reconnecting to a dead master's address instead of asking the cluster where its slots went,
+/// so a fresh connection (which reads the slot map from the live nodes) is what follows a
+/// failover. `moved` ticks after each replacement, so the subscriptions are made again.
+pub(super) struct Shards {
+    client: ClusterClient,
+    /// The connection and its generation (how many times it was replaced).
+    current: Mutex<(u64, ClusterConnection)>,
+    stale: Notify,
+    moved: watch::Sender<u64>,
+}
+
+impl Shards {
+    /// A handle on the current connection (cheap: it is a channel to the crate's task), with
+    /// its generation for `failed`.
+    pub(super) fn conn(&self) -> (u64, ClusterConnection) {
+        let current = self.current.lock();
+        (current.0, current.1.clone())
+    }
+
+    /// Reports a command that failed on the connection of generation `generation`: one that
+    /// suggests a shard is gone starts a replacement, unless the connection it used was
+    /// already replaced (a fresh connection is not thrown away for an old one's failure).
+    pub(super) fn failed(&self, generation: u64, e: &RedisError) {
+        let lost = e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped();
+        if lost && self.current.lock().0 == generation {
+            self.stale.notify_one();
+        }
+    }
+
+    /// Changes each time the connection was replaced.
+    pub(super) fn moved(&self) -> watch::Receiver<u64> {
+        self.moved.subscribe()
+    }
+}
+
+/// Replaces the connection after a lost shard, until a new one could be made. A new
+/// connection made before the cluster promoted a replica still routes to the dead master;
+/// its failures ask for another replacement, so this converges once the cluster has.
+async fn follow(shards: Arc<Shards>) {
+    loop {
+        shards.stale.notified().await;
+        loop {
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            let made =
+                tokio::time::timeout(COMMAND_TIMEOUT * 3, shards.client.get_async_connection())
+                    .await;
+            match made {
+                Ok(Ok(conn)) => {
+                    {
+                        let mut current = shards.current.lock();
+                        *current = (current.0 + 1, conn);
+                    }
+                    shards.moved.send_modify(|n| *n += 1);
+                    info!("reconnected to the Redis Cluster after a lost shard");
+                    break;
+                }
+                Ok(Err(e)) => warn!(error = %e, "reconnecting to the Redis Cluster failed"),
+                Err(_) => warn!("reconnecting to the Redis Cluster timed out"),
+            }
+        }
+    }
+}
+
 /// Connects to the cluster named by `s.cluster_nodes` (any reachable seed will do) and returns
 /// the connection and the queue its sharded messages arrive on. `dropped` is called for each
 /// message the full queue refused.
 pub(super) async fn connect(
     s: &ScalingConfig,
     dropped: impl Fn() + Send + Sync + 'static,
-) -> Result<(ClusterConnection, mpsc::Receiver<PushInfo>), ClusterError> {
+) -> Result<(Arc<Shards>, mpsc::Receiver<PushInfo>), ClusterError> {
     let described: Vec<String> = s
         .cluster_nodes
         .iter()
@@ -69,7 +141,14 @@ pub(super) async fn connect(
         .await
         .map_err(|_| failed("connecting", &"timed out"))?
         .map_err(|e| failed("connecting", &e))?;
-    Ok((conn, rx))
+    let shards = Arc::new(Shards {
+        client,
+        current: Mutex::new((0, conn)),
+        stale: Notify::new(),
+        moved: watch::channel(0).0,
+    });
+    tokio::spawn(follow(shards.clone()));
+    Ok((shards, rx))
 }
 
 #[cfg(test)]

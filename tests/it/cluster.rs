@@ -396,19 +396,35 @@ impl RedisProc {
 /// Until `node`'s HTTP API counts one subscription of `live` (10 s at most): the nodes
 /// published their state to a Redis that had lost it.
 async fn live_counted_once(node: &TestServer) {
-    let mut count = json!(null);
+    channel_info_becomes(
+        node,
+        "live",
+        "subscription_count",
+        json!({"occupied":true,"subscription_count":1}),
+    )
+    .await;
+}
+
+/// Until `GET /channels/{channel}?info=...` on `node` answers `expected` (10 s at most).
+async fn channel_info_becomes(
+    node: &TestServer,
+    channel: &str,
+    info: &str,
+    expected: serde_json::Value,
+) {
+    let mut got = json!(null);
     for _ in 0..50 {
-        count = node
+        got = node
             .api()
-            .get("/channels/live", &[("info", "subscription_count")])
+            .get(&format!("/channels/{channel}"), &[("info", info)])
             .await
             .body;
-        if count["subscription_count"] == 1 {
+        if got == expected {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(count, json!({"occupied":true,"subscription_count":1}));
+    assert_eq!(got, expected);
 }
 
 /// Triggers on `on` until `sub` receives the event; returns how long that took. Fails after
@@ -1053,9 +1069,11 @@ async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
 // ---- Redis Cluster ----
 
 /// Two nodes on the Redis Cluster `shards`, checked to carry triggers across once each, on
-/// 12 channels whose topics land on various shards. Returns the prefix, the `[scaling]`
-/// lines, and the nodes.
-async fn nodes_on_redis_cluster(shards: &[RedisProc]) -> (String, String, TestServer, TestServer) {
+/// 12 channels `room-0`..`room-11` whose topics land on various shards. Returns the prefix,
+/// the `[scaling]` lines, the nodes, and the subscriber of the rooms (on the second node).
+async fn nodes_on_redis_cluster(
+    shards: &[RedisProc],
+) -> (String, String, TestServer, TestServer, Client) {
     let seeds: Vec<String> = shards
         .iter()
         .map(|s| format!("\"redis://127.0.0.1:{}\"", s.port))
@@ -1078,7 +1096,7 @@ async fn nodes_on_redis_cluster(shards: &[RedisProc]) -> (String, String, TestSe
     }
     sub.expect_silence(Duration::from_millis(300), "a duplicate")
         .await;
-    (p, scaling, a, b)
+    (p, scaling, a, b, sub)
 }
 
 /// How many of `shards` list topics of prefix `p` under `PUBSUB <listing>`.
@@ -1112,7 +1130,7 @@ async fn a_redis_cluster_without_sharded_pub_sub_falls_back_to_classic_pub_sub()
         "",
     ])
     .await;
-    let (p, _, _a, _b) = nodes_on_redis_cluster(&shards).await;
+    let (p, _, _a, _b, _) = nodes_on_redis_cluster(&shards).await;
     assert_eq!(shards_with_topics(&shards, &p, "SHARDCHANNELS").await, 0);
     assert!(shards_with_topics(&shards, &p, "CHANNELS").await >= 1);
 }
@@ -1120,8 +1138,13 @@ async fn a_redis_cluster_without_sharded_pub_sub_falls_back_to_classic_pub_sub()
 /// Three Redis Cluster masters on loopback (no replicas), slots assigned, state ok; `extra`
 /// arguments for each `redis-server`.
 async fn redis_cluster(extra: &[&str]) -> Vec<RedisProc> {
+    redis_cluster_with(extra, 0).await
+}
+
+/// Three masters with `replicas` replicas each (masters first in the returned list).
+async fn redis_cluster_with(extra: &[&str], replicas: usize) -> Vec<RedisProc> {
     let mut shards = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..3 * (1 + replicas) {
         let port = free_port();
         let p = port.to_string();
         let mut args = vec![
@@ -1145,36 +1168,41 @@ async fn redis_cluster(extra: &[&str]) -> Vec<RedisProc> {
         .arg("--cluster")
         .arg("create")
         .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .expect("redis-cli must be installed (Debian package redis-tools)");
     assert!(created.success(), "redis-cli --cluster create failed");
     for shard in &shards {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", shard.port)).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let info: String = redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            if info.contains("cluster_state:ok") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the Redis Cluster did not form");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        cluster_ok(shard.port, Duration::from_secs(15)).await;
     }
     shards
+}
+
+/// Until the Redis Cluster node on `port` reports `cluster_state:ok`; fails after `within`.
+async fn cluster_ok(port: u16, within: Duration) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if info.contains("cluster_state:ok") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the Redis Cluster is not ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
 async fn nodes_share_a_redis_cluster_with_sharded_pub_sub() {
     let shards = redis_cluster(&[]).await;
-    let (p, scaling, a, b) = nodes_on_redis_cluster(&shards).await;
+    let (p, scaling, a, b, _) = nodes_on_redis_cluster(&shards).await;
     // The topics are spread over the shards (sharded pub/sub), not all on one.
     let used = shards_with_topics(&shards, &p, "SHARDCHANNELS").await;
     assert!(used >= 2, "topics on {used} shard(s) only");
@@ -1221,4 +1249,85 @@ async fn nodes_share_a_redis_cluster_with_sharded_pub_sub() {
         .await_event("pusher_internal:member_removed", Duration::from_secs(15))
         .await;
     assert_eq!(data_json(&gone), json!({"user_id":"carol"}));
+}
+
+/// Known issue, kept runnable (`cargo nextest run --run-ignored only`): after a shard's master
+/// is killed and its replica promoted, the node replaces its cluster connection and subscribes
+/// to every topic again, and the subscribe calls succeed, yet some topics of the failed shard
+/// end up subscribed nowhere (`PUBSUB SHARDCHANNELS` on the new master lacks them), so their
+/// cross-node deliveries stop until the node restarts. Passes in about 1 run of 3 here.
+#[tokio::test]
+#[ignore = "known issue: sharded subscriptions of a failed-over shard are not reliably restored"]
+async fn delivery_resumes_after_a_redis_cluster_failover() {
+    // A replica may take over however long it was out of touch with its master.
+    let mut shards = redis_cluster_with(&["--cluster-replica-validity-factor", "0"], 1).await;
+    let (p, _, a, b, mut sub) = nodes_on_redis_cluster(&shards).await;
+    let channels: Vec<String> = (0..12).map(|i| format!("room-{i}")).collect();
+    let mut presence = a.client().await;
+    presence
+        .subscribe_presence("presence-failover", r#"{"user_id":"p"}"#)
+        .await;
+
+    // A master dies (the first three are masters); its replica takes over.
+    let killed = shards.remove(0);
+    drop(killed);
+    let failed_at = Instant::now();
+    cluster_ok(shards[0].port, Duration::from_secs(20)).await;
+
+    // Every channel delivers across nodes again, without restarting a node, whichever shard
+    // its topic was on; and the shared state is still there.
+    for channel in &channels {
+        let started = Instant::now();
+        let mut n = 0;
+        'channel: loop {
+            n += 1;
+            a.api().trigger(&[channel], "after", &format!("{n}")).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+            while let Ok(Some(v)) = tokio::time::timeout_at(deadline, next_json(&mut sub.ws)).await
+            {
+                if v["event"] == "after" && v["channel"] == channel.as_str() {
+                    break 'channel;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let client =
+                    redis::Client::open(format!("redis://127.0.0.1:{}", shards[0].port)).unwrap();
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                let mut subs = String::new();
+                for shard in &shards {
+                    let c =
+                        redis::Client::open(format!("redis://127.0.0.1:{}", shard.port)).unwrap();
+                    let mut c = c.get_multiplexed_async_connection().await.unwrap();
+                    let t: Vec<String> = redis::cmd("PUBSUB")
+                        .arg("SHARDCHANNELS")
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_default();
+                    let k: String = redis::cmd("CLUSTER")
+                        .arg("KEYSLOT")
+                        .arg(format!("{p}#c#1001#{channel}"))
+                        .query_async(&mut c)
+                        .await
+                        .map(|v: i64| v.to_string())
+                        .unwrap_or_default();
+                    subs.push_str(&format!("{} slot {k}: {t:?}\n", shard.port));
+                }
+                panic!("{channel}: no delivery within 20 s of the failover; the cluster:\n{nodes}\n{subs}");
+            }
+        }
+    }
+    let took = failed_at.elapsed();
+    channel_info_becomes(
+        &b,
+        "presence-failover",
+        "user_count",
+        json!({"occupied":true,"user_count":1}),
+    )
+    .await;
+    assert!(took < Duration::from_secs(30), "took {took:?}");
 }
