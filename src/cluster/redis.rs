@@ -919,6 +919,9 @@ async fn shard_reader(cluster: Arc<RedisCluster>, mut pushes: mpsc::Receiver<Pus
     }
 }
 
+/// How long subscriptions are renewed after they first all succeeded following a lost shard.
+const RESUBSCRIBE_SETTLE: Duration = Duration::from_secs(10);
+
 /// On a Redis Cluster: after a shard's connection closed or the connection was replaced,
 /// subscribes to every wanted topic again, one command per topic so each goes to the shard
 /// owning its slot, until all succeed (a failed master's slots answer only once a replica is
@@ -939,6 +942,11 @@ async fn resubscriber(cluster: Arc<RedisCluster>, mut moved: tokio::sync::watch:
         // The new connection has no subscriptions, and changes may have been lost.
         cluster.dirty.store(true, Ordering::Release);
         let mut delay = Duration::from_millis(250);
+        // Subscribing succeeds as soon as the crate has a node connection for the slot, but
+        // while a failover settles the crate may still replace that connection, losing what
+        // was subscribed on it: keep subscribing (idempotent on one connection) until a
+        // quiet spell has passed.
+        let mut settled_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::time::sleep(delay).await;
             moved.mark_unchanged();
@@ -952,15 +960,22 @@ async fn resubscriber(cluster: Arc<RedisCluster>, mut moved: tokio::sync::watch:
                 .iter()
                 .filter(|r| r.is_err())
                 .count();
-            if failed == 0 {
+            if failed > 0 {
+                debug!(failed, "subscribing again on the Redis Cluster; retrying");
+                settled_at = None;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let since = *settled_at.get_or_insert(now);
+            if now.duration_since(since) >= RESUBSCRIBE_SETTLE {
                 info!(
                     topics = topics.len(),
                     "subscribed again on the Redis Cluster after a lost connection"
                 );
                 break;
             }
-            debug!(failed, "subscribing again on the Redis Cluster; retrying");
-            delay = (delay * 2).min(Duration::from_secs(2));
+            delay = Duration::from_secs(1);
         }
     }
 }
