@@ -40,7 +40,6 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::PubSubSink;
-use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Script};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -220,8 +219,6 @@ pub struct RedisCluster {
     endpoint: Option<Arc<Endpoint>>,
     /// The Redis Cluster connection for sharded pub/sub; `None` otherwise.
     shards: Option<Arc<shards::Shards>>,
-    /// On a Redis Cluster: whether it has sharded pub/sub (Redis 7+).
-    sharded_pubsub: AtomicBool,
     /// On a Redis Cluster: wakes `resubscriber` (a shard connection closed).
     resubscribe: tokio::sync::Notify,
     conn: Commands,
@@ -326,7 +323,6 @@ impl RedisCluster {
             key_prefix,
             endpoint,
             shards,
-            sharded_pubsub: AtomicBool::new(true),
             resubscribe: tokio::sync::Notify::new(),
             conn,
             interests: tokio::sync::Mutex::new(Interests::default()),
@@ -351,24 +347,13 @@ impl RedisCluster {
         cluster.metrics.healthy.set(1);
         cluster.heartbeat().await?;
         tokio::spawn(publisher(cluster.clone(), publish_rx));
-        match pushes {
-            Some(pushes) => {
-                let control = cluster.control_topic();
-                if let Err(e) = cluster.shard_subscribe(&control, true).await {
-                    if !e.0.contains("unknown command") {
-                        return Err(e);
-                    }
-                    // Redis 6.2: no sharded pub/sub; classic pub/sub reaches every shard.
-                    cluster.sharded_pubsub.store(false, Ordering::Release);
-                    warn!("this Redis Cluster has no sharded pub/sub (Redis < 7): using classic pub/sub, which every shard carries");
-                    cluster.shard_subscribe(&control, true).await?;
-                }
+        match (&cluster.shards, pushes) {
+            (Some(shards), Some(pushes)) => {
+                shards.subscribe_first(&cluster.control_topic()).await?;
                 tokio::spawn(shard_reader(cluster.clone(), pushes));
-                if let Some(shards) = &cluster.shards {
-                    tokio::spawn(resubscriber(cluster.clone(), shards.moved()));
-                }
+                tokio::spawn(resubscriber(cluster.clone(), shards.moved()));
             }
-            None => {
+            _ => {
                 tokio::spawn(subscriber(cluster.clone()));
             }
         }
@@ -700,9 +685,9 @@ impl RedisCluster {
         *count += 1;
         if *count == 1 {
             self.wanted.lock().push(topic.clone());
-            if self.shards.is_some() {
-                if let Err(e) = self.shard_subscribe(&topic, true).await {
-                    warn!(%topic, error = %e, "subscribing failed; the cluster connection re-subscribes when it reconnects");
+            if let Some(shards) = &self.shards {
+                if let Err(e) = shards.subscribe(&topic, true).await {
+                    warn!(%topic, error = %e, "subscribing failed; it is retried after the connection is replaced");
                 }
             } else if let Some(sink) = i.sink.as_mut() {
                 if tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&topic))
@@ -726,37 +711,11 @@ impl RedisCluster {
         if *count == 0 {
             i.counts.remove(&topic);
             self.wanted.lock().retain(|t| t != &topic);
-            if self.shards.is_some() {
-                let _ = self.shard_subscribe(&topic, false).await;
+            if let Some(shards) = &self.shards {
+                let _ = shards.subscribe(&topic, false).await;
             } else if let Some(sink) = i.sink.as_mut() {
                 let _ = tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&topic)).await;
             }
-        }
-    }
-
-    /// Subscribes to (`on`) or unsubscribes from `topic` on a Redis Cluster: sharded
-    /// (`SSUBSCRIBE`) where the cluster has it, classic otherwise. The crate renews
-    /// subscriptions after reconnects.
-    async fn shard_subscribe(&self, topic: &str, on: bool) -> Result<(), ClusterError> {
-        let Some(shards) = &self.shards else {
-            return Ok(());
-        };
-        let (generation, mut conn) = shards.conn();
-        let sharded = self.sharded_pubsub.load(Ordering::Acquire);
-        let call = async {
-            match (sharded, on) {
-                (true, true) => conn.ssubscribe(topic).await,
-                (true, false) => conn.sunsubscribe(topic).await,
-                (false, true) => conn.subscribe(topic).await,
-                (false, false) => conn.unsubscribe(topic).await,
-            }
-        };
-        match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
-            Ok(result) => result.map_err(|e| {
-                shards.failed(generation, &e);
-                err(&e)
-            }),
-            Err(_) => Err(ClusterError("subscribing timed out".into())),
         }
     }
 
@@ -824,17 +783,8 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<Queued>) {
         }
         let sent = match &cluster.shards {
             Some(shards) => {
-                let command = if cluster.sharded_pubsub.load(Ordering::Acquire) {
-                    "SPUBLISH"
-                } else {
-                    "PUBLISH"
-                };
-                let (generation, conn) = shards.conn();
-                let sent = spublish(&conn, command, &batch).await;
-                if let Err(e) = &sent {
-                    shards.failed(generation, e);
-                }
-                sent
+                let messages = batch.iter().map(|q| (q.topic.as_str(), q.payload.as_ref()));
+                shards.publish(messages).await
             }
             None => {
                 let mut pipe = redis::pipe();
@@ -871,31 +821,6 @@ async fn publisher(cluster: Arc<RedisCluster>, mut rx: mpsc::Receiver<Queued>) {
     }
 }
 
-/// Keeps one pub/sub connection, resubscribing every wanted topic after each reconnect.
-/// Sends a batch on a Redis Cluster: one `command` (`SPUBLISH`, or `PUBLISH` without sharded
-/// pub/sub) per message, each to the shard of its topic (a pipeline cannot cross slots), all
-/// in flight together on the multiplexed connections. Fails if any failed.
-async fn spublish(
-    shards: &ClusterConnection,
-    command: &str,
-    batch: &[Queued],
-) -> redis::RedisResult<()> {
-    let sends = batch.iter().map(|q| {
-        let mut conn = shards.clone();
-        async move {
-            redis::cmd(command)
-                .arg(&q.topic)
-                .arg(q.payload.as_ref())
-                .query_async::<()>(&mut conn)
-                .await
-        }
-    });
-    futures_util::future::join_all(sends)
-        .await
-        .into_iter()
-        .collect()
-}
-
 /// On a Redis Cluster: delivers the sharded messages the connection pushes (`shards.rs`).
 async fn shard_reader(cluster: Arc<RedisCluster>, mut pushes: mpsc::Receiver<PushInfo>) {
     while let Some(push) = pushes.recv().await {
@@ -908,10 +833,8 @@ async fn shard_reader(cluster: Arc<RedisCluster>, mut pushes: mpsc::Receiver<Pus
             }
             PushKind::Disconnection => {
                 // A shard's connection closed (its master died, or the link dropped): what
-                // was published meanwhile is lost, state changes may not have been recorded
-                // (publish ours again), and the subscriptions on that shard are gone.
+                // was published meanwhile is lost and its subscriptions are gone.
                 cluster.metrics.reconnects.inc();
-                cluster.dirty.store(true, Ordering::Release);
                 cluster.resubscribe.notify_one();
             }
             _ => {}
@@ -930,6 +853,9 @@ const RESUBSCRIBE_SETTLE: Duration = Duration::from_secs(10);
 /// remember it and the loop runs again. The crate's own re-subscription cannot be relied on:
 /// it sends the topics of several slots in one command.
 async fn resubscriber(cluster: Arc<RedisCluster>, mut moved: tokio::sync::watch::Receiver<u64>) {
+    let Some(shards) = cluster.shards.clone() else {
+        return;
+    };
     loop {
         tokio::select! {
             changed = moved.changed() => {
@@ -952,9 +878,7 @@ async fn resubscriber(cluster: Arc<RedisCluster>, mut moved: tokio::sync::watch:
             moved.mark_unchanged();
             let mut topics = cluster.wanted.lock().clone();
             topics.push(cluster.control_topic());
-            let attempts = topics
-                .iter()
-                .map(|topic| cluster.shard_subscribe(topic, true));
+            let attempts = topics.iter().map(|topic| shards.subscribe(topic, true));
             let failed = futures_util::future::join_all(attempts)
                 .await
                 .iter()
@@ -980,6 +904,7 @@ async fn resubscriber(cluster: Arc<RedisCluster>, mut moved: tokio::sync::watch:
     }
 }
 
+/// Keeps one pub/sub connection, resubscribing every wanted topic after each reconnect.
 async fn subscriber(cluster: Arc<RedisCluster>) {
     let Some(endpoint) = cluster.endpoint.clone() else {
         return;

@@ -6,21 +6,22 @@
 //!
 //! The connection speaks RESP3: sharded messages arrive as pushes, which the crate hands to a
 //! callback; the callback forwards them into a bounded queue ([`PUSH_QUEUE`]; overflow drops
-//! the newest message and counts it) read by `redis::shard_reader`. The crate re-issues the
-//! `SSUBSCRIBE`s after a reconnect or a slot move.
+//! the newest message and counts it) read by `redis::shard_reader`. After a lost shard the
+//! connection is replaced and `redis::resubscriber` subscribes again (see [`Shards`]).
 //!
 //! Keys: every key Resound uses starts with the prefix in braces (`{resound}:...`), a hash
 //! tag, so all of them share one slot and the Lua scripts that touch several keys stay legal.
 //! The shared state therefore lives on one shard; the publish traffic, which is the load that
 //! grows with the cluster, is what spreads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{ProtocolVersion, PushInfo, RedisError};
+use redis::{ProtocolVersion, PushInfo, RedisError, RedisResult};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
@@ -49,6 +50,8 @@ pub(super) struct Shards {
     current: Mutex<(u64, ClusterConnection)>,
     stale: Notify,
     moved: watch::Sender<u64>,
+    /// Whether the cluster has sharded pub/sub (Redis 7+); classic pub/sub otherwise.
+    sharded: AtomicBool,
 }
 
 impl Shards {
@@ -57,6 +60,73 @@ impl Shards {
     pub(super) fn conn(&self) -> (u64, ClusterConnection) {
         let current = self.current.lock();
         (current.0, current.1.clone())
+    }
+
+    /// Subscribes to (`on`) or unsubscribes from `topic`: sharded where the cluster has it,
+    /// classic otherwise. Bounded by `COMMAND_TIMEOUT`.
+    pub(super) async fn subscribe(&self, topic: &str, on: bool) -> Result<(), ClusterError> {
+        let (generation, mut conn) = self.conn();
+        let call = async {
+            match (self.sharded.load(Ordering::Acquire), on) {
+                (true, true) => conn.ssubscribe(topic).await,
+                (true, false) => conn.sunsubscribe(topic).await,
+                (false, true) => conn.subscribe(topic).await,
+                (false, false) => conn.unsubscribe(topic).await,
+            }
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+            Ok(result) => result.map_err(|e| {
+                self.failed(generation, &e);
+                ClusterError(e.to_string())
+            }),
+            Err(_) => Err(ClusterError("subscribing timed out".into())),
+        }
+    }
+
+    /// Subscribes to the first topic (the control topic) at start-up, finding out whether the
+    /// cluster has sharded pub/sub: Redis 6.2 answers `SSUBSCRIBE` with "unknown command".
+    pub(super) async fn subscribe_first(&self, topic: &str) -> Result<(), ClusterError> {
+        match self.subscribe(topic, true).await {
+            Err(e) if e.0.contains("unknown command") => {
+                self.sharded.store(false, Ordering::Release);
+                warn!("this Redis Cluster has no sharded pub/sub (Redis < 7): using classic pub/sub, which every shard carries");
+                self.subscribe(topic, true).await
+            }
+            other => other,
+        }
+    }
+
+    /// Publishes `(topic, payload)` messages: one `SPUBLISH` (or `PUBLISH` without sharded
+    /// pub/sub) per message, each to the shard of its topic (a pipeline cannot cross slots),
+    /// all in flight together on the multiplexed connections. Fails if any failed.
+    pub(super) async fn publish<'a>(
+        &self,
+        messages: impl Iterator<Item = (&'a str, &'a [u8])>,
+    ) -> RedisResult<()> {
+        let command = if self.sharded.load(Ordering::Acquire) {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let (generation, conn) = self.conn();
+        let sends = messages.map(|(topic, payload)| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd(command)
+                    .arg(topic)
+                    .arg(payload)
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        });
+        let sent: RedisResult<()> = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .collect();
+        if let Err(e) = &sent {
+            self.failed(generation, e);
+        }
+        sent
     }
 
     /// Reports a command that failed on the connection of generation `generation`: one that
@@ -146,6 +216,7 @@ pub(super) async fn connect(
         current: Mutex::new((0, conn)),
         stale: Notify::new(),
         moved: watch::channel(0).0,
+        sharded: AtomicBool::new(true),
     });
     tokio::spawn(follow(shards.clone()));
     Ok((shards, rx))

@@ -143,6 +143,16 @@ fn lane_index(channel: &str, lanes: usize) -> usize {
     (hasher.finish() % lanes.max(1) as u64) as usize
 }
 
+/// The lane a request about `channel` takes: with batching every request takes lane 0 (a batch
+/// mixes channels, and one lane keeps batches in order); otherwise the channel's own lane.
+fn lane_for(app: &AppWebhooks, channel: &str, lanes: usize) -> usize {
+    if app.batching {
+        0
+    } else {
+        lane_index(channel, lanes)
+    }
+}
+
 /// The task that owns one app's webhook state; see the module docs.
 pub(crate) struct AppDispatcher {
     app: Arc<AppWebhooks>,
@@ -269,12 +279,7 @@ impl AppDispatcher {
                 self.metrics.dropped(DropReason::InvalidTarget).inc();
                 continue;
             }
-            // Batches mix channels, so they all take lane 0 to stay in order.
-            let index = if app.batching {
-                0
-            } else {
-                lane_index(event.channel(), state.lanes.len())
-            };
+            let index = lane_for(app, event.channel(), state.lanes.len());
             let Some(lane) = state.lanes.get_mut(index) else {
                 continue;
             };
@@ -315,10 +320,8 @@ impl AppDispatcher {
             self.delivery.discard(id);
             return;
         };
-        let index = match entry.events.first() {
-            Some(event) if !self.app.batching => lane_index(event.channel(), state.lanes.len()),
-            _ => 0,
-        };
+        let channel = entry.events.first().map_or("", WebhookEvent::channel);
+        let index = lane_for(&self.app, channel, state.lanes.len());
         let Some(lane) = state.lanes.get(index) else {
             return;
         };
@@ -584,39 +587,37 @@ async fn send(
     metrics: AppMetrics,
     warn: Arc<WarnLimiter>,
 ) -> Option<JournalId> {
-    {
-        let app_id = &job.app.app_id;
-        let request = match build_request(
-            &endpoint,
-            &job.app.key,
-            &job.app.secret,
-            unix_time_ms(),
-            &job.events,
-        ) {
-            Ok(request) => request,
-            Err(err) => {
-                metrics.failed.inc();
-                tracing::error!(app_id = %app_id, host = %endpoint.host, error = %err, "webhook request could not be built");
-                return job.journal;
+    let app_id = &job.app.app_id;
+    let request = match build_request(
+        &endpoint,
+        &job.app.key,
+        &job.app.secret,
+        unix_time_ms(),
+        &job.events,
+    ) {
+        Ok(request) => request,
+        Err(err) => {
+            metrics.failed.inc();
+            tracing::error!(app_id = %app_id, host = %endpoint.host, error = %err, "webhook request could not be built");
+            return job.journal;
+        }
+    };
+    let outcome = deliver(&*delivery.transport, &request, &delivery.policy, &metrics).await;
+    match outcome {
+        Outcome::Delivered { attempts } => {
+            tracing::debug!(app_id = %app_id, host = %endpoint.host, events = request.events, attempts, "webhook delivered");
+        }
+        Outcome::Rejected { status, attempts } => {
+            if let Some(held_back) = warn.allow() {
+                tracing::warn!(app_id = %app_id, host = %endpoint.host, status = status.as_u16(), events = request.events, attempts, held_back, "webhook rejected by receiver; not retried");
             }
-        };
-        let outcome = deliver(&*delivery.transport, &request, &delivery.policy, &metrics).await;
-        match outcome {
-            Outcome::Delivered { attempts } => {
-                tracing::debug!(app_id = %app_id, host = %endpoint.host, events = request.events, attempts, "webhook delivered");
-            }
-            Outcome::Rejected { status, attempts } => {
-                if let Some(held_back) = warn.allow() {
-                    tracing::warn!(app_id = %app_id, host = %endpoint.host, status = status.as_u16(), events = request.events, attempts, held_back, "webhook rejected by receiver; not retried");
-                }
-            }
-            Outcome::Exhausted {
-                last_failure,
-                attempts,
-            } => {
-                if let Some(held_back) = warn.allow() {
-                    tracing::warn!(app_id = %app_id, host = %endpoint.host, failure = %last_failure, events = request.events, attempts, held_back, "webhook given up after its retry window");
-                }
+        }
+        Outcome::Exhausted {
+            last_failure,
+            attempts,
+        } => {
+            if let Some(held_back) = warn.allow() {
+                tracing::warn!(app_id = %app_id, host = %endpoint.host, failure = %last_failure, events = request.events, attempts, held_back, "webhook given up after its retry window");
             }
         }
     }

@@ -30,6 +30,20 @@ fn scaled_config(prefix: &str, scaling: &str, extra: &str) -> String {
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
 
+/// A client on each of `nodes`, subscribed to `channel`.
+async fn subscribed_on_each(nodes: &[ServerProcess], channel: &str) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for node in nodes {
+        let mut c = node.client().await;
+        assert_eq!(
+            c.subscribe(channel).await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+        clients.push(c);
+    }
+    clients
+}
+
 /// `n` nodes of one cluster on the shared Redis, each a `resound` process of its own.
 async fn nodes(n: usize, extra: &str) -> Vec<ServerProcess> {
     let toml = cluster_config(&prefix(), REDIS, extra);
@@ -43,15 +57,7 @@ async fn nodes(n: usize, extra: &str) -> Vec<ServerProcess> {
 #[tokio::test]
 async fn a_trigger_on_one_node_reaches_subscribers_on_every_node_once() {
     let ns = nodes(3, "").await;
-    let mut clients = Vec::new();
-    for n in &ns {
-        let mut c = n.client().await;
-        assert_eq!(
-            c.subscribe("news").await["event"],
-            "pusher_internal:subscription_succeeded"
-        );
-        clients.push(c);
-    }
+    let mut clients = subscribed_on_each(&ns, "news").await;
     let r = ns[0]
         .api()
         .trigger(&["news"], "headline", "{\"n\":1}")
@@ -333,15 +339,7 @@ async fn three_processes_on_a_private_redis_deliver_a_trigger_to_every_node_once
     for _ in 0..3 {
         nodes.push(spawn_node(&toml).await);
     }
-    let mut clients = Vec::new();
-    for node in &nodes {
-        let mut c = node.client().await;
-        assert_eq!(
-            c.subscribe("news").await["event"],
-            "pusher_internal:subscription_succeeded"
-        );
-        clients.push(c);
-    }
+    let mut clients = subscribed_on_each(&nodes, "news").await;
     for (i, from) in nodes.iter().enumerate() {
         let data = format!("{{\"from\":{i}}}");
         assert_eq!(
@@ -991,17 +989,6 @@ async fn nodes_share_a_redis_over_tls_with_a_private_certificate() {
 }
 
 // ---- lag metrics and the wire version ----
-
-/// The value of the sample `name` (with its labels, if any) in a node's `/metrics`.
-async fn sample(node: &TestServer, name: &str) -> f64 {
-    raw_request("GET", &node.url("/metrics"), String::new())
-        .await
-        .text
-        .lines()
-        .find(|l| l.split(' ').next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} is not exported"))
-}
 
 #[tokio::test]
 async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {

@@ -388,6 +388,17 @@ pub async fn wait_up(port: u16) {
     panic!("server on port {port} did not come up");
 }
 
+/// The value of the sample `name` (with its labels, if any) in a server's `/metrics`.
+pub async fn sample(node: &TestServer, name: &str) -> f64 {
+    raw_request("GET", &node.url("/metrics"), String::new())
+        .await
+        .text
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+}
+
 /// Sends `sig` (`"-TERM"`, `"-STOP"`, ...) to a child process we started.
 pub fn signal(child: &std::process::Child, sig: &str) {
     let sent = std::process::Command::new("kill")
