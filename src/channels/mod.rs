@@ -5,10 +5,21 @@
 //! event) under the same shard lock a publish takes, so a socket never sees a channel event
 //! before that channel's `subscription_succeeded`, and never misses an event published while it
 //! was joining. No lock here is held across an `.await`: every method is synchronous.
+//!
+//! Presence channels also keep each subscriber's roster exact. A roster is read (from the
+//! presence store, possibly on another machine) while member events of other nodes are on
+//! their way, so an event may describe a change the roster already shows, or one it does not
+//! show yet. The registry therefore tracks what every presence subscriber has been told:
+//! `member_added` goes only to subscribers that do not list the user, `member_removed` only to
+//! those that do. The node's view of the members (`Channel::members`) is shared; a subscriber
+//! whose roster differs from it keeps only the difference (`ViewDiff`, empty once the events in
+//! flight have arrived). Member events that reach the channel while a join is reading its
+//! roster are kept (`Channel::recent`, bounded) and replayed through the same rule right after
+//! that subscriber's `subscription_succeeded`, so none is missed.
 
 pub mod users;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +28,7 @@ use dashmap::DashMap;
 
 use crate::connection::handle::{ConnRef, Delivery};
 use crate::metrics::AppMetrics;
-use crate::protocol::{ChannelKind, ChannelName, PresenceMember, SocketId};
+use crate::protocol::{ChannelKind, ChannelName, MemberChange, PresenceMember, SocketId, UserId};
 
 /// The last event published to a cache channel.
 #[derive(Clone, Debug)]
@@ -33,7 +44,53 @@ pub struct CachedEvent {
 struct Subscriber {
     conn: ConnRef,
     member: Option<PresenceMember>,
+    /// Where the members this subscriber was told of differ from the channel's view (`None`:
+    /// they do not).
+    view: Option<Box<ViewDiff>>,
 }
+
+/// How a presence subscriber's members differ from its channel's `members`.
+#[derive(Default)]
+struct ViewDiff {
+    /// Users it was told of that the channel's view does not hold (yet).
+    extra: Vec<UserId>,
+    /// Users of the channel's view it was not told of (their removal is on its way).
+    missing: Vec<UserId>,
+}
+
+impl Subscriber {
+    /// Whether this subscriber lists `user` (`known`: the channel's view does); settles the
+    /// difference for `user`, since the change at hand brings the two views together.
+    fn lists(&mut self, user: &UserId, known: bool) -> bool {
+        let Some(diff) = self.view.as_deref_mut() else {
+            return known;
+        };
+        let answer = if let Some(i) = diff.extra.iter().position(|u| u == user) {
+            diff.extra.swap_remove(i);
+            true
+        } else if let Some(i) = diff.missing.iter().position(|u| u == user) {
+            diff.missing.swap_remove(i);
+            false
+        } else {
+            known
+        };
+        if diff.extra.is_empty() && diff.missing.is_empty() {
+            self.view = None;
+        }
+        answer
+    }
+}
+
+/// A member event kept while a join reads its roster.
+struct RecentChange {
+    seq: u64,
+    change: MemberChange,
+    frame: Bytes,
+}
+
+/// Member events kept for joins in progress, per channel. Overflow policy: drop the oldest (a
+/// join outlasting this many member changes of its channel misses the oldest of them).
+const RECENT_CHANGES: usize = 256;
 
 #[derive(Default)]
 struct Channel {
@@ -41,6 +98,87 @@ struct Channel {
     cache: Option<CachedEvent>,
     /// When the last `subscription_count` event went out (throttled on big channels).
     last_count_event: Option<Instant>,
+    /// Presence: the members as this node knows them (the first local roster, then every
+    /// member event since); `None` while no local subscriber lists anyone.
+    members: Option<HashSet<UserId>>,
+    /// Presence: member events seen so far (numbers `RecentChange::seq`).
+    changes: u64,
+    /// Presence: joins reading their roster now; the entry stays while any is in progress.
+    joining: u32,
+    /// Presence: member events since the oldest join in progress began.
+    recent: VecDeque<RecentChange>,
+}
+
+impl Channel {
+    /// Nothing left worth keeping: no subscriber, no join in progress, no live cached event.
+    fn disposable(&self, now: Instant) -> bool {
+        self.subscribers.is_empty() && self.joining == 0 && self.live_cache(now).is_none()
+    }
+
+    /// Applies a member event: delivers it to the subscribers whose roster it changes, keeps
+    /// it for joins in progress and updates the channel's view.
+    fn member_change(
+        &mut self,
+        change: &MemberChange,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        fanout: &mut Fanout,
+    ) {
+        self.changes += 1;
+        if self.joining > 0 {
+            if self.recent.len() == RECENT_CHANGES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(RecentChange {
+                seq: self.changes,
+                change: change.clone(),
+                frame: frame.clone(),
+            });
+        }
+        let Some(members) = self.members.as_mut() else {
+            return;
+        };
+        let user = change.user();
+        let known = members.contains(user);
+        for (id, sub) in &mut self.subscribers {
+            let lists = sub.lists(user, known);
+            let tells = match change {
+                MemberChange::Added(_) => !lists,
+                MemberChange::Removed(_) => lists,
+            };
+            if tells && Some(*id) != except {
+                count(sub.conn.deliver(frame), fanout);
+            }
+        }
+        match change {
+            MemberChange::Added(u) => members.insert(u.clone()),
+            MemberChange::Removed(u) => members.remove(u),
+        };
+    }
+
+    /// Records `view` as what subscriber `socket` was told: the channel's view when it has
+    /// none yet, else the difference from it.
+    fn settle_view(&mut self, socket: SocketId, view: HashSet<UserId>) {
+        let Some(members) = self.members.as_ref() else {
+            self.members = Some(view);
+            return;
+        };
+        let diff = ViewDiff {
+            extra: view.difference(members).cloned().collect(),
+            missing: members.difference(&view).cloned().collect(),
+        };
+        let diff = (!diff.extra.is_empty() || !diff.missing.is_empty()).then(|| Box::new(diff));
+        if let Some(sub) = self.subscribers.get_mut(&socket) {
+            sub.view = diff;
+        }
+    }
+}
+
+/// A presence join: the roster it read, and the channel's member-event count when it began
+/// (from `ChannelRegistry::begin_join`).
+pub struct Joined<'a> {
+    pub roster: &'a [PresenceMember],
+    pub mark: u64,
 }
 
 impl Channel {
@@ -94,6 +232,10 @@ impl ChannelRegistry {
     /// Adds `conn` to `channel` and, atomically with it, enqueues `succeeded` followed by the
     /// cached event of a cache channel: the one held here, else `shared_cache` (the cluster's).
     /// Returns `None` when the connection was already subscribed.
+    ///
+    /// A presence subscription passes what its join read (`joined`), which ends the join begun
+    /// with `begin_join` (also when `None` is returned): member events that arrived since are
+    /// replayed to it where its roster does not show them yet.
     pub fn subscribe(
         &self,
         channel: &ChannelName,
@@ -101,9 +243,16 @@ impl ChannelRegistry {
         succeeded: &Bytes,
         member: Option<PresenceMember>,
         shared_cache: Option<&CachedEvent>,
+        joined: Option<Joined<'_>>,
     ) -> Option<Subscribed> {
         let mut entry = self.channels.entry(channel.clone()).or_default();
+        if joined.is_some() {
+            entry.joining = entry.joining.saturating_sub(1);
+        }
         if entry.subscribers.contains_key(&conn.socket_id) {
+            if entry.joining == 0 {
+                entry.recent.clear();
+            }
             return None;
         }
         let occupied = entry.subscribers.is_empty();
@@ -112,9 +261,26 @@ impl ChannelRegistry {
             Subscriber {
                 conn: conn.clone(),
                 member,
+                view: None,
             },
         );
         conn.deliver(succeeded);
+        if let Some(j) = joined {
+            let mut view: HashSet<UserId> = j.roster.iter().map(|m| m.user_id.clone()).collect();
+            for r in entry.recent.iter().filter(|r| r.seq > j.mark) {
+                let tells = match &r.change {
+                    MemberChange::Added(u) => view.insert(u.clone()),
+                    MemberChange::Removed(u) => view.remove(u),
+                };
+                if tells {
+                    conn.deliver(&r.frame);
+                }
+            }
+            entry.settle_view(conn.socket_id, view);
+        }
+        if entry.joining == 0 {
+            entry.recent.clear();
+        }
         let mut cache_hit = false;
         if channel.kind().is_cache() {
             let now = Instant::now();
@@ -139,11 +305,61 @@ impl ChannelRegistry {
         })
     }
 
+    /// A presence join of `channel` begins: until `subscribe` (or `abandon_join`) ends it, the
+    /// channel's member events are kept for it. Returns the mark for `Joined::mark`. Call it
+    /// before this node takes interest in the channel and reads the roster.
+    pub fn begin_join(&self, channel: &ChannelName) -> u64 {
+        let mut entry = self.channels.entry(channel.clone()).or_default();
+        entry.joining += 1;
+        entry.changes
+    }
+
+    /// A join begun with `begin_join` ends without a subscription (refused, or its connection
+    /// went away).
+    pub fn abandon_join(&self, channel: &ChannelName) {
+        let Some(mut entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        entry.joining = entry.joining.saturating_sub(1);
+        if entry.joining == 0 {
+            entry.recent.clear();
+        }
+        drop(entry);
+        let now = Instant::now();
+        self.channels.remove_if(channel, |_, c| c.disposable(now));
+    }
+
+    /// Sends `succeeded` again to a presence subscriber (a repeated subscribe) and records its
+    /// roster as what that subscriber now lists.
+    pub fn resend_roster(
+        &self,
+        channel: &ChannelName,
+        conn: &ConnRef,
+        succeeded: &Bytes,
+        roster: &[PresenceMember],
+    ) {
+        let Some(mut entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        if !entry.subscribers.contains_key(&conn.socket_id) {
+            return;
+        }
+        conn.deliver(succeeded);
+        let view = roster.iter().map(|m| m.user_id.clone()).collect();
+        if entry.subscribers.len() == 1 {
+            entry.members = None;
+        }
+        entry.settle_view(conn.socket_id, view);
+    }
+
     /// Removes `socket_id` from `channel`; `None` when it was not subscribed.
     pub fn unsubscribe(&self, channel: &ChannelName, socket_id: SocketId) -> Option<Unsubscribed> {
         let mut entry = self.channels.get_mut(channel)?;
         entry.subscribers.remove(&socket_id)?;
         let count = entry.subscribers.len();
+        if count == 0 {
+            entry.members = None;
+        }
         drop(entry);
         self.metrics.subscriptions(channel.kind()).dec();
         let vacated = count == 0;
@@ -151,15 +367,14 @@ impl ChannelRegistry {
             self.metrics.channels(channel.kind()).dec();
             // Keep the entry only while it still holds a live cached event.
             let now = Instant::now();
-            self.channels.remove_if(channel, |_, c| {
-                c.subscribers.is_empty() && c.live_cache(now).is_none()
-            });
+            self.channels.remove_if(channel, |_, c| c.disposable(now));
         }
         Some(Unsubscribed { vacated, count })
     }
 
     /// Delivers `frame` to every subscriber of `channel` but `except`. For cache channels with
-    /// `cache`, the event is remembered first (even with no subscribers).
+    /// `cache`, the event is remembered first (even with no subscribers). A presence channel's
+    /// member event goes only to the subscribers whose roster it changes.
     pub fn publish(
         &self,
         channel: &ChannelName,
@@ -168,6 +383,14 @@ impl ChannelRegistry {
         cache: Option<CachedEvent>,
     ) -> Fanout {
         let mut fanout = Fanout::default();
+        if channel.kind().is_presence() {
+            if let Some(change) = MemberChange::of_frame(frame) {
+                if let Some(mut entry) = self.channels.get_mut(channel) {
+                    entry.member_change(&change, frame, except, &mut fanout);
+                }
+                return fanout;
+            }
+        }
         match cache {
             Some(cached) => {
                 let mut entry = self.channels.entry(channel.clone()).or_default();
@@ -254,8 +477,7 @@ impl ChannelRegistry {
     /// Drops expired cached events of channels nobody is subscribed to.
     pub fn sweep_expired(&self) {
         let now = Instant::now();
-        self.channels
-            .retain(|_, c| !(c.subscribers.is_empty() && c.live_cache(now).is_none()));
+        self.channels.retain(|_, c| !c.disposable(now));
     }
 }
 
@@ -269,11 +491,15 @@ fn deliver_all(
         if Some(*id) == except {
             continue;
         }
-        match sub.conn.deliver(frame) {
-            Delivery::Queued => fanout.delivered += 1,
-            Delivery::Overflow => fanout.overflowed += 1,
-            Delivery::Closed => {}
-        }
+        count(sub.conn.deliver(frame), fanout);
+    }
+}
+
+fn count(delivery: Delivery, fanout: &mut Fanout) {
+    match delivery {
+        Delivery::Queued => fanout.delivered += 1,
+        Delivery::Overflow => fanout.overflowed += 1,
+        Delivery::Closed => {}
     }
 }
 
@@ -312,7 +538,7 @@ mod tests {
         let f = r.publish(&ch, &Bytes::from_static(b"cached"), None, Some(cached));
         assert_eq!(f.delivered, 0);
         let conn = ConnHandle::new(SocketId::from_parts(1, 1), 8);
-        let s = r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None);
+        let s = r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None, None);
         assert!(s.is_some_and(|s| s.occupied && s.cache_hit));
         r.publish(&ch, &Bytes::from_static(b"live"), None, None);
         let mut q = conn.take_queued();
@@ -329,13 +555,13 @@ mod tests {
         let b = ConnHandle::new(SocketId::from_parts(2, 2), 8);
         let ok = Bytes::from_static(b"ok");
         assert!(r
-            .subscribe(&ch, &a, &ok, None, None)
+            .subscribe(&ch, &a, &ok, None, None, None)
             .is_some_and(|s| s.occupied));
         assert!(r
-            .subscribe(&ch, &b, &ok, None, None)
+            .subscribe(&ch, &b, &ok, None, None, None)
             .is_some_and(|s| !s.occupied && s.count == 2));
         assert!(
-            r.subscribe(&ch, &b, &ok, None, None).is_none(),
+            r.subscribe(&ch, &b, &ok, None, None, None).is_none(),
             "duplicate subscribe"
         );
         let _ = (a.take_queued(), b.take_queued());
@@ -349,6 +575,132 @@ mod tests {
         assert!(r.occupied("").is_empty());
     }
 
+    fn member(id: &str) -> PresenceMember {
+        PresenceMember {
+            user_id: UserId::new(id).unwrap_or_else(|| panic!("user id")),
+            user_info: None,
+        }
+    }
+
+    fn added(id: &str) -> Bytes {
+        crate::protocol::message::member_added("presence-room", id, None)
+    }
+
+    fn removed(id: &str) -> Bytes {
+        crate::protocol::message::member_removed("presence-room", id)
+    }
+
+    /// Joins `conn` as `id` with `roster` (ids), the join having begun at `mark`.
+    fn join(r: &ChannelRegistry, conn: &ConnRef, id: &str, roster: &[&str], mark: u64) {
+        let roster: Vec<PresenceMember> = roster.iter().map(|u| member(u)).collect();
+        let joined = Joined {
+            roster: &roster,
+            mark,
+        };
+        let ok = Bytes::from_static(b"ok");
+        let s = r.subscribe(
+            &name("presence-room"),
+            conn,
+            &ok,
+            Some(member(id)),
+            None,
+            Some(joined),
+        );
+        assert!(s.is_some());
+    }
+
+    fn frames(conn: &ConnRef) -> Vec<Bytes> {
+        conn.take_queued()
+            .into_iter()
+            .map(|o| text(Some(o)))
+            .collect()
+    }
+
+    #[test]
+    fn member_events_reach_only_the_subscribers_whose_roster_they_change() {
+        let r = registry();
+        let ch = name("presence-room");
+        let a = ConnHandle::new(SocketId::from_parts(1, 1), 16);
+        let b = ConnHandle::new(SocketId::from_parts(2, 2), 16);
+        let mark = r.begin_join(&ch);
+        join(&r, &a, "a", &["a"], mark);
+        r.publish(&ch, &added("a"), Some(a.socket_id), None);
+        // b's roster already lists c, whose member_added is still on its way from another
+        // node; a's does not.
+        let mark = r.begin_join(&ch);
+        join(&r, &b, "b", &["a", "b", "c"], mark);
+        r.publish(&ch, &added("b"), Some(b.socket_id), None);
+        let _ = (frames(&a), frames(&b));
+        let f = r.publish(&ch, &added("c"), None, None);
+        assert_eq!(f.delivered, 1);
+        assert_eq!(frames(&a), vec![added("c")]);
+        assert!(frames(&b).is_empty(), "b was told of c twice");
+        // Said again (a resync), it reaches nobody.
+        assert_eq!(r.publish(&ch, &added("c"), None, None).delivered, 0);
+        // A removal of someone nobody lists reaches nobody; of c, everybody.
+        assert_eq!(r.publish(&ch, &removed("zed"), None, None).delivered, 0);
+        assert_eq!(r.publish(&ch, &removed("c"), None, None).delivered, 2);
+        assert_eq!(r.publish(&ch, &removed("c"), None, None).delivered, 0);
+        // Other events on a presence channel reach everyone as before.
+        let ev = Bytes::from_static(
+            br#"{"event":"client-typing","channel":"presence-room","data":"{}"}"#,
+        );
+        assert_eq!(r.publish(&ch, &ev, Some(a.socket_id), None).delivered, 1);
+    }
+
+    #[test]
+    fn member_events_that_arrive_while_a_roster_is_read_are_replayed_where_it_lacks_them() {
+        let r = registry();
+        let ch = name("presence-room");
+        let a = ConnHandle::new(SocketId::from_parts(1, 1), 16);
+        let b = ConnHandle::new(SocketId::from_parts(2, 2), 16);
+        let mark = r.begin_join(&ch);
+        join(&r, &a, "a", &["a", "x"], mark);
+        let _ = frames(&a);
+        // b's join begins; while its roster is read, y joins and x leaves elsewhere.
+        let mark = r.begin_join(&ch);
+        r.publish(&ch, &added("y"), None, None);
+        r.publish(&ch, &removed("x"), None, None);
+        assert_eq!(frames(&a), vec![added("y"), removed("x")]);
+        // The roster was read before both changes: b is told of both, after its roster.
+        join(&r, &b, "b", &["a", "x", "b"], mark);
+        assert_eq!(
+            frames(&b),
+            vec![Bytes::from_static(b"ok"), added("y"), removed("x")]
+        );
+        // From then on b is in step: nothing more about x or y.
+        assert_eq!(r.publish(&ch, &removed("x"), None, None).delivered, 0);
+        assert_eq!(r.publish(&ch, &added("y"), None, None).delivered, 0);
+
+        // A roster read after the changes shows them already: nothing is replayed.
+        let c = ConnHandle::new(SocketId::from_parts(3, 3), 16);
+        let mark = r.begin_join(&ch);
+        r.publish(&ch, &added("z"), None, None);
+        join(&r, &c, "c", &["a", "b", "c", "y", "z"], mark);
+        assert_eq!(frames(&c), vec![Bytes::from_static(b"ok")]);
+    }
+
+    #[test]
+    fn a_join_that_ends_without_a_subscription_leaves_nothing_behind() {
+        let r = registry();
+        let ch = name("presence-room");
+        r.begin_join(&ch);
+        r.publish(&ch, &added("y"), None, None);
+        assert_eq!(r.channels.get(&ch).map(|c| c.recent.len()), Some(1));
+        r.abandon_join(&ch);
+        assert!(r.channels.get(&ch).is_none());
+        // The last subscriber leaving drops the channel's view with it.
+        let a = ConnHandle::new(SocketId::from_parts(1, 1), 16);
+        let mark = r.begin_join(&ch);
+        join(&r, &a, "a", &["a", "y"], mark);
+        assert!(r
+            .channels
+            .get(&ch)
+            .is_some_and(|c| c.recent.is_empty() && c.joining == 0));
+        assert!(r.unsubscribe(&ch, a.socket_id).is_some_and(|u| u.vacated));
+        assert!(r.channels.get(&ch).is_none());
+    }
+
     #[test]
     fn a_full_queue_closes_only_that_connection() {
         let r = registry();
@@ -356,8 +708,8 @@ mod tests {
         let slow = ConnHandle::new(SocketId::from_parts(1, 1), 2);
         let fast = ConnHandle::new(SocketId::from_parts(2, 2), 64);
         let ok = Bytes::from_static(b"ok");
-        r.subscribe(&ch, &slow, &ok, None, None);
-        r.subscribe(&ch, &fast, &ok, None, None);
+        r.subscribe(&ch, &slow, &ok, None, None, None);
+        r.subscribe(&ch, &fast, &ok, None, None, None);
         let mut overflowed = 0;
         for _ in 0..10 {
             overflowed += r

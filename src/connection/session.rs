@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 
 use crate::app::{App, ClientEventPolicy};
 use crate::broadcast::target_of;
+use crate::channels::Joined;
 use crate::cluster::Target;
 use crate::connection::handle::ConnRef;
 use crate::presence::Join;
@@ -50,6 +51,38 @@ impl Refusal {
             kind,
             channel: Some(channel.to_string()),
             subscription_status: Some(status),
+        }
+    }
+}
+
+/// A presence join in progress on this node (`ChannelRegistry::begin_join`). Dropped
+/// unfinished (refused, or the connection went away while the roster was read), it ends the
+/// join so the registry stops keeping member events for it.
+struct PendingJoin {
+    hub: Arc<AppHub>,
+    channel: ChannelName,
+    mark: Option<u64>,
+}
+
+impl PendingJoin {
+    fn begin(hub: &Arc<AppHub>, channel: &ChannelName) -> PendingJoin {
+        PendingJoin {
+            hub: hub.clone(),
+            channel: channel.clone(),
+            mark: Some(hub.channels.begin_join(channel)),
+        }
+    }
+
+    /// The join's mark, for the subscription that ends it.
+    fn finish(mut self) -> u64 {
+        self.mark.take().unwrap_or_default()
+    }
+}
+
+impl Drop for PendingJoin {
+    fn drop(&mut self) {
+        if self.mark.take().is_some() {
+            self.hub.channels.abandon_join(&self.channel);
         }
     }
 }
@@ -163,18 +196,22 @@ impl Session {
         let kind = name.kind();
         if self.subscriptions.contains_key(&name) {
             // Reconnect races: answer again, no member events, no webhooks (spec 2.2 step 3).
-            let frame = if kind.is_presence() {
+            if kind.is_presence() {
                 let members = self
                     .state
                     .presence
                     .members(&self.app.id, name.as_str())
                     .await
                     .unwrap_or_default();
-                message::presence_subscription_succeeded(name.as_str(), &roster_json(&members))
+                let frame =
+                    message::presence_subscription_succeeded(name.as_str(), &roster_json(&members));
+                self.hub
+                    .channels
+                    .resend_roster(&name, &self.conn, &frame, &members);
             } else {
-                message::subscription_succeeded(name.as_str())
-            };
-            self.conn.deliver(&frame);
+                self.conn
+                    .deliver(&message::subscription_succeeded(name.as_str()));
+            }
             return Ok(());
         }
 
@@ -206,11 +243,17 @@ impl Session {
             _ => None,
         };
 
-        // Presence membership (cluster-wide through the store).
-        let mut roster = None;
+        // Presence membership (cluster-wide through the store). This node takes interest in
+        // the channel before the roster is read, so every member event after the read reaches
+        // it; the registry reconciles the roster with the events in flight (`Joined`).
+        let target = target_of(&name);
+        let mut pending = None;
+        let mut roster = Vec::new();
         let mut first_member = false;
         if let Some(m) = &member {
-            let join = self
+            let join = PendingJoin::begin(&self.hub, &name);
+            self.state.adapter.acquire(&self.app.id, &target).await;
+            let result = self
                 .state
                 .presence
                 .join(
@@ -221,31 +264,38 @@ impl Session {
                     self.app.settings.max_presence_members_per_channel,
                 )
                 .await;
-            match join {
+            let refusal = match result {
                 Ok(Join::Joined { first, roster: r }) => {
                     first_member = first;
-                    roster = Some(roster_json(&r));
+                    roster = r;
+                    None
                 }
-                Ok(Join::Full) => {
-                    return Err(Refusal::subscription(
-                        ErrorKind::PresenceFull,
-                        channel,
-                        4100,
-                    ))
-                }
+                Ok(Join::Full) => Some(Refusal::subscription(
+                    ErrorKind::PresenceFull,
+                    channel,
+                    4100,
+                )),
                 Err(e) => {
                     warn!(error = %e, "presence join failed");
-                    return Err(Refusal::subscription(
+                    Some(Refusal::subscription(
                         ErrorKind::PresenceFull,
                         channel,
                         4302,
-                    ));
+                    ))
                 }
+            };
+            if let Some(refusal) = refusal {
+                drop(join);
+                self.state.adapter.release(&self.app.id, &target).await;
+                return Err(refusal);
             }
+            pending = Some(join);
         }
 
-        let succeeded = match &roster {
-            Some(r) => message::presence_subscription_succeeded(name.as_str(), r),
+        let succeeded = match &member {
+            Some(_) => {
+                message::presence_subscription_succeeded(name.as_str(), &roster_json(&roster))
+            }
             None => message::subscription_succeeded(name.as_str()),
         };
         // The cluster's copy of a cache channel's last event (one node: none, the registry
@@ -263,14 +313,20 @@ impl Session {
             None
         };
         // From here on, events published on any node reach this one.
-        let target = target_of(&name);
-        self.state.adapter.acquire(&self.app.id, &target).await;
+        if pending.is_none() {
+            self.state.adapter.acquire(&self.app.id, &target).await;
+        }
+        let joined = pending.map(|p| Joined {
+            roster: &roster,
+            mark: p.finish(),
+        });
         let Some(sub) = self.hub.channels.subscribe(
             &name,
             &self.conn,
             &succeeded,
             member.clone(),
             shared_cache.as_ref(),
+            joined,
         ) else {
             self.state.adapter.release(&self.app.id, &target).await;
             return Ok(());

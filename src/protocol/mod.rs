@@ -14,5 +14,5 @@ pub mod socket_id;
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use codes::ErrorKind;
 pub use message::{ClientMessage, ParseError};
-pub use presence::{PresenceMember, UserId};
+pub use presence::{MemberChange, PresenceMember, UserId};
 pub use socket_id::SocketId;

@@ -1189,7 +1189,8 @@ async fn cluster_ok(port: u16, within: Duration) {
 #[tokio::test]
 async fn nodes_share_a_redis_cluster_with_sharded_pub_sub() {
     let shards = redis_cluster(&[]).await;
-    let (p, scaling, a, b, _) = nodes_on_redis_cluster(&shards).await;
+    // `_sub` (a client on b) stays connected: it counts in `/connections` below.
+    let (p, scaling, a, b, _sub) = nodes_on_redis_cluster(&shards).await;
     // The topics are spread over the shards (sharded pub/sub), not all on one.
     let used = shards_with_topics(&shards, &p, "SHARDCHANNELS").await;
     assert!(used >= 2, "topics on {used} shard(s) only");
@@ -1217,7 +1218,7 @@ async fn nodes_share_a_redis_cluster_with_sharded_pub_sub() {
         );
         assert_eq!(
             node.api().get("/connections", &[]).await.body,
-            json!({"connections":2})
+            json!({"connections":3})
         );
     }
     drop(bob);
@@ -1314,4 +1315,124 @@ async fn delivery_resumes_after_a_redis_cluster_failover() {
     )
     .await;
     assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+/// What one presence subscriber has been told: its roster, then every member event after it.
+/// Fails on an event that contradicts what it was told before (a `member_added` for a user
+/// already listed, a `member_removed` for one it does not know).
+struct View {
+    who: String,
+    members: std::collections::BTreeSet<String>,
+}
+
+impl View {
+    fn from_roster(who: &str, succeeded: &serde_json::Value) -> View {
+        let ids = data_json(succeeded)["presence"]["ids"].clone();
+        let members = ids
+            .as_array()
+            .expect("roster ids")
+            .iter()
+            .map(|v| v.as_str().expect("string id").to_string())
+            .collect();
+        View {
+            who: who.to_string(),
+            members,
+        }
+    }
+
+    fn apply(&mut self, ev: &serde_json::Value) {
+        let user = data_json(ev)["user_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match ev["event"].as_str() {
+            Some("pusher_internal:member_added") => assert!(
+                self.members.insert(user.clone()),
+                "{} got member_added for {user}, already in its roster or added before",
+                self.who
+            ),
+            Some("pusher_internal:member_removed") => assert!(
+                self.members.remove(&user),
+                "{} got member_removed for {user}, whom it never knew",
+                self.who
+            ),
+            _ => {}
+        }
+    }
+
+    /// Applies every event that arrives before `until`.
+    async fn follow(&mut self, c: &mut Client, until: Instant) {
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match tokio::time::timeout(left, c.ws.next()).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                    self.apply(&serde_json::from_str(&t).expect("JSON"));
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(_) => panic!("{}: connection ended", self.who),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Waits for the other members' tasks; fails (instead of hanging) when one of them failed.
+async fn meet(barrier: &tokio::sync::Barrier) {
+    tokio::time::timeout(Duration::from_secs(15), barrier.wait())
+        .await
+        .expect("another member's task failed");
+}
+
+#[tokio::test]
+async fn every_member_sees_an_exact_roster_when_many_join_and_leave_at_once_on_two_nodes() {
+    // Rosters are read on one node while other nodes' member events are on their way: no
+    // member may be announced twice to a subscriber, none missed, none removed unknown.
+    const USERS: usize = 24;
+    const ROUNDS: usize = 2;
+    let ns = nodes(2, "").await;
+    for round in 0..ROUNDS {
+        let ch = format!("presence-crowd-{round}");
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(USERS));
+        let leave = std::sync::Arc::new(tokio::sync::Barrier::new(USERS));
+        // Nobody disconnects before everyone has checked (a disconnect is a departure).
+        let done = std::sync::Arc::new(tokio::sync::Barrier::new(USERS));
+        let mut tasks = Vec::new();
+        for i in 0..USERS {
+            let url = ns[i % 2].ws_url(KEY, "protocol=7");
+            let (start, leave, done, ch) = (start.clone(), leave.clone(), done.clone(), ch.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut c = Client::connect(&url).await;
+                let who = format!("u{i}");
+                meet(&start).await;
+                let ok = c
+                    .subscribe_presence(&ch, &format!(r#"{{"user_id":"{who}"}}"#))
+                    .await;
+                let mut view = View::from_roster(&who, &ok);
+                assert!(
+                    view.members.contains(&who),
+                    "{who} missing from its own roster"
+                );
+                view.follow(&mut c, Instant::now() + Duration::from_millis(1500))
+                    .await;
+                let all: std::collections::BTreeSet<String> =
+                    (0..USERS).map(|j| format!("u{j}")).collect();
+                assert_eq!(view.members, all, "{who}'s view after everyone joined");
+                meet(&leave).await;
+                if i % 2 == 1 {
+                    c.send(json!({"event":"pusher:unsubscribe","data":{"channel":ch}}))
+                        .await;
+                    meet(&done).await;
+                    return;
+                }
+                view.follow(&mut c, Instant::now() + Duration::from_millis(1500))
+                    .await;
+                let stayed: std::collections::BTreeSet<String> =
+                    (0..USERS).step_by(2).map(|j| format!("u{j}")).collect();
+                assert_eq!(view.members, stayed, "{who}'s view after half left");
+                meet(&done).await;
+            }));
+        }
+        for t in tasks {
+            t.await.expect("a member's view was wrong");
+        }
+    }
 }
