@@ -265,6 +265,18 @@ impl ChannelRegistry {
             },
         );
         conn.deliver(succeeded);
+        let mut cache_hit = false;
+        if channel.kind().is_cache() {
+            let now = Instant::now();
+            let cached = entry
+                .live_cache(now)
+                .or(shared_cache.filter(|c| c.expires > now));
+            if let Some(cached) = cached {
+                conn.deliver(&cached.frame);
+                cache_hit = true;
+            }
+        }
+        // Member events that arrived while the roster was read, where it lacks them.
         if let Some(j) = joined {
             let mut view: HashSet<UserId> = j.roster.iter().map(|m| m.user_id.clone()).collect();
             for r in entry.recent.iter().filter(|r| r.seq > j.mark) {
@@ -280,17 +292,6 @@ impl ChannelRegistry {
         }
         if entry.joining == 0 {
             entry.recent.clear();
-        }
-        let mut cache_hit = false;
-        if channel.kind().is_cache() {
-            let now = Instant::now();
-            let cached = entry
-                .live_cache(now)
-                .or(shared_cache.filter(|c| c.expires > now));
-            if let Some(cached) = cached {
-                conn.deliver(&cached.frame);
-                cache_hit = true;
-            }
         }
         let count = entry.subscribers.len();
         drop(entry);
