@@ -50,7 +50,6 @@ struct Subscriber {
 }
 
 /// How a presence subscriber's members differ from its channel's `members`.
-#[derive(Default)]
 struct ViewDiff {
     /// Users it was told of that the channel's view does not hold (yet).
     extra: Vec<UserId>,
@@ -92,6 +91,15 @@ struct RecentChange {
 /// join outlasting this many member changes of its channel misses the oldest of them).
 const RECENT_CHANGES: usize = 256;
 
+/// Applies `change` to `members`; `true` when it changed them (the event is news to whoever
+/// holds them).
+fn apply(change: &MemberChange, members: &mut HashSet<UserId>) -> bool {
+    match change {
+        MemberChange::Added(u) => members.insert(u.clone()),
+        MemberChange::Removed(u) => members.remove(u),
+    }
+}
+
 #[derive(Default)]
 struct Channel {
     subscribers: HashMap<SocketId, Subscriber>,
@@ -110,6 +118,10 @@ struct Channel {
 }
 
 impl Channel {
+    fn live_cache(&self, now: Instant) -> Option<&CachedEvent> {
+        self.cache.as_ref().filter(|c| c.expires > now)
+    }
+
     /// Nothing left worth keeping: no subscriber, no join in progress, no live cached event.
     fn disposable(&self, now: Instant) -> bool {
         self.subscribers.is_empty() && self.joining == 0 && self.live_cache(now).is_none()
@@ -150,10 +162,15 @@ impl Channel {
                 count(sub.conn.deliver(frame), fanout);
             }
         }
-        match change {
-            MemberChange::Added(u) => members.insert(u.clone()),
-            MemberChange::Removed(u) => members.remove(u),
-        };
+        apply(change, members);
+    }
+
+    /// A join begun with `begin_join` ended: its kept events go once no other join needs them.
+    fn end_join(&mut self) {
+        self.joining = self.joining.saturating_sub(1);
+        if self.joining == 0 {
+            self.recent.clear();
+        }
     }
 
     /// Records `view` as what subscriber `socket` was told: the channel's view when it has
@@ -174,17 +191,12 @@ impl Channel {
     }
 }
 
-/// A presence join: the roster it read, and the channel's member-event count when it began
-/// (from `ChannelRegistry::begin_join`).
+/// A presence subscription: the member it joins as, the roster its join read, and the
+/// channel's member-event count when the join began (from `ChannelRegistry::begin_join`).
 pub struct Joined<'a> {
+    pub member: PresenceMember,
     pub roster: &'a [PresenceMember],
     pub mark: u64,
-}
-
-impl Channel {
-    fn live_cache(&self, now: Instant) -> Option<&CachedEvent> {
-        self.cache.as_ref().filter(|c| c.expires > now)
-    }
 }
 
 /// The result of a subscribe.
@@ -233,29 +245,33 @@ impl ChannelRegistry {
     /// cached event of a cache channel: the one held here, else `shared_cache` (the cluster's).
     /// Returns `None` when the connection was already subscribed.
     ///
-    /// A presence subscription passes what its join read (`joined`), which ends the join begun
-    /// with `begin_join` (also when `None` is returned): member events that arrived since are
-    /// replayed to it where its roster does not show them yet.
+    /// A presence subscription passes its member and what its join read (`joined`), which
+    /// ends the join begun with `begin_join` (also when `None` is returned): member events that
+    /// arrived since are replayed to it where its roster does not show them yet.
     pub fn subscribe(
         &self,
         channel: &ChannelName,
         conn: &ConnRef,
         succeeded: &Bytes,
-        member: Option<PresenceMember>,
         shared_cache: Option<&CachedEvent>,
         joined: Option<Joined<'_>>,
     ) -> Option<Subscribed> {
         let mut entry = self.channels.entry(channel.clone()).or_default();
-        if joined.is_some() {
-            entry.joining = entry.joining.saturating_sub(1);
-        }
         if entry.subscribers.contains_key(&conn.socket_id) {
-            if entry.joining == 0 {
-                entry.recent.clear();
+            if joined.is_some() {
+                entry.end_join();
             }
             return None;
         }
         let occupied = entry.subscribers.is_empty();
+        let (member, joined) = match joined {
+            Some(Joined {
+                member,
+                roster,
+                mark,
+            }) => (Some(member), Some((roster, mark))),
+            None => (None, None),
+        };
         entry.subscribers.insert(
             conn.socket_id,
             Subscriber {
@@ -277,21 +293,15 @@ impl ChannelRegistry {
             }
         }
         // Member events that arrived while the roster was read, where it lacks them.
-        if let Some(j) = joined {
-            let mut view: HashSet<UserId> = j.roster.iter().map(|m| m.user_id.clone()).collect();
-            for r in entry.recent.iter().filter(|r| r.seq > j.mark) {
-                let tells = match &r.change {
-                    MemberChange::Added(u) => view.insert(u.clone()),
-                    MemberChange::Removed(u) => view.remove(u),
-                };
-                if tells {
+        if let Some((roster, mark)) = joined {
+            let mut view: HashSet<UserId> = roster.iter().map(|m| m.user_id.clone()).collect();
+            for r in entry.recent.iter().filter(|r| r.seq > mark) {
+                if apply(&r.change, &mut view) {
                     conn.deliver(&r.frame);
                 }
             }
             entry.settle_view(conn.socket_id, view);
-        }
-        if entry.joining == 0 {
-            entry.recent.clear();
+            entry.end_join();
         }
         let count = entry.subscribers.len();
         drop(entry);
@@ -321,10 +331,7 @@ impl ChannelRegistry {
         let Some(mut entry) = self.channels.get_mut(channel) else {
             return;
         };
-        entry.joining = entry.joining.saturating_sub(1);
-        if entry.joining == 0 {
-            entry.recent.clear();
-        }
+        entry.end_join();
         drop(entry);
         let now = Instant::now();
         self.channels.remove_if(channel, |_, c| c.disposable(now));
@@ -347,6 +354,7 @@ impl ChannelRegistry {
         }
         conn.deliver(succeeded);
         let view = roster.iter().map(|m| m.user_id.clone()).collect();
+        // A lone subscriber's roster is the node's view.
         if entry.subscribers.len() == 1 {
             entry.members = None;
         }
@@ -539,7 +547,7 @@ mod tests {
         let f = r.publish(&ch, &Bytes::from_static(b"cached"), None, Some(cached));
         assert_eq!(f.delivered, 0);
         let conn = ConnHandle::new(SocketId::from_parts(1, 1), 8);
-        let s = r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None, None);
+        let s = r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None);
         assert!(s.is_some_and(|s| s.occupied && s.cache_hit));
         r.publish(&ch, &Bytes::from_static(b"live"), None, None);
         let mut q = conn.take_queued();
@@ -556,13 +564,13 @@ mod tests {
         let b = ConnHandle::new(SocketId::from_parts(2, 2), 8);
         let ok = Bytes::from_static(b"ok");
         assert!(r
-            .subscribe(&ch, &a, &ok, None, None, None)
+            .subscribe(&ch, &a, &ok, None, None)
             .is_some_and(|s| s.occupied));
         assert!(r
-            .subscribe(&ch, &b, &ok, None, None, None)
+            .subscribe(&ch, &b, &ok, None, None)
             .is_some_and(|s| !s.occupied && s.count == 2));
         assert!(
-            r.subscribe(&ch, &b, &ok, None, None, None).is_none(),
+            r.subscribe(&ch, &b, &ok, None, None).is_none(),
             "duplicate subscribe"
         );
         let _ = (a.take_queued(), b.take_queued());
@@ -595,18 +603,12 @@ mod tests {
     fn join(r: &ChannelRegistry, conn: &ConnRef, id: &str, roster: &[&str], mark: u64) {
         let roster: Vec<PresenceMember> = roster.iter().map(|u| member(u)).collect();
         let joined = Joined {
+            member: member(id),
             roster: &roster,
             mark,
         };
         let ok = Bytes::from_static(b"ok");
-        let s = r.subscribe(
-            &name("presence-room"),
-            conn,
-            &ok,
-            Some(member(id)),
-            None,
-            Some(joined),
-        );
+        let s = r.subscribe(&name("presence-room"), conn, &ok, None, Some(joined));
         assert!(s.is_some());
     }
 
@@ -709,8 +711,8 @@ mod tests {
         let slow = ConnHandle::new(SocketId::from_parts(1, 1), 2);
         let fast = ConnHandle::new(SocketId::from_parts(2, 2), 64);
         let ok = Bytes::from_static(b"ok");
-        r.subscribe(&ch, &slow, &ok, None, None, None);
-        r.subscribe(&ch, &fast, &ok, None, None, None);
+        r.subscribe(&ch, &slow, &ok, None, None);
+        r.subscribe(&ch, &fast, &ok, None, None);
         let mut overflowed = 0;
         for _ in 0..10 {
             overflowed += r

@@ -1333,16 +1333,16 @@ impl RedisCluster {
 }
 
 /// The roster from `(user, user_info)` pairs (a hash read with `HGETALL`).
-fn roster(pairs: Vec<(String, String)>) -> Vec<PresenceMember> {
-    let mut out = Vec::with_capacity(pairs.len());
+fn roster<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<PresenceMember> {
+    let mut out = Vec::with_capacity(pairs.size_hint().0);
     for (user, info) in pairs {
-        let Some(user_id) = UserId::new(&user) else {
+        let Some(user_id) = UserId::new(user) else {
             continue;
         };
         let user_info = if info == "null" {
             None
         } else {
-            serde_json::value::RawValue::from_string(info)
+            serde_json::value::RawValue::from_string(info.to_string())
                 .ok()
                 .map(Arc::from)
         };
@@ -1388,8 +1388,7 @@ impl PresenceStore for RedisCluster {
             first: first == 1,
             roster: roster(
                 flat.chunks_exact(2)
-                    .map(|pair| (pair[0].clone(), pair[1].clone()))
-                    .collect(),
+                    .map(|pair| (pair[0].as_str(), pair[1].as_str())),
             ),
         })
     }
@@ -1434,6 +1433,6 @@ impl PresenceStore for RedisCluster {
             .query_async(&mut conn)
             .await
             .map_err(|e| PresenceError(e.to_string()))?;
-        Ok(roster(pairs))
+        Ok(roster(pairs.iter().map(|(u, i)| (u.as_str(), i.as_str()))))
     }
 }

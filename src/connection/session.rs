@@ -243,16 +243,18 @@ impl Session {
             _ => None,
         };
 
-        // Presence membership (cluster-wide through the store). This node takes interest in
-        // the channel before the roster is read, so every member event after the read reaches
-        // it; the registry reconciles the roster with the events in flight (`Joined`).
+        // From here on, events published on any node reach this one. For presence, before
+        // the roster is read (cluster-wide through the store), so every member event after the
+        // read reaches it; the registry reconciles the roster with the events in flight
+        // (`Joined`).
+        let pending = member
+            .as_ref()
+            .map(|_| PendingJoin::begin(&self.hub, &name));
         let target = target_of(&name);
-        let mut pending = None;
+        self.state.adapter.acquire(&self.app.id, &target).await;
         let mut roster = Vec::new();
         let mut first_member = false;
         if let Some(m) = &member {
-            let join = PendingJoin::begin(&self.hub, &name);
-            self.state.adapter.acquire(&self.app.id, &target).await;
             let result = self
                 .state
                 .presence
@@ -285,11 +287,10 @@ impl Session {
                 }
             };
             if let Some(refusal) = refusal {
-                drop(join);
+                drop(pending);
                 self.state.adapter.release(&self.app.id, &target).await;
                 return Err(refusal);
             }
-            pending = Some(join);
         }
 
         let succeeded = match &member {
@@ -312,11 +313,8 @@ impl Session {
         } else {
             None
         };
-        // From here on, events published on any node reach this one.
-        if pending.is_none() {
-            self.state.adapter.acquire(&self.app.id, &target).await;
-        }
-        let joined = pending.map(|p| Joined {
+        let joined = pending.zip(member.clone()).map(|(p, member)| Joined {
+            member,
             roster: &roster,
             mark: p.finish(),
         });
@@ -324,7 +322,6 @@ impl Session {
             &name,
             &self.conn,
             &succeeded,
-            member.clone(),
             shared_cache.as_ref(),
             joined,
         ) else {

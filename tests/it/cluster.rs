@@ -44,6 +44,15 @@ async fn subscribed_on_each(nodes: &[ServerProcess], channel: &str) -> Vec<Clien
     clients
 }
 
+/// Two in-process nodes started from `toml`, and a client of the second subscribed to `live`.
+async fn listening_pair(toml: &str) -> (TestServer, TestServer, Client) {
+    let a = TestServer::start(toml).await;
+    let b = TestServer::start(toml).await;
+    let mut sub = b.client().await;
+    sub.subscribe("live").await;
+    (a, b, sub)
+}
+
 /// `n` nodes of one cluster on the shared Redis, each a `resound` process of its own.
 async fn nodes(n: usize, extra: &str) -> Vec<ServerProcess> {
     let toml = cluster_config(&prefix(), REDIS, extra);
@@ -877,10 +886,7 @@ async fn nodes_follow_the_master_through_sentinel_failovers() {
         "sentinels = [\"{}\"]\nsentinel_master = \"{MASTER_NAME}\"",
         group.url()
     );
-    let a = TestServer::start(&scaled_config(&p, &scaling, "")).await;
-    let b = TestServer::start(&scaled_config(&p, &scaling, "")).await;
-    let mut sub = b.client().await;
-    sub.subscribe("live").await;
+    let (a, _b, mut sub) = listening_pair(&scaled_config(&p, &scaling, "")).await;
     let first = group.master_port().await;
     follows(first, &p, &a, &mut sub).await;
 
@@ -974,10 +980,7 @@ async fn nodes_share_a_redis_over_tls_with_a_private_certificate() {
         "redis_url = \"{url}\"\ntls_ca_file = \"{}\"",
         cert.display()
     );
-    let a = TestServer::start(&scaled_config(&p, &scaling, "")).await;
-    let b = TestServer::start(&scaled_config(&p, &scaling, "")).await;
-    let mut sub = b.client().await;
-    sub.subscribe("live").await;
+    let (a, b, mut sub) = listening_pair(&scaled_config(&p, &scaling, "")).await;
     delivery_resumes(&a, &mut sub, Duration::from_secs(3)).await;
     assert_eq!(
         b.api()
@@ -993,10 +996,7 @@ async fn nodes_share_a_redis_over_tls_with_a_private_certificate() {
 #[tokio::test]
 async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
     let p = prefix();
-    let a = TestServer::start(&cluster_config(&p, REDIS, "")).await;
-    let b = TestServer::start(&cluster_config(&p, REDIS, "")).await;
-    let mut sub = b.client().await;
-    sub.subscribe("live").await;
+    let (a, b, mut sub) = listening_pair(&cluster_config(&p, REDIS, "")).await;
     let redis = redis::Client::open(REDIS).unwrap();
     let mut spy = redis.get_async_pubsub().await.unwrap();
     spy.subscribe(format!("{p}#c#{APP_ID}#live")).await.unwrap();
