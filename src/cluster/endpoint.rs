@@ -430,27 +430,51 @@ async fn announcements(endpoint: Arc<Endpoint>) {
     }
 }
 
+/// A route's connection of the moment, with what to tell when a command on it fails.
+enum Current {
+    Endpoint(Arc<Endpoint>, ConnectionManager),
+    Shards(Arc<Shards>, u64, redis::cluster_async::ClusterConnection),
+}
+
+impl Route {
+    fn current(&self) -> Current {
+        match self {
+            Route::Endpoint(endpoint) => {
+                let conn = endpoint.current.lock().conn.clone();
+                Current::Endpoint(endpoint.clone(), conn)
+            }
+            Route::Shards(shards) => {
+                let (generation, conn) = shards.conn();
+                Current::Shards(shards.clone(), generation, conn)
+            }
+        }
+    }
+}
+
+impl Current {
+    fn conn(&mut self) -> &mut (dyn ConnectionLike + Send) {
+        match self {
+            Current::Endpoint(_, conn) => conn,
+            Current::Shards(_, _, conn) => conn,
+        }
+    }
+
+    /// Passes a failure on to the owner of the connection (a failover may follow).
+    fn report<T>(&self, result: &RedisResult<T>) {
+        let Err(e) = result else { return };
+        match self {
+            Current::Endpoint(endpoint, _) => endpoint.failed(e),
+            Current::Shards(shards, generation, _) => shards.failed(*generation, e),
+        }
+    }
+}
+
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let endpoint = match &mut self.route {
-            Route::Shards(shards) => {
-                let (generation, mut conn) = shards.conn();
-                return Box::pin(async move {
-                    let r = conn.req_packed_command(cmd).await;
-                    if let Err(e) = &r {
-                        shards.failed(generation, e);
-                    }
-                    r
-                });
-            }
-            Route::Endpoint(endpoint) => endpoint,
-        };
-        let mut conn = endpoint.current.lock().conn.clone();
+        let mut current = self.route.current();
         Box::pin(async move {
-            let r = conn.req_packed_command(cmd).await;
-            if let Err(e) = &r {
-                endpoint.failed(e);
-            }
+            let r = current.conn().req_packed_command(cmd).await;
+            current.report(&r);
             r
         })
     }
@@ -461,25 +485,10 @@ impl ConnectionLike for Commands {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let endpoint = match &mut self.route {
-            Route::Shards(shards) => {
-                let (generation, mut conn) = shards.conn();
-                return Box::pin(async move {
-                    let r = conn.req_packed_commands(cmd, offset, count).await;
-                    if let Err(e) = &r {
-                        shards.failed(generation, e);
-                    }
-                    r
-                });
-            }
-            Route::Endpoint(endpoint) => endpoint,
-        };
-        let mut conn = endpoint.current.lock().conn.clone();
+        let mut current = self.route.current();
         Box::pin(async move {
-            let r = conn.req_packed_commands(cmd, offset, count).await;
-            if let Err(e) = &r {
-                endpoint.failed(e);
-            }
+            let r = current.conn().req_packed_commands(cmd, offset, count).await;
+            current.report(&r);
             r
         })
     }

@@ -274,6 +274,7 @@ struct Scripts {
     reap_member: Script,
     count: Script,
     open: Script,
+    adopt: Script,
 }
 
 mod journal;
@@ -342,6 +343,7 @@ impl RedisCluster {
                 reap_member: Script::new(REAP_MEMBER),
                 count: Script::new(COUNT),
                 open: Script::new(OPEN),
+                adopt: Script::new(journal::ADOPT),
             },
         });
         cluster.metrics.healthy.set(1);

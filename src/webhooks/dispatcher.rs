@@ -73,6 +73,15 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
+    /// Drops a replayed request that cannot be delivered here (`why`): counted as an invalid
+    /// target, logged, and forgotten by the journal.
+    pub(crate) fn abandon(&self, metrics: &AppMetrics, replay: Replay, why: &'static str) {
+        let events = replay.entry.events.len() as u64;
+        metrics.dropped(DropReason::InvalidTarget).inc_by(events);
+        tracing::warn!(app_id = %replay.entry.app_id, events, why, "replayed webhook request dropped");
+        self.discard(replay.id);
+    }
+
     /// Forgets a journaled request that will not be delivered, without waiting.
     pub(crate) fn discard(&self, id: JournalId) {
         if let Some(journal) = &self.journal {
@@ -305,21 +314,17 @@ impl AppDispatcher {
     /// Sends a request taken over from a dead node to the target with its URL, as it was:
     /// its events passed the gate and were batched on the node that recorded them.
     fn replay(&mut self, replay: Replay) {
-        let Replay { id, entry } = replay;
-        let count = entry.events.len() as u64;
         self.metrics.journal(JournalOp::Replayed).inc();
         let state = self
             .targets
             .iter()
-            .find(|state| state.target.url == entry.url && !state.lanes.is_empty());
+            .find(|state| state.target.url == replay.entry.url && !state.lanes.is_empty());
         let Some(state) = state else {
-            self.metrics
-                .dropped(DropReason::InvalidTarget)
-                .inc_by(count);
-            tracing::warn!(app_id = %self.app.app_id, events = count, "replayed webhook request has no matching target any more; dropped");
-            self.delivery.discard(id);
+            self.delivery
+                .abandon(&self.metrics, replay, "it has no matching target any more");
             return;
         };
+        let Replay { id, entry } = replay;
         let channel = entry.events.first().map_or("", WebhookEvent::channel);
         let index = lane_for(&self.app, channel, state.lanes.len());
         let Some(lane) = state.lanes.get(index) else {

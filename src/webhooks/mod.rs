@@ -122,7 +122,7 @@ impl AppQueue {
 
 impl Webhooks {
     /// Registers the metrics (`{metric_prefix}_sent_total`, `_failed_total`,
-    /// `_retried_total`, `_dropped_total`, `_queue_depth`) and prepares the dispatcher on the
+    /// `_retried_total`, `_dropped_total`, `_queue_depth`, `_journal_total`) and prepares the dispatcher on the
     /// current tokio runtime. Each app's dispatcher task is spawned on that runtime when the
     /// app first emits. With a `journal`, released requests are recorded until finished
     /// (see `journal.rs`). Fails outside a runtime, on unusable settings, or when the metrics
@@ -194,11 +194,9 @@ impl Webhooks {
     pub fn replay(&self, app: Option<&Arc<AppWebhooks>>, replay: Replay) {
         let Some(app) = app else {
             let metrics = self.shared.metrics.for_app(&replay.entry.app_id);
-            metrics
-                .dropped(DropReason::InvalidTarget)
-                .inc_by(replay.entry.events.len() as u64);
-            tracing::warn!(app_id = %replay.entry.app_id, "replayed webhook request for an app without webhooks here; dropped");
-            self.shared.delivery.discard(replay.id);
+            self.shared
+                .delivery
+                .abandon(&metrics, replay, "its app has no webhooks here");
             return;
         };
         self.offer(app, Item::Replay(replay));

@@ -28,7 +28,7 @@ const ADOPT_CHUNK: usize = 200;
 /// ARGV: dead node id, now (ms), chunk size, maxlen.
 /// Returns `[id1, json1, id2, json2, ...]` (ids in the adopter's stream); `{}` when the owner
 /// is alive or nothing is left (then the dead journal and its set entry are removed).
-const ADOPT: &str = r"
+pub(super) const ADOPT: &str = r"
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) > tonumber(ARGV[2]) then return {} end
 local entries = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[3])
@@ -64,11 +64,10 @@ impl RedisCluster {
     /// Takes over `dead`'s journal (unless its lease is alive) and hands the requests to the
     /// server to deliver, in order. Returns how many were taken.
     pub(super) async fn adopt_journal(&self, dead: u64) -> Result<usize, ClusterError> {
-        let script = redis::Script::new(ADOPT);
         let mut conn = self.conn.clone();
         let mut adopted = 0;
         loop {
-            let mut invocation = script.prepare_invoke();
+            let mut invocation = self.scripts.adopt.prepare_invoke();
             invocation
                 .key(self.key("nodes"))
                 .key(self.journal_key(dead))
