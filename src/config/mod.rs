@@ -494,10 +494,12 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
 }
 
 fn validate_scaling(s: &ScalingConfig) -> Result<(), ConfigError> {
-    let urls = std::iter::once(&s.redis_url)
-        .chain(&s.sentinels)
-        .chain(&s.cluster_nodes);
-    for url in urls {
+    let urls = || {
+        std::iter::once(&s.redis_url)
+            .chain(&s.sentinels)
+            .chain(&s.cluster_nodes)
+    };
+    for url in urls() {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(ConfigError::Invalid(format!(
                 "scaling: {} must start with redis:// or rediss://",
@@ -512,10 +514,7 @@ fn validate_scaling(s: &ScalingConfig) -> Result<(), ConfigError> {
             )));
         }
     }
-    let tls = std::iter::once(&s.redis_url)
-        .chain(&s.sentinels)
-        .chain(&s.cluster_nodes)
-        .any(|u| u.starts_with("rediss://"));
+    let tls = urls().any(|u| u.starts_with("rediss://"));
     if s.tls_ca_file.is_some() && !tls {
         return Err(ConfigError::Invalid(
             "scaling.tls_ca_file is only used with rediss:// URLs (redis_url, sentinels or cluster_nodes)".into(),
