@@ -33,7 +33,7 @@ test('Laravel Echo private channels work over TLS', async () => {
       resolve(d);
     });
   });
-  await new Promise((r) => setTimeout(r, 500));
+  await subscribed(e.connector.pusher, `private-${name}`);
   await serverSdk(APPS.main).trigger(`private-${name}`, 'App\\Events\\OrderShipped', { id: 7 });
   assert.deepEqual(await got, { id: 7 });
 });

@@ -106,13 +106,11 @@ pub trait Adapter: Send + Sync {
 /// the local implementation needs.
 #[async_trait]
 pub trait ClusterState: Send + Sync {
-    /// A local subscription was added; returns the cluster-wide subscription count after it.
-    async fn subscribed(
-        &self,
-        hub: &AppHub,
-        channel: &str,
-        local: usize,
-    ) -> Result<u64, ClusterError>;
+    /// A local subscription is about to be added. A shared store counts it now, before the
+    /// client is told it is subscribed, so every node's HTTP API agrees from then on; returns
+    /// the cluster-wide count after it. `None`: the count is the local registry's, known once
+    /// the subscription is added (one node).
+    async fn subscribing(&self, hub: &AppHub, channel: &str) -> Result<Option<u64>, ClusterError>;
     /// A local subscription was removed; returns the cluster-wide count after it.
     async fn unsubscribed(
         &self,
@@ -175,13 +173,12 @@ impl Adapter for Local {
 
 #[async_trait]
 impl ClusterState for Local {
-    async fn subscribed(
+    async fn subscribing(
         &self,
         _hub: &AppHub,
         _channel: &str,
-        local: usize,
-    ) -> Result<u64, ClusterError> {
-        Ok(local as u64)
+    ) -> Result<Option<u64>, ClusterError> {
+        Ok(None)
     }
     async fn unsubscribed(
         &self,

@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::PubSubSink;
 use redis::{PushInfo, PushKind, Script};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::endpoint::{Commands, Endpoint, COMMAND_TIMEOUT};
@@ -57,6 +57,8 @@ use crate::state::AppHub;
 
 /// How long a node's lease lasts without a heartbeat.
 pub const LEASE: Duration = Duration::from_secs(10);
+/// How long start-up waits for the pub/sub connection's first subscription.
+const PUBSUB_START: Duration = Duration::from_secs(10);
 /// Heartbeat and reaper period.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Outgoing publishes queued before new ones are dropped (counted).
@@ -356,7 +358,19 @@ impl RedisCluster {
                 tokio::spawn(resubscriber(cluster.clone(), shards.moved()));
             }
             _ => {
-                tokio::spawn(subscriber(cluster.clone()));
+                // Like the sharded path: a node that answers `subscription_succeeded` before
+                // its pub/sub connection listens would lose the first events it is sent.
+                let (ready_tx, ready_rx) = oneshot::channel();
+                tokio::spawn(subscriber(cluster.clone(), ready_tx));
+                match tokio::time::timeout(PUBSUB_START, ready_rx).await {
+                    Ok(Ok(())) => {}
+                    _ => {
+                        return Err(ClusterError(format!(
+                            "the cluster's pub/sub connection was not subscribed within {} s",
+                            PUBSUB_START.as_secs()
+                        )))
+                    }
+                }
             }
         }
         tokio::spawn(heartbeats(cluster.clone()));
@@ -907,10 +921,12 @@ async fn resubscriber(cluster: Arc<RedisCluster>, mut moved: tokio::sync::watch:
 }
 
 /// Keeps one pub/sub connection, resubscribing every wanted topic after each reconnect.
-async fn subscriber(cluster: Arc<RedisCluster>) {
+/// `ready` is told when the first subscription is in place.
+async fn subscriber(cluster: Arc<RedisCluster>, ready: oneshot::Sender<()>) {
     let Some(endpoint) = cluster.endpoint.clone() else {
         return;
     };
+    let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     let mut moved = endpoint.moved();
@@ -944,6 +960,9 @@ async fn subscriber(cluster: Arc<RedisCluster>) {
                             .try_send(Inbound::Resync { announce: false });
                     }
                     first = false;
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
                     backoff = Duration::from_millis(100);
                     cluster.set_healthy(true);
                     loop {
@@ -1035,13 +1054,8 @@ impl Adapter for RedisCluster {
 
 #[async_trait]
 impl ClusterState for RedisCluster {
-    async fn subscribed(
-        &self,
-        hub: &AppHub,
-        channel: &str,
-        _local: usize,
-    ) -> Result<u64, ClusterError> {
-        self.count(hub, channel, 1).await
+    async fn subscribing(&self, hub: &AppHub, channel: &str) -> Result<Option<u64>, ClusterError> {
+        self.count(hub, channel, 1).await.map(Some)
     }
 
     async fn unsubscribed(

@@ -313,6 +313,12 @@ impl Session {
         } else {
             None
         };
+        // In a cluster, counted before the client hears of it (see `subscribing`).
+        let counted = self
+            .state
+            .cluster
+            .subscribing(&self.hub, name.as_str())
+            .await;
         let joined = pending.zip(member.clone()).map(|(p, member)| Joined {
             member,
             roster: &roster,
@@ -325,6 +331,13 @@ impl Session {
             shared_cache.as_ref(),
             joined,
         ) else {
+            if let Ok(Some(_)) = counted {
+                let _ = self
+                    .state
+                    .cluster
+                    .unsubscribed(&self.hub, name.as_str(), 0)
+                    .await;
+            }
             self.state.adapter.release(&self.app.id, &target).await;
             return Ok(());
         };
@@ -338,13 +351,9 @@ impl Session {
             },
         );
         // Occupancy is decided cluster-wide: only the node that made the count 1 reports it.
-        let total = match self
-            .state
-            .cluster
-            .subscribed(&self.hub, name.as_str(), sub.count)
-            .await
-        {
-            Ok(n) => n,
+        let total = match counted {
+            Ok(Some(n)) => n,
+            Ok(None) => sub.count as u64,
             Err(e) => {
                 warn!(error = %e, "counting a subscription cluster-wide failed");
                 0

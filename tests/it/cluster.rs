@@ -219,16 +219,13 @@ async fn http_answers_agree_on_every_node() {
         );
     }
     drop(keep);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     for n in &ns {
-        assert_eq!(
-            n.api().get("/channels", &[]).await.body,
-            json!({"channels":{}})
-        );
-        assert_eq!(
-            n.api().get("/connections", &[]).await.body,
-            json!({"connections":0})
-        );
+        n.api()
+            .get_until("/channels", &[], &json!({"channels":{}}))
+            .await;
+        n.api()
+            .get_until("/connections", &[], &json!({"connections":0}))
+            .await;
     }
 }
 
@@ -419,19 +416,13 @@ async fn channel_info_becomes(
     info: &str,
     expected: serde_json::Value,
 ) {
-    let mut got = json!(null);
-    for _ in 0..50 {
-        got = node
-            .api()
-            .get(&format!("/channels/{channel}"), &[("info", info)])
-            .await
-            .body;
-        if got == expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(got, expected);
+    node.api()
+        .get_until(
+            &format!("/channels/{channel}"),
+            &[("info", info)],
+            &expected,
+        )
+        .await;
 }
 
 /// Triggers on `on` until `sub` receives the event; returns how long that took. Fails after
@@ -1360,17 +1351,29 @@ impl View {
         }
     }
 
-    /// Applies every event that arrives before `until`.
-    async fn follow(&mut self, c: &mut Client, until: Instant) {
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            match tokio::time::timeout(left, c.ws.next()).await {
-                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
-                    self.apply(&serde_json::from_str(&t).expect("JSON"));
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(_) => panic!("{}: connection ended", self.who),
-                Err(_) => break,
+    /// Applies the events that arrive until the view is `expected` (10 s at most), then every
+    /// event of a quiet half second more, in which nothing may contradict it; checks the view.
+    async fn settle(&mut self, c: &mut Client, expected: &std::collections::BTreeSet<String>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.members != *expected && self.next(c, deadline).await {}
+        let quiet = Instant::now() + Duration::from_millis(500);
+        while self.next(c, quiet).await {}
+        assert_eq!(self.members, *expected, "{}'s view", self.who);
+    }
+
+    /// Applies the next message if one arrives before `until`; `false` when none did.
+    async fn next(&mut self, c: &mut Client, until: Instant) -> bool {
+        let Some(left) = until.checked_duration_since(Instant::now()) else {
+            return false;
+        };
+        match tokio::time::timeout(left, c.ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                self.apply(&serde_json::from_str(&t).expect("JSON"));
+                true
             }
+            Ok(Some(Ok(_))) => true,
+            Ok(_) => panic!("{}: connection ended", self.who),
+            Err(_) => false,
         }
     }
 }
@@ -1411,11 +1414,9 @@ async fn every_member_sees_an_exact_roster_when_many_join_and_leave_at_once_on_t
                     view.members.contains(&who),
                     "{who} missing from its own roster"
                 );
-                view.follow(&mut c, Instant::now() + Duration::from_millis(1500))
-                    .await;
                 let all: std::collections::BTreeSet<String> =
                     (0..USERS).map(|j| format!("u{j}")).collect();
-                assert_eq!(view.members, all, "{who}'s view after everyone joined");
+                view.settle(&mut c, &all).await;
                 meet(&leave).await;
                 if i % 2 == 1 {
                     c.send(json!({"event":"pusher:unsubscribe","data":{"channel":ch}}))
@@ -1423,11 +1424,9 @@ async fn every_member_sees_an_exact_roster_when_many_join_and_leave_at_once_on_t
                     meet(&done).await;
                     return;
                 }
-                view.follow(&mut c, Instant::now() + Duration::from_millis(1500))
-                    .await;
                 let stayed: std::collections::BTreeSet<String> =
                     (0..USERS).step_by(2).map(|j| format!("u{j}")).collect();
-                assert_eq!(view.members, stayed, "{who}'s view after half left");
+                view.settle(&mut c, &stayed).await;
                 meet(&done).await;
             }));
         }

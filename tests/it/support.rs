@@ -338,6 +338,23 @@ impl Api {
         .await
     }
 
+    /// Repeats `GET rest` until its body is `expected` (10 s at most): for state that other
+    /// nodes, or this node's handling of a departure, update after the client moved on.
+    pub async fn get_until(&self, rest: &str, extra: &[(&str, &str)], expected: &Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.get(rest, extra).await.body;
+            if &got == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "GET {rest} {extra:?}: {got}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn trigger(&self, channels: &[&str], name: &str, data: &str) -> Reply {
         self.post(
             "/events",

@@ -263,12 +263,13 @@ describe('teamspace in the browser', () => {
       await p.getByTestId('tab-board').click()
       await p.getByTestId('board').waitFor()
       await p.waitForFunction(() => !document.querySelector('.board-loading'))
+      // Whispers reach current subscribers only.
+      await p.locator('[data-testid="board"][data-subscribed="true"]').waitFor()
       return p.getByTestId('board')
     }
     const strokes = (p: Page) => p.getByTestId('board').getAttribute('data-strokes').then(Number)
     const aliceBoard = await board(alice)
     const bobBoard = await board(bob)
-    await new Promise((r) => setTimeout(r, 500)) // both subscriptions settle
 
     const draw = async (p: Page, canvas: Locator, path: Array<[number, number]>) => {
       const box = (await canvas.boundingBox())!
