@@ -39,7 +39,7 @@ impl Broadcaster {
 
     /// An event from the HTTP API: `data` is the publisher's string, delivered untouched; cache
     /// channels remember it even with no subscribers.
-    pub fn publish_event(
+    pub async fn publish_event(
         &self,
         hub: &AppHub,
         channel: &ChannelName,
@@ -48,16 +48,22 @@ impl Broadcaster {
         except: Option<SocketId>,
     ) -> Fanout {
         let frame = message::channel_event(name, channel.as_str(), data);
-        let cache = channel
-            .kind()
-            .is_cache()
-            .then(|| CachedEvent {
+        let mut cache = None;
+        if channel.kind().is_cache() {
+            let cached = CachedEvent {
                 frame: frame.clone(),
                 data: Arc::from(data),
                 expires: Instant::now() + hub.app.settings.cache_ttl,
-            })
+            };
             // A cluster keeps the cache in its shared store; one node keeps it in the registry.
-            .filter(|c| !self.cluster.store_cache(hub, channel.as_str(), c));
+            if !self
+                .cluster
+                .store_cache(hub, channel.as_str(), &cached)
+                .await
+            {
+                cache = Some(cached);
+            }
+        }
         hub.metrics.api_events.inc();
         self.publish_frame(hub, channel, frame, except, cache)
     }

@@ -16,6 +16,11 @@
 //! flight have arrived). Member events that reach the channel while a join is reading its
 //! roster are kept (`Channel::recent`, bounded) and replayed through the same rule right after
 //! that subscriber's `subscription_succeeded`, so none is missed.
+//!
+//! A cache channel in a cluster has its last event in the shared store, read while the channel's
+//! live events keep arriving. The last event that reached the channel during that read
+//! (`Channel::latest`) is at least as new as what the read returned, so it is the one a new
+//! subscriber gets as the cached event.
 
 pub mod users;
 
@@ -28,7 +33,9 @@ use dashmap::DashMap;
 
 use crate::connection::handle::{ConnRef, Delivery};
 use crate::metrics::AppMetrics;
-use crate::protocol::{ChannelKind, ChannelName, MemberChange, PresenceMember, SocketId, UserId};
+use crate::protocol::{
+    message, ChannelKind, ChannelName, MemberChange, PresenceMember, SocketId, UserId,
+};
 
 /// The last event published to a cache channel.
 #[derive(Clone, Debug)]
@@ -109,12 +116,17 @@ struct Channel {
     /// Presence: the members as this node knows them (the first local roster, then every
     /// member event since); `None` while no local subscriber lists anyone.
     members: Option<HashSet<UserId>>,
-    /// Presence: member events seen so far (numbers `RecentChange::seq`).
+    /// Events counted so far: member events, and a cache channel's events during joins
+    /// (numbers `RecentChange::seq`, `latest` and a join's mark).
     changes: u64,
-    /// Presence: joins reading their roster now; the entry stays while any is in progress.
+    /// Joins reading a roster or a shared cached event now; the entry stays while any is in
+    /// progress.
     joining: u32,
     /// Presence: member events since the oldest join in progress began.
     recent: VecDeque<RecentChange>,
+    /// Cache channels: the last cacheable event that arrived while a join was in progress,
+    /// with its number.
+    latest: Option<(u64, Bytes)>,
 }
 
 impl Channel {
@@ -170,6 +182,7 @@ impl Channel {
         self.joining = self.joining.saturating_sub(1);
         if self.joining == 0 {
             self.recent.clear();
+            self.latest = None;
         }
     }
 
@@ -191,12 +204,13 @@ impl Channel {
     }
 }
 
-/// A presence subscription: the member it joins as, the roster its join read, and the
-/// channel's member-event count when the join began (from `ChannelRegistry::begin_join`).
+/// A subscription whose join began with `ChannelRegistry::begin_join` (presence, and cache
+/// channels): what it read from the cluster while the channel's events kept arriving.
 pub struct Joined<'a> {
-    pub member: PresenceMember,
-    pub roster: &'a [PresenceMember],
+    /// The channel's event count when the join began (from `begin_join`).
     pub mark: u64,
+    /// Presence: the member it joins as and the roster its join read.
+    pub presence: Option<(PresenceMember, &'a [PresenceMember])>,
 }
 
 /// The result of a subscribe.
@@ -242,12 +256,13 @@ impl ChannelRegistry {
     }
 
     /// Adds `conn` to `channel` and, atomically with it, enqueues `succeeded` followed by the
-    /// cached event of a cache channel: the one held here, else `shared_cache` (the cluster's).
-    /// Returns `None` when the connection was already subscribed.
+    /// cached event of a cache channel: one that arrived during the join, else the one held
+    /// here, else `shared_cache` (the cluster's, read during the join). Returns `None` when the
+    /// connection was already subscribed.
     ///
-    /// A presence subscription passes its member and what its join read (`joined`), which
-    /// ends the join begun with `begin_join` (also when `None` is returned): member events that
-    /// arrived since are replayed to it where its roster does not show them yet.
+    /// `joined` ends the join begun with `begin_join` (also when `None` is returned). A
+    /// presence subscription passes its member and roster there: member events that arrived
+    /// since the join began are replayed to it where its roster does not show them yet.
     pub fn subscribe(
         &self,
         channel: &ChannelName,
@@ -264,12 +279,9 @@ impl ChannelRegistry {
             return None;
         }
         let occupied = entry.subscribers.is_empty();
-        let (member, joined) = match joined {
-            Some(Joined {
-                member,
-                roster,
-                mark,
-            }) => (Some(member), Some((roster, mark))),
+        let mark = joined.as_ref().map(|j| j.mark);
+        let (member, roster) = match joined.and_then(|j| j.presence) {
+            Some((member, roster)) => (Some(member), Some(roster)),
             None => (None, None),
         };
         entry.subscribers.insert(
@@ -284,16 +296,24 @@ impl ChannelRegistry {
         let mut cache_hit = false;
         if channel.kind().is_cache() {
             let now = Instant::now();
-            let cached = entry
-                .live_cache(now)
-                .or(shared_cache.filter(|c| c.expires > now));
-            if let Some(cached) = cached {
-                conn.deliver(&cached.frame);
+            let arrived = entry
+                .latest
+                .as_ref()
+                .filter(|(seq, _)| mark.is_some_and(|m| *seq > m))
+                .map(|(_, frame)| frame);
+            let cached = arrived.or_else(|| {
+                entry
+                    .live_cache(now)
+                    .or(shared_cache.filter(|c| c.expires > now))
+                    .map(|c| &c.frame)
+            });
+            if let Some(frame) = cached {
+                conn.deliver(frame);
                 cache_hit = true;
             }
         }
         // Member events that arrived while the roster was read, where it lacks them.
-        if let Some((roster, mark)) = joined {
+        if let (Some(roster), Some(mark)) = (roster, mark) {
             let mut view: HashSet<UserId> = roster.iter().map(|m| m.user_id.clone()).collect();
             for r in entry.recent.iter().filter(|r| r.seq > mark) {
                 if apply(&r.change, &mut view) {
@@ -301,6 +321,8 @@ impl ChannelRegistry {
                 }
             }
             entry.settle_view(conn.socket_id, view);
+        }
+        if mark.is_some() {
             entry.end_join();
         }
         let count = entry.subscribers.len();
@@ -316,9 +338,10 @@ impl ChannelRegistry {
         })
     }
 
-    /// A presence join of `channel` begins: until `subscribe` (or `abandon_join`) ends it, the
-    /// channel's member events are kept for it. Returns the mark for `Joined::mark`. Call it
-    /// before this node takes interest in the channel and reads the roster.
+    /// A join of `channel` begins: until `subscribe` (or `abandon_join`) ends it, the channel's
+    /// member events, and a cache channel's last event, are kept for it. Returns the mark for
+    /// `Joined::mark`. Call it before this node takes interest in the channel and reads the
+    /// roster or the shared cached event.
     pub fn begin_join(&self, channel: &ChannelName) -> u64 {
         let mut entry = self.channels.entry(channel.clone()).or_default();
         entry.joining += 1;
@@ -405,6 +428,15 @@ impl ChannelRegistry {
                 let mut entry = self.channels.entry(channel.clone()).or_default();
                 entry.cache = Some(cached);
                 deliver_all(&entry.subscribers, frame, except, &mut fanout);
+            }
+            None if channel.kind().is_cache() => {
+                if let Some(mut entry) = self.channels.get_mut(channel) {
+                    if entry.joining > 0 && message::is_cacheable(frame) {
+                        entry.changes += 1;
+                        entry.latest = Some((entry.changes, frame.clone()));
+                    }
+                    deliver_all(&entry.subscribers, frame, except, &mut fanout);
+                }
             }
             None => {
                 if let Some(entry) = self.channels.get(channel) {
@@ -603,9 +635,8 @@ mod tests {
     fn join(r: &ChannelRegistry, conn: &ConnRef, id: &str, roster: &[&str], mark: u64) {
         let roster: Vec<PresenceMember> = roster.iter().map(|u| member(u)).collect();
         let joined = Joined {
-            member: member(id),
-            roster: &roster,
             mark,
+            presence: Some((member(id), &roster)),
         };
         let ok = Bytes::from_static(b"ok");
         let s = r.subscribe(&name("presence-room"), conn, &ok, None, Some(joined));
@@ -681,6 +712,55 @@ mod tests {
         r.publish(&ch, &added("z"), None, None);
         join(&r, &c, "c", &["a", "b", "c", "y", "z"], mark);
         assert_eq!(frames(&c), vec![Bytes::from_static(b"ok")]);
+    }
+
+    #[test]
+    fn a_cache_event_that_arrives_while_the_shared_one_is_read_is_the_one_a_joiner_gets() {
+        use crate::protocol::message::{channel_event, client_event, subscription_count};
+        let r = registry();
+        let ch = name("cache-ticker");
+        let ok = Bytes::from_static(b"ok");
+        let event = |v: &str| channel_event("price", "cache-ticker", v);
+        let shared = |v: &str| CachedEvent {
+            frame: event(v),
+            data: Arc::from(v),
+            expires: Instant::now() + Duration::from_secs(60),
+        };
+        let join = |conn: &ConnRef, read: &CachedEvent, mark: u64| {
+            let joined = Joined {
+                mark,
+                presence: None,
+            };
+            r.subscribe(&ch, conn, &ok, Some(read), Some(joined))
+        };
+        // Nothing arrived during the read: the shared copy.
+        let a = ConnHandle::new(SocketId::from_parts(1, 1), 16);
+        let mark = r.begin_join(&ch);
+        assert!(join(&a, &shared("1"), mark).is_some_and(|s| s.cache_hit));
+        assert_eq!(frames(&a), vec![ok.clone(), event("1")]);
+        // "2" reaches the node (from another node) while b's read still returns "1"; a client
+        // event and a count are never cached.
+        let b = ConnHandle::new(SocketId::from_parts(2, 2), 16);
+        let mark = r.begin_join(&ch);
+        r.publish(&ch, &event("2"), None, None);
+        let typing =
+            serde_json::value::RawValue::from_string("{}".into()).unwrap_or_else(|e| panic!("{e}"));
+        r.publish(
+            &ch,
+            &client_event("client-typing", "cache-ticker", Some(&typing), None),
+            None,
+            None,
+        );
+        r.publish(&ch, &subscription_count("cache-ticker", 2), None, None);
+        assert!(join(&b, &shared("1"), mark).is_some());
+        assert_eq!(frames(&b), vec![ok.clone(), event("2")]);
+        // Events from before a join began are the shared read's business.
+        let c = ConnHandle::new(SocketId::from_parts(3, 3), 16);
+        r.publish(&ch, &event("3"), None, None);
+        let mark = r.begin_join(&ch);
+        assert!(join(&c, &shared("3"), mark).is_some());
+        assert_eq!(frames(&c), vec![ok.clone(), event("3")]);
+        assert!(r.channels.get(&ch).is_some_and(|c| c.latest.is_none()));
     }
 
     #[test]

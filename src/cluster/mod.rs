@@ -131,9 +131,11 @@ pub trait ClusterState: Send + Sync {
     async fn close_connection(&self, hub: &AppHub) -> Result<(), ClusterError>;
     /// Open connections of the app, cluster-wide.
     async fn connections(&self, hub: &AppHub) -> Result<u64, ClusterError>;
-    /// Remembers the last event of a cache channel for every node; `false` when it is kept
-    /// only in the local registry.
-    fn store_cache(&self, hub: &AppHub, channel: &str, cached: &CachedEvent) -> bool;
+    /// Remembers the last event of a cache channel for every node, before the event is
+    /// published (so a subscriber anywhere that misses it live finds it cached, and one
+    /// publisher's successive events are stored in order); `false` when it is kept only in the
+    /// local registry (one node).
+    async fn store_cache(&self, hub: &AppHub, channel: &str, cached: &CachedEvent) -> bool;
     /// The last event of a cache channel, wherever it was published.
     async fn cached(
         &self,
@@ -217,7 +219,7 @@ impl ClusterState for Local {
     async fn connections(&self, hub: &AppHub) -> Result<u64, ClusterError> {
         Ok(hub.connection_count())
     }
-    fn store_cache(&self, _hub: &AppHub, _channel: &str, _cached: &CachedEvent) -> bool {
+    async fn store_cache(&self, _hub: &AppHub, _channel: &str, _cached: &CachedEvent) -> bool {
         false
     }
     async fn cached(

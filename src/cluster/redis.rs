@@ -1136,31 +1136,30 @@ impl ClusterState for RedisCluster {
         Ok(n.unwrap_or(0))
     }
 
-    fn store_cache(&self, hub: &AppHub, channel: &str, cached: &CachedEvent) -> bool {
+    async fn store_cache(&self, hub: &AppHub, channel: &str, cached: &CachedEvent) -> bool {
         let key = self.key(&format!("cache:{}:{}", hub.app.id, channel));
         let ttl = u64::try_from(hub.app.settings.cache_ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let (frame, data) = (cached.frame.clone(), cached.data.clone());
         let mut conn = self.conn.clone();
-        tokio::spawn(async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("HSET")
-                .arg(&key)
-                .arg("frame")
-                .arg(frame.as_ref())
-                .arg("data")
-                .arg(&*data)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(ttl)
-                .ignore();
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-                warn!(error = %e, "storing a cache channel event failed");
-            }
-        });
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("frame")
+            .arg(cached.frame.as_ref())
+            .arg("data")
+            .arg(&*cached.data)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl)
+            .ignore();
+        // Not kept locally when Redis fails: a node-local copy would later hide newer events
+        // that other nodes stored.
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            warn!(error = %e, "storing a cache channel event failed");
+        }
         true
     }
 

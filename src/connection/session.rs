@@ -55,9 +55,9 @@ impl Refusal {
     }
 }
 
-/// A presence join in progress on this node (`ChannelRegistry::begin_join`). Dropped
-/// unfinished (refused, or the connection went away while the roster was read), it ends the
-/// join so the registry stops keeping member events for it.
+/// A join in progress on this node (`ChannelRegistry::begin_join`): a presence roster or a
+/// cache channel's shared event being read. Dropped unfinished (refused, or the connection
+/// went away during the read), it ends the join so the registry stops keeping events for it.
 struct PendingJoin {
     hub: Arc<AppHub>,
     channel: ChannelName,
@@ -246,10 +246,9 @@ impl Session {
         // From here on, events published on any node reach this one. For presence, before
         // the roster is read (cluster-wide through the store), so every member event after the
         // read reaches it; the registry reconciles the roster with the events in flight
-        // (`Joined`).
-        let pending = member
-            .as_ref()
-            .map(|_| PendingJoin::begin(&self.hub, &name));
+        // (`Joined`). Likewise for a cache channel's shared cached event.
+        let pending =
+            (member.is_some() || kind.is_cache()).then(|| PendingJoin::begin(&self.hub, &name));
         let target = target_of(&name);
         self.state.adapter.acquire(&self.app.id, &target).await;
         let mut roster = Vec::new();
@@ -319,10 +318,9 @@ impl Session {
             .cluster
             .subscribing(&self.hub, name.as_str())
             .await;
-        let joined = pending.zip(member.clone()).map(|(p, member)| Joined {
-            member,
-            roster: &roster,
+        let joined = pending.map(|p| Joined {
             mark: p.finish(),
+            presence: member.clone().map(|m| (m, roster.as_slice())),
         });
         let Some(sub) = self.hub.channels.subscribe(
             &name,

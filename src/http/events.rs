@@ -152,7 +152,7 @@ fn check_backend_quota(hub: &AppHub, events: &[Event]) -> Result<(), ApiError> {
     }
 }
 
-fn publish(state: &ServerState, hub: &AppHub, e: &Event) {
+async fn publish(state: &ServerState, hub: &AppHub, e: &Event) {
     let except = e
         .socket_id
         .as_deref()
@@ -160,7 +160,8 @@ fn publish(state: &ServerState, hub: &AppHub, e: &Event) {
     for c in &e.channels {
         state
             .broadcaster
-            .publish_event(hub, c, &e.name, &e.data, except);
+            .publish_event(hub, c, &e.name, &e.data, except)
+            .await;
     }
 }
 
@@ -201,7 +202,7 @@ pub(super) async fn trigger(
     let v = parse_body(&r.body)?;
     let e = validate(&r.hub, &v, false)?;
     check_backend_quota(&r.hub, std::slice::from_ref(&e))?;
-    publish(state, &r.hub, &e);
+    publish(state, &r.hub, &e).await;
     if e.info.is_empty() {
         return Ok(ok_json(&json!({})));
     }
@@ -246,7 +247,7 @@ pub(super) async fn batch(
     }
     check_backend_quota(&r.hub, &events)?;
     for e in &events {
-        publish(state, &r.hub, e);
+        publish(state, &r.hub, e).await;
     }
     if events.iter().all(|e| e.info.is_empty()) {
         return Ok(ok_json(&json!({})));

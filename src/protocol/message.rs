@@ -389,6 +389,17 @@ pub fn channel_event(event: &str, channel: &str, data: &str) -> Bytes {
     encode(event, Some(channel), data, None)
 }
 
+/// Whether an encoded channel frame, from this node or another, is one a cache channel
+/// remembers: an event published through the HTTP API, not a client event (`client-`) nor a
+/// `pusher:`/`pusher_internal:` one. Only the event name's start is looked at.
+pub fn is_cacheable(frame: &[u8]) -> bool {
+    const START: &[u8] = br#"{"event":""#;
+    let Some(name) = frame.strip_prefix(START) else {
+        return false;
+    };
+    !name.starts_with(b"client-") && !name.starts_with(b"pusher")
+}
+
 /// A relayed client event: only `event`, `channel`, `data` (verbatim) and, on presence
 /// channels, the sender's `user_id` (spec 4.2, 4.3).
 pub fn client_event(
@@ -561,6 +572,29 @@ mod tests {
             subscription_succeeded("presence-x"),
         ] {
             assert_eq!(MemberChange::of_frame(&other), None);
+        }
+    }
+
+    #[test]
+    fn only_api_events_are_cacheable() {
+        assert!(is_cacheable(&channel_event(
+            "price",
+            "cache-ticker",
+            r#"{"v":1}"#
+        )));
+        assert!(is_cacheable(&channel_event(
+            "App\\Events\\Shipped",
+            "private-cache-x",
+            "{}"
+        )));
+        let typing = RawValue::from_string("{}".into()).unwrap_or_else(|e| panic!("{e}"));
+        for other in [
+            client_event("client-typing", "private-cache-x", Some(&typing), None),
+            subscription_count("cache-ticker", 3),
+            member_added("presence-cache-x", "1", None),
+            subscription_succeeded("cache-ticker"),
+        ] {
+            assert!(!is_cacheable(&other), "{other:?}");
         }
     }
 }
