@@ -429,17 +429,21 @@ impl ChannelRegistry {
                 entry.cache = Some(cached);
                 deliver_all(&entry.subscribers, frame, except, &mut fanout);
             }
-            None if channel.kind().is_cache() => {
-                if let Some(mut entry) = self.channels.get_mut(channel) {
-                    if entry.joining > 0 && message::is_cacheable(frame) {
-                        entry.changes += 1;
-                        entry.latest = Some((entry.changes, frame.clone()));
-                    }
-                    deliver_all(&entry.subscribers, frame, except, &mut fanout);
-                }
-            }
             None => {
-                if let Some(entry) = self.channels.get(channel) {
+                let Some(entry) = self.channels.get(channel) else {
+                    return fanout;
+                };
+                // A join reading the shared cached event: the write lock, to note this one.
+                if entry.joining > 0 && channel.kind().is_cache() && message::is_cacheable(frame) {
+                    drop(entry);
+                    if let Some(mut entry) = self.channels.get_mut(channel) {
+                        if entry.joining > 0 {
+                            entry.changes += 1;
+                            entry.latest = Some((entry.changes, frame.clone()));
+                        }
+                        deliver_all(&entry.subscribers, frame, except, &mut fanout);
+                    }
+                } else {
                     deliver_all(&entry.subscribers, frame, except, &mut fanout);
                 }
             }

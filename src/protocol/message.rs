@@ -391,7 +391,8 @@ pub fn channel_event(event: &str, channel: &str, data: &str) -> Bytes {
 
 /// Whether an encoded channel frame, from this node or another, is one a cache channel
 /// remembers: an event published through the HTTP API, not a client event (`client-`) nor a
-/// `pusher:`/`pusher_internal:` one. Only the event name's start is looked at.
+/// `pusher:`/`pusher_internal:` one. Only the event name's start is looked at, so an API event
+/// named `client-…` counts as a client event here.
 pub fn is_cacheable(frame: &[u8]) -> bool {
     const START: &[u8] = br#"{"event":""#;
     let Some(name) = frame.strip_prefix(START) else {
