@@ -18,7 +18,7 @@ use crate::metrics::{AppMetrics, Metrics};
 use crate::presence::PresenceStore;
 use crate::protocol::{ErrorKind, SocketId};
 use crate::ratelimit::TokenBucket;
-use crate::webhooks::{WebhookEvent, Webhooks};
+use crate::webhooks::{RemovalHold, WebhookEvent, Webhooks};
 
 /// One app's state on this node.
 pub struct AppHub {
@@ -178,8 +178,20 @@ impl ServerState {
 
     /// Queues a webhook if the app has any target (never blocks).
     pub fn webhook(&self, app: &App, event: WebhookEvent) {
+        self.held_webhook(app, event, None);
+    }
+
+    /// Queues a removal webhook held cluster-wide under `hold` (see `RemovalHold`).
+    pub fn held_webhook(&self, app: &App, event: WebhookEvent, hold: Option<RemovalHold>) {
         if let Some(w) = &app.webhooks {
-            self.webhooks.emit(w, event);
+            self.webhooks.emit_held(w, event, hold.map(|h| h.token));
         }
+    }
+
+    /// A hold for a removal webhook of `app` (none without webhooks or removal delay).
+    pub fn removal_hold(app: &App) -> Option<RemovalHold> {
+        app.webhooks
+            .as_ref()
+            .and_then(|w| RemovalHold::new(w.removal_delay))
     }
 }

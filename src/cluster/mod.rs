@@ -22,6 +22,7 @@ use crate::app::AppId;
 use crate::channels::CachedEvent;
 use crate::protocol::SocketId;
 use crate::state::AppHub;
+use crate::webhooks::RemovalHold;
 
 /// Who an event is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -102,6 +103,16 @@ pub trait Adapter: Send + Sync {
     }
 }
 
+/// A subscription counted cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// The channel's subscriptions after it.
+    pub total: u64,
+    /// It made the channel occupied again while its `channel_vacated` was held: neither
+    /// webhook is sent (see `RemovalHold`).
+    pub rejoined: bool,
+}
+
 /// Cluster-wide facts. `local` arguments are this node's figures after the change, which is all
 /// the local implementation needs.
 #[async_trait]
@@ -110,13 +121,19 @@ pub trait ClusterState: Send + Sync {
     /// client is told it is subscribed, so every node's HTTP API agrees from then on; returns
     /// the cluster-wide count after it. `None`: the count is the local registry's, known once
     /// the subscription is added (one node).
-    async fn subscribing(&self, hub: &AppHub, channel: &str) -> Result<Option<u64>, ClusterError>;
-    /// A local subscription was removed; returns the cluster-wide count after it.
+    async fn subscribing(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+    ) -> Result<Option<Counted>, ClusterError>;
+    /// A local subscription was removed; returns the cluster-wide count after it. When that
+    /// is 0, `hold` (if any) holds the channel's `channel_vacated` cluster-wide.
     async fn unsubscribed(
         &self,
         hub: &AppHub,
         channel: &str,
         local: usize,
+        hold: Option<RemovalHold>,
     ) -> Result<u64, ClusterError>;
     /// Cluster-wide subscription count of one channel.
     async fn subscription_count(&self, hub: &AppHub, channel: &str) -> Result<u64, ClusterError>;
@@ -179,7 +196,7 @@ impl ClusterState for Local {
         &self,
         _hub: &AppHub,
         _channel: &str,
-    ) -> Result<Option<u64>, ClusterError> {
+    ) -> Result<Option<Counted>, ClusterError> {
         Ok(None)
     }
     async fn unsubscribed(
@@ -187,6 +204,7 @@ impl ClusterState for Local {
         _hub: &AppHub,
         _channel: &str,
         local: usize,
+        _hold: Option<RemovalHold>,
     ) -> Result<u64, ClusterError> {
         Ok(local as u64)
     }

@@ -47,13 +47,14 @@ use tracing::{debug, info, warn};
 use super::endpoint::{Commands, Endpoint, COMMAND_TIMEOUT};
 use super::shards;
 use super::wire::{self, Received, WireMessage};
-use super::{Adapter, ClusterError, ClusterState, Inbound, RemoteEvent, Target};
+use super::{Adapter, ClusterError, ClusterState, Counted, Inbound, RemoteEvent, Target};
 use crate::app::AppId;
 use crate::channels::CachedEvent;
 use crate::config::ScalingConfig;
 use crate::presence::{Join, PresenceError, PresenceStore};
 use crate::protocol::{message, ChannelName, PresenceMember, SocketId, UserId};
 use crate::state::AppHub;
+use crate::webhooks::RemovalHold;
 
 /// How long a node's lease lasts without a heartbeat.
 pub const LEASE: Duration = Duration::from_secs(10);
@@ -73,8 +74,12 @@ redis.call('HINCRBY', KEYS[3], ARGV[2] .. '|' .. ARGV[1], 1)
 total = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('SADD', KEYS[4], ARGV[5])
 local first = 0
-if total == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]); first = 1 end
-return {first, redis.call('HGETALL', KEYS[1])}
+local rejoined = 0
+if total == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]); first = 1
+  rejoined = redis.call('DEL', KEYS[5])
+end
+return {first, redis.call('HGETALL', KEYS[1]), rejoined}
 ";
 
 const LEAVE: &str = r"
@@ -83,8 +88,41 @@ local c = redis.call('HINCRBY', KEYS[3], field, -1)
 if c < 0 then redis.call('HDEL', KEYS[3], field); return 0 end
 if c == 0 then redis.call('HDEL', KEYS[3], field); redis.call('SREM', KEYS[4], ARGV[3]) end
 local t = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
-if t <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]); redis.call('HDEL', KEYS[1], ARGV[1]); return 1 end
+if t <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1]); redis.call('HDEL', KEYS[1], ARGV[1])
+  if ARGV[4] ~= '' then redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[5]) end
+  return 1
+end
 return 0
+";
+
+/// Adds `delta` (ARGV[3]) to a channel's subscriptions, this node's share and the cluster's;
+/// returns `{total, rejoined}`. The last one leaving holds the channel's `channel_vacated`
+/// (KEYS[3] set to the token ARGV[4] for ARGV[5] ms, when given); the first one coming back
+/// takes the hold away (`rejoined` 1), cancelling both webhooks.
+const SUBSCRIPTIONS: &str = r"
+local n = redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
+if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
+local g = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[3])
+local delta = tonumber(ARGV[3])
+if g <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if delta < 0 and ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
+  return {0, 0}
+end
+local rejoined = 0
+if delta > 0 and g == delta then rejoined = redis.call('DEL', KEYS[3]) end
+return {g, rejoined}
+";
+
+/// Settles held removals falling due: for each hold key, 1 (and the hold is removed) when it
+/// still holds the token given, 0 when a re-add took it away (or a newer hold replaced it).
+const SETTLE: &str = r"
+local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[i] then redis.call('DEL', k); out[i] = 1 else out[i] = 0 end
+end
+return out
 ";
 
 /// Reaps one dead node's connections of one presence member; 1 when the user left the channel.
@@ -275,6 +313,8 @@ struct Scripts {
     leave: Script,
     reap_member: Script,
     count: Script,
+    subscriptions: Script,
+    settle: Script,
     open: Script,
     adopt: Script,
 }
@@ -289,6 +329,14 @@ fn now_ms() -> u64 {
 
 fn err(e: &redis::RedisError) -> ClusterError {
     ClusterError(e.to_string())
+}
+
+/// A removal hold as script arguments: its token and lifetime in ms (`""` and 0 for none).
+fn hold_args(hold: Option<RemovalHold>) -> (String, u64) {
+    hold.map_or((String::new(), 0), |h| {
+        let ttl = u64::try_from(h.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        (h.token.to_string(), ttl)
+    })
 }
 
 impl RedisCluster {
@@ -344,6 +392,8 @@ impl RedisCluster {
                 leave: Script::new(LEAVE),
                 reap_member: Script::new(REAP_MEMBER),
                 count: Script::new(COUNT),
+                subscriptions: Script::new(SUBSCRIPTIONS),
+                settle: Script::new(SETTLE),
                 open: Script::new(OPEN),
                 adopt: Script::new(journal::ADOPT),
             },
@@ -419,6 +469,16 @@ impl RedisCluster {
 
     fn node_key(&self, node: u64, what: &str) -> String {
         format!("{}:node:{}:{}", self.key_prefix, node, what)
+    }
+
+    /// The marker that holds a channel's `channel_vacated` (see `RemovalHold`).
+    fn vacated_hold_key(&self, app: &str, channel: &str) -> String {
+        format!("{}:hold:v:{}:{}", self.key_prefix, app, channel)
+    }
+
+    /// The marker that holds a member's `member_removed` (see `RemovalHold`).
+    fn member_hold_key(&self, app: &str, channel: &str, user: &str) -> String {
+        format!("{}:hold:m:{}:{}\n{}", self.key_prefix, app, channel, user)
     }
 
     fn presence_keys(&self, app: &AppId, channel: &str) -> [String; 3] {
@@ -1054,8 +1114,12 @@ impl Adapter for RedisCluster {
 
 #[async_trait]
 impl ClusterState for RedisCluster {
-    async fn subscribing(&self, hub: &AppHub, channel: &str) -> Result<Option<u64>, ClusterError> {
-        self.count(hub, channel, 1).await.map(Some)
+    async fn subscribing(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+    ) -> Result<Option<Counted>, ClusterError> {
+        self.count(hub, channel, 1, None).await.map(Some)
     }
 
     async fn unsubscribed(
@@ -1063,8 +1127,9 @@ impl ClusterState for RedisCluster {
         hub: &AppHub,
         channel: &str,
         _local: usize,
+        hold: Option<RemovalHold>,
     ) -> Result<u64, ClusterError> {
-        self.count(hub, channel, -1).await
+        Ok(self.count(hub, channel, -1, hold).await?.total)
     }
 
     async fn subscription_count(&self, hub: &AppHub, channel: &str) -> Result<u64, ClusterError> {
@@ -1227,18 +1292,32 @@ impl ClusterState for RedisCluster {
 }
 
 impl RedisCluster {
-    async fn count(&self, hub: &AppHub, channel: &str, delta: i64) -> Result<u64, ClusterError> {
+    async fn count(
+        &self,
+        hub: &AppHub,
+        channel: &str,
+        delta: i64,
+        hold: Option<RemovalHold>,
+    ) -> Result<Counted, ClusterError> {
         self.check()?;
-        let total = self
-            .tally(
-                Tally::Subscriptions,
-                self.node,
-                hub.app.id.as_str(),
-                channel,
-                delta,
-            )
-            .await?;
-        Ok(total.max(0).unsigned_abs())
+        let app = hub.app.id.as_str();
+        let (token, ttl) = hold_args(hold);
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.subscriptions.prepare_invoke();
+        inv.key(self.key(&format!("s:{app}")))
+            .key(self.node_key(self.node, "s"))
+            .key(self.vacated_hold_key(app, channel))
+            .arg(channel)
+            .arg(format!("{app}\n{channel}"))
+            .arg(delta)
+            .arg(token)
+            .arg(ttl);
+        let (total, rejoined): (i64, i64) =
+            inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        Ok(Counted {
+            total: total.max(0).unsigned_abs(),
+            rejoined: rejoined == 1,
+        })
     }
 
     /// Publishes this node's local state again after it was lost (see `Inbound::Resync`):
@@ -1386,13 +1465,14 @@ impl PresenceStore for RedisCluster {
             .key(&n)
             .key(&o)
             .key(self.node_key(self.node, "p"))
+            .key(self.member_hold_key(app.as_str(), channel.as_str(), member.user_id.as_str()))
             .arg(member.user_id.as_str())
             .arg(self.node)
             .arg(info)
             .arg(max_members.min(i64::MAX as usize))
             .arg(entry);
         // From a script the hash comes as a flat list (RESP2 inside Lua) on every protocol.
-        let (first, flat): (i64, Vec<String>) = inv
+        let (first, flat, rejoined): (i64, Vec<String>, Option<i64>) = inv
             .invoke_async(&mut conn)
             .await
             .map_err(|e| PresenceError(self.failed(&e).0))?;
@@ -1401,6 +1481,7 @@ impl PresenceStore for RedisCluster {
         }
         Ok(Join::Joined {
             first: first == 1,
+            rejoined: rejoined == Some(1),
             roster: roster(
                 flat.chunks_exact(2)
                     .map(|pair| (pair[0].as_str(), pair[1].as_str())),
@@ -1414,19 +1495,24 @@ impl PresenceStore for RedisCluster {
         channel: &ChannelName,
         user: &UserId,
         _socket: SocketId,
+        hold: Option<RemovalHold>,
     ) -> Result<bool, PresenceError> {
         self.check().map_err(|e| PresenceError(e.0))?;
         let [m, n, o] = self.presence_keys(app, channel.as_str());
         let entry = format!("{}\n{}\n{}", app, channel, user);
+        let (token, ttl) = hold_args(hold);
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.leave.prepare_invoke();
         inv.key(&m)
             .key(&n)
             .key(&o)
             .key(self.node_key(self.node, "p"))
+            .key(self.member_hold_key(app.as_str(), channel.as_str(), user.as_str()))
             .arg(user.as_str())
             .arg(self.node)
-            .arg(entry);
+            .arg(entry)
+            .arg(token)
+            .arg(ttl);
         let last: i64 = inv
             .invoke_async(&mut conn)
             .await

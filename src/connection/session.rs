@@ -253,6 +253,7 @@ impl Session {
         self.state.adapter.acquire(&self.app.id, &target).await;
         let mut roster = Vec::new();
         let mut first_member = false;
+        let mut member_rejoined = false;
         if let Some(m) = &member {
             let result = self
                 .state
@@ -266,8 +267,13 @@ impl Session {
                 )
                 .await;
             let refusal = match result {
-                Ok(Join::Joined { first, roster: r }) => {
+                Ok(Join::Joined {
+                    first,
+                    rejoined: r_again,
+                    roster: r,
+                }) => {
                     first_member = first;
+                    member_rejoined = r_again;
                     roster = r;
                     None
                 }
@@ -333,7 +339,7 @@ impl Session {
                 let _ = self
                     .state
                     .cluster
-                    .unsubscribed(&self.hub, name.as_str(), 0)
+                    .unsubscribed(&self.hub, name.as_str(), 0, None)
                     .await;
             }
             self.state.adapter.release(&self.app.id, &target).await;
@@ -349,15 +355,16 @@ impl Session {
             },
         );
         // Occupancy is decided cluster-wide: only the node that made the count 1 reports it.
-        let total = match counted {
-            Ok(Some(n)) => n,
-            Ok(None) => sub.count as u64,
+        let (total, rejoined) = match counted {
+            Ok(Some(c)) => (c.total, c.rejoined),
+            Ok(None) => (sub.count as u64, false),
             Err(e) => {
                 warn!(error = %e, "counting a subscription cluster-wide failed");
-                0
+                (0, false)
             }
         };
-        if total == 1 {
+        // Back while its `channel_vacated` was held cluster-wide: neither webhook goes.
+        if total == 1 && !rejoined {
             self.state.webhook(
                 &self.app,
                 WebhookEvent::ChannelOccupied {
@@ -380,13 +387,16 @@ impl Session {
                     Some(self.conn.socket_id),
                     None,
                 );
-                self.state.webhook(
-                    &self.app,
-                    WebhookEvent::MemberAdded {
-                        channel: name.to_string(),
-                        user_id: m.user_id.to_string(),
-                    },
-                );
+                // Back while their `member_removed` was held cluster-wide: neither webhook.
+                if !member_rejoined {
+                    self.state.webhook(
+                        &self.app,
+                        WebhookEvent::MemberAdded {
+                            channel: name.to_string(),
+                            user_id: m.user_id.to_string(),
+                        },
+                    );
+                }
             }
         }
         if kind.is_cache() && !sub.cache_hit {
@@ -477,27 +487,30 @@ impl Session {
                 .adapter
                 .release(&self.app.id, &target_of(name))
                 .await;
+            let hold = ServerState::removal_hold(&self.app);
             match self
                 .state
                 .cluster
-                .unsubscribed(&self.hub, name.as_str(), u.count)
+                .unsubscribed(&self.hub, name.as_str(), u.count, hold)
                 .await
             {
-                Ok(0) => self.state.webhook(
+                Ok(0) => self.state.held_webhook(
                     &self.app,
                     WebhookEvent::ChannelVacated {
                         channel: name.to_string(),
                     },
+                    hold,
                 ),
                 Ok(total) => self.subscription_count_changed(name, total),
                 Err(e) => warn!(error = %e, "counting an unsubscription cluster-wide failed"),
             }
         }
         if let Some(user) = sub.member {
+            let hold = ServerState::removal_hold(&self.app);
             let last = self
                 .state
                 .presence
-                .leave(&self.app.id, name, &user, self.conn.socket_id)
+                .leave(&self.app.id, name, &user, self.conn.socket_id, hold)
                 .await;
             match last {
                 Ok(true) => {
@@ -509,12 +522,13 @@ impl Session {
                         Some(self.conn.socket_id),
                         None,
                     );
-                    self.state.webhook(
+                    self.state.held_webhook(
                         &self.app,
                         WebhookEvent::MemberRemoved {
                             channel: name.to_string(),
                             user_id: user.to_string(),
                         },
+                        hold,
                     );
                 }
                 Ok(false) => {}

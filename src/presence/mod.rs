@@ -11,6 +11,7 @@ use indexmap::IndexMap;
 
 use crate::app::AppId;
 use crate::protocol::{ChannelName, PresenceMember, SocketId, UserId};
+use crate::webhooks::RemovalHold;
 
 /// What a join did.
 #[derive(Debug, Clone)]
@@ -19,6 +20,9 @@ pub enum Join {
     /// roster after the join (including the joiner).
     Joined {
         first: bool,
+        /// The user came back while their `member_removed` webhook was held cluster-wide:
+        /// neither it nor `member_added` is sent (see `RemovalHold`). Only a shared store says so.
+        rejoined: bool,
         roster: Vec<PresenceMember>,
     },
     /// A new distinct user beyond the channel's member limit.
@@ -44,12 +48,14 @@ pub trait PresenceStore: Send + Sync {
     ) -> Result<Join, PresenceError>;
 
     /// Removes `socket`; `true` when it was the user's last connection (send `member_removed`).
+    /// A shared store then holds the `member_removed` webhook under `hold`, if given.
     async fn leave(
         &self,
         app: &AppId,
         channel: &ChannelName,
         user: &UserId,
         socket: SocketId,
+        hold: Option<RemovalHold>,
     ) -> Result<bool, PresenceError>;
 
     /// The members, one per distinct user, in join order.
@@ -119,7 +125,11 @@ impl PresenceStore for MemoryPresence {
             }
         };
         let roster = members.values().map(|s| s.member.clone()).collect();
-        Ok(Join::Joined { first, roster })
+        Ok(Join::Joined {
+            first,
+            rejoined: false,
+            roster,
+        })
     }
 
     async fn leave(
@@ -128,6 +138,7 @@ impl PresenceStore for MemoryPresence {
         channel: &ChannelName,
         user: &UserId,
         socket: SocketId,
+        _hold: Option<RemovalHold>,
     ) -> Result<bool, PresenceError> {
         let key = Self::key(app, channel.as_str());
         let Some(mut members) = self.channels.get_mut(&key) else {
@@ -224,10 +235,13 @@ mod tests {
             2
         );
         let u10 = UserId::new("10").unwrap_or_else(|| panic!("id"));
-        assert!(!store.leave(&app, &ch, &u10, s1).await.unwrap_or(true));
-        assert!(store.leave(&app, &ch, &u10, s2).await.unwrap_or(false));
+        assert!(!store.leave(&app, &ch, &u10, s1, None).await.unwrap_or(true));
+        assert!(store
+            .leave(&app, &ch, &u10, s2, None)
+            .await
+            .unwrap_or(false));
         assert!(
-            !store.leave(&app, &ch, &u10, s2).await.unwrap_or(true),
+            !store.leave(&app, &ch, &u10, s2, None).await.unwrap_or(true),
             "second leave is a no-op"
         );
         assert_eq!(

@@ -61,7 +61,8 @@ pub(crate) struct Queued {
 }
 
 pub(crate) enum Item {
-    Event(WebhookEvent),
+    /// An event, with the token of its cluster-wide hold for a held removal.
+    Event(WebhookEvent, Option<u64>),
     Replay(Replay),
 }
 
@@ -218,10 +219,29 @@ impl AppDispatcher {
                     },
                     () = sleep_until(wake) => {}
                 }
-                self.fire_due(Instant::now());
+                self.fire_due(Instant::now()).await;
             }
         }
         self.drain().await;
+    }
+
+    /// The held events to send, in order: those held cluster-wide only if their hold is still
+    /// there (a re-add on some node took it away otherwise).
+    async fn settle(&self, due: Vec<(WebhookEvent, Option<u64>)>) -> Vec<WebhookEvent> {
+        let held: Vec<(&WebhookEvent, u64)> = due
+            .iter()
+            .filter_map(|(event, hold)| hold.map(|token| (event, token)))
+            .collect();
+        let mut verdicts = match &self.delivery.journal {
+            Some(journal) if !held.is_empty() => {
+                journal.settle(&self.app.app_id, &held).await.into_iter()
+            }
+            _ => Vec::new().into_iter(),
+        };
+        due.into_iter()
+            .filter(|(_, hold)| hold.is_none() || verdicts.next().unwrap_or(true))
+            .map(|(event, _)| event)
+            .collect()
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -243,11 +263,11 @@ impl AppDispatcher {
             }
         }
         let now = Instant::now();
-        let event = match queued.item {
-            Item::Event(event) => event,
+        let (event, hold) = match queued.item {
+            Item::Event(event, hold) => (event, hold),
             Item::Replay(replay) => return self.replay(replay),
         };
-        match self.gate.admit(event, self.app.removal_delay, now) {
+        match self.gate.admit(event, hold, self.app.removal_delay, now) {
             Admission::Release(event) => self.route(event, now),
             Admission::Held => {}
             Admission::Suppressed(why) => {
@@ -256,8 +276,9 @@ impl AppDispatcher {
         }
     }
 
-    fn fire_due(&mut self, now: Instant) {
-        while let Some(event) = self.gate.pop_due(now) {
+    async fn fire_due(&mut self, now: Instant) {
+        let due: Vec<_> = std::iter::from_fn(|| self.gate.pop_due(now)).collect();
+        for event in self.settle(due).await {
             self.route(event, now);
         }
         for state in &mut self.targets {
@@ -427,8 +448,9 @@ impl AppDispatcher {
         while let Some(queued) = self.rx.recv().await {
             self.accept(queued);
         }
+        let held = self.gate.drain();
         let now = Instant::now();
-        for event in self.gate.drain() {
+        for event in self.settle(held).await {
             self.route(event, now);
         }
         for state in &mut self.targets {

@@ -75,6 +75,8 @@ type Slot = (Instant, u64);
 struct Held {
     slot: Slot,
     event: WebhookEvent,
+    /// The token of a removal's cluster-wide hold (see `RemovalHold`).
+    token: Option<u64>,
 }
 
 /// Per-app admission state; see the module docs.
@@ -94,23 +96,25 @@ impl EventGate {
 
     /// Admits one emitted event at `now`. `removal_delay` is the app's current setting; zero
     /// releases removals at once (and a re-add still cancels a removal held from before).
+    /// `token`: a removal's cluster-wide hold, given back with it when it falls due.
     pub(crate) fn admit(
         &mut self,
         event: WebhookEvent,
+        token: Option<u64>,
         removal_delay: Duration,
         now: Instant,
     ) -> Admission {
         match &event {
             WebhookEvent::ChannelVacated { channel } => {
                 let key = HoldKey::Vacated(channel.clone());
-                self.hold_removal(key, event, removal_delay, now)
+                self.hold_removal(key, event, token, removal_delay, now)
             }
             WebhookEvent::MemberRemoved { channel, user_id } => {
                 let key = HoldKey::MemberRemoved {
                     channel: channel.clone(),
                     user_id: user_id.clone(),
                 };
-                self.hold_removal(key, event, removal_delay, now)
+                self.hold_removal(key, event, token, removal_delay, now)
             }
             WebhookEvent::ChannelOccupied { channel } => {
                 let key = HoldKey::Vacated(channel.clone());
@@ -151,16 +155,22 @@ impl EventGate {
         &mut self,
         key: HoldKey,
         event: WebhookEvent,
+        token: Option<u64>,
         delay: Duration,
         now: Instant,
     ) -> Admission {
         if self.held.contains_key(&key) {
-            return Admission::Suppressed(Suppression::DuplicateRemoval);
+            if token.is_none() {
+                return Admission::Suppressed(Suppression::DuplicateRemoval);
+            }
+            // A new cluster-wide hold: the one held here was taken away by a re-add on
+            // another node, so this removal is the one that counts.
+            self.unhold(&key);
         }
         if delay.is_zero() {
             return Admission::Release(event);
         }
-        self.hold(key, event, now + delay);
+        self.hold(key, event, token, now + delay);
         Admission::Held
     }
 
@@ -193,7 +203,7 @@ impl EventGate {
             .last_seen(&channel, SUBSCRIPTION_COUNT_INTERVAL, now);
         match last {
             Some(last) if count > SUBSCRIPTION_COUNT_BUSY => {
-                self.hold(key, event, last + SUBSCRIPTION_COUNT_INTERVAL);
+                self.hold(key, event, None, last + SUBSCRIPTION_COUNT_INTERVAL);
                 Admission::Held
             }
             _ => {
@@ -203,11 +213,11 @@ impl EventGate {
         }
     }
 
-    fn hold(&mut self, key: HoldKey, event: WebhookEvent, at: Instant) {
+    fn hold(&mut self, key: HoldKey, event: WebhookEvent, token: Option<u64>, at: Instant) {
         let slot = (at, self.next_seq);
         self.next_seq = self.next_seq.wrapping_add(1);
         self.due.insert(slot, key.clone());
-        self.held.insert(key, Held { slot, event });
+        self.held.insert(key, Held { slot, event, token });
     }
 
     fn unhold(&mut self, key: &HoldKey) -> Option<WebhookEvent> {
@@ -221,26 +231,27 @@ impl EventGate {
         self.due.first_key_value().map(|((at, _), _)| *at)
     }
 
-    /// Takes the earliest held event if it is due at `now`. Call until `None`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<WebhookEvent> {
+    /// Takes the earliest held event, with its hold's token, if it is due at `now`. Call
+    /// until `None`.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(WebhookEvent, Option<u64>)> {
         let (&slot, _) = self.due.first_key_value()?;
         if slot.0 > now {
             return None;
         }
         let key = self.due.remove(&slot)?;
-        let event = self.held.remove(&key)?.event;
+        let held = self.held.remove(&key)?;
         if let HoldKey::Count(channel) = key {
             self.counts_sent.record(channel, now);
         }
-        Some(event)
+        Some((held.event, held.token))
     }
 
-    /// Takes every held event in due order (used on shutdown: the server is going away, so
-    /// the removals it holds are final).
-    pub(crate) fn drain(&mut self) -> Vec<WebhookEvent> {
+    /// Takes every held event in due order, with their tokens (used on shutdown: the server
+    /// is going away, so the removals it holds are final unless a re-add took their hold).
+    pub(crate) fn drain(&mut self) -> Vec<(WebhookEvent, Option<u64>)> {
         let due = std::mem::take(&mut self.due);
         due.into_values()
-            .filter_map(|key| self.held.remove(&key).map(|held| held.event))
+            .filter_map(|key| self.held.remove(&key).map(|held| (held.event, held.token)))
             .collect()
     }
 
@@ -321,7 +332,7 @@ mod tests {
     }
 
     fn drain_due(gate: &mut EventGate, now: Instant) -> Vec<WebhookEvent> {
-        std::iter::from_fn(|| gate.pop_due(now)).collect()
+        std::iter::from_fn(|| gate.pop_due(now).map(|(event, _)| event)).collect()
     }
 
     #[test]
@@ -329,7 +340,7 @@ mod tests {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
         assert_eq!(
-            gate.admit(occupied("a"), DELAY, t0),
+            gate.admit(occupied("a"), None, DELAY, t0),
             Admission::Release(occupied("a"))
         );
     }
@@ -338,14 +349,14 @@ mod tests {
     fn vacate_is_held_for_the_delay_then_released() {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
-        assert_eq!(gate.admit(vacated("a"), DELAY, t0), Admission::Held);
+        assert_eq!(gate.admit(vacated("a"), None, DELAY, t0), Admission::Held);
         assert_eq!(gate.next_due(), Some(t0 + DELAY));
         assert!(drain_due(&mut gate, t0 + secs(2)).is_empty());
         assert_eq!(drain_due(&mut gate, t0 + DELAY), vec![vacated("a")]);
         assert_eq!(gate.next_due(), None);
         // After it went out, a re-occupy is a real change again.
         assert_eq!(
-            gate.admit(occupied("a"), DELAY, t0 + secs(4)),
+            gate.admit(occupied("a"), None, DELAY, t0 + secs(4)),
             Admission::Release(occupied("a"))
         );
     }
@@ -354,9 +365,9 @@ mod tests {
     fn quick_reoccupy_cancels_both() {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
-        assert_eq!(gate.admit(vacated("a"), DELAY, t0), Admission::Held);
+        assert_eq!(gate.admit(vacated("a"), None, DELAY, t0), Admission::Held);
         assert_eq!(
-            gate.admit(occupied("a"), DELAY, t0 + secs(1)),
+            gate.admit(occupied("a"), None, DELAY, t0 + secs(1)),
             Admission::Suppressed(Suppression::RejoinedInTime)
         );
         assert_eq!(gate.held(), 0);
@@ -367,9 +378,9 @@ mod tests {
     fn reoccupy_of_another_channel_does_not_cancel() {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
-        gate.admit(vacated("a"), DELAY, t0);
+        gate.admit(vacated("a"), None, DELAY, t0);
         assert_eq!(
-            gate.admit(occupied("b"), DELAY, t0),
+            gate.admit(occupied("b"), None, DELAY, t0),
             Admission::Release(occupied("b"))
         );
         assert_eq!(drain_due(&mut gate, t0 + DELAY), vec![vacated("a")]);
@@ -380,19 +391,19 @@ mod tests {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
         assert_eq!(
-            gate.admit(removed("presence-a", "1"), DELAY, t0),
+            gate.admit(removed("presence-a", "1"), None, DELAY, t0),
             Admission::Held
         );
         assert_eq!(
-            gate.admit(added("presence-a", "2"), DELAY, t0),
+            gate.admit(added("presence-a", "2"), None, DELAY, t0),
             Admission::Release(added("presence-a", "2"))
         );
         assert_eq!(
-            gate.admit(added("presence-b", "1"), DELAY, t0),
+            gate.admit(added("presence-b", "1"), None, DELAY, t0),
             Admission::Release(added("presence-b", "1"))
         );
         assert_eq!(
-            gate.admit(added("presence-a", "1"), DELAY, t0 + secs(2)),
+            gate.admit(added("presence-a", "1"), None, DELAY, t0 + secs(2)),
             Admission::Suppressed(Suppression::RejoinedInTime)
         );
         assert_eq!(gate.held(), 0);
@@ -402,8 +413,8 @@ mod tests {
     fn last_member_and_vacate_fire_in_emit_order() {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
-        gate.admit(removed("presence-a", "1"), DELAY, t0);
-        gate.admit(vacated("presence-a"), DELAY, t0);
+        gate.admit(removed("presence-a", "1"), None, DELAY, t0);
+        gate.admit(vacated("presence-a"), None, DELAY, t0);
         assert_eq!(
             drain_due(&mut gate, t0 + DELAY),
             vec![removed("presence-a", "1"), vacated("presence-a")]
@@ -415,15 +426,15 @@ mod tests {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
         assert_eq!(
-            gate.admit(vacated("a"), Duration::ZERO, t0),
+            gate.admit(vacated("a"), None, Duration::ZERO, t0),
             Admission::Release(vacated("a"))
         );
         assert_eq!(
-            gate.admit(removed("p", "1"), Duration::ZERO, t0),
+            gate.admit(removed("p", "1"), None, Duration::ZERO, t0),
             Admission::Release(removed("p", "1"))
         );
         assert_eq!(
-            gate.admit(occupied("a"), Duration::ZERO, t0),
+            gate.admit(occupied("a"), None, Duration::ZERO, t0),
             Admission::Release(occupied("a"))
         );
     }
@@ -432,21 +443,48 @@ mod tests {
     fn duplicate_removal_is_dropped() {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
-        gate.admit(vacated("a"), DELAY, t0);
+        gate.admit(vacated("a"), None, DELAY, t0);
         assert_eq!(
-            gate.admit(vacated("a"), DELAY, t0 + secs(1)),
+            gate.admit(vacated("a"), None, DELAY, t0 + secs(1)),
             Admission::Suppressed(Suppression::DuplicateRemoval)
         );
         assert_eq!(drain_due(&mut gate, t0 + DELAY), vec![vacated("a")]);
     }
 
     #[test]
+    fn a_removal_held_cluster_wide_comes_back_with_its_token_and_a_newer_hold_replaces_it() {
+        let mut gate = EventGate::new();
+        let t0 = Instant::now();
+        let gone = removed("presence-a", "1");
+        assert_eq!(
+            gate.admit(gone.clone(), Some(7), DELAY, t0),
+            Admission::Held
+        );
+        // The user came back on another node (taking hold 7) and left again there... then
+        // here: this node's newer removal, with its own hold, is the one to settle.
+        assert_eq!(
+            gate.admit(gone.clone(), Some(9), DELAY, t0 + secs(2)),
+            Admission::Held
+        );
+        assert_eq!(
+            gate.pop_due(t0 + DELAY),
+            None,
+            "restarted with the new hold"
+        );
+        assert_eq!(gate.pop_due(t0 + secs(2) + DELAY), Some((gone, Some(9))));
+        assert_eq!(gate.held(), 0);
+    }
+
+    #[test]
     fn drain_returns_everything_in_due_order() {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
-        gate.admit(vacated("b"), DELAY, t0 + secs(1));
-        gate.admit(vacated("a"), DELAY, t0);
-        assert_eq!(gate.drain(), vec![vacated("a"), vacated("b")]);
+        gate.admit(vacated("b"), None, DELAY, t0 + secs(1));
+        gate.admit(vacated("a"), None, DELAY, t0);
+        assert_eq!(
+            gate.drain(),
+            vec![(vacated("a"), None), (vacated("b"), None)]
+        );
         assert_eq!(gate.next_due(), None);
         assert_eq!(gate.held(), 0);
     }
@@ -462,19 +500,19 @@ mod tests {
             channel: "cache-b".into(),
         };
         assert_eq!(
-            gate.admit(miss.clone(), DELAY, t0),
+            gate.admit(miss.clone(), None, DELAY, t0),
             Admission::Release(miss.clone())
         );
         assert_eq!(
-            gate.admit(miss.clone(), DELAY, t0 + secs(1)),
+            gate.admit(miss.clone(), None, DELAY, t0 + secs(1)),
             Admission::Suppressed(Suppression::RepeatedCacheMiss)
         );
         assert_eq!(
-            gate.admit(other.clone(), DELAY, t0 + secs(1)),
+            gate.admit(other.clone(), None, DELAY, t0 + secs(1)),
             Admission::Release(other)
         );
         assert_eq!(
-            gate.admit(miss.clone(), DELAY, t0 + CACHE_MISS_WINDOW),
+            gate.admit(miss.clone(), None, DELAY, t0 + CACHE_MISS_WINDOW),
             Admission::Release(miss)
         );
     }
@@ -502,7 +540,7 @@ mod tests {
         let t0 = Instant::now();
         for n in 1..=5 {
             assert_eq!(
-                gate.admit(count("a", n), DELAY, t0),
+                gate.admit(count("a", n), None, DELAY, t0),
                 Admission::Release(count("a", n))
             );
         }
@@ -513,15 +551,15 @@ mod tests {
         let mut gate = EventGate::new();
         let t0 = Instant::now();
         assert_eq!(
-            gate.admit(count("a", 101), DELAY, t0),
+            gate.admit(count("a", 101), None, DELAY, t0),
             Admission::Release(count("a", 101))
         );
         assert_eq!(
-            gate.admit(count("a", 102), DELAY, t0 + secs(1)),
+            gate.admit(count("a", 102), None, DELAY, t0 + secs(1)),
             Admission::Held
         );
         assert_eq!(
-            gate.admit(count("a", 103), DELAY, t0 + secs(2)),
+            gate.admit(count("a", 103), None, DELAY, t0 + secs(2)),
             Admission::Suppressed(Suppression::CountCoalesced)
         );
         assert_eq!(gate.next_due(), Some(t0 + SUBSCRIPTION_COUNT_INTERVAL));
@@ -529,13 +567,13 @@ mod tests {
         assert_eq!(drain_due(&mut gate, t0 + secs(5)), vec![count("a", 103)]);
         // The release counts as the last send: the next busy count waits again.
         assert_eq!(
-            gate.admit(count("a", 104), DELAY, t0 + secs(6)),
+            gate.admit(count("a", 104), None, DELAY, t0 + secs(6)),
             Admission::Held
         );
         assert_eq!(gate.next_due(), Some(t0 + secs(10)));
         // Dropping back under the threshold sends the fresh count and forgets the held one.
         assert_eq!(
-            gate.admit(count("a", 50), DELAY, t0 + secs(7)),
+            gate.admit(count("a", 50), None, DELAY, t0 + secs(7)),
             Admission::Release(count("a", 50))
         );
         assert_eq!(gate.held(), 0);

@@ -59,6 +59,31 @@ pub use event::{WebhookEvent, WebhookKind};
 pub use gate::{CACHE_MISS_WINDOW, SUBSCRIPTION_COUNT_BUSY, SUBSCRIPTION_COUNT_INTERVAL};
 pub use journal::{Journal, JournalEntry, JournalId, MemoryJournal, Replay};
 
+/// A `channel_vacated` or `member_removed` held cluster-wide for the removal delay: the
+/// transition's script leaves a marker holding `token` (for `ttl`, longer than the delay), a
+/// re-add on any node takes it away (and sends no `channel_occupied`/`member_added`), and the
+/// node that holds the removal sends it only if the marker is still there when it falls due
+/// ([`Journal::settle`]). So a page reload that lands on another node sends nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemovalHold {
+    pub token: u64,
+    pub ttl: std::time::Duration,
+}
+
+/// How much longer a hold's marker lives than the removal delay, so that it is still there when
+/// its removal falls due on a busy node.
+const HOLD_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl RemovalHold {
+    /// A new hold for a removal delayed by `delay`; `None` when removals are not delayed.
+    pub fn new(delay: std::time::Duration) -> Option<RemovalHold> {
+        (!delay.is_zero()).then(|| RemovalHold {
+            token: rand::random::<u64>() | 1,
+            ttl: delay + HOLD_SLACK,
+        })
+    }
+}
+
 use delivery::DeliveryPolicy;
 use dispatcher::{
     AppDispatcher, Delivery, Item, Queued, WarnLimiter, LANES_PER_TARGET, WARN_INTERVAL,
@@ -181,10 +206,15 @@ impl Webhooks {
     /// `Arc` is compared with the previous one and, if its contents differ, applied from this
     /// event on (unchanged targets keep their open batches).
     pub fn emit(&self, app: &Arc<AppWebhooks>, event: WebhookEvent) {
+        self.emit_held(app, event, None);
+    }
+
+    /// Like [`Webhooks::emit`], for a removal held cluster-wide under `hold`'s token.
+    pub fn emit_held(&self, app: &Arc<AppWebhooks>, event: WebhookEvent, hold: Option<u64>) {
         if !app.wants(&event) {
             return;
         }
-        self.offer(app, Item::Event(event));
+        self.offer(app, Item::Event(event, hold));
     }
 
     /// Delivers a request taken over from a node that died (see `journal.rs`) to the target

@@ -536,6 +536,55 @@ async fn occupancy_webhooks_fire_once_per_cluster() {
     );
 }
 
+/// Every event `rx` gets within `within`.
+async fn events_within(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    within: Duration,
+) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        got.push(e);
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_page_reload_that_lands_on_another_node_sends_no_webhooks() {
+    let (port, mut rx) = event_receiver(0).await;
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let ns = nodes(2, &format!("webhook_removal_delay = 2\n\n[[apps.webhooks]]\nurl = \"{url}\"\nevent_types = [\"channel_occupied\", \"channel_vacated\", \"member_added\", \"member_removed\"]\n")).await;
+    let (ch, member) = ("presence-room", r#"{"user_id":"7"}"#);
+    let mut page = ns[0].client().await;
+    page.subscribe_presence(ch, member).await;
+    assert_eq!(
+        events_within(&mut rx, Duration::from_millis(1500)).await,
+        vec![
+            json!({"name":"channel_occupied","channel":ch}),
+            json!({"name":"member_added","channel":ch,"user_id":"7"})
+        ]
+    );
+    // A reload: the page goes away on one node and comes back on the other in time.
+    drop(page);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = ns[1].client().await;
+    again.subscribe_presence(ch, member).await;
+    assert_eq!(
+        events_within(&mut rx, Duration::from_secs(4)).await,
+        Vec::<serde_json::Value>::new(),
+        "a return within the removal delay is no departure, whichever node it lands on"
+    );
+    // Leaving for good is reported, once, after the delay.
+    drop(again);
+    assert_eq!(
+        events_within(&mut rx, Duration::from_secs(5)).await,
+        vec![
+            json!({"name":"channel_vacated","channel":ch}),
+            json!({"name":"member_removed","channel":ch,"user_id":"7"})
+        ]
+    );
+}
+
 /// A receiver on `port` (0: any) that forwards every event it gets; returns its port.
 async fn event_receiver(
     port: u16,

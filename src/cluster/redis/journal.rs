@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::{err, now_ms, RedisCluster};
 use crate::cluster::{ClusterError, Inbound};
-use crate::webhooks::{Journal, JournalEntry, JournalId, Replay};
+use crate::webhooks::{Journal, JournalEntry, JournalId, Replay, WebhookEvent};
 
 /// Entries a journal keeps at most (approximately; the oldest go first). Far above what
 /// a node's lanes can hold, so only a runaway would reach it.
@@ -173,5 +173,39 @@ impl Journal for RedisCluster {
         if let Err(e) = result {
             debug!(error = %e, "webhook journal delete failed; the request may be delivered twice");
         }
+    }
+
+    async fn settle(&self, app_id: &str, due: &[(&WebhookEvent, u64)]) -> Vec<bool> {
+        let keys: Vec<Option<String>> = due
+            .iter()
+            .map(|(event, _)| match event {
+                WebhookEvent::ChannelVacated { channel } => {
+                    Some(self.vacated_hold_key(app_id, channel))
+                }
+                WebhookEvent::MemberRemoved { channel, user_id } => {
+                    Some(self.member_hold_key(app_id, channel, user_id))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut invocation = self.scripts.settle.prepare_invoke();
+        for ((_, token), key) in due.iter().zip(&keys) {
+            if let Some(key) = key {
+                invocation.key(key).arg(token.to_string());
+            }
+        }
+        let mut conn = self.conn.clone();
+        // Unreachable Redis: nobody could have taken a hold either, so the removals stand.
+        let kept: Vec<i64> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "settling held webhook removals failed; sending them");
+                vec![1; keys.iter().flatten().count()]
+            });
+        let mut kept = kept.into_iter();
+        keys.iter()
+            .map(|key| key.is_none() || kept.next().unwrap_or(1) == 1)
+            .collect()
     }
 }
