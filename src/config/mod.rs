@@ -565,6 +565,13 @@ fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
     if ping_interval.is_zero() {
         return Err("ping_interval must be > 0".into());
     }
+    let pong_timeout = secs(a.pong_timeout, d.pong_timeout);
+    if pong_timeout.is_zero() {
+        return Err(
+            "pong_timeout must be > 0 (0 would close every pinged socket before it could answer)"
+                .into(),
+        );
+    }
     let client_events = match (
         a.accept_client_events_from.as_deref(),
         a.enable_client_messages,
@@ -609,7 +616,7 @@ fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
         over_quota_close_code,
         activity_timeout,
         ping_interval,
-        pong_timeout: secs(a.pong_timeout, d.pong_timeout),
+        pong_timeout,
         max_message_size: positive(
             "max_message_size",
             a.max_message_size.unwrap_or(msg_size_default),

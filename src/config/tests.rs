@@ -123,15 +123,17 @@ fn bad_values_name_the_key_and_source() {
         ..Sources::default()
     });
     assert!(e.contains("REVERB_APP_ACTIVITY_TIMEOUT"), "{e}");
-    let p = temp_file(
-        "c.toml",
-        "[[apps]]\nid='1'\nkey='k'\nsecret='s'\nactivity_timeout=0\n",
-    );
-    let e = load_err(&Sources {
-        config_file: Some(&p),
-        ..Sources::default()
-    });
-    assert!(e.contains("activity_timeout"), "{e}");
+    for setting in ["activity_timeout", "pong_timeout"] {
+        let p = temp_file(
+            &format!("{setting}.toml"),
+            &format!("[[apps]]\nid='1'\nkey='k'\nsecret='s'\n{setting}=0\n"),
+        );
+        let e = load_err(&Sources {
+            config_file: Some(&p),
+            ..Sources::default()
+        });
+        assert!(e.contains(setting), "{e}");
+    }
 }
 
 #[test]

@@ -198,6 +198,11 @@ impl ConnHandle {
         *self.signed_in.lock() = Some(user);
     }
 
+    /// This connection is no longer present as `user` on any presence channel.
+    pub fn remove_presence_user(&self, user: &UserId) {
+        self.presence_users.lock().retain(|u| u != user);
+    }
+
     pub fn add_presence_user(&self, user: &UserId) {
         let mut users = self.presence_users.lock();
         if !users.contains(user) {

@@ -285,7 +285,7 @@ impl Session {
                 Err(e) => {
                     warn!(error = %e, "presence join failed");
                     Some(Refusal::subscription(
-                        ErrorKind::PresenceFull,
+                        ErrorKind::PresenceUnavailable,
                         channel,
                         4302,
                     ))
@@ -506,6 +506,13 @@ impl Session {
             }
         }
         if let Some(user) = sub.member {
+            if !self
+                .subscriptions
+                .values()
+                .any(|s| s.member.as_ref() == Some(&user))
+            {
+                self.conn.remove_presence_user(&user);
+            }
             let hold = ServerState::removal_hold(&self.app);
             let last = self
                 .state

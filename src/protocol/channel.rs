@@ -142,11 +142,9 @@ impl ChannelName {
         if name.is_empty() {
             return Err(ChannelNameError::Empty);
         }
-        if name.len() > max_len {
-            return Err(ChannelNameError::TooLong(max_len));
-        }
         let kind = ChannelKind::of(name);
         if kind == ChannelKind::ServerToUser {
+            // Any user id the app signs in, bounded by the user id limit rather than `max_len`.
             let user = &name[SERVER_TO_USER_PREFIX.len()..];
             if user.is_empty()
                 || user.chars().count() > MAX_USER_ID_LEN
@@ -154,6 +152,8 @@ impl ChannelName {
             {
                 return Err(ChannelNameError::InvalidCharacter);
             }
+        } else if name.len() > max_len {
+            return Err(ChannelNameError::TooLong(max_len));
         } else if !name.bytes().all(is_name_byte) {
             return Err(ChannelNameError::InvalidCharacter);
         }
@@ -165,8 +165,7 @@ impl ChannelName {
 
     /// The `#server-to-user-` channel of `user_id`.
     pub fn server_to_user(user_id: &str) -> Result<ChannelName, ChannelNameError> {
-        let name = format!("{SERVER_TO_USER_PREFIX}{user_id}");
-        ChannelName::parse(&name, SERVER_TO_USER_PREFIX.len() + MAX_USER_ID_LEN * 4)
+        ChannelName::parse(&format!("{SERVER_TO_USER_PREFIX}{user_id}"), 0)
     }
 
     pub fn as_str(&self) -> &str {
@@ -265,6 +264,12 @@ mod tests {
             Some("user@example.com")
         );
         assert!(ChannelName::server_to_user("12345").is_ok());
+        // User ids up to 200 characters, whatever the channel name limit (spec 2.10).
+        let long = format!("#server-to-user-{}", "é".repeat(200));
+        assert!(ChannelName::parse(&long, 200).is_ok());
+        let longer = format!("#server-to-user-{}", "u".repeat(201));
+        assert!(ChannelName::parse(&longer, 200).is_err());
+        assert!(ChannelName::parse(&"a".repeat(201), 200).is_err());
     }
 
     #[test]

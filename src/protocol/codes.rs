@@ -25,6 +25,8 @@ pub enum ErrorKind {
     InvalidChannelName,
     InvalidSignature,
     PresenceFull,
+    /// The presence store cannot be reached (a cluster whose backend is down).
+    PresenceUnavailable,
     PresenceMemberTooLarge,
     PresenceWithoutUser,
     ServerToUserForbidden,
@@ -80,7 +82,7 @@ impl ErrorKind {
             | ErrorKind::EventNameTooLong
             | ErrorKind::ClientEventTooLarge
             | ErrorKind::ClientEventRateLimited => 4301,
-            ErrorKind::WatchlistLimit => 4302,
+            ErrorKind::WatchlistLimit | ErrorKind::PresenceUnavailable => 4302,
             ErrorKind::MessageTooBig => 1009,
             ErrorKind::WebSocketProtocol => 1002,
             ErrorKind::InvalidPayload => 1007,
@@ -106,6 +108,9 @@ impl ErrorKind {
             ErrorKind::InvalidChannelName => "Invalid channel name",
             ErrorKind::InvalidSignature => "Invalid signature",
             ErrorKind::PresenceFull => "Presence channel member limit reached",
+            ErrorKind::PresenceUnavailable => {
+                "Presence is unavailable right now; try again shortly"
+            }
             ErrorKind::PresenceMemberTooLarge => "Presence user_info too large",
             ErrorKind::PresenceWithoutUser => {
                 "Presence subscription needs channel_data or a signed-in user"

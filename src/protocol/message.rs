@@ -274,10 +274,10 @@ pub fn subscription_error(kind: &ErrorKind, channel: &str, status: u16) -> Bytes
         status: u16,
     }
     let message = kind.message();
-    let t = if status == 401 {
-        "AuthError"
-    } else {
-        "LimitReached"
+    let t = match kind {
+        _ if status == 401 => "AuthError",
+        ErrorKind::PresenceUnavailable => "ServerError",
+        _ => "LimitReached",
     };
     let data = Data {
         kind: t,

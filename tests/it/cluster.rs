@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use resound::protocol::auth::{channel_string_to_sign, sign_token};
 use serde_json::json;
 
 use crate::support::*;
@@ -495,6 +496,20 @@ async fn delivery_resumes_after_redis_restarts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ready, 503, "/ready reports the lost backend");
+    // Presence needs the shared roster: refused as a server error, not as a full channel.
+    let mut joiner = a.client().await;
+    let (ch, data) = ("presence-down", r#"{"user_id":"1"}"#);
+    let auth = sign_token(
+        KEY,
+        SECRET,
+        &channel_string_to_sign(joiner.sid(), ch, Some(data)),
+    );
+    joiner
+        .send(json!({"event":"pusher:subscribe","data":{"auth":auth,"channel":ch,"channel_data":data}}))
+        .await;
+    let refused = joiner.recv().await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(refused["data"]["code"], 4302, "{refused}");
 
     let _redis = RedisProc::start(port).await;
     // Without restarting any node, cross-node delivery comes back.

@@ -455,3 +455,24 @@ async fn health_and_metrics() {
     assert!(value("resound_http_calls_received_total") >= 1.0);
     assert!(m.text.contains("resound_fanout_size_bucket"));
 }
+
+#[tokio::test]
+async fn terminating_a_presence_member_spares_sockets_that_left_the_channel() {
+    let s = TestServer::start(&config("terminate_presence_members = true", "")).await;
+    let (ch, five) = ("presence-t", r#"{"user_id":"5"}"#);
+    let mut present = s.client().await;
+    present.subscribe_presence(ch, five).await;
+    let mut left = s.client().await;
+    left.subscribe_presence(ch, five).await;
+    left.send(json!({"event":"pusher:unsubscribe","data":{"channel":ch}}))
+        .await;
+    left.assert_alive("the unsubscribe is handled").await;
+    let r = s
+        .api()
+        .post("/users/5/terminate_connections", &json!({}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(present.closed().await, Some(4009));
+    left.assert_alive("a socket no longer present as the user stays")
+        .await;
+}

@@ -29,18 +29,9 @@ async fn terminate_closes_only_that_users_signed_in_sockets() {
         assert_eq!(e["data"]["code"], 4009);
         assert_eq!(c.closed().await, Some(4009));
     }
-    u2.send(json!({"event":"pusher:ping"})).await;
-    assert_eq!(
-        u2.recv().await["event"],
-        "pusher:pong",
-        "other users untouched"
-    );
-    anon.send(json!({"event":"pusher:ping"})).await;
-    assert_eq!(
-        anon.recv().await["event"],
-        "pusher:pong",
-        "presence-only members are not signed in"
-    );
+    u2.assert_alive("other users untouched").await;
+    anon.assert_alive("presence-only members are not signed in")
+        .await;
     let r = s
         .api()
         .post("/users/nobody/terminate_connections", &json!({}))
@@ -156,11 +147,7 @@ async fn authorized_connections_close_unauthorized_sockets_after_the_timeout() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     for c in [&mut signed, &mut private] {
-        c.send(json!({"event":"pusher:ping"})).await;
-        assert_eq!(
-            c.recv().await["event"],
-            "pusher:pong",
-            "signed-in and private subscribers stay"
-        );
+        c.assert_alive("signed-in and private subscribers stay")
+            .await;
     }
 }

@@ -238,6 +238,13 @@ impl Client {
     }
 
     /// Reads until the close frame; returns its code.
+    /// Pings and expects the pong next: the connection is open, and every message it sent
+    /// before was handled (a connection handles its messages in order).
+    pub async fn assert_alive(&mut self, what: &str) {
+        self.send(json!({"event":"pusher:ping"})).await;
+        assert_eq!(self.recv().await["event"], "pusher:pong", "{what}");
+    }
+
     pub async fn closed(&mut self) -> Option<u16> {
         closed_code(&mut self.ws).await
     }
