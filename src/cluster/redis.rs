@@ -69,7 +69,7 @@ pub const INBOUND_QUEUE: usize = 65_536;
 
 const JOIN: &str = r"
 local total = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if total == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {-1, {}} end
+if total == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {-1, {}, 0} end
 redis.call('HINCRBY', KEYS[3], ARGV[2] .. '|' .. ARGV[1], 1)
 total = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('SADD', KEYS[4], ARGV[5])
@@ -1472,7 +1472,7 @@ impl PresenceStore for RedisCluster {
             .arg(max_members.min(i64::MAX as usize))
             .arg(entry);
         // From a script the hash comes as a flat list (RESP2 inside Lua) on every protocol.
-        let (first, flat, rejoined): (i64, Vec<String>, Option<i64>) = inv
+        let (first, flat, rejoined): (i64, Vec<String>, i64) = inv
             .invoke_async(&mut conn)
             .await
             .map_err(|e| PresenceError(self.failed(&e).0))?;
@@ -1481,7 +1481,7 @@ impl PresenceStore for RedisCluster {
         }
         Ok(Join::Joined {
             first: first == 1,
-            rejoined: rejoined == Some(1),
+            rejoined: rejoined == 1,
             roster: roster(
                 flat.chunks_exact(2)
                     .map(|pair| (pair[0].as_str(), pair[1].as_str())),

@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use resound::protocol::auth::{channel_string_to_sign, sign_token};
 use serde_json::json;
 
 use crate::support::*;
@@ -498,16 +497,9 @@ async fn delivery_resumes_after_redis_restarts() {
     assert_eq!(ready, 503, "/ready reports the lost backend");
     // Presence needs the shared roster: refused as a server error, not as a full channel.
     let mut joiner = a.client().await;
-    let (ch, data) = ("presence-down", r#"{"user_id":"1"}"#);
-    let auth = sign_token(
-        KEY,
-        SECRET,
-        &channel_string_to_sign(joiner.sid(), ch, Some(data)),
-    );
-    joiner
-        .send(json!({"event":"pusher:subscribe","data":{"auth":auth,"channel":ch,"channel_data":data}}))
+    let refused = joiner
+        .try_presence("presence-down", r#"{"user_id":"1"}"#)
         .await;
-    let refused = joiner.recv().await;
     assert_eq!(refused["event"], "pusher:error", "{refused}");
     assert_eq!(refused["data"]["code"], 4302, "{refused}");
 
@@ -562,6 +554,21 @@ async fn events_within(
         got.push(e);
     }
     got
+}
+
+#[tokio::test]
+async fn the_presence_member_limit_is_cluster_wide() {
+    let ns = nodes(2, "max_presence_members_per_channel = 1").await;
+    let ch = "presence-one";
+    let mut first = ns[0].client().await;
+    first.subscribe_presence(ch, r#"{"user_id":"1"}"#).await;
+    let mut second = ns[1].client().await;
+    let refused = second.try_presence(ch, r#"{"user_id":"2"}"#).await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(refused["data"]["code"], 4100, "{refused}");
+    // Another tab of the member already there is no new member.
+    let mut tab = ns[1].client().await;
+    tab.subscribe_presence(ch, r#"{"user_id":"1"}"#).await;
 }
 
 #[tokio::test]

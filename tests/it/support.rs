@@ -220,14 +220,24 @@ impl Client {
     }
 
     pub async fn subscribe_presence(&mut self, channel: &str, channel_data: &str) -> Value {
+        self.ask_presence(channel, channel_data).await;
+        self.recv_event("pusher_internal:subscription_succeeded")
+            .await
+    }
+
+    /// Sends a signed presence subscribe and returns the answer, whatever it is.
+    pub async fn try_presence(&mut self, channel: &str, channel_data: &str) -> Value {
+        self.ask_presence(channel, channel_data).await;
+        self.recv().await
+    }
+
+    async fn ask_presence(&mut self, channel: &str, channel_data: &str) {
         let auth = sign_token(
             KEY,
             SECRET,
             &channel_string_to_sign(self.sid(), channel, Some(channel_data)),
         );
         self.send(json!({"event":"pusher:subscribe","data":{"auth":auth,"channel":channel,"channel_data":channel_data}})).await;
-        self.recv_event("pusher_internal:subscription_succeeded")
-            .await
     }
 
     pub async fn signin(&mut self, user_data: &str) -> Value {
