@@ -48,7 +48,7 @@ export const APPS = {
   tls: { id: '1000008', key: 'pt-tls-key', secret: 'pt-tls-secret' },
   idle: { id: '1000009', key: 'pt-idle-key', secret: 'pt-idle-secret', activityTimeout: 2, pongTimeout: 2 },
   quiet: { id: '1000010', key: 'pt-quiet-key', secret: 'pt-quiet-secret' },
-  hooks: { id: '1000011', key: 'pt-hooks-key', secret: 'pt-hooks-secret', removalDelay: 1, webhookPort: 47613 },
+  hooks: { id: '1000011', key: 'pt-hooks-key', secret: 'pt-hooks-secret', removalDelay: 1, webhookPort: 29613 },
 };
 
 /** 32 bytes 0x00..0x1f, the master key of spec 8.4. */

@@ -1,4 +1,4 @@
-// Spec 6: webhooks of the "hooks" app, posted to a receiver this file runs on 127.0.0.1:47613
+// Spec 6: webhooks of the "hooks" app, posted to a receiver this file runs on 127.0.0.1:29613
 // (the URL configured in resound.toml). Checks the request (exact Content-Type, X-Pusher-Key,
 // signature over the raw body, time_ms in milliseconds, accepted by pusher-http-node's
 // webhook().isValid()), the event shapes, and the delayed, cancellable removals.

@@ -26,9 +26,9 @@ import websocket
 
 URLS = [u.strip() for u in os.environ.get("PT_URLS", "http://127.0.0.1:8080").split(",") if u.strip()]
 APP = {"id": "1000001", "key": "pt-key", "secret": "pt-secret"}
-# Posts its webhooks to a receiver this suite runs on 127.0.0.1:47614 (resound.toml).
+# Posts its webhooks to a receiver this suite runs on 127.0.0.1:29614 (resound.toml).
 HOOKS_APP = {"id": "1000012", "key": "pt-pyhooks-key", "secret": "pt-pyhooks-secret"}
-HOOKS_PORT = 47614
+HOOKS_PORT = 29614
 MASTER_KEY_B64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 WAIT = 4.0
 
