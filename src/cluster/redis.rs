@@ -1202,6 +1202,11 @@ impl ClusterState for RedisCluster {
     }
 
     async fn store_cache(&self, hub: &AppHub, channel: &str, cached: &CachedEvent) -> bool {
+        // Unreachable: the trigger is answered at once rather than after a command timeout.
+        if !self.healthy.load(Ordering::Acquire) {
+            debug!("cache channel event not stored: the cluster backend is unreachable");
+            return true;
+        }
         let key = self.key(&format!("cache:{}:{}", hub.app.id, channel));
         let ttl = u64::try_from(hub.app.settings.cache_ttl.as_millis())
             .unwrap_or(u64::MAX)

@@ -495,6 +495,15 @@ async fn delivery_resumes_after_redis_restarts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ready, 503, "/ready reports the lost backend");
+    // A cache channel's trigger does not wait for the unreachable store either.
+    let started = Instant::now();
+    let cached = a.api().trigger(&["cache-down"], "e", "{}").await;
+    assert_eq!(cached.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
     // Presence needs the shared roster: refused as a server error, not as a full channel.
     let mut joiner = a.client().await;
     let refused = joiner
