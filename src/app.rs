@@ -148,6 +148,13 @@ pub struct App {
 }
 
 impl App {
+    /// A hold for one of this app's removal webhooks (none without webhooks or removal delay).
+    pub fn removal_hold(&self) -> Option<crate::webhooks::RemovalHold> {
+        self.webhooks
+            .as_ref()
+            .and_then(|w| crate::webhooks::RemovalHold::new(w.removal_delay))
+    }
+
     /// Whether `origin` (the `Origin` header, possibly absent) passes `allowed_origins`
     /// (spec 1.2 step 7): the host of the origin is matched against patterns with `*`.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {

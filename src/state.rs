@@ -187,11 +187,4 @@ impl ServerState {
             self.webhooks.emit_held(w, event, hold.map(|h| h.token));
         }
     }
-
-    /// A hold for a removal webhook of `app` (none without webhooks or removal delay).
-    pub fn removal_hold(app: &App) -> Option<RemovalHold> {
-        app.webhooks
-            .as_ref()
-            .and_then(|w| RemovalHold::new(w.removal_delay))
-    }
 }

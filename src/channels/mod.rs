@@ -177,6 +177,14 @@ impl Channel {
         apply(change, members);
     }
 
+    /// Keeps a cache channel's event for the joins in progress (see `latest`).
+    fn note_latest(&mut self, frame: &Bytes) {
+        if self.joining > 0 {
+            self.changes += 1;
+            self.latest = Some((self.changes, frame.clone()));
+        }
+    }
+
     /// A join begun with `begin_join` ended: its kept events go once no other join needs them.
     fn end_join(&mut self) {
         self.joining = self.joining.saturating_sub(1);
@@ -433,17 +441,15 @@ impl ChannelRegistry {
                 let Some(entry) = self.channels.get(channel) else {
                     return fanout;
                 };
-                // A join reading the shared cached event: the write lock, to note this one.
-                if entry.joining > 0 && channel.kind().is_cache() && message::is_cacheable(frame) {
-                    drop(entry);
-                    if let Some(mut entry) = self.channels.get_mut(channel) {
-                        if entry.joining > 0 {
-                            entry.changes += 1;
-                            entry.latest = Some((entry.changes, frame.clone()));
-                        }
-                        deliver_all(&entry.subscribers, frame, except, &mut fanout);
-                    }
-                } else {
+                if !(entry.joining > 0 && channel.kind().is_cache() && message::is_cacheable(frame))
+                {
+                    deliver_all(&entry.subscribers, frame, except, &mut fanout);
+                    return fanout;
+                }
+                // A join is reading the shared cached event: the write lock, to note this one.
+                drop(entry);
+                if let Some(mut entry) = self.channels.get_mut(channel) {
+                    entry.note_latest(frame);
                     deliver_all(&entry.subscribers, frame, except, &mut fanout);
                 }
             }
@@ -647,6 +653,16 @@ mod tests {
         assert!(s.is_some());
     }
 
+    /// A registry, its `presence-room` and two connections, not subscribed yet.
+    fn presence_room() -> (ChannelRegistry, ChannelName, ConnRef, ConnRef) {
+        (
+            registry(),
+            name("presence-room"),
+            ConnHandle::new(SocketId::from_parts(1, 1), 16),
+            ConnHandle::new(SocketId::from_parts(2, 2), 16),
+        )
+    }
+
     fn frames(conn: &ConnRef) -> Vec<Bytes> {
         conn.take_queued()
             .into_iter()
@@ -656,10 +672,7 @@ mod tests {
 
     #[test]
     fn member_events_reach_only_the_subscribers_whose_roster_they_change() {
-        let r = registry();
-        let ch = name("presence-room");
-        let a = ConnHandle::new(SocketId::from_parts(1, 1), 16);
-        let b = ConnHandle::new(SocketId::from_parts(2, 2), 16);
+        let (r, ch, a, b) = presence_room();
         let mark = r.begin_join(&ch);
         join(&r, &a, "a", &["a"], mark);
         r.publish(&ch, &added("a"), Some(a.socket_id), None);
@@ -688,10 +701,7 @@ mod tests {
 
     #[test]
     fn member_events_that_arrive_while_a_roster_is_read_are_replayed_where_it_lacks_them() {
-        let r = registry();
-        let ch = name("presence-room");
-        let a = ConnHandle::new(SocketId::from_parts(1, 1), 16);
-        let b = ConnHandle::new(SocketId::from_parts(2, 2), 16);
+        let (r, ch, a, b) = presence_room();
         let mark = r.begin_join(&ch);
         join(&r, &a, "a", &["a", "x"], mark);
         let _ = frames(&a);

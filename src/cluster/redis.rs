@@ -96,25 +96,6 @@ end
 return 0
 ";
 
-/// Adds `delta` (ARGV[3]) to a channel's subscriptions, this node's share and the cluster's;
-/// returns `{total, rejoined}`. The last one leaving holds the channel's `channel_vacated`
-/// (KEYS[3] set to the token ARGV[4] for ARGV[5] ms, when given); the first one coming back
-/// takes the hold away (`rejoined` 1), cancelling both webhooks.
-const SUBSCRIPTIONS: &str = r"
-local n = redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
-if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
-local g = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[3])
-local delta = tonumber(ARGV[3])
-if g <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  if delta < 0 and ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
-  return {0, 0}
-end
-local rejoined = 0
-if delta > 0 and g == delta then rejoined = redis.call('DEL', KEYS[3]) end
-return {g, rejoined}
-";
-
 /// Settles held removals falling due: for each hold key, 1 (and the hold is removed) when it
 /// still holds the token given, 0 when a re-add took it away (or a newer hold replaced it).
 const SETTLE: &str = r"
@@ -148,13 +129,23 @@ end
 return oldest
 ";
 
-/// Adds `delta` to a node's share and to the cluster-wide total; returns the total.
+/// Adds `delta` (ARGV[3]) to a node's share and to the cluster-wide total; returns
+/// `{total, rejoined}`. With a hold key (KEYS[3], a channel's subscriptions): the total going to
+/// 0 holds the channel's `channel_vacated` (KEYS[3] set to the token ARGV[4] for ARGV[5] ms,
+/// when given); going up from 0 takes the hold away (`rejoined` 1), cancelling both webhooks.
 const COUNT: &str = r"
 local n = redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
 if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
 local g = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[3])
-if g <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]); return 0 end
-return g
+local delta = tonumber(ARGV[3])
+if g <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if KEYS[3] and delta < 0 and ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
+  return {0, 0}
+end
+local rejoined = 0
+if KEYS[3] and delta > 0 and g == delta then rejoined = redis.call('DEL', KEYS[3]) end
+return {g, rejoined}
 ";
 
 /// Reserves a connection under a cluster-wide maximum (ARGV[4], 0 = none); -1 when full.
@@ -313,7 +304,6 @@ struct Scripts {
     leave: Script,
     reap_member: Script,
     count: Script,
-    subscriptions: Script,
     settle: Script,
     open: Script,
     adopt: Script,
@@ -392,7 +382,6 @@ impl RedisCluster {
                 leave: Script::new(LEAVE),
                 reap_member: Script::new(REAP_MEMBER),
                 count: Script::new(COUNT),
-                subscriptions: Script::new(SUBSCRIPTIONS),
                 settle: Script::new(SETTLE),
                 open: Script::new(OPEN),
                 adopt: Script::new(journal::ADOPT),
@@ -722,6 +711,20 @@ impl RedisCluster {
         item: &str,
         delta: i64,
     ) -> Result<i64, ClusterError> {
+        Ok(self.tally_held(what, node, app, item, delta, None).await?.0)
+    }
+
+    /// `tally`, holding (or taking away) the hold at `hold.0` with the token of `hold.1` as the
+    /// total leaves or reaches 0 (see `COUNT`); returns the total and whether a hold was taken.
+    async fn tally_held(
+        &self,
+        what: Tally,
+        node: u64,
+        app: &str,
+        item: &str,
+        delta: i64,
+        hold: Option<(String, Option<RemovalHold>)>,
+    ) -> Result<(i64, bool), ClusterError> {
         let (global, field, node_key, node_field) = match what {
             Tally::Connections => (
                 self.key("c"),
@@ -749,7 +752,13 @@ impl RedisCluster {
             .arg(field)
             .arg(node_field)
             .arg(delta);
-        inv.invoke_async(&mut conn).await.map_err(|e| err(&e))
+        if let Some((key, hold)) = hold {
+            let (token, ttl) = hold_args(hold);
+            inv.key(key).arg(token).arg(ttl);
+        }
+        let (total, rejoined): (i64, i64) =
+            inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        Ok((total, rejoined == 1))
     }
 
     /// Takes a local reference on `target`; the first one subscribes (and waits for Redis to
@@ -1306,22 +1315,20 @@ impl RedisCluster {
     ) -> Result<Counted, ClusterError> {
         self.check()?;
         let app = hub.app.id.as_str();
-        let (token, ttl) = hold_args(hold);
-        let mut conn = self.conn.clone();
-        let mut inv = self.scripts.subscriptions.prepare_invoke();
-        inv.key(self.key(&format!("s:{app}")))
-            .key(self.node_key(self.node, "s"))
-            .key(self.vacated_hold_key(app, channel))
-            .arg(channel)
-            .arg(format!("{app}\n{channel}"))
-            .arg(delta)
-            .arg(token)
-            .arg(ttl);
-        let (total, rejoined): (i64, i64) =
-            inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+        let hold_key = self.vacated_hold_key(app, channel);
+        let (total, rejoined) = self
+            .tally_held(
+                Tally::Subscriptions,
+                self.node,
+                app,
+                channel,
+                delta,
+                Some((hold_key, hold)),
+            )
+            .await?;
         Ok(Counted {
             total: total.max(0).unsigned_abs(),
-            rejoined: rejoined == 1,
+            rejoined,
         })
     }
 

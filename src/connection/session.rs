@@ -487,7 +487,7 @@ impl Session {
                 .adapter
                 .release(&self.app.id, &target_of(name))
                 .await;
-            let hold = ServerState::removal_hold(&self.app);
+            let hold = self.app.removal_hold();
             match self
                 .state
                 .cluster
@@ -513,7 +513,7 @@ impl Session {
             {
                 self.conn.remove_presence_user(&user);
             }
-            let hold = ServerState::removal_hold(&self.app);
+            let hold = self.app.removal_hold();
             let last = self
                 .state
                 .presence

@@ -165,6 +165,7 @@ impl ChannelName {
 
     /// The `#server-to-user-` channel of `user_id`.
     pub fn server_to_user(user_id: &str) -> Result<ChannelName, ChannelNameError> {
+        // The name length limit does not apply to this family; the user id limit does.
         ChannelName::parse(&format!("{SERVER_TO_USER_PREFIX}{user_id}"), 0)
     }
 
