@@ -73,6 +73,14 @@ pub struct ServerConfig {
     pub outbound_queue_size: usize,
     /// TLS termination in the binary: every connection on `port` is TLS.
     pub tls: Option<TlsConfig>,
+    /// Seconds a client may take to send a request's line and headers, the WebSocket
+    /// handshake included; an idle keep-alive connection is closed after it too.
+    pub header_timeout: u64,
+    /// Seconds a signed API request may take to send its body.
+    pub body_timeout: u64,
+    /// Accepted connections that have neither upgraded to a WebSocket nor passed a signature
+    /// check; at the cap the oldest of them is closed to admit a new one.
+    pub max_pending_connections: usize,
 }
 
 /// `[server.tls]`.
@@ -97,6 +105,9 @@ impl Default for ServerConfig {
             metrics_prefix: "resound".into(),
             outbound_queue_size: 1024,
             tls: None,
+            header_timeout: 10,
+            body_timeout: 10,
+            max_pending_connections: 4096,
         }
     }
 }
@@ -477,6 +488,19 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
     if s.outbound_queue_size == 0 {
         return Err(ConfigError::Invalid(
             "server.outbound_queue_size must be > 0".into(),
+        ));
+    }
+    for (key, v) in [
+        ("header_timeout", s.header_timeout),
+        ("body_timeout", s.body_timeout),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::Invalid(format!("server.{key} must be > 0")));
+        }
+    }
+    if s.max_pending_connections == 0 {
+        return Err(ConfigError::Invalid(
+            "server.max_pending_connections must be > 0".into(),
         ));
     }
     if s.metrics_prefix.is_empty()

@@ -2,6 +2,7 @@
 //! health and metrics. Every route works at the root and under the configured prefix.
 
 mod channels;
+pub mod edge;
 mod error;
 mod events;
 mod health;
@@ -11,7 +12,7 @@ mod ws;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -20,6 +21,7 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::state::{AppHub, ServerState};
+use edge::{EdgeConn, TimeoutPhase};
 use error::json_response;
 pub use error::ApiError;
 pub use health::metrics_only;
@@ -137,20 +139,27 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Reads the body under the app's limit (413 above it).
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(
-            format!("Request body is larger than {limit} bytes"),
-        )),
-        Err(_) => Err(ApiError::BadRequest(
+/// Reads the body under the app's limit (413 above it, before reading when the declared
+/// length says so) within `server.body_timeout` (408).
+async fn read_body(body: Incoming, limit: usize, state: &ServerState) -> Result<Bytes, ApiError> {
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("Request body is larger than {limit} bytes"));
+    if http_body::Body::size_hint(&body).lower() > u64::try_from(limit).unwrap_or(u64::MAX) {
+        return Err(too_large());
+    }
+    let timeout = Duration::from_secs(state.server.body_timeout);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::BadRequest(
             "Could not read the request body".into(),
         )),
+        Err(_) => Err(ApiError::RequestTimeout),
     }
 }
 
-/// Looks up the app, reads the body and verifies the signature.
+/// Looks up the app, verifies the query's signature, then reads the body and checks it
+/// against the signed `body_md5`: a caller without the secret never makes us read its body.
 async fn signed(
     req: Request<Incoming>,
     state: &ServerState,
@@ -159,8 +168,6 @@ async fn signed(
     path: &str,
 ) -> Result<(Method, ApiRequest), ApiError> {
     let (parts, body) = req.into_parts();
-    let body = read_body(body, app.settings.max_http_body_bytes).await?;
-    state.metrics.http_received_bytes.inc_by(body.len() as u64);
     let query = Query::parse(parts.uri.query());
     let decoded = percent_encoding::percent_decode_str(raw_path)
         .decode_utf8_lossy()
@@ -172,14 +179,22 @@ async fn signed(
     if decoded != raw_path {
         candidates.push(&decoded);
     }
-    signature::verify(
-        &app,
-        parts.method.as_str(),
-        &candidates,
-        &query,
-        &body,
-        now_unix(),
-    )?;
+    signature::verify_query(&app, parts.method.as_str(), &candidates, &query, now_unix())?;
+    let conn = parts.extensions.get::<EdgeConn>();
+    if let Some(conn) = conn {
+        conn.trusted();
+    }
+    let body = match read_body(body, app.settings.max_http_body_bytes, state).await {
+        Err(ApiError::RequestTimeout) => {
+            if let Some(conn) = conn {
+                conn.edge().timed_out(TimeoutPhase::Body);
+            }
+            return Err(ApiError::RequestTimeout);
+        }
+        other => other?,
+    };
+    state.metrics.http_received_bytes.inc_by(body.len() as u64);
+    signature::verify_body(&query, &body)?;
     let hub = state.hub(&app);
     if parts.method == Method::GET {
         if let Some(limiter) = &hub.read_limiter {

@@ -41,14 +41,29 @@ fn decode(s: &str) -> String {
     percent_decode_str(&s).decode_utf8_lossy().into_owned()
 }
 
-/// Verifies a request against `app`. `paths` are the candidate signed paths (raw, and with the
-/// route prefix stripped). `now` is Unix seconds.
+/// Verifies a request against `app`: `verify_query`, then `verify_body`.
+#[cfg(test)]
 pub fn verify(
     app: &App,
     method: &str,
     paths: &[&str],
     query: &Query,
     body: &[u8],
+    now: u64,
+) -> Result<(), ApiError> {
+    verify_query(app, method, paths, query, now)?;
+    verify_body(query, body)
+}
+
+/// Verifies everything a request's query proves: the key, the timestamp window and the
+/// signature, which covers `body_md5`. It needs no body, so an unauthenticated caller is
+/// refused before its body is read. `paths` are the candidate signed paths (raw, and with the
+/// route prefix stripped). `now` is Unix seconds.
+pub fn verify_query(
+    app: &App,
+    method: &str,
+    paths: &[&str],
+    query: &Query,
     now: u64,
 ) -> Result<(), ApiError> {
     let q = &query.0;
@@ -85,15 +100,6 @@ pub fn verify(
             "Timestamp expired: Given timestamp ({ts}) not within {tolerance}s of server time ({now})"
         )));
     }
-    let body_ok = match q.get("body_md5") {
-        Some(given) => hex_eq(&md5_hex(body), given),
-        None => body.is_empty(),
-    };
-    if !body_ok {
-        return Err(ApiError::Unauthorized(
-            "body_md5 is missing or does not match the body".into(),
-        ));
-    }
     let canonical = canonical_query(
         q.iter()
             .filter(|(k, _)| k.as_str() != "auth_signature")
@@ -114,6 +120,22 @@ pub fn verify(
             canonical
         )
     )))
+}
+
+/// Checks the body against the signed `body_md5` (an absent `body_md5` means an empty body).
+/// Call after `verify_query`, which proved `body_md5` itself.
+pub fn verify_body(query: &Query, body: &[u8]) -> Result<(), ApiError> {
+    let body_ok = match query.get("body_md5") {
+        Some(given) => hex_eq(&md5_hex(body), given),
+        None => body.is_empty(),
+    };
+    if body_ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "body_md5 is missing or does not match the body".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

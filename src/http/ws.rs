@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::debug;
 
+use super::edge::EdgeConn;
 use super::error::ApiError;
 use super::signature::Query;
 use crate::connection::{self, Admission};
@@ -110,7 +111,7 @@ pub(super) async fn upgrade(
                 .into_response();
         }
     };
-    tokio::spawn(async move {
+    let task = async move {
         match fut.await {
             Ok(ws) => connection::run(ws.into_inner(), admission, state).await,
             Err(e) => {
@@ -122,6 +123,11 @@ pub(super) async fn upgrade(
                 }
             }
         }
-    });
+    };
+    // The socket's task belongs to the edge that accepted it, so a drain waits for it.
+    match req.extensions().get::<EdgeConn>() {
+        Some(conn) => drop(conn.edge().spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
     response.map(|_| Full::new(Bytes::new()))
 }

@@ -1,0 +1,176 @@
+//! The HTTP edge against hostile or broken clients: sockets that never send a request, unsigned
+//! requests that declare a large body, a crowd of connections that never upgrade, and a
+//! backend whose errors must not reach HTTP clients.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Whether the server closes `s` within `within` (EOF or a reset).
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn open(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(TcpStream::connect(addr).await.unwrap());
+    }
+    out
+}
+
+/// The first response line the server sends on `s` (fails after `within`).
+async fn status_line(s: &mut TcpStream, within: Duration) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no answer within {within:?}"));
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn idle_and_slow_header_sockets_are_closed_after_the_header_timeout() {
+    let server = TestServer::start(&config("", "").replace(
+        "shutdown_grace_period = 2",
+        "shutdown_grace_period = 2\nheader_timeout = 1",
+    ))
+    .await;
+    let mut idle = open(server.addr, 50).await;
+    let mut slow = open(server.addr, 50).await;
+    for s in &mut slow {
+        // A request line and one header, never finished.
+        s.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    for s in idle.iter_mut().chain(slow.iter_mut()) {
+        assert!(
+            closed_within(s, Duration::from_secs(4)).await,
+            "a socket that sent no complete request stayed open"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // A prompt request still gets its answer.
+    let up = raw_request("GET", &server.url("/up"), String::new()).await;
+    assert_eq!(up.status, 200);
+}
+
+#[tokio::test]
+async fn an_unsigned_post_with_a_large_declared_body_is_refused_before_the_body_is_read() {
+    let server = TestServer::default().await;
+    let queries = [
+        String::new(),
+        format!(
+            "?auth_key={KEY}&auth_timestamp={}&auth_version=1.0&body_md5=00000000000000000000000000000000&auth_signature=00",
+            now()
+        ),
+    ];
+    for q in queries {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /apps/{APP_ID}/events{q} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 262000\r\n\r\n{{\"name\":"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // The rest of the body never comes: the answer must not wait for it.
+        let line = status_line(&mut s, Duration::from_secs(2)).await;
+        assert!(line.starts_with("HTTP/1.1 401"), "{q}: {line}");
+    }
+}
+
+#[tokio::test]
+async fn a_signed_post_whose_body_stalls_gets_408_after_the_body_timeout() {
+    let server = TestServer::start(&config("", "").replace(
+        "shutdown_grace_period = 2",
+        "shutdown_grace_period = 2\nbody_timeout = 1",
+    ))
+    .await;
+    let body = r#"{"name":"e","channels":["c"],"data":"{}"}"#;
+    let path = format!("/apps/{APP_ID}/events");
+    let q = resound::protocol::auth::signed_query(
+        KEY,
+        SECRET,
+        "POST",
+        &path,
+        now(),
+        Some(body.as_bytes()),
+        &[],
+    );
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST {path}?{q} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let line = status_line(&mut s, Duration::from_secs(4)).await;
+    assert!(line.starts_with("HTTP/1.1 408"), "{line}");
+}
+
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_pending_cap_sheds_the_oldest_and_up_still_answers() {
+    let server = TestServer::start(&config("", "").replace(
+        "shutdown_grace_period = 2",
+        "shutdown_grace_period = 2\nmax_pending_connections = 20",
+    ))
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+        // In order, so "oldest" is well defined.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let started = Instant::now();
+    let up = raw_request("GET", &server.url("/up"), String::new()).await;
+    assert_eq!(up.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A real client still gets in.
+    let mut c = server.client().await;
+    c.subscribe("still-served").await;
+    let m = raw_request("GET", &server.url("/metrics"), String::new())
+        .await
+        .text;
+    assert!(
+        metric(&m, "resound_http_pending_connections ") <= 20.0,
+        "{}",
+        metric(&m, "resound_http_pending_connections ")
+    );
+    assert!(metric(&m, "resound_http_pending_shed_total{reason=\"cap\"}") >= 40.0);
+    // The oldest were closed; the newest are still open.
+    let mut closed = 0;
+    for s in &mut idle[..40] {
+        if closed_within(s, Duration::from_millis(200)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 40, "the oldest pending sockets are shed");
+    assert!(!closed_within(&mut idle[59], Duration::from_millis(200)).await);
+}
