@@ -4,11 +4,19 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 use serde_json::{json, Map, Value};
+use tracing::warn;
 
 use super::{ok_json, ApiError, ApiRequest};
 use crate::protocol::ChannelName;
-
 use crate::state::ServerState;
+
+/// A backend error while answering `query`: logged here, answered with the fixed 503.
+fn unavailable<E: std::fmt::Display>(query: &'static str) -> impl FnOnce(E) -> ApiError {
+    move |e| {
+        warn!(query, error = %e, "cluster backend unavailable; answering 503");
+        ApiError::Unavailable
+    }
+}
 
 fn attributes(r: &ApiRequest) -> Vec<String> {
     r.query
@@ -41,7 +49,7 @@ pub(super) async fn list(
         .cluster
         .occupied(&r.hub, prefix)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(unavailable("occupied channels"))?;
     occupied.sort();
     for (name, count) in occupied {
         let mut attrs = Map::new();
@@ -83,7 +91,7 @@ pub(super) async fn show(
         .cluster
         .subscription_count(&r.hub, channel.as_str())
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(unavailable("subscription count"))?;
     let mut out = Map::new();
     out.insert("occupied".into(), json!(count > 0));
     for a in &info {
@@ -104,7 +112,7 @@ pub(super) async fn show(
                     .cluster
                     .cached(&r.hub, channel.as_str())
                     .await
-                    .map_err(|e| ApiError::Unavailable(e.to_string()))?
+                    .map_err(unavailable("cached event"))?
                     .map(|c| {
                         let ttl = c
                             .expires
@@ -135,7 +143,7 @@ pub(super) async fn users(
         .presence
         .members(&r.app.id, channel.as_str())
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(unavailable("presence members"))?;
     let users: Vec<Value> = members
         .iter()
         .map(|m| json!({"id": m.user_id.as_str()}))
@@ -152,6 +160,6 @@ pub(super) async fn connections(
         .cluster
         .connections(&r.hub)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(unavailable("connection count"))?;
     Ok(ok_json(&json!({ "connections": n })))
 }

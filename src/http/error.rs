@@ -23,8 +23,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     TooManyRequests(String),
-    #[error("{0}")]
-    Unavailable(String),
+    /// A backend did not answer. The message is fixed: the cause is logged where the error is
+    /// handled and never reaches the client.
+    #[error("Service unavailable: the cluster backend did not answer")]
+    Unavailable,
     #[error("Upgrade required: this endpoint speaks WebSocket")]
     UpgradeRequired,
 }
@@ -40,7 +42,7 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         }
     }

@@ -3,6 +3,7 @@
 //! backend whose errors must not reach HTTP clients.
 
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -173,4 +174,64 @@ async fn the_pending_cap_sheds_the_oldest_and_up_still_answers() {
     }
     assert_eq!(closed, 40, "the oldest pending sockets are shed");
     assert!(!closed_within(&mut idle[59], Duration::from_millis(200)).await);
+}
+struct RedisProc(Child);
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn service_unavailable_bodies_carry_a_fixed_message() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = std::env::temp_dir().join(format!("resound-redis-http-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = RedisProc(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let prefix = format!("it-http-{}", std::process::id());
+    let server = TestServer::start(&config("", "").replace(
+        "shutdown_grace_period = 2",
+        &format!(
+            "shutdown_grace_period = 2\n\n[scaling]\nenabled = true\nchannel = \"{prefix}\"\nredis_url = \"redis://127.0.0.1:{port}/0\""
+        ),
+    ))
+    .await;
+    assert_eq!(server.api().get("/channels", &[]).await.status, 200);
+    drop(redis);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for rest in ["/channels", "/channels/c", "/connections"] {
+        loop {
+            let r = server.api().get(rest, &[]).await;
+            if r.status == 503 {
+                assert_eq!(
+                    r.body,
+                    serde_json::json!({"error": "Service unavailable: the cluster backend did not answer", "code": 503}),
+                    "{rest}: {}",
+                    r.text
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "{rest}: no 503 ({})", r.text);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
