@@ -235,3 +235,37 @@ async fn service_unavailable_bodies_carry_a_fixed_message() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_drain_closes_http_connections_and_ends_when_every_connection_task_did() {
+    let mut server = TestServer::start(
+        &config("", "").replace("shutdown_grace_period = 2", "shutdown_grace_period = 5"),
+    )
+    .await;
+    let mut ws = server.client().await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    let mut kept_alive = TcpStream::connect(server.addr).await.unwrap();
+    kept_alive
+        .write_all(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let line = status_line(&mut kept_alive, Duration::from_secs(2)).await;
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let started = Instant::now();
+    let stop = tokio::spawn(async move {
+        server.stop().await;
+    });
+    assert_eq!(ws.recv().await["data"]["code"], 4200);
+    assert_eq!(ws.closed().await, Some(4200));
+    for s in [&mut idle, &mut kept_alive] {
+        assert!(
+            closed_within(s, Duration::from_secs(2)).await,
+            "an HTTP connection outlived the drain"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(3), stop)
+        .await
+        .expect("the drain ended once the connections were gone")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
