@@ -269,3 +269,58 @@ async fn a_drain_closes_http_connections_and_ends_when_every_connection_task_did
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// Runs out of file descriptors in a real server process (its limit lowered with `prlimit`):
+/// the listener sheds the oldest pending connections and `/up` still answers.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn out_of_file_descriptors_the_oldest_pending_are_shed_and_up_answers() {
+    let dir = std::env::temp_dir().join(format!("resound-it-fds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("resound.toml");
+    // A long header timeout, so only the shedding can free descriptors.
+    std::fs::write(
+        &path,
+        config("", "").replace(
+            "shutdown_grace_period = 2",
+            "shutdown_grace_period = 2\nheader_timeout = 60",
+        ),
+    )
+    .unwrap();
+    let server = ServerProcess::start(&path).await;
+    let pid = server.child.id();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = open_fds + 40;
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux) must be installed");
+    assert!(status.success());
+    let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let _idle = open(addr, 120).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let up = tokio::time::timeout(
+        Duration::from_secs(3),
+        raw_request("GET", &format!("http://{addr}/up"), String::new()),
+    )
+    .await
+    .expect("/up answers while descriptors run out");
+    assert_eq!(up.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let m = raw_request("GET", &format!("http://{addr}/metrics"), String::new())
+        .await
+        .text;
+    assert!(
+        metric(
+            &m,
+            "resound_http_pending_shed_total{reason=\"fd_exhausted\"}"
+        ) > 0.0
+    );
+}
