@@ -1,6 +1,9 @@
-//! Binds the listeners, spawns the background tasks, serves until a shutdown signal, then
-//! drains: stop accepting, close every socket with 4200 so clients reconnect elsewhere, and
-//! return once they are gone or the grace period is over.
+//! Binds the listeners, spawns the background tasks, accepts connections into the HTTP edge
+//! (`http::edge`: pending until upgraded or authenticated, shed oldest first at the cap or
+//! when file descriptors run out) and serves HTTP/1.1 with a header read timeout, until a
+//! shutdown signal; then drains: stop accepting, close every socket with 4200 so clients
+//! reconnect elsewhere, let HTTP connections finish the request in progress, and return once
+//! every connection task has ended or the grace period is over.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -489,6 +492,8 @@ async fn sweep(state: Arc<ServerState>) {
     }
 }
 
+/// The metrics-only listener (`server.metrics_port`): `/metrics` and `/up`, with the same
+/// header read timeout as the main port.
 async fn serve_metrics(listener: TcpListener, state: Arc<ServerState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -496,12 +501,15 @@ async fn serve_metrics(listener: TcpListener, state: Arc<ServerState>) {
             continue;
         };
         let state = state.clone();
+        let header_timeout = Duration::from_secs(state.server.header_timeout);
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let resp = crate::http::metrics_only(&state, req.uri().path());
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
