@@ -1,13 +1,19 @@
 //! The HTTP edge before a connection is trusted, and the set of connection tasks a drain waits
 //! for.
 //!
-//! Every accepted socket holds a pending slot from `accept` until it upgrades to a WebSocket
-//! (its HTTP task ends) or one of its requests passes the signature check. Pending slots are
+//! Every accepted socket holds a pending slot from `accept` until its WebSocket handshake is
+//! admitted (it then holds a connection slot, bounded by the connection limits, and is never
+//! shed, so no reservation leaks), its HTTP task ends, or one of its requests passes the
+//! signature check. Pending slots are
 //! capped (`server.max_pending_connections`): at the cap, and whenever `accept` fails for want
 //! of file descriptors, the oldest pending connections are shed (closed without an answer), so
 //! a crowd of idle or stalled sockets can neither grow without bound nor lock out `/up` and
 //! real clients. The header and body read timeouts that end most of them sooner are set where
 //! the connection is served (`server.rs`) and where a body is read (`http/mod.rs`).
+//!
+//! The pending set is one map under one lock, taken twice per connection (admit, release)
+//! for an insert or a removal: shedding the *oldest* needs one order over all of them, and
+//! the lock is never held across an await nor for more than a map operation.
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -76,6 +76,13 @@ pub(super) async fn upgrade(
         return ApiError::UpgradeRequired.into_response();
     }
     let mut admission = admit(&req, key, &state);
+    if matches!(admission, Admission::Accepted { .. }) {
+        // An admitted socket holds connection slots, bounded by the connection limits; it
+        // must not be shed while the awaits below hold them, which would leak them.
+        if let Some(conn) = req.extensions().get::<EdgeConn>() {
+            conn.trusted();
+        }
+    }
     // The app's connection quota is cluster-wide.
     if let Admission::Accepted { app, hub } = &admission {
         match state
