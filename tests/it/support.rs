@@ -195,11 +195,31 @@ impl Client {
         .unwrap_or_else(|_| panic!("no {event} within {within:?}"))
     }
 
-    /// Asserts that nothing but pongs/pings arrives for `d`.
+    /// Asserts that no message arrives for `d` and that the connection is still open after it:
+    /// a message, a close frame, a stream error or the end of the stream fails the test (only
+    /// WebSocket pings and pongs are skipped), and a `pusher:ping` sent after the quiet spell
+    /// must be answered by `pusher:pong` as the very next message. So a test of "nothing
+    /// arrives" cannot pass because the server cut the socket. A test that expects a close
+    /// uses [`Client::closed`] instead.
     pub async fn expect_silence(&mut self, d: Duration, what: &str) {
-        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(d, self.ws.next()).await {
-            panic!("{what}: unexpected message {t}");
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(until, self.ws.next()).await {
+                Err(_) => break,
+                Ok(Some(Ok(Message::Text(t)))) => panic!("{what}: unexpected message {t}"),
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    panic!("{what}: unexpected binary message of {} bytes", b.len())
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    panic!("{what}: the server closed the connection ({frame:?})")
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => panic!("{what}: the connection failed: {e}"),
+                Ok(None) => panic!("{what}: the connection ended"),
+            }
         }
+        self.assert_alive(&format!("{what}: still open after the silence"))
+            .await;
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
@@ -247,7 +267,6 @@ impl Client {
         self.recv().await
     }
 
-    /// Reads until the close frame; returns its code.
     /// Pings and expects the pong next: the connection is open, and every message it sent
     /// before was handled (a connection handles its messages in order).
     pub async fn assert_alive(&mut self, what: &str) {
@@ -255,6 +274,7 @@ impl Client {
         assert_eq!(self.recv().await["event"], "pusher:pong", "{what}");
     }
 
+    /// Reads until the close frame; returns its code.
     pub async fn closed(&mut self) -> Option<u16> {
         closed_code(&mut self.ws).await
     }
