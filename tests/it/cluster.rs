@@ -15,17 +15,23 @@ fn prefix() -> String {
     format!("it-{}", resound::protocol::SocketId::random()).replace('.', "-")
 }
 
-/// The test app on a cluster node: `[scaling]` goes between `[server]` and `[[apps]]`.
+/// The test app (with `extra`'s lines) on a node of the cluster `prefix` on `redis_url`.
 fn cluster_config(prefix: &str, redis_url: &str, extra: &str) -> String {
-    scaled_config(prefix, &format!("redis_url = \"{redis_url}\""), extra)
+    TestConfig::new()
+        .scaling(prefix)
+        .scaling_setting("redis_url", redis_url)
+        .app_lines(extra)
+        .toml()
 }
 
-/// The test app on a cluster node whose `[scaling]` section also holds `scaling`'s lines.
+/// The test app (with `extra`'s lines) on a node of the cluster `prefix` whose `[scaling]`
+/// section also holds `scaling`'s lines.
 fn scaled_config(prefix: &str, scaling: &str, extra: &str) -> String {
-    let scaling = format!(
-        "shutdown_grace_period = 2\n\n[scaling]\nenabled = true\nchannel = \"{prefix}\"\n{scaling}"
-    );
-    config(extra, "").replace("shutdown_grace_period = 2", &scaling)
+    TestConfig::new()
+        .scaling(prefix)
+        .scaling_lines(scaling)
+        .app_lines(extra)
+        .toml()
 }
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
