@@ -675,3 +675,39 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+#[test]
+fn test_config_puts_each_setting_in_its_table() {
+    let toml = TestConfig::new()
+        .server_setting("path", "/reverb")
+        .server_setting("outbound_queue_size", 16)
+        .tls(
+            std::path::Path::new("/tmp/cert.pem"),
+            std::path::Path::new("/tmp/key.pem"),
+        )
+        .scaling("it-prefix")
+        .scaling_setting("redis_url", "redis://127.0.0.1:6379/0")
+        .scaling_setting("cluster_nodes", vec!["redis://a:1", "redis://b:2"])
+        .app_setting("max_connections", 2)
+        .app_lines("cache_ttl = 7")
+        .webhook("http://127.0.0.1:9/hook")
+        .more("[[apps]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"s2\"")
+        .toml();
+    let file: resound::config::FileConfig = toml::from_str(&toml).expect("valid configuration");
+    assert_eq!(file.server.path, "/reverb", "{toml}");
+    assert_eq!(file.server.outbound_queue_size, 16);
+    let tls = file.server.tls.expect("[server.tls]");
+    assert_eq!(tls.cert, std::path::Path::new("/tmp/cert.pem"));
+    assert!(file.scaling.enabled);
+    assert_eq!(file.scaling.channel, "it-prefix");
+    assert_eq!(file.scaling.redis_url, "redis://127.0.0.1:6379/0");
+    assert_eq!(file.scaling.cluster_nodes, ["redis://a:1", "redis://b:2"]);
+    let app = &file.apps[0];
+    assert_eq!((app.id.as_str(), app.key.as_str()), (APP_ID, KEY));
+    assert_eq!(app.max_connections, Some(2));
+    assert_eq!(app.cache_ttl, Some(7));
+    assert_eq!(app.webhooks.len(), 1);
+    assert_eq!(app.webhooks[0].url, "http://127.0.0.1:9/hook");
+    assert_eq!(file.apps[1].id, "2");
+    assert_eq!(file.apps.len(), 2);
+}
