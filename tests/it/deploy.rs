@@ -584,15 +584,12 @@ async fn dashboard_and_alerts_name_only_metrics_the_server_exports() {
     let hook_port = unused.local_addr().expect("addr").port();
     drop(unused);
     let prefix = format!("it-deploy-{}", resound::protocol::SocketId::random()).replace('.', "-");
-    let scaling = format!(
-        "shutdown_grace_period = 2\n\n[scaling]\nenabled = true\nredis_url = \"redis://{REDIS_ADDR}/0\"\nchannel = \"{prefix}\""
-    );
     let s = TestServer::start(
-        &config(
-            &format!("[[apps.webhooks]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\n"),
-            "",
-        )
-        .replace("shutdown_grace_period = 2", &scaling),
+        &TestConfig::new()
+            .scaling(&prefix)
+            .scaling_setting("redis_url", format!("redis://{REDIS_ADDR}/0"))
+            .webhook(&format!("http://127.0.0.1:{hook_port}/hook"))
+            .toml(),
     )
     .await;
     let mut subscriber = s.client().await;
