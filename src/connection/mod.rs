@@ -141,9 +141,15 @@ async fn serve(
                 break;
             }
         };
-        // Any inbound frame, data or control, is activity (spec 1.6).
-        deadline = Instant::now() + settings.ping_interval;
-        pinged = false;
+        // Any inbound frame is activity (spec 1.6), except a Pong frame: the server never sends
+        // a Ping frame, so every Pong is unsolicited (RFC 6455 5.5.3), and a client that never
+        // reads could otherwise keep itself alive with them, its queue filling for nothing.
+        // Traffic that asks for an answer (`pusher:ping`, a Ping frame) still counts: its
+        // answers fill the queue of a client that does not read, which is then closed.
+        if frame.opcode != OpCode::Pong {
+            deadline = Instant::now() + settings.ping_interval;
+            pinged = false;
+        }
         hub.metrics
             .socket_received_bytes
             .inc_by(frame.payload.len() as u64);
