@@ -71,6 +71,16 @@ pub struct ServerConfig {
     pub metrics_prefix: String,
     /// Messages buffered per socket before a slow consumer is disconnected.
     pub outbound_queue_size: usize,
+    /// Bytes buffered per socket (queued or being written) before a slow consumer is
+    /// disconnected.
+    pub outbound_queue_bytes: usize,
+    /// Bytes the node lets all sockets together buffer beyond a small allowance each
+    /// (`connection::handle::FREE_QUEUE_BYTES`); when spent, the socket that needs more is
+    /// disconnected as a slow consumer.
+    pub outbound_node_bytes: usize,
+    /// Bytes the node holds at most in partially received client messages (frames and
+    /// fragments not yet complete); a socket that needs more is closed with 4100.
+    pub partial_message_node_bytes: usize,
     /// TLS termination in the binary: every connection on `port` is TLS.
     pub tls: Option<TlsConfig>,
 }
@@ -96,6 +106,9 @@ impl Default for ServerConfig {
             metrics_port: None,
             metrics_prefix: "resound".into(),
             outbound_queue_size: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            outbound_node_bytes: 256 * 1024 * 1024,
+            partial_message_node_bytes: 64 * 1024 * 1024,
             tls: None,
         }
     }
@@ -474,10 +487,15 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
             s.path
         )));
     }
-    if s.outbound_queue_size == 0 {
-        return Err(ConfigError::Invalid(
-            "server.outbound_queue_size must be > 0".into(),
-        ));
+    for (key, value) in [
+        ("outbound_queue_size", s.outbound_queue_size),
+        ("outbound_queue_bytes", s.outbound_queue_bytes),
+        ("outbound_node_bytes", s.outbound_node_bytes),
+        ("partial_message_node_bytes", s.partial_message_node_bytes),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::Invalid(format!("server.{key} must be > 0")));
+        }
     }
     if s.metrics_prefix.is_empty()
         || !s

@@ -14,16 +14,18 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, Instrument};
 
 use crate::app::App;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::protocol::{message, ErrorKind, SocketId};
 use crate::state::{AppHub, ServerState};
-use frames::{Frame, FrameError, OpCode};
+use frames::{Frame, FrameError, OpCode, PartialBudget, PartialHold};
 use handle::{ConnHandle, Outbound};
 use session::Session;
 
@@ -35,6 +37,35 @@ pub enum Admission {
     Accepted { app: Arc<App>, hub: Arc<AppHub> },
     /// Send `pusher:error` with this kind and close with its code.
     Refused(ErrorKind),
+}
+
+/// The node-wide memory budgets every connection of the node draws on.
+pub struct Budgets {
+    partial: Arc<PartialBudget>,
+}
+
+impl Budgets {
+    /// The budgets `server` configures, reported through `metrics`.
+    pub fn new(server: &ServerConfig, metrics: &Metrics) -> Budgets {
+        Budgets {
+            partial: PartialBudget::new(
+                server.partial_message_node_bytes,
+                metrics.partial_message_bytes.clone(),
+                metrics.partial_budget_disconnects.clone(),
+            ),
+        }
+    }
+
+    /// Bytes held now in partially received messages, by every connection of the node.
+    pub fn partial_message_bytes(&self) -> usize {
+        self.partial.held()
+    }
+
+    /// The part of those charged to `server.partial_message_node_bytes` (what each connection
+    /// holds beyond its allowance).
+    pub fn partial_message_charged(&self) -> usize {
+        self.partial.charged()
+    }
 }
 
 /// Runs one WebSocket connection to completion.
@@ -94,14 +125,18 @@ async fn serve(
     let mut auth_deadline = settings
         .require_authorization
         .then(|| Instant::now() + settings.authorization_timeout);
-    let mut fragments: Option<(OpCode, BytesMut)> = None;
+    let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+    // The bytes of messages not yet handled, charged to the node's budget as they arrive.
+    let mut hold = PartialHold::new(state.budgets.partial.clone());
     // Registered with the token once for the connection's life (see writer.rs).
     let cancelled = conn.cancelled().cancelled();
     tokio::pin!(cancelled);
 
     loop {
+        // What the previous message held is handled or dropped; fragments are still held.
+        hold.lower_to(fragments.as_ref().map_or(0, |(_, buf)| buf.capacity()));
         let step = {
-            let read = frames::read_frame(&mut reader, max);
+            let read = frames::read_frame(&mut reader, max, &mut hold);
             tokio::pin!(read);
             loop {
                 tokio::select! {
@@ -134,6 +169,8 @@ async fn serve(
                 match e {
                     FrameError::TooBig(_) => conn.close(ErrorKind::MessageTooBig),
                     FrameError::Protocol(_) => conn.close(ErrorKind::WebSocketProtocol),
+                    // Back off and come back when the node has room (counted by the budget).
+                    FrameError::OverBudget => conn.close(ErrorKind::OverCapacity),
                     // Nothing can be written to a client that is gone: skip the close frame (a
                     // mass disconnect then costs no write per socket).
                     FrameError::Eof | FrameError::Io(_) => conn.mark_peer_gone(),
@@ -173,7 +210,7 @@ async fn serve(
                 if frame.fin {
                     Some((frame.opcode, frame.payload))
                 } else {
-                    fragments = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
+                    fragments = Some((frame.opcode, Vec::from(frame.payload)));
                     None
                 }
             }
@@ -187,9 +224,11 @@ async fn serve(
                     conn.close(ErrorKind::MessageTooBig);
                     break;
                 }
+                // Exactly: the charge for this frame's buffer covers the growth.
+                buf.reserve_exact(frame.payload.len());
                 buf.extend_from_slice(&frame.payload);
                 if frame.fin {
-                    Some((first, buf.freeze()))
+                    Some((first, Bytes::from(buf)))
                 } else {
                     fragments = Some((first, buf));
                     None

@@ -5,9 +5,126 @@
 use std::time::Duration;
 
 use futures_util::SinkExt;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
 
 use crate::support::*;
+
+const CLIENT_QUERY: &str = "protocol=7&client=js&version=8.4.0&flash=false";
+
+/// The header of a masked, final text frame declaring `len` payload bytes (mask of zeros, so the
+/// payload goes as is).
+fn text_header(len: u64) -> Vec<u8> {
+    let mut h = vec![0x81, 0x80 | 127];
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 0]);
+    h
+}
+
+/// Writes raw bytes under the WebSocket client (which never learns of them).
+async fn write_raw(ws: &mut Ws, bytes: &[u8]) {
+    match ws.get_mut() {
+        MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.expect("write"),
+        _ => unreachable!("plain test server"),
+    }
+}
+
+/// Polls `f` until it holds, for at most 5 s.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 5 s: {what}");
+}
+
+#[tokio::test]
+async fn stalled_frames_hold_what_arrived_and_the_server_stays_responsive() {
+    let s = TestServer::start(&config("max_message_size = 1000000", "")).await;
+    let url = s.ws_url(KEY, CLIENT_QUERY);
+    // 200 sockets each declare a 1 MB message and send 10 bytes of it: 200 MB claimed.
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut ws = Client::raw(&url).await;
+        let mut bytes = text_header(1_000_000);
+        bytes.extend_from_slice(b"{\"event\":\"");
+        write_raw(&mut ws, &bytes).await;
+        stalled.push(ws);
+    }
+    let budgets = &s.state.budgets;
+    eventually("every stalled frame is read as far as it arrived", || {
+        budgets.partial_message_bytes() == 200 * 4096
+    })
+    .await;
+    // Each holds one first chunk, within its allowance: none of it is charged to the budget.
+    assert_eq!(budgets.partial_message_charged(), 0);
+    assert_eq!(
+        sample(&s, "resound_partial_message_bytes").await,
+        f64::from(200 * 4096)
+    );
+
+    // Everyone else is served as usual.
+    let mut c = s.client().await;
+    c.subscribe("news").await;
+    assert_eq!(s.api().trigger(&["news"], "e", "{}").await.status, 200);
+    assert_eq!(c.recv_event("e").await["channel"], "news");
+
+    drop(stalled);
+    eventually("released when the stalled sockets leave", || {
+        budgets.partial_message_bytes() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_spent_partial_message_budget_closes_the_socket_that_needs_more_with_4100() {
+    let s = TestServer::start(&config("max_message_size = 1000000", "").replace(
+        "shutdown_grace_period = 2\n",
+        "shutdown_grace_period = 2\npartial_message_node_bytes = 262144\n",
+    ))
+    .await;
+    let url = s.ws_url(KEY, CLIENT_QUERY);
+    // Three sockets each send 100 KB of a 200 KB message: each buffer reaches 128 KiB, of which
+    // 124 KiB is charged; the budget (256 KiB) has room for two.
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut ws = Client::raw(&url).await;
+        let mut bytes = text_header(200_000);
+        bytes.extend(std::iter::repeat_n(b' ', 100_000));
+        write_raw(&mut ws, &bytes).await;
+        sockets.push(ws);
+    }
+    let refused = format!("resound_new_disconnections_total{{app_id=\"{APP_ID}\",code=\"4100\"}}");
+    let budget = "resound_budget_disconnects_total{budget=\"partial_messages\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while raw_request("GET", &s.url("/metrics"), String::new())
+        .await
+        .text
+        .lines()
+        .all(|l| !l.starts_with(budget))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "nobody was refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closed = sample(&s, budget).await;
+    assert!((1.0..=2.0).contains(&closed), "{closed}");
+    eventually("the refused sockets are closed", || {
+        s.state.budgets.partial_message_charged() <= 262_144
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sample(&s, &refused).await, closed, "closed with 4100");
+    assert!(s.state.budgets.partial_message_charged() <= 262_144);
+
+    // Ordinary messages need no budget: a new client is served while it is spent.
+    let mut c = s.client().await;
+    c.subscribe("news").await;
+    c.assert_alive("served while the budget is spent").await;
+    drop(sockets);
+}
 
 #[tokio::test]
 async fn unsolicited_pong_frames_do_not_keep_a_silent_client_alive() {
