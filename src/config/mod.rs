@@ -107,7 +107,7 @@ impl Default for ServerConfig {
             metrics_prefix: "resound".into(),
             outbound_queue_size: 1024,
             outbound_queue_bytes: 1024 * 1024,
-            outbound_node_bytes: 256 * 1024 * 1024,
+            outbound_node_bytes: 1024 * 1024 * 1024,
             partial_message_node_bytes: 64 * 1024 * 1024,
             tls: None,
         }

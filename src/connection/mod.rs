@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{message, ErrorKind, SocketId};
 use crate::state::{AppHub, ServerState};
 use frames::{Frame, FrameError, OpCode, PartialBudget, PartialHold};
-use handle::{ConnHandle, Outbound};
+use handle::{ConnHandle, Outbound, OutboundBudget, QueueBounds};
 use session::Session;
 
 pub(crate) type Io = TokioIo<Upgraded>;
@@ -42,6 +42,7 @@ pub enum Admission {
 /// The node-wide memory budgets every connection of the node draws on.
 pub struct Budgets {
     partial: Arc<PartialBudget>,
+    queue: QueueBounds,
 }
 
 impl Budgets {
@@ -53,7 +54,21 @@ impl Budgets {
                 metrics.partial_message_bytes.clone(),
                 metrics.partial_budget_disconnects.clone(),
             ),
+            queue: QueueBounds {
+                frames: server.outbound_queue_size,
+                bytes: server.outbound_queue_bytes,
+                node: Some(OutboundBudget::new(
+                    server.outbound_node_bytes,
+                    metrics.outbound_reserved_bytes.clone(),
+                    metrics.outbound_budget_disconnects.clone(),
+                )),
+            },
         }
+    }
+
+    /// Bytes of `server.outbound_node_bytes` reserved now by connections with long queues.
+    pub fn outbound_reserved_bytes(&self) -> usize {
+        self.queue.node.as_ref().map_or(0, |n| n.reserved())
     }
 
     /// Bytes held now in partially received messages, by every connection of the node.
@@ -101,7 +116,7 @@ async fn serve(
     hub: Arc<AppHub>,
     state: Arc<ServerState>,
 ) {
-    let conn = ConnHandle::new(socket_id, state.server.outbound_queue_size);
+    let conn = ConnHandle::bounded(socket_id, state.budgets.queue.clone());
     let (mut reader, write_half) = tokio::io::split(io);
     let writer =
         // Not instrumented: the writer is polled once per delivery, and entering a span on every

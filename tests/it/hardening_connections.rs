@@ -146,3 +146,104 @@ async fn unsolicited_pong_frames_do_not_keep_a_silent_client_alive() {
     .await;
     assert_eq!(closed, 1.0, "closed with 4201 despite its pongs");
 }
+
+/// A client whose socket advertises a small receive window, so what it does not read stays in
+/// the server's queue instead of the kernel's buffers.
+async fn small_window_client(s: &TestServer) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(s.addr).await.expect("connect");
+    let (ws, _) =
+        tokio_tungstenite::client_async(s.ws_url(KEY, CLIENT_QUERY), MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("handshake");
+    let mut c = Client {
+        ws,
+        socket_id: String::new(),
+        established: serde_json::Value::Null,
+    };
+    let ev = c.recv().await;
+    let data = data_json(&ev);
+    c.socket_id = data["socket_id"].as_str().expect("socket_id").to_string();
+    c.established = data;
+    c
+}
+
+/// Polls a sample of the server's metrics until it equals `want`, for at most 10 s.
+async fn sample_reaches(s: &TestServer, name: &str, want: f64) {
+    let mut last = None;
+    for _ in 0..200 {
+        let text = raw_request("GET", &s.url("/metrics"), String::new())
+            .await
+            .text;
+        last = text
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        if last == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name}: {last:?}, expected {want}");
+}
+
+#[tokio::test]
+async fn members_that_never_read_are_cut_at_the_byte_bound_while_a_reader_gets_everything() {
+    // Default queue bounds: 1024 frames, 1 MiB. 100 events of 100 KB (10 MB) stay far below
+    // the frame bound and far above the byte bound (and the kernel's buffers).
+    let s = TestServer::start(&config(
+        "max_event_payload_bytes = 200000\nmax_http_body_bytes = 2000000",
+        "",
+    ))
+    .await;
+    let channel = "presence-room";
+    let mut reader = s.client().await;
+    reader
+        .subscribe_presence(channel, r#"{"user_id":"reader"}"#)
+        .await;
+    let mut silent = Vec::new();
+    for i in 0..3 {
+        let mut c = small_window_client(&s).await;
+        c.subscribe_presence(channel, &format!(r#"{{"user_id":"silent-{i}"}}"#))
+            .await;
+        silent.push(c);
+    }
+
+    let api = s.api();
+    let publisher = tokio::spawn(async move {
+        for i in 0..100 {
+            let data = format!("{i:03}{}", "x".repeat(100_000));
+            assert_eq!(api.trigger(&[channel], "big", &data).await.status, 200);
+        }
+    });
+    for i in 0..100 {
+        let ev = reader.recv_event("big").await;
+        let data = ev["data"].as_str().expect("data");
+        assert_eq!(&data[..3], format!("{i:03}"), "every event, in order");
+        assert_eq!(data.len(), 100_003);
+    }
+    publisher.await.expect("publisher");
+
+    let app = format!("app_id=\"{APP_ID}\"");
+    sample_reaches(
+        &s,
+        &format!("resound_slow_consumer_disconnects_total{{{app}}}"),
+        3.0,
+    )
+    .await;
+    sample_reaches(
+        &s,
+        &format!("resound_new_disconnections_total{{{app},code=\"4100\"}}"),
+        3.0,
+    )
+    .await;
+    reader.assert_alive("the reader is kept").await;
+    // What the silent members pinned is given back.
+    let budgets = &s.state.budgets;
+    eventually("no outbound budget left reserved", || {
+        budgets.outbound_reserved_bytes() == 0
+    })
+    .await;
+    drop(silent);
+}
