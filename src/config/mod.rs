@@ -18,7 +18,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy};
-use crate::webhooks::{AppWebhooks, DispatcherSettings, WebhookKind, WebhookTarget};
+use crate::webhooks::{redact_url, AppWebhooks, DispatcherSettings, WebhookKind, WebhookTarget};
 
 /// A configuration problem, already phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -450,6 +450,14 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut effective = file.clone();
     for a in &mut effective.apps {
         a.secret = "***".into();
+        // Header values are credentials more often than not (`Authorization`), and URLs may
+        // carry tokens in their user info or query.
+        for w in &mut a.webhooks {
+            w.url = redact_url(&w.url);
+            for value in w.headers.values_mut() {
+                *value = "***".into();
+            }
+        }
     }
     effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
     for s in effective
@@ -736,7 +744,7 @@ fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {
         };
         target
             .validate()
-            .map_err(|e| format!("webhooks[{i}] ({}): {e}", w.url))?;
+            .map_err(|e| format!("webhooks[{i}] ({}): {e}", redact_url(&w.url)))?;
         targets.push(target);
     }
     Ok(Some(Arc::new(AppWebhooks {

@@ -58,7 +58,7 @@ pub use config::{
     AppWebhooks, DispatcherSettings, WebhookTarget, DEFAULT_BATCH_MAX_EVENTS, DEFAULT_BATCH_WINDOW,
     DEFAULT_REMOVAL_DELAY,
 };
-pub use endpoint::validate_target_url;
+pub use endpoint::{redact_url, validate_target_url};
 pub use error::WebhookError;
 pub use event::{WebhookEvent, WebhookKind};
 pub use gate::{CACHE_MISS_WINDOW, SUBSCRIPTION_COUNT_BUSY, SUBSCRIPTION_COUNT_INTERVAL};
