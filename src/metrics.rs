@@ -32,6 +32,15 @@ pub struct Metrics {
     refused: IntCounterVec,
     pub fanout_size: Histogram,
     pub http_request_seconds: HistogramVec,
+    /// Bytes held by this node in partially received client messages (frame buffers and
+    /// fragments being assembled), within `server.partial_message_node_bytes`.
+    pub partial_message_bytes: IntGauge,
+    /// Bytes of the node's outbound budget (`server.outbound_node_bytes`) reserved by
+    /// connections whose queue holds more than their free allowance.
+    pub outbound_reserved_bytes: IntGauge,
+    /// Connections closed because a node-wide memory budget was spent, by budget.
+    pub partial_budget_disconnects: IntCounter,
+    pub outbound_budget_disconnects: IntCounter,
 }
 
 /// Handles of one app, resolved once.
@@ -87,6 +96,16 @@ impl Metrics {
     pub fn new(prefix: &str) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let o = |name: &str, help: &str| Opts::new(name, help).namespace(prefix.to_string());
+        let budget_disconnects = register!(
+            registry,
+            IntCounterVec::new(
+                o(
+                    "budget_disconnects_total",
+                    "Connections closed because a node-wide memory budget was spent (4100), by budget"
+                ),
+                &["budget"]
+            )?
+        );
         let m = Metrics {
             connected: register!(
                 registry,
@@ -253,6 +272,22 @@ impl Metrics {
                     &["endpoint"]
                 )?
             ),
+            partial_message_bytes: register!(
+                registry,
+                IntGauge::with_opts(o(
+                    "partial_message_bytes",
+                    "Bytes held in partially received client messages on this node"
+                ))?
+            ),
+            outbound_reserved_bytes: register!(
+                registry,
+                IntGauge::with_opts(o(
+                    "outbound_reserved_bytes",
+                    "Bytes of the node's outbound budget reserved by connections with long queues"
+                ))?
+            ),
+            partial_budget_disconnects: budget_disconnects.with_label_values(&["partial_messages"]),
+            outbound_budget_disconnects: budget_disconnects.with_label_values(&["outbound_bytes"]),
             registry,
             prefix: prefix.to_string(),
         };

@@ -18,7 +18,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy};
-use crate::webhooks::{AppWebhooks, DispatcherSettings, WebhookKind, WebhookTarget};
+use crate::webhooks::{redact_url, AppWebhooks, DispatcherSettings, WebhookKind, WebhookTarget};
 
 /// A configuration problem, already phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,16 @@ pub struct ServerConfig {
     pub metrics_prefix: String,
     /// Messages buffered per socket before a slow consumer is disconnected.
     pub outbound_queue_size: usize,
+    /// Bytes buffered per socket (queued or being written) before a slow consumer is
+    /// disconnected.
+    pub outbound_queue_bytes: usize,
+    /// Bytes the node lets all sockets together buffer beyond a small allowance each
+    /// (`connection::handle::FREE_QUEUE_BYTES`); when spent, the socket that needs more is
+    /// disconnected as a slow consumer.
+    pub outbound_node_bytes: usize,
+    /// Bytes the node holds at most in partially received client messages (frames and
+    /// fragments not yet complete); a socket that needs more is closed with 4100.
+    pub partial_message_node_bytes: usize,
     /// TLS termination in the binary: every connection on `port` is TLS.
     pub tls: Option<TlsConfig>,
     /// Seconds a client may take to send a request's line and headers, the WebSocket
@@ -104,6 +114,9 @@ impl Default for ServerConfig {
             metrics_port: None,
             metrics_prefix: "resound".into(),
             outbound_queue_size: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            outbound_node_bytes: 1024 * 1024 * 1024,
+            partial_message_node_bytes: 64 * 1024 * 1024,
             tls: None,
             header_timeout: 10,
             body_timeout: 10,
@@ -448,6 +461,14 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut effective = file.clone();
     for a in &mut effective.apps {
         a.secret = "***".into();
+        // Header values are credentials more often than not (`Authorization`), and URLs may
+        // carry tokens in their user info or query.
+        for w in &mut a.webhooks {
+            w.url = redact_url(&w.url);
+            for value in w.headers.values_mut() {
+                *value = "***".into();
+            }
+        }
     }
     effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
     for s in effective
@@ -485,10 +506,15 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
             s.path
         )));
     }
-    if s.outbound_queue_size == 0 {
-        return Err(ConfigError::Invalid(
-            "server.outbound_queue_size must be > 0".into(),
-        ));
+    for (key, value) in [
+        ("outbound_queue_size", s.outbound_queue_size),
+        ("outbound_queue_bytes", s.outbound_queue_bytes),
+        ("outbound_node_bytes", s.outbound_node_bytes),
+        ("partial_message_node_bytes", s.partial_message_node_bytes),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::Invalid(format!("server.{key} must be > 0")));
+        }
     }
     for (key, v) in [
         ("header_timeout", s.header_timeout),
@@ -742,7 +768,7 @@ fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {
         };
         target
             .validate()
-            .map_err(|e| format!("webhooks[{i}] ({}): {e}", w.url))?;
+            .map_err(|e| format!("webhooks[{i}] ({}): {e}", redact_url(&w.url)))?;
         targets.push(target);
     }
     Ok(Some(Arc::new(AppWebhooks {

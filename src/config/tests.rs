@@ -331,3 +331,79 @@ fn inconsistent_redis_settings_are_refused() {
     });
     assert!(e.contains("tcp://b:6379") && e.contains("redis://"), "{e}");
 }
+
+#[test]
+fn printed_configuration_and_errors_do_not_show_webhook_credentials() {
+    let p = temp_file(
+        "redact.toml",
+        r#"
+[[apps]]
+id = "1"
+key = "k"
+secret = "s"
+
+[[apps.webhooks]]
+url = "https://hooks.example.com/in?token=hunter2"
+headers = { Authorization = "Bearer hunter2", "X-Api-Key" = "hunter2" }
+"#,
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    let printed = toml::to_string_pretty(&c.effective).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("https://hooks.example.com/in?***"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("Authorization"),
+        "the names stay: {printed}"
+    );
+    // What is delivered is what was configured.
+    let webhooks = c.apps[0]
+        .webhooks
+        .as_ref()
+        .unwrap_or_else(|| panic!("webhooks"));
+    assert_eq!(
+        webhooks.targets[0].url,
+        "https://hooks.example.com/in?token=hunter2"
+    );
+
+    // A refused URL is named without its password.
+    let p = temp_file(
+        "redact-err.toml",
+        r#"
+[[apps]]
+id = "1"
+key = "k"
+secret = "s"
+
+[[apps.webhooks]]
+url = "https://user:hunter2@hooks.example.com/in"
+"#,
+    );
+    let err = load_err(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("https://***@hooks.example.com/in"), "{err}");
+}
+
+#[test]
+fn redacted_urls_keep_scheme_host_and_path() {
+    for (url, shown) in [
+        ("https://h.example/p", "https://h.example/p"),
+        (
+            "https://u:pw@h.example:8443/p",
+            "https://***@h.example:8443/p",
+        ),
+        ("https://u:p/w?@h.example/p", "https://***@h.example/p"),
+        ("http://h.example/p?a=1&b=2", "http://h.example/p?***"),
+        ("h.example/p?t=1", "h.example/p?***"),
+    ] {
+        assert_eq!(redact_url(url), shown, "{url}");
+    }
+}

@@ -11,6 +11,7 @@ mod client_events;
 mod connection;
 mod deploy;
 mod hardening_http;
+mod hardening_connections;
 mod http_api;
 mod lifecycle;
 mod tls;
