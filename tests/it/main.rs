@@ -10,6 +10,7 @@ mod client_events;
 mod cluster;
 mod connection;
 mod deploy;
+mod hardening_subscriptions;
 mod http_api;
 mod lifecycle;
 mod tls;
