@@ -156,8 +156,7 @@ impl Session {
             .map_err(|_| Refusal::on(ErrorKind::InvalidChannelName, channel))?;
         let kind = name.kind();
         if self.membership.is_subscribed(&name) {
-            // Reconnect races: answer again, no member events, no webhooks (spec 2.2 step 3).
-            self.membership.repeat(&name).await;
+            self.membership.repeat(&name);
             return Ok(());
         }
 

@@ -68,3 +68,42 @@ async fn a_repeated_signin_with_another_watchlist_keeps_the_node_watching_for_ot
         json!({"events":[{"name":"online","user_ids":["friend"]}]})
     );
 }
+
+/// A repeated `pusher:subscribe` to a presence channel already joined must not send the
+/// roster again: with large `user_info`, each 300-byte message would make the server queue
+/// a roster of tens of kilobytes for a client that need not read it.
+#[tokio::test]
+async fn a_repeated_presence_subscribe_sends_no_roster_again() {
+    let s = TestServer::default().await;
+    let info = "x".repeat(1000);
+    let mut members = Vec::new();
+    for i in 0..10 {
+        let mut c = s.client().await;
+        let data = format!(r#"{{"user_id":"{i}","user_info":{{"bio":"{info}"}}}}"#);
+        c.subscribe_presence("presence-big", &data).await;
+        members.push(c);
+    }
+    let mut hostile = s.client().await;
+    let data = r#"{"user_id":"hostile"}"#;
+    let ok = hostile.subscribe_presence("presence-big", data).await;
+    assert_eq!(data_json(&ok)["presence"]["count"], 11);
+    for _ in 0..50 {
+        hostile.try_presence_silently("presence-big", data).await;
+    }
+    // The next thing it hears is the answer to its ping: no roster came in between.
+    hostile.assert_alive("repeated presence subscribes").await;
+    // The others heard of the hostile member once, and of nothing since.
+    let first = &mut members[0];
+    let mut added = 0;
+    first.send(json!({"event":"pusher:ping"})).await;
+    loop {
+        let ev = first.recv().await;
+        match ev["event"].as_str() {
+            Some("pusher_internal:member_added") => added += 1,
+            Some("pusher:pong") => break,
+            _ => {}
+        }
+    }
+    // Member 0 was told of the 9 later members and of the hostile one, once each.
+    assert_eq!(added, 10);
+}

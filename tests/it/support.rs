@@ -488,3 +488,10 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+impl Client {
+    /// Sends a signed presence subscribe and reads nothing.
+    pub async fn try_presence_silently(&mut self, channel: &str, channel_data: &str) {
+        self.ask_presence(channel, channel_data).await;
+    }
+}
