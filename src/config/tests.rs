@@ -331,3 +331,37 @@ fn inconsistent_redis_settings_are_refused() {
     });
     assert!(e.contains("tcp://b:6379") && e.contains("redis://"), "{e}");
 }
+
+#[test]
+fn per_connection_subscription_limits_have_defaults_and_refuse_zero() {
+    let c = load_ok(&Sources::default());
+    let a = &c.apps[0].settings;
+    assert_eq!(
+        (a.max_channels_per_connection, a.max_subscribes_per_second),
+        (100, 10)
+    );
+    let p = temp_file(
+        "subscription-limits.toml",
+        "[[apps]]\nid='1'\nkey='k'\nsecret='s'\nmax_channels_per_connection = 500\nmax_subscribes_per_second = 50\n",
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    let a = &c.apps[0].settings;
+    assert_eq!(
+        (a.max_channels_per_connection, a.max_subscribes_per_second),
+        (500, 50)
+    );
+    for setting in ["max_channels_per_connection", "max_subscribes_per_second"] {
+        let p = temp_file(
+            &format!("{setting}.toml"),
+            &format!("[[apps]]\nid='1'\nkey='k'\nsecret='s'\n{setting}=0\n"),
+        );
+        let e = load_err(&Sources {
+            config_file: Some(&p),
+            ..Sources::default()
+        });
+        assert!(e.contains(setting), "{e}");
+    }
+}

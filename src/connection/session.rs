@@ -62,6 +62,8 @@ pub(super) struct Session {
     conn: ConnRef,
     membership: Membership,
     client_events: TokenBucket,
+    /// Joins this connection may still start now (`max_subscribes_per_second`).
+    subscribes: TokenBucket,
     /// Subscribed to a private/presence channel (for authorized connections, spec 3.9).
     authorized_channel: bool,
 }
@@ -74,6 +76,10 @@ impl Session {
         conn: ConnRef,
     ) -> Self {
         let rate = app.settings.max_client_events_per_second;
+        let subscribes = TokenBucket::with_burst(
+            app.settings.max_subscribes_per_second,
+            u32::try_from(app.settings.max_channels_per_connection).unwrap_or(u32::MAX),
+        );
         Session {
             membership: Membership::new(state.clone(), app.clone(), hub.clone(), conn.clone()),
             state,
@@ -81,6 +87,7 @@ impl Session {
             hub,
             conn,
             client_events: TokenBucket::new(rate),
+            subscribes,
             authorized_channel: false,
         }
     }
@@ -187,6 +194,25 @@ impl Session {
             }
             _ => None,
         };
+
+        // Limits that protect the join itself (spec 2.2 step 5): a duplicate or a refused
+        // subscribe costs no more than any other small message, so only joins are counted.
+        if self.membership.channel_count() >= self.app.settings.max_channels_per_connection {
+            self.hub.metrics.channel_limited.inc();
+            return Err(Refusal::subscription(
+                ErrorKind::ChannelLimit,
+                channel,
+                4100,
+            ));
+        }
+        if !self.subscribes.try_take(1) {
+            self.hub.metrics.subscribes_rate_limited.inc();
+            return Err(Refusal::subscription(
+                ErrorKind::SubscribeRateLimited,
+                channel,
+                4301,
+            ));
+        }
 
         self.membership
             .join(&name, member)

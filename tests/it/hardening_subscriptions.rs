@@ -107,3 +107,89 @@ async fn a_repeated_presence_subscribe_sends_no_roster_again() {
     // Member 0 was told of the 9 later members and of the hostile one, once each.
     assert_eq!(added, 10);
 }
+
+/// One socket cannot subscribe to unbounded channels: with the defaults, the 101st is refused
+/// with 4100 naming the channel, the connection stays open and usable, and a freed slot can
+/// be used again. A reconnecting client's resubscription to all of its 100 channels at once
+/// fits the default burst.
+#[tokio::test]
+async fn channels_per_connection_are_capped_and_refused_with_4100() {
+    let s = TestServer::start(&config("subscription_error_event = true", "")).await;
+    let mut c = s.client().await;
+    for i in 0..100 {
+        let ok = c.subscribe(&format!("room-{i}")).await;
+        assert_eq!(
+            ok["event"], "pusher_internal:subscription_succeeded",
+            "channel {i}"
+        );
+    }
+    c.send(json!({"event":"pusher:subscribe","data":{"channel":"room-100"}}))
+        .await;
+    let soketi = c.recv().await;
+    assert_eq!(soketi["event"], "pusher:subscription_error");
+    assert_eq!(soketi["channel"], "room-100");
+    assert_eq!(soketi["data"]["status"], 4100);
+    let e = c.recv().await;
+    assert_eq!(e["event"], "pusher:error");
+    assert_eq!(e["channel"], "room-100");
+    assert_eq!(e["data"]["code"], 4100);
+    c.assert_alive("refused by the channel limit").await;
+    // A channel already held still answers; a freed slot takes a new channel.
+    assert_eq!(
+        c.subscribe("room-0").await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    c.send(json!({"event":"pusher:unsubscribe","data":{"channel":"room-0"}}))
+        .await;
+    // The burst is spent: the next join waits for the budget (10/s) to refill.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ok = c.subscribe("room-100").await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let r = s.api().get("/channels", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body["channels"].as_object().map(|m| m.len()),
+        Some(100),
+        "{}",
+        r.body
+    );
+}
+
+/// Subscribe and unsubscribe in a loop: past the burst, joins are refused with 4301 at the
+/// configured rate, the connection stays open, and joins are accepted again as the budget
+/// refills.
+#[tokio::test]
+async fn subscribes_per_second_are_limited_after_a_burst() {
+    let s = TestServer::start(&config(
+        "max_channels_per_connection = 5\nmax_subscribes_per_second = 2",
+        "",
+    ))
+    .await;
+    let mut c = s.client().await;
+    let mut refused = None;
+    for i in 0..20 {
+        let answer = c.subscribe(&format!("churn-{i}")).await;
+        if answer["event"] == "pusher:error" {
+            refused = Some((i, answer));
+            break;
+        }
+        c.send(json!({"event":"pusher:unsubscribe","data":{"channel":format!("churn-{i}")}}))
+            .await;
+    }
+    let (at, e) = refused.expect("a subscribe loop must be refused");
+    // The burst is the channel limit (5); a few more may have refilled meanwhile.
+    assert!((5..8).contains(&at), "refused at the {at}th subscribe");
+    assert_eq!(e["data"]["code"], 4301);
+    assert_eq!(e["channel"], format!("churn-{at}"));
+    c.assert_alive("refused by the subscribe rate").await;
+    let again = c.subscribe("later").await;
+    assert_eq!(again["event"], "pusher:error", "no budget yet: {again}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        c.subscribe("later").await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+}

@@ -106,6 +106,11 @@ impl Membership {
         self.channels.contains_key(channel)
     }
 
+    /// Channels this connection is subscribed to.
+    pub(super) fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
     /// Answers a subscribe to a channel this connection is already subscribed to: no member
     /// events, no webhooks (spec 2.2 step 3). A non-presence channel answers
     /// `subscription_succeeded` again. A presence channel answers nothing: the client already
