@@ -163,6 +163,7 @@ impl Session {
             .map_err(|_| Refusal::on(ErrorKind::InvalidChannelName, channel))?;
         let kind = name.kind();
         if self.membership.is_subscribed(&name) {
+            // Answered without a join, before any check (spec 2.2 step 3).
             self.membership.repeat(&name);
             return Ok(());
         }
