@@ -74,6 +74,12 @@ pub struct AppSettings {
     pub max_channel_name_length: usize,
     pub max_presence_members_per_channel: usize,
     pub max_presence_member_size: usize,
+    /// Channels one connection may be subscribed to at once (4100 above).
+    pub max_channels_per_connection: usize,
+    /// Subscribes one connection may make per second, after a burst of
+    /// `max_channels_per_connection` (so a reconnecting client can subscribe to all its
+    /// channels at once); 4301 above.
+    pub max_subscribes_per_second: u32,
     pub cache_ttl: Duration,
     pub subscription_count_events: bool,
     pub subscription_error_event: bool,
@@ -113,6 +119,8 @@ impl Default for AppSettings {
             max_channel_name_length: 200,
             max_presence_members_per_channel: 100,
             max_presence_member_size: 1024,
+            max_channels_per_connection: 100,
+            max_subscribes_per_second: 10,
             cache_ttl: Duration::from_secs(1800),
             subscription_count_events: false,
             subscription_error_event: false,

@@ -58,6 +58,10 @@ pub struct AppMetrics {
     pub client_events_rate_limited: IntCounter,
     pub backend_rate_limited: IntCounter,
     pub read_rate_limited: IntCounter,
+    /// Subscribes refused by `max_subscribes_per_second`.
+    pub subscribes_rate_limited: IntCounter,
+    /// Subscribes refused by `max_channels_per_connection`.
+    pub channel_limited: IntCounter,
     subscriptions: Vec<IntGauge>,
     channels: Vec<IntGauge>,
     disconnections: IntCounterVec,
@@ -232,7 +236,7 @@ impl Metrics {
                 IntCounterVec::new(
                     o(
                         "rate_limited_total",
-                        "Requests or events refused by a rate limit"
+                        "Requests, events or subscriptions refused by a rate or per-connection limit"
                     ),
                     &["app_id", "limit"]
                 )?
@@ -316,6 +320,10 @@ impl Metrics {
             read_rate_limited: self
                 .rate_limited
                 .with_label_values(&[app_id, "read_requests"]),
+            subscribes_rate_limited: self.rate_limited.with_label_values(&[app_id, "subscribes"]),
+            channel_limited: self
+                .rate_limited
+                .with_label_values(&[app_id, "channels_per_connection"]),
             subscriptions: ChannelKind::ALL
                 .iter()
                 .map(|k| self.subscriptions.with_label_values(&[app_id, k.label()]))

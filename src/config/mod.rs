@@ -222,6 +222,8 @@ pub struct AppConfig {
     pub max_channel_name_length: Option<usize>,
     pub max_presence_members_per_channel: Option<usize>,
     pub max_presence_member_size: Option<usize>,
+    pub max_channels_per_connection: Option<usize>,
+    pub max_subscribes_per_second: Option<u32>,
     pub cache_ttl: Option<u64>,
     pub subscription_count_events: Option<bool>,
     pub subscription_error_event: Option<bool>,
@@ -684,6 +686,17 @@ fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
         max_presence_member_size: a
             .max_presence_member_size
             .unwrap_or(d.max_presence_member_size),
+        max_channels_per_connection: positive(
+            "max_channels_per_connection",
+            a.max_channels_per_connection
+                .unwrap_or(d.max_channels_per_connection),
+        )?,
+        max_subscribes_per_second: u32::try_from(positive(
+            "max_subscribes_per_second",
+            a.max_subscribes_per_second
+                .unwrap_or(d.max_subscribes_per_second) as usize,
+        )?)
+        .unwrap_or(u32::MAX),
         cache_ttl: secs(a.cache_ttl, d.cache_ttl),
         subscription_count_events: a
             .subscription_count_events

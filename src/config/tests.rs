@@ -407,3 +407,37 @@ fn redacted_urls_keep_scheme_host_and_path() {
         assert_eq!(redact_url(url), shown, "{url}");
     }
 }
+
+#[test]
+fn per_connection_subscription_limits_have_defaults_and_refuse_zero() {
+    let c = load_ok(&Sources::default());
+    let a = &c.apps[0].settings;
+    assert_eq!(
+        (a.max_channels_per_connection, a.max_subscribes_per_second),
+        (100, 10)
+    );
+    let p = temp_file(
+        "subscription-limits.toml",
+        "[[apps]]\nid='1'\nkey='k'\nsecret='s'\nmax_channels_per_connection = 500\nmax_subscribes_per_second = 50\n",
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    let a = &c.apps[0].settings;
+    assert_eq!(
+        (a.max_channels_per_connection, a.max_subscribes_per_second),
+        (500, 50)
+    );
+    for setting in ["max_channels_per_connection", "max_subscribes_per_second"] {
+        let p = temp_file(
+            &format!("{setting}.toml"),
+            &format!("[[apps]]\nid='1'\nkey='k'\nsecret='s'\n{setting}=0\n"),
+        );
+        let e = load_err(&Sources {
+            config_file: Some(&p),
+            ..Sources::default()
+        });
+        assert!(e.contains(setting), "{e}");
+    }
+}

@@ -12,6 +12,7 @@ mod connection;
 mod deploy;
 mod hardening_http;
 mod hardening_connections;
+mod hardening_subscriptions;
 mod http_api;
 mod lifecycle;
 mod tls;

@@ -711,3 +711,10 @@ fn test_config_puts_each_setting_in_its_table() {
     assert_eq!(file.apps[1].id, "2");
     assert_eq!(file.apps.len(), 2);
 }
+
+impl Client {
+    /// Sends a signed presence subscribe and reads nothing.
+    pub async fn try_presence_silently(&mut self, channel: &str, channel_data: &str) {
+        self.ask_presence(channel, channel_data).await;
+    }
+}
