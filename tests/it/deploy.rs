@@ -663,3 +663,125 @@ async fn dashboard_and_alerts_name_only_metrics_the_server_exports() {
         );
     }
 }
+
+/// Runs the real binary with `args` and `env`, the inherited RESOUND_/REVERB_ variables removed.
+async fn resound(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_resound"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RESOUND_") || k.starts_with("REVERB_") || k.starts_with("REDIS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).envs(env.iter().copied());
+    tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        .await
+        .expect("resound exits within 10 s")
+        .expect("run resound")
+}
+
+#[tokio::test]
+async fn probe_exits_0_while_the_server_answers_and_1_once_it_is_gone() {
+    let mut s = TestServer::default().await;
+    let port = s.addr.port().to_string();
+    for path in ["/up", "/ready"] {
+        let out = resound(
+            &["probe", "--path", path],
+            &[("RESOUND_HOST", "127.0.0.1"), ("RESOUND_PORT", &port)],
+        )
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = resound(
+        &[
+            "probe",
+            "--path",
+            "/nothing-here",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "a 404 is unhealthy");
+    s.stop().await;
+    let out = resound(&["probe", "--host", "127.0.0.1", "--port", &port], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&port), "names the address: {stderr}");
+}
+
+#[tokio::test]
+async fn probe_speaks_tls_when_the_server_does() {
+    let dir = std::env::temp_dir().join(format!("resound-probe-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["resound.example".to_string()])
+        .expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let tls = format!(
+        "shutdown_grace_period = 2\n\n[server.tls]\ncert = {:?}\nkey = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let toml = config("", "").replace("shutdown_grace_period = 2", &tls);
+    let path = dir.join("resound.toml");
+    std::fs::write(&path, &toml).expect("write config");
+    let mut s = TestServer::start(&toml).await;
+    let port = s.addr.port().to_string();
+    let config_arg = path.display().to_string();
+    let out = resound(&["--config", &config_arg, "probe", "--port", &port], &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn host_port_and_log_format_come_from_flags_or_the_environment() {
+    let effective = |out: &std::process::Output| -> ServerConfig {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        #[derive(Deserialize)]
+        struct Effective {
+            server: ServerConfig,
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        toml::from_str::<Effective>(&text)
+            .expect("check-config prints TOML")
+            .server
+    };
+    let out = resound(
+        &["check-config"],
+        &[
+            ("RESOUND_HOST", "127.0.0.9"),
+            ("RESOUND_PORT", "6001"),
+            ("REVERB_SERVER_PORT", "7001"),
+            ("RESOUND_LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
+    let s = effective(&out);
+    assert_eq!((s.host.as_str(), s.port), ("127.0.0.9", 6001));
+    let out = resound(
+        &["check-config", "--port", "6002"],
+        &[("RESOUND_PORT", "6001"), ("RESOUND_SERVER__PORT", "7002")],
+    )
+    .await;
+    assert_eq!(effective(&out).port, 6002, "the flag wins");
+    let out = resound(&["check-config"], &[("RESOUND_LOG_FORMAT", "yaml")]).await;
+    assert!(!out.status.success(), "an unknown log format is refused");
+}
