@@ -167,27 +167,108 @@ fn dockerfile_runs_as_a_non_root_user() {
 }
 
 #[test]
-fn dockerfile_health_check_probes_up_with_a_tool_the_image_has() {
+fn dockerfile_health_check_is_the_binarys_own_probe() {
     let stage = final_stage();
     let check = stage
         .iter()
         .find(|i| i.keyword == "HEALTHCHECK")
         .map(|i| i.args.clone())
         .expect("the final stage has a HEALTHCHECK");
-    let port = ServerConfig::default().port;
-    assert!(check.contains(" CMD "), "{check}");
+    // Through the entrypoint, so the probe reads the same configuration file as the server
+    // and follows its port and TLS setting.
     assert!(
-        check.contains(&format!("127.0.0.1:{port}/up")),
-        "HEALTHCHECK requests /up on the default port: {check}"
+        check.contains(r#"CMD ["/usr/local/bin/resound-entrypoint", "probe""#),
+        "{check}"
     );
-    assert!(check.contains("curl"), "HEALTHCHECK uses curl: {check}");
-    let installs_curl = stage.iter().any(|i| {
-        i.keyword == "RUN" && i.args.contains("apt-get install") && i.args.contains("curl")
+    let installs_curl = stage.iter().any(|i| i.keyword == "RUN" && i.args.contains("curl"));
+    assert!(!installs_curl, "the final image needs no curl");
+}
+
+#[test]
+fn dockerfile_splits_the_debug_info_off_the_shipped_binary() {
+    let stages = dockerfile_stages();
+    let build = stages[..stages.len() - 1].iter().flatten();
+    let splits = build.clone().any(|i| {
+        i.keyword == "RUN"
+            && i.args.contains("objcopy --only-keep-debug")
+            && i.args.contains("--strip-debug")
     });
-    assert!(
-        installs_curl,
-        "the final image installs curl for the HEALTHCHECK"
+    assert!(splits, "the build stage splits the debug info off");
+    let exported = stages.iter().any(|s| {
+        s.first()
+            .is_some_and(|f| f.args.ends_with("AS debug-info"))
+            && s.iter()
+                .any(|i| i.keyword == "COPY" && i.args.contains("resound.debug"))
+    });
+    assert!(exported, "a debug-info stage exports resound.debug");
+    let ships_debug = final_stage()
+        .iter()
+        .any(|i| i.keyword == "COPY" && i.args.contains("resound.debug"));
+    assert!(!ships_debug, "the final image ships the stripped binary only");
+}
+
+/// The image's entrypoint script (the heredoc of the Dockerfile), running the binary built here.
+fn entrypoint_script(dir: &Path) -> PathBuf {
+    let text = read("Dockerfile");
+    let body: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("<<'EOF' /usr/local/bin/resound-entrypoint"))
+        .skip(1)
+        .take_while(|l| l.trim() != "EOF")
+        .collect();
+    assert!(body.len() > 5, "the Dockerfile writes the entrypoint with a heredoc");
+    let script = body.join("\n").replace(
+        "resound=/usr/local/bin/resound",
+        &format!("resound={}", env!("CARGO_BIN_EXE_resound")),
     );
+    std::fs::create_dir_all(dir).expect("temp dir");
+    let path = dir.join("resound-entrypoint");
+    std::fs::write(&path, script).expect("write entrypoint");
+    path
+}
+
+/// Runs the entrypoint with only `env` (and PATH) set.
+async fn entrypoint(script: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .arg(script)
+        .args(args)
+        .envs(env.iter().copied());
+    tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        .await
+        .expect("the entrypoint exits within 10 s")
+        .expect("run sh")
+}
+
+#[tokio::test]
+async fn image_entrypoint_refuses_to_serve_the_default_app_without_configuration() {
+    let dir = std::env::temp_dir().join(format!("resound-entrypoint-{}", std::process::id()));
+    let script = entrypoint_script(&dir);
+    let out = entrypoint(&script, &[], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/etc/resound/resound.toml"), "{stderr}");
+
+    let missing = dir.join("missing.toml").display().to_string();
+    let out = entrypoint(&script, &[], &[("RESOUND_CONFIG_FILE", &missing)]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&missing));
+
+    // A mounted file is passed on; so are Reverb's variables and the tools.
+    let file = dir.join("resound.toml");
+    std::fs::write(&file, "[server]\nport = 6001\n").expect("write config");
+    let file = file.display().to_string();
+    let out = entrypoint(&script, &["check-config"], &[("RESOUND_CONFIG_FILE", &file)]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("port = 6001"));
+    let reverb = [
+        ("REVERB_APP_ID", "1"),
+        ("REVERB_APP_KEY", "k"),
+        ("REVERB_APP_SECRET", "s"),
+    ];
+    let out = entrypoint(&script, &["check-config"], &reverb).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 // ---------------------------------------------------------------------------------------------
