@@ -180,7 +180,9 @@ fn dockerfile_health_check_is_the_binarys_own_probe() {
         check.contains(r#"CMD ["/usr/local/bin/resound-entrypoint", "probe""#),
         "{check}"
     );
-    let installs_curl = stage.iter().any(|i| i.keyword == "RUN" && i.args.contains("curl"));
+    let installs_curl = stage
+        .iter()
+        .any(|i| i.keyword == "RUN" && i.args.contains("curl"));
     assert!(!installs_curl, "the final image needs no curl");
 }
 
@@ -195,8 +197,7 @@ fn dockerfile_splits_the_debug_info_off_the_shipped_binary() {
     });
     assert!(splits, "the build stage splits the debug info off");
     let exported = stages.iter().any(|s| {
-        s.first()
-            .is_some_and(|f| f.args.ends_with("AS debug-info"))
+        s.first().is_some_and(|f| f.args.ends_with("AS debug-info"))
             && s.iter()
                 .any(|i| i.keyword == "COPY" && i.args.contains("resound.debug"))
     });
@@ -204,7 +205,10 @@ fn dockerfile_splits_the_debug_info_off_the_shipped_binary() {
     let ships_debug = final_stage()
         .iter()
         .any(|i| i.keyword == "COPY" && i.args.contains("resound.debug"));
-    assert!(!ships_debug, "the final image ships the stripped binary only");
+    assert!(
+        !ships_debug,
+        "the final image ships the stripped binary only"
+    );
 }
 
 /// The image's entrypoint script (the heredoc of the Dockerfile), running the binary built here.
@@ -216,7 +220,10 @@ fn entrypoint_script(dir: &Path) -> PathBuf {
         .skip(1)
         .take_while(|l| l.trim() != "EOF")
         .collect();
-    assert!(body.len() > 5, "the Dockerfile writes the entrypoint with a heredoc");
+    assert!(
+        body.len() > 5,
+        "the Dockerfile writes the entrypoint with a heredoc"
+    );
     let script = body.join("\n").replace(
         "resound=/usr/local/bin/resound",
         &format!("resound={}", env!("CARGO_BIN_EXE_resound")),
@@ -259,8 +266,17 @@ async fn image_entrypoint_refuses_to_serve_the_default_app_without_configuration
     let file = dir.join("resound.toml");
     std::fs::write(&file, "[server]\nport = 6001\n").expect("write config");
     let file = file.display().to_string();
-    let out = entrypoint(&script, &["check-config"], &[("RESOUND_CONFIG_FILE", &file)]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = entrypoint(
+        &script,
+        &["check-config"],
+        &[("RESOUND_CONFIG_FILE", &file)],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("port = 6001"));
     let reverb = [
         ("REVERB_APP_ID", "1"),
@@ -268,7 +284,11 @@ async fn image_entrypoint_refuses_to_serve_the_default_app_without_configuration
         ("REVERB_APP_SECRET", "s"),
     ];
     let out = entrypoint(&script, &["check-config"], &reverb).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,7 +362,24 @@ fn values_reference(expr: &str, values: &Yaml) -> u64 {
 fn deployment_probes_and_port_match_the_server() {
     let template = read("helm/resound/templates/deployment.yaml");
     assert_eq!(probe_path(&template, "livenessProbe"), "/up");
-    assert_eq!(probe_path(&template, "readinessProbe"), "/ready");
+    let values = values();
+    // Readiness follows values.yaml: /ready, tolerant enough that a short Redis blip (which
+    // fails every pod at once) does not empty the Service.
+    assert_eq!(
+        probe_path(&template, "readinessProbe"),
+        "{{ .Values.readinessProbe.path }}"
+    );
+    assert_eq!(
+        values["readinessProbe"]["path"].as_str(),
+        Some("/ready"),
+        "values.yaml"
+    );
+    let tolerated = yaml_u64(&values, &["readinessProbe", "periodSeconds"])
+        * yaml_u64(&values, &["readinessProbe", "failureThreshold"]);
+    assert!(
+        tolerated >= 30,
+        "a Redis blip under 30 s leaves pods ready ({tolerated} s)"
+    );
 
     // The container port named http (the probes use it by name) comes from values.yaml and is
     // the server's default port, which the Dockerfile exposes.
@@ -351,7 +388,6 @@ fn deployment_probes_and_port_match_the_server() {
     let port_expr = lines
         .find_map(|l| l.trim().strip_prefix("containerPort:").map(str::to_string))
         .expect("containerPort of the http port");
-    let values = values();
     let port = values_reference(&port_expr, &values);
     assert_eq!(port, u64::from(ServerConfig::default().port));
     assert_eq!(yaml_u64(&values, &["service", "port"]), port);
@@ -865,4 +901,135 @@ async fn host_port_and_log_format_come_from_flags_or_the_environment() {
     assert_eq!(effective(&out).port, 6002, "the flag wins");
     let out = resound(&["check-config"], &[("RESOUND_LOG_FORMAT", "yaml")]).await;
     assert!(!out.status.success(), "an unknown log format is refused");
+}
+
+#[test]
+fn chart_names_stay_within_63_characters() {
+    // Kubernetes refuses longer names; a suffix appended to the full name (itself up to 63)
+    // would overflow, so second objects are named through resound.componentName.
+    let dir = root().join("helm/resound/templates");
+    for entry in std::fs::read_dir(&dir).expect("templates") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read template");
+        for (n, line) in text.lines().enumerate() {
+            let appended = line.contains("include \"resound.fullname\"")
+                && (line.contains("}}-") || line.contains("\"%s-"))
+                && !line.contains("| trunc $room");
+            assert!(
+                !appended,
+                "{}:{}: a suffix after the full name can pass 63 characters: {line}",
+                path.display(),
+                n + 1
+            );
+        }
+    }
+    let helpers = read("helm/resound/templates/_helpers.tpl");
+    assert!(helpers.contains("define \"resound.componentName\""));
+    assert!(helpers.contains("sub 62 (len .suffix)"));
+}
+
+#[test]
+fn chart_refuses_unknown_scaling_modes() {
+    let helpers = read("helm/resound/templates/_helpers.tpl");
+    assert!(helpers.contains("fail (printf \"scaling.enabled must be auto, true or false"));
+    let schema: Json =
+        serde_json::from_str(&read("helm/resound/values.schema.json")).expect("schema is JSON");
+    let allowed = &schema["properties"]["scaling"]["properties"]["enabled"];
+    assert_eq!(
+        allowed["oneOf"][1]["enum"],
+        serde_json::json!(["auto", "true", "false"])
+    );
+}
+
+#[test]
+fn chart_alerts_are_the_example_alerts_and_select_the_chart_job() {
+    assert_eq!(
+        read("helm/resound/files/prometheus-alerts.yml"),
+        read("examples/deploy/prometheus-alerts.yml"),
+        "helm/resound/files/prometheus-alerts.yml is a copy of examples/deploy/prometheus-alerts.yml"
+    );
+    // The ServiceMonitor names the job after app.kubernetes.io/name, which the Services carry
+    // and the rule template substitutes for the alerts' job matcher.
+    let monitor = read("helm/resound/templates/servicemonitor.yaml");
+    assert!(monitor.contains("jobLabel: app.kubernetes.io/name"));
+    let rule = read("helm/resound/templates/prometheusrule.yaml");
+    assert!(
+        rule.contains("replace \"job=~\\\"resound.*\\\"\" $job"),
+        "{rule}"
+    );
+    let alerts = read("examples/deploy/prometheus-alerts.yml");
+    let exprs = alert_exprs();
+    assert!(!exprs.is_empty());
+    for expr in exprs.iter().filter(|e| e.contains("job")) {
+        assert!(
+            expr.contains("job=~\"resound.*\""),
+            "every job matcher is the one the chart rewrites: {expr}"
+        );
+    }
+    assert!(
+        alerts.contains("jobLabel"),
+        "the alerts file says where the job label comes from"
+    );
+}
+
+#[test]
+fn declared_rust_version_is_what_the_lock_file_needs() {
+    // Cargo.toml's rust-version must be the highest rust-version of any locked dependency
+    // built on Linux: Debian's or an older toolchain then fails with a clear message instead
+    // of a compile error deep in a dependency.
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--locked",
+            "--offline",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            "x86_64-unknown-linux-gnu",
+            "--manifest-path",
+        ])
+        .arg(root().join("Cargo.toml"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Json = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    let version = |v: &str| -> (u64, u64) {
+        let mut parts = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    };
+    let resolved: BTreeSet<&str> = meta["resolve"]["nodes"]
+        .as_array()
+        .expect("resolve nodes")
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    let packages = meta["packages"].as_array().expect("packages");
+    let ours = packages
+        .iter()
+        .find(|p| p["name"] == "resound")
+        .and_then(|p| p["rust_version"].as_str())
+        .map(version)
+        .expect("Cargo.toml declares rust-version");
+    let needed = packages
+        .iter()
+        .filter(|p| p["id"].as_str().is_some_and(|id| resolved.contains(id)))
+        .filter(|p| p["name"] != "resound")
+        .filter_map(|p| Some((version(p["rust_version"].as_str()?), p["name"].as_str()?)))
+        .max()
+        .expect("dependencies declare rust-version");
+    assert_eq!(
+        ours, needed.0,
+        "Cargo.toml's rust-version; {} needs {:?}",
+        needed.1, needed.0
+    );
+    for doc in ["README.md", "docs/operations.md"] {
+        let text = read(doc);
+        let stated = format!("Rust {}.{}", ours.0, ours.1);
+        assert!(text.contains(&stated), "{doc} states {stated}");
+    }
 }
