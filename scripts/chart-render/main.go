@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -189,9 +190,9 @@ func run(args []string) error {
 
 	top := func(tname string) map[string]interface{} {
 		return map[string]interface{}{
-			"Values":  values,
-			"Release": map[string]interface{}{"Name": release, "Namespace": namespace, "Service": "Helm", "IsInstall": true, "IsUpgrade": false, "Revision": 1},
-			"Chart":   map[string]interface{}{"Name": meta["name"], "Version": meta["version"], "AppVersion": meta["appVersion"]},
+			"Values":   values,
+			"Release":  map[string]interface{}{"Name": release, "Namespace": namespace, "Service": "Helm", "IsInstall": true, "IsUpgrade": false, "Revision": 1},
+			"Chart":    map[string]interface{}{"Name": meta["name"], "Version": meta["version"], "AppVersion": meta["appVersion"]},
 			"Template": map[string]interface{}{"Name": tname, "BasePath": name + "/templates"},
 			"Files":    all,
 			"Capabilities": map[string]interface{}{
@@ -245,7 +246,7 @@ func check(source, text string) error {
 	for {
 		var obj map[string]interface{}
 		err := dec.Decode(&obj)
-		if errors.Is(err, errors.New("EOF")) || (err != nil && err.Error() == "EOF") {
+		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
