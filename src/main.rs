@@ -32,7 +32,7 @@ struct Cli {
     host: Option<String>,
     /// Port to listen on; overrides `server.port` of every other source (the file,
     /// `REVERB_SERVER_PORT`, `RESOUND_SERVER__PORT`).
-    #[arg(long, env = "RESOUND_PORT", global = true)]
+    #[arg(long, env = "RESOUND_PORT", global = true, value_parser = parse_port)]
     port: Option<u16>,
     /// Log filter, e.g. `info` or `resound=debug`.
     #[arg(long, env = "RESOUND_LOG", default_value = "info", global = true)]
@@ -71,6 +71,19 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         timeout: u64,
     },
+}
+
+/// A port number. Kubernetes (for a Service named `resound`) and Docker links set
+/// `RESOUND_PORT=tcp://IP:PORT` themselves: say so instead of a bare parse error.
+fn parse_port(value: &str) -> Result<u16, String> {
+    if value.starts_with("tcp://") || value.starts_with("udp://") {
+        return Err(format!(
+            "{value:?} is a service link that Kubernetes or Docker set for a Service or link named \"resound\", not a port: disable service links (enableServiceLinks: false) or name the Service differently"
+        ));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a port number (0-65535)"))
 }
 
 fn main() -> anyhow::Result<()> {

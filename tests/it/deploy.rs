@@ -901,6 +901,16 @@ async fn host_port_and_log_format_come_from_flags_or_the_environment() {
     assert_eq!(effective(&out).port, 6002, "the flag wins");
     let out = resound(&["check-config"], &[("RESOUND_LOG_FORMAT", "yaml")]).await;
     assert!(!out.status.success(), "an unknown log format is refused");
+    // What Kubernetes sets for a Service named resound is refused with a hint, and the chart
+    // turns those variables off.
+    let out = resound(
+        &["check-config"],
+        &[("RESOUND_PORT", "tcp://10.96.0.12:8080")],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enableServiceLinks"));
+    assert!(read("helm/resound/templates/deployment.yaml").contains("enableServiceLinks: false"));
 }
 
 #[test]
