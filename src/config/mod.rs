@@ -5,6 +5,7 @@
 //! `RESOUND_<SECTION>__<KEY>` variables. Nothing outside this module reads the environment.
 //! Unknown keys and bad values stop start-up with a message naming the key and its source.
 
+mod files;
 mod reverb;
 
 use std::collections::BTreeMap;
@@ -340,7 +341,10 @@ fn insert_path(dict: &mut Dict, path: &[&str], value: Value) {
     }
 }
 
-/// Parses a `.env` file: `KEY=VALUE` lines, `#` comments, optional `export `, quotes stripped.
+/// Parses a `.env` file as Laravel's loader reads it: `KEY=VALUE` lines, `#` comments (a comment
+/// after a value needs a space before the `#`), optional `export `, a quoted value taken up to
+/// its closing quote (so `KEY="v" # comment` is `v`), `\"`, `\\` and `\n` escapes inside double
+/// quotes, single quotes literal.
 pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -352,18 +356,44 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
         let Some((k, v)) = line.split_once('=') else {
             continue;
         };
-        let mut v = v.trim().to_string();
-        if (v.starts_with('"') && v.ends_with('"') && v.len() >= 2)
-            || (v.starts_with('\'') && v.ends_with('\'') && v.len() >= 2)
-        {
-            v = v[1..v.len() - 1].to_string();
-        } else if let Some(i) = v.find(" #") {
-            v.truncate(i);
-            v = v.trim_end().to_string();
-        }
-        out.push((k.trim().to_string(), v));
+        out.push((k.trim().to_string(), env_file_value(v.trim())));
     }
     out
+}
+
+/// One value of a `.env` line, quotes and trailing comment removed.
+fn env_file_value(v: &str) -> String {
+    let mut chars = v.chars();
+    let quote = match chars.next() {
+        Some(q @ ('"' | '\'')) => q,
+        _ => {
+            // Unquoted: a `#` after whitespace starts a comment.
+            let end = v
+                .char_indices()
+                .find(|&(i, c)| c == '#' && v[..i].ends_with([' ', '\t']))
+                .map_or(v.len(), |(i, _)| i);
+            return v[..end].trim_end().to_string();
+        }
+    };
+    let mut value = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c == quote => return value,
+            '\\' if quote == '"' => match chars.next() {
+                Some('n') => value.push('\n'),
+                Some('t') => value.push('\t'),
+                Some(e @ ('"' | '\\' | '$')) => value.push(e),
+                Some(other) => {
+                    value.push('\\');
+                    value.push(other);
+                }
+                None => value.push('\\'),
+            },
+            c => value.push(c),
+        }
+    }
+    // No closing quote: the value is the text as written.
+    v.to_string()
 }
 
 /// Reads, merges and validates every source.
@@ -418,13 +448,13 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut file: FileConfig = figment.extract()?;
 
     // An app defined by Reverb's variables joins the configured apps; when the file has an app
-    // with the same id, the variables override its credentials and the settings they name
-    // (the file's other settings, webhooks included, stay).
-    let mut reverb_app = reverb::app_from_env(&env)?;
+    // with the same id, the variables override its credentials and the settings they name, the
+    // file's other settings (webhooks included) stay, and what neither sets takes Reverb's
+    // defaults, as it would without the file.
+    let reverb_app = reverb::app_from_env(&env)?;
     if let Some(app) = &reverb_app {
         if let Some(existing) = file.apps.iter_mut().find(|a| a.id == app.id) {
             reverb::overlay(existing, app);
-            reverb_app = None;
         } else {
             file.apps.push(app.clone());
         }
@@ -435,6 +465,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     }
     validate_server(&file.server)?;
     validate_scaling(&file.scaling)?;
+    files::check_readable(&file)?;
     let webhooks = file.webhooks.dispatcher();
     webhooks
         .check()
