@@ -80,6 +80,8 @@ pub struct AppSettings {
     /// `max_channels_per_connection` (so a reconnecting client can subscribe to all its
     /// channels at once); 4301 above.
     pub max_subscribes_per_second: u32,
+    /// Channels one `GET /channels` answer lists at most; the rest come in the next pages.
+    pub max_channels_listed: usize,
     pub cache_ttl: Duration,
     pub subscription_count_events: bool,
     pub subscription_error_event: bool,
@@ -121,6 +123,7 @@ impl Default for AppSettings {
             max_presence_member_size: 1024,
             max_channels_per_connection: 100,
             max_subscribes_per_second: 10,
+            max_channels_listed: 10_000,
             cache_ttl: Duration::from_secs(1800),
             subscription_count_events: false,
             subscription_error_event: false,

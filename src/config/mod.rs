@@ -225,6 +225,7 @@ pub struct AppConfig {
     pub max_presence_member_size: Option<usize>,
     pub max_channels_per_connection: Option<usize>,
     pub max_subscribes_per_second: Option<u32>,
+    pub max_channels_listed: Option<usize>,
     pub cache_ttl: Option<u64>,
     pub subscription_count_events: Option<bool>,
     pub subscription_error_event: Option<bool>,
@@ -728,6 +729,10 @@ fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
                 .unwrap_or(d.max_subscribes_per_second) as usize,
         )?)
         .unwrap_or(u32::MAX),
+        max_channels_listed: positive(
+            "max_channels_listed",
+            a.max_channels_listed.unwrap_or(d.max_channels_listed),
+        )?,
         cache_ttl: secs(a.cache_ttl, d.cache_ttl),
         subscription_count_events: a
             .subscription_count_events
