@@ -1,6 +1,7 @@
 use std::io::Write;
 
 use super::*;
+use crate::app::ClientEventPolicy;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
