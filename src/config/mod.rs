@@ -7,6 +7,7 @@
 
 mod apps;
 mod files;
+mod peers;
 mod reverb;
 
 use apps::build_app;
@@ -214,6 +215,8 @@ pub struct Config {
     pub apps: Vec<App>,
     /// What `check-config` prints (secrets masked).
     pub effective: FileConfig,
+    /// What the operator should know but that does not stop start-up (logged once).
+    pub warnings: Vec<String>,
 }
 
 /// Where to read from.
@@ -355,6 +358,13 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         }
         figment = figment.merge(Toml::file_exact(path));
     }
+    let soketi = peers::soketi_server_vars(&env)?;
+    if !soketi.is_empty() {
+        figment = figment.merge(Vars {
+            name: "Soketi environment variable".into(),
+            entries: soketi,
+        });
+    }
     let reverb = reverb::server_vars(&env);
     if !reverb.is_empty() {
         figment = figment.merge(Vars {
@@ -383,6 +393,16 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     }
     let mut file: FileConfig = figment.extract()?;
 
+    // Soketi's and Pusher's apps join the same way; Reverb's variables win over both.
+    for app in [peers::pusher_app(&env)?, peers::soketi_app(&env)?]
+        .into_iter()
+        .flatten()
+    {
+        match file.apps.iter_mut().find(|a| a.id == app.id) {
+            Some(existing) => peers::overlay(existing, &app)?,
+            None => file.apps.push(app),
+        }
+    }
     // An app defined by Reverb's variables joins the configured apps; when the file has an app
     // with the same id, the variables override its credentials and the settings they name, the
     // file's other settings (webhooks included) stay, and what neither sets takes Reverb's
@@ -398,6 +418,18 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let embedded = file.apps.is_empty();
     if embedded {
         file.apps.push(embedded_app());
+    }
+    let mut warnings = Vec::new();
+    let unmapped = peers::soketi_unmapped(&env);
+    if !unmapped.is_empty() {
+        warnings.push(format!(
+            "ignored (no equivalent here; see docs/migrating.md): {}",
+            unmapped.join(", ")
+        ));
+    }
+    let soketi_limits = peers::soketi_app_limits(&env)?;
+    for app in &mut file.apps {
+        peers::fill(app, &soketi_limits)?;
     }
     validate_server(&file.server)?;
     validate_scaling(&file.scaling)?;
@@ -454,6 +486,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         webhooks,
         apps,
         effective,
+        warnings,
     })
 }
 
