@@ -68,6 +68,15 @@ pub struct ServerConfig {
     pub path: String,
     /// Node connection capacity (4100 when reached); none = unlimited.
     pub max_connections: Option<u64>,
+    /// Resident memory (bytes) above which new WebSockets are refused with 4100; none = no
+    /// limit.
+    pub max_memory_bytes: Option<u64>,
+    /// Open WebSockets per client address (4100 above); none = no limit. Behind a proxy,
+    /// set `client_ip_header` or every client shares the proxy's address.
+    pub max_connections_per_ip: Option<u32>,
+    /// A header the proxy in front sets to the client's address (`X-Forwarded-For`: its last
+    /// address is the one the proxy added); without it, the TCP peer's address counts.
+    pub client_ip_header: Option<String>,
     /// Seconds to wait for sockets to close after SIGTERM/SIGINT.
     pub shutdown_grace_period: u64,
     /// Also serve `/metrics` on this port.
@@ -115,6 +124,9 @@ impl Default for ServerConfig {
             port: 8080,
             path: String::new(),
             max_connections: None,
+            max_memory_bytes: None,
+            max_connections_per_ip: None,
+            client_ip_header: None,
             shutdown_grace_period: 10,
             metrics_port: None,
             metrics_prefix: "resound".into(),
@@ -524,6 +536,18 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
     ] {
         if v == 0 {
             return Err(ConfigError::Invalid(format!("server.{key} must be > 0")));
+        }
+    }
+    if s.max_connections_per_ip == Some(0) || s.max_memory_bytes == Some(0) {
+        return Err(ConfigError::Invalid(
+            "server.max_connections_per_ip and server.max_memory_bytes must be > 0 (leave them out for no limit)".into(),
+        ));
+    }
+    if let Some(h) = &s.client_ip_header {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "server.client_ip_header {h:?} is not a header name"
+            )));
         }
     }
     if s.max_pending_connections == 0 {

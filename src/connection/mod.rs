@@ -29,7 +29,7 @@ use crate::state::{AppHub, ServerState};
 use frames::{Frame, FrameError, OpCode, PartialBudget, PartialHold};
 use handle::{ConnHandle, Outbound, OutboundBudget, QueueBounds};
 use session::Session;
-pub use slot::ConnectionSlot;
+pub use slot::{ConnectionSlot, MemoryWatch, PerIp};
 
 pub(crate) type Io = TokioIo<Upgraded>;
 
@@ -41,10 +41,15 @@ pub enum Admission {
     Refused(ErrorKind),
 }
 
-/// The node-wide memory budgets every connection of the node draws on.
+/// The node-wide budgets every connection of the node draws on, and the admission limits
+/// checked before a WebSocket is accepted.
 pub struct Budgets {
     partial: Arc<PartialBudget>,
     queue: QueueBounds,
+    /// Open WebSockets per client address.
+    pub per_ip: PerIp,
+    /// The process's memory, against which new WebSockets are admitted.
+    pub memory: MemoryWatch,
 }
 
 impl Budgets {
@@ -65,6 +70,8 @@ impl Budgets {
                     metrics.outbound_budget_disconnects.clone(),
                 )),
             },
+            per_ip: PerIp::new(server.max_connections_per_ip),
+            memory: MemoryWatch::new(server.max_memory_bytes),
         }
     }
 

@@ -2,6 +2,7 @@
 //! upgrade. A refused connection is still upgraded so the client reads `pusher:error` and the
 //! close code (pusher-js decides whether to retry from them).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use tracing::debug;
 use super::edge::EdgeConn;
 use super::error::ApiError;
 use super::signature::Query;
+use super::Peer;
 use crate::connection::{self, Admission, ConnectionSlot};
 use crate::protocol::ErrorKind;
 use crate::state::ServerState;
@@ -54,10 +56,26 @@ fn admit(req: &Request<Incoming>, key: &str, state: &Arc<ServerState>) -> Admiss
     if !app.origin_allowed(origin) {
         return Admission::Refused(ErrorKind::OriginNotAllowed);
     }
-    match ConnectionSlot::reserve(state, state.hub(&app)) {
+    match ConnectionSlot::reserve(state, state.hub(&app), client_ip(req, state)) {
         Ok(slot) => Admission::Accepted { app, slot },
         Err(kind) => Admission::Refused(kind),
     }
+}
+
+/// The client address counted against `server.max_connections_per_ip`: the last address in
+/// `server.client_ip_header` (the one the proxy in front added), else the TCP peer's.
+fn client_ip(req: &Request<Incoming>, state: &ServerState) -> Option<IpAddr> {
+    state.server.max_connections_per_ip?;
+    let from_header = state.server.client_ip_header.as_deref().and_then(|name| {
+        let value = req.headers().get(name)?.to_str().ok()?;
+        value
+            .rsplit(',')
+            .map(str::trim)
+            .find(|a| !a.is_empty())?
+            .parse()
+            .ok()
+    });
+    from_header.or_else(|| req.extensions().get::<Peer>().map(|p| p.0.ip()))
 }
 
 pub(super) async fn upgrade(
