@@ -104,6 +104,16 @@ pub struct AppSettings {
     pub max_backend_events_per_second: Option<u32>,
     /// Signed GET requests per second; `None` = unlimited.
     pub max_read_requests_per_second: Option<u32>,
+    /// A secret being rotated out: still accepted for channel tokens, sign-in and API
+    /// signatures until its deadline, so backends can move to the new one one by one.
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// The secret an app had before, and until when it is accepted.
+#[derive(Debug, Clone)]
+pub struct PreviousSecret {
+    pub secret: AppSecret,
+    pub until: std::time::SystemTime,
 }
 
 impl Default for AppSettings {
@@ -144,6 +154,7 @@ impl Default for AppSettings {
             terminate_presence_members: false,
             max_backend_events_per_second: None,
             max_read_requests_per_second: None,
+            previous_secret: None,
         }
     }
 }
@@ -159,6 +170,18 @@ pub struct App {
 }
 
 impl App {
+    /// The secrets a signature may be made with at `now`: the app's, then a previous one
+    /// within its grace period. What the server signs itself (webhooks) uses the app's.
+    pub fn secrets_at(&self, now: std::time::SystemTime) -> impl Iterator<Item = &str> {
+        let previous = self
+            .settings
+            .previous_secret
+            .as_ref()
+            .filter(|p| now < p.until)
+            .map(|p| p.secret.as_str());
+        std::iter::once(self.secret.as_str()).chain(previous)
+    }
+
     /// A hold for one of this app's removal webhooks (none without webhooks or removal delay).
     pub fn removal_hold(&self) -> Option<crate::webhooks::RemovalHold> {
         self.webhooks

@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy};
+use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy, PreviousSecret};
 use crate::webhooks::{redact_url, AppWebhooks, WebhookKind, WebhookTarget};
 
 /// `[[apps]]`. Unset options take the defaults of spec 7.7 (or Reverb's, for an app defined by
@@ -57,6 +57,11 @@ pub struct AppConfig {
     pub terminate_presence_members: Option<bool>,
     pub max_backend_events_per_second: Option<u32>,
     pub max_read_requests_per_second: Option<u32>,
+    /// The secret being rotated out, accepted until `previous_secret_until`.
+    pub previous_secret: Option<String>,
+    /// When the previous secret stops being accepted: RFC 3339 in UTC
+    /// (`2026-12-31T23:00:00Z`).
+    pub previous_secret_until: Option<String>,
     pub webhook_batching: Option<bool>,
     pub webhook_batch_window_ms: Option<u64>,
     pub webhook_batch_max_events: Option<usize>,
@@ -80,6 +85,59 @@ pub struct WebhookConfig {
 
 fn secs(v: Option<u64>, default: Duration) -> Duration {
     v.map_or(default, Duration::from_secs)
+}
+
+/// The secret being rotated out, with its deadline; both keys or neither.
+fn previous_secret(a: &AppConfig) -> Result<Option<PreviousSecret>, String> {
+    match (&a.previous_secret, &a.previous_secret_until) {
+        (None, None) => Ok(None),
+        (Some(secret), Some(until)) => {
+            if secret.is_empty() || *secret == a.secret {
+                return Err("previous_secret must be non-empty and differ from secret".into());
+            }
+            let until = utc_time(until).ok_or_else(|| {
+                format!(
+                    "previous_secret_until {until:?} is not a UTC time like 2026-12-31T23:00:00Z"
+                )
+            })?;
+            Ok(Some(PreviousSecret {
+                secret: AppSecret(Arc::from(secret.as_str())),
+                until,
+            }))
+        }
+        _ => Err("previous_secret and previous_secret_until go together".into()),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (or `+00:00` for `Z`) as a time.
+fn utc_time(text: &str) -> Option<SystemTime> {
+    let text = text.trim();
+    let body = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix("+00:00"))?;
+    let (date, time) = body.split_once(['T', ' '])?;
+    let num = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    let mut d = date.split('-').map(num);
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(num);
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    if d.next().is_some() || t.next().is_some() {
+        return None;
+    }
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (the civil-from-days inverse).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3600 + min * 60 + sec).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 pub(super) fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
@@ -237,6 +295,7 @@ pub(super) fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, Str
             .unwrap_or(d.terminate_presence_members),
         max_backend_events_per_second: a.max_backend_events_per_second,
         max_read_requests_per_second: a.max_read_requests_per_second,
+        previous_secret: previous_secret(a)?,
     };
     let webhooks = build_webhooks(a)?;
     Ok(App {
@@ -288,4 +347,56 @@ fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {
         batch_max_events: a.webhook_batch_max_events.unwrap_or(100).max(1),
         removal_delay: Duration::from_secs(a.webhook_removal_delay.unwrap_or(3)),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_are_read_exactly_and_anything_else_refused() {
+        let at =
+            |t: &str| utc_time(t).map(|s| s.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).ok());
+        assert_eq!(at("1970-01-01T00:00:00Z"), Some(Some(0)));
+        assert_eq!(at("2000-03-01T00:00:00Z"), Some(Some(951_868_800)));
+        assert_eq!(at("2026-12-31T23:00:00Z"), Some(Some(1_798_758_000)));
+        assert_eq!(at("2024-02-29T12:30:15+00:00"), Some(Some(1_709_209_815)));
+        for bad in [
+            "2026-12-31",
+            "2026-12-31T23:00:00",
+            "2026-13-01T00:00:00Z",
+            "2026-12-31T23:00:00+01:00",
+            "x-1-1T0:0:0Z",
+            "2026-12-31T23:00Z",
+        ] {
+            assert_eq!(at(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_previous_secret_is_accepted_until_its_deadline() {
+        let a = AppConfig {
+            id: "1".into(),
+            key: "k".into(),
+            secret: "new".into(),
+            previous_secret: Some("old".into()),
+            previous_secret_until: Some("2030-01-01T00:00:00Z".into()),
+            ..AppConfig::default()
+        };
+        let app = build_app(&a, false).unwrap_or_else(|e| panic!("{e}"));
+        let before = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let after = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        assert_eq!(app.secrets_at(before).collect::<Vec<_>>(), ["new", "old"]);
+        assert_eq!(app.secrets_at(after).collect::<Vec<_>>(), ["new"]);
+        let alone = AppConfig {
+            previous_secret_until: None,
+            ..a.clone()
+        };
+        assert!(build_app(&alone, false).is_err());
+        let same = AppConfig {
+            previous_secret: Some("new".into()),
+            ..a
+        };
+        assert!(build_app(&same, false).is_err());
+    }
 }

@@ -474,6 +474,9 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut effective = file.clone();
     for a in &mut effective.apps {
         a.secret = "***".into();
+        if a.previous_secret.is_some() {
+            a.previous_secret = Some("***".into());
+        }
         // Header values are credentials more often than not (`Authorization`), and URLs may
         // carry tokens in their user info or query.
         for w in &mut a.webhooks {
