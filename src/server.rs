@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::app::{AppStore, StaticAppStore};
-use crate::cluster::redis::RedisCluster;
+use crate::cluster::redis::RedisBackend;
 use crate::cluster::{Adapter, ClusterError, ClusterState, Inbound, Local, Target};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -50,7 +50,7 @@ pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     tls: Option<Arc<Tls>>,
-    redis: Option<Arc<RedisCluster>>,
+    redis: Option<Arc<RedisBackend>>,
 }
 
 impl Server {
@@ -59,7 +59,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new(&config.server.metrics_prefix)?);
         let apps: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps));
         let (presence, cluster, adapter, redis, inbound): Backend = if config.scaling.enabled {
-            let (redis, inbound) = RedisCluster::connect(
+            let (redis, inbound) = RedisBackend::connect(
                 &config.scaling,
                 &metrics.registry,
                 &config.server.metrics_prefix,
@@ -302,7 +302,7 @@ type Backend = (
     Arc<dyn PresenceStore>,
     Arc<dyn ClusterState>,
     Arc<dyn Adapter>,
-    Option<Arc<RedisCluster>>,
+    Option<Arc<RedisBackend>>,
     Option<tokio::sync::mpsc::Receiver<Inbound>>,
 );
 
@@ -311,7 +311,7 @@ type Backend = (
 async fn apply_inbound(
     state: Arc<ServerState>,
     mut rx: tokio::sync::mpsc::Receiver<Inbound>,
-    redis: Option<Arc<RedisCluster>>,
+    redis: Option<Arc<RedisBackend>>,
 ) {
     while let Some(msg) = rx.recv().await {
         match msg {

@@ -10,9 +10,7 @@
 //! `cluster` knows nothing of sockets: what arrives from other nodes is handed to the server as
 //! `Inbound` values and applied by the owner of the state (`server::apply_inbound`).
 
-mod endpoint;
 pub mod redis;
-mod shards;
 pub mod wire;
 
 use async_trait::async_trait;
@@ -76,10 +74,22 @@ pub enum Inbound {
     Replay(Vec<crate::webhooks::Replay>),
 }
 
-/// A cluster backend failure.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("cluster backend: {0}")]
-pub struct ClusterError(pub String);
+/// A cluster backend failure: the one error type of the cluster layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The backend is known to be unreachable: the call was not attempted (and the change
+    /// it would have recorded is repaired by a resync).
+    #[error("cluster backend unreachable")]
+    Unreachable,
+    /// A command or script failed.
+    #[error("cluster backend command failed: {0}")]
+    Command(#[from] ::redis::RedisError),
+    /// Connecting or starting failed (configuration, addresses, start-up timeouts).
+    #[error("cluster backend: {0}")]
+    Setup(String),
+    #[error("cluster metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
 
 /// Cross-node fan-out; at-most-once.
 #[async_trait]

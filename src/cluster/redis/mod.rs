@@ -1,0 +1,263 @@
+//! The Redis backend of the cluster (`RedisBackend`): one type for a standalone Redis, a
+//! Sentinel-managed one and a Redis Cluster. It implements `Adapter` (fan-out over pub/sub
+//! with interest-based routing), `ClusterState` (counts and cache channels as shared state with
+//! per-node leases), `PresenceStore` and the webhook `Journal`.
+//!
+//! By job: `keys.rs` (the one key table), `scripts.rs` (the Lua scripts), `pubsub.rs`
+//! (publishing and receiving in the three topologies: `endpoint.rs` finds a standalone or
+//! Sentinel master, `shards.rs` connects to a Redis Cluster), `lease.rs` (heartbeat, reaping
+//! of dead nodes, resync), `shared.rs` (`ClusterState`), `presence.rs` (`PresenceStore`),
+//! `journal.rs` (`Journal`), `metrics.rs`.
+//!
+//! Every membership and count change is one Lua script, so first/last transitions are decided
+//! atomically cluster-wide: `member_added`, `member_removed`, `channel_occupied` and
+//! `channel_vacated` happen once per cluster, on the node that made the transition. A node
+//! whose lease expires (it died) is reaped by the first survivor that claims it (`ZREM` returns
+//! 1 to one node only): its counts are subtracted and its members removed, with the matching
+//! `member_removed` broadcasts and webhooks. Bound: `LEASE` + `HEARTBEAT` (12 s).
+//!
+//! Delivery is at-most-once, like Pusher: events published while a node is not subscribed
+//! (Redis down, or between a first local subscribe and the `SUBSCRIBE` reply) are not replayed.
+
+mod endpoint;
+mod journal;
+mod keys;
+mod lease;
+mod metrics;
+mod presence;
+mod pubsub;
+mod scripts;
+mod shards;
+mod shared;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use prometheus::Registry;
+use redis::aio::PubSubSink;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use self::endpoint::{Commands, Endpoint};
+use self::keys::Keys;
+use self::metrics::Metrics;
+use self::scripts::Scripts;
+use super::{ClusterError, Inbound};
+use crate::app::AppId;
+use crate::config::ScalingConfig;
+use crate::webhooks::RemovalHold;
+
+/// How long a node's lease lasts without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(10);
+/// How long start-up waits for the pub/sub connection's first subscription.
+const PUBSUB_START: Duration = Duration::from_secs(10);
+/// Heartbeat and reaper period.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Outgoing publishes queued before new ones are dropped (counted).
+const PUBLISH_QUEUE: usize = 65_536;
+/// Inbound messages queued for the server before new ones are dropped (counted).
+pub const INBOUND_QUEUE: usize = 65_536;
+
+/// Pub/sub subscriptions this node needs, with local reference counts.
+#[derive(Default)]
+struct Interests {
+    counts: HashMap<String, usize>,
+    sink: Option<PubSubSink>,
+}
+
+/// The Redis backend (see the module docs).
+pub struct RedisBackend {
+    node: u64,
+    keys: Keys,
+    /// A standalone or Sentinel-managed Redis; `None` on a Redis Cluster.
+    endpoint: Option<Arc<Endpoint>>,
+    /// The Redis Cluster connection for sharded pub/sub; `None` otherwise.
+    shards: Option<Arc<shards::Shards>>,
+    /// On a Redis Cluster: wakes `resubscriber` (a shard connection closed).
+    resubscribe: tokio::sync::Notify,
+    conn: Commands,
+    interests: tokio::sync::Mutex<Interests>,
+    /// Topics wanted, readable without the async lock (for resubscription).
+    wanted: Mutex<Vec<String>>,
+    publish_tx: mpsc::Sender<Queued>,
+    /// The wire version this node sends: the oldest any live node reads (`P:wire`).
+    send_version: AtomicU8,
+    inbound: mpsc::Sender<Inbound>,
+    healthy: AtomicBool,
+    /// Set by `leave`: the heartbeat stops renewing the lease.
+    leaving: AtomicBool,
+    /// Set after the first heartbeat: a later heartbeat that creates the lease anew means
+    /// this node's shared state was lost.
+    registered: AtomicBool,
+    /// A change of shared state could not be recorded (Redis unreachable or failing): the next
+    /// successful heartbeat publishes this node's state again.
+    dirty: AtomicBool,
+    metrics: Metrics,
+    scripts: Scripts,
+}
+
+/// A presence member whose last connection's record was removed.
+struct Gone {
+    app: AppId,
+    channel: String,
+    user: String,
+}
+
+/// A message waiting for the publisher task.
+struct Queued {
+    topic: String,
+    payload: Bytes,
+    queued: Instant,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A removal hold as script arguments: its token and lifetime in ms (`""` and 0 for none).
+fn hold_args(hold: Option<RemovalHold>) -> (String, u64) {
+    hold.map_or((String::new(), 0), |h| {
+        let ttl = u64::try_from(h.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        (h.token.to_string(), ttl)
+    })
+}
+
+impl RedisBackend {
+    /// Connects (failing fast when Redis cannot be reached at start-up) and starts the
+    /// pub/sub reader, the publisher and the heartbeat/reaper tasks.
+    pub async fn connect(
+        scaling: &ScalingConfig,
+        registry: &Registry,
+        metric_prefix: &str,
+    ) -> Result<(Arc<RedisBackend>, mpsc::Receiver<Inbound>), ClusterError> {
+        let prefix = scaling.channel.as_str();
+        let metrics = Metrics::new(registry, metric_prefix)?;
+        let (endpoint, shards, pushes, conn, key_prefix) = if scaling.cluster_nodes.is_empty() {
+            let endpoint = Endpoint::connect(scaling).await?;
+            let conn = endpoint.commands();
+            (Some(endpoint), None, None, conn, prefix.to_string())
+        } else {
+            let overflow = metrics.dropped.with_label_values(&["receive_queue_full"]);
+            let (sharded, pushes) = shards::connect(scaling, move || overflow.inc()).await?;
+            let conn = Commands::sharded(sharded.clone());
+            (
+                None,
+                Some(sharded),
+                Some(pushes),
+                conn,
+                shards::key_prefix(prefix),
+            )
+        };
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let cluster = Arc::new(RedisBackend {
+            node: rand::random::<u64>() >> 1,
+            keys: Keys::new(prefix, &key_prefix),
+            endpoint,
+            shards,
+            resubscribe: tokio::sync::Notify::new(),
+            conn,
+            interests: tokio::sync::Mutex::new(Interests::default()),
+            wanted: Mutex::new(Vec::new()),
+            publish_tx,
+            inbound,
+            healthy: AtomicBool::new(true),
+            leaving: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            metrics,
+            send_version: AtomicU8::new(1),
+            scripts: Scripts::new(),
+        });
+        cluster.metrics.healthy.set(1);
+        cluster.heartbeat().await?;
+        tokio::spawn(pubsub::publisher(cluster.clone(), publish_rx));
+        match (&cluster.shards, pushes) {
+            (Some(shards), Some(pushes)) => {
+                shards
+                    .subscribe_first(&cluster.keys.control_topic())
+                    .await?;
+                tokio::spawn(pubsub::shard_reader(cluster.clone(), pushes));
+                tokio::spawn(pubsub::resubscriber(cluster.clone(), shards.moved()));
+            }
+            _ => {
+                // Like the sharded path: a node that answers `subscription_succeeded` before
+                // its pub/sub connection listens would lose the first events it is sent.
+                let (ready_tx, ready_rx) = oneshot::channel();
+                tokio::spawn(pubsub::subscriber(cluster.clone(), ready_tx));
+                match tokio::time::timeout(PUBSUB_START, ready_rx).await {
+                    Ok(Ok(())) => {}
+                    _ => {
+                        return Err(ClusterError::Setup(format!(
+                            "the cluster's pub/sub connection was not subscribed within {} s",
+                            PUBSUB_START.as_secs()
+                        )))
+                    }
+                }
+            }
+        }
+        tokio::spawn(lease::heartbeats(cluster.clone()));
+        info!(node = cluster.node, prefix, "joined the cluster");
+        Ok((cluster, inbound_rx))
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node
+    }
+
+    /// Ends this node's membership at shutdown: the lease stops being renewed and is marked
+    /// expired, so the next survivor heartbeat (≤ 2 s) reaps what is left of this node's state
+    /// and adopts its webhook journal.
+    pub async fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+        let mut conn = self.conn.clone();
+        let result: Result<i64, _> = redis::cmd("ZADD")
+            .arg(self.keys.nodes())
+            .arg("XX")
+            .arg(0)
+            .arg(self.node)
+            .query_async(&mut conn)
+            .await;
+        match result {
+            Ok(_) => info!(node = self.node, "left the cluster"),
+            Err(e) => warn!(error = %e, "could not end this node's lease; it expires on its own"),
+        }
+    }
+
+    fn set_healthy(&self, ok: bool) {
+        if self.healthy.swap(ok, Ordering::AcqRel) != ok {
+            if ok {
+                info!("cluster backend reachable again");
+            } else {
+                warn!("cluster backend unreachable; serving local clients only");
+            }
+        }
+        self.metrics.healthy.set(i64::from(ok));
+    }
+
+    fn check(&self) -> Result<(), ClusterError> {
+        if self.healthy.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            self.dirty.store(true, Ordering::Release);
+            Err(ClusterError::Unreachable)
+        }
+    }
+
+    /// Records that a state change failed, so it is repaired by a resync.
+    fn failed(&self, e: redis::RedisError) -> ClusterError {
+        self.dirty.store(true, Ordering::Release);
+        ClusterError::Command(e)
+    }
+
+    /// The send time to write into a message, when every live node reads wire version 2.
+    fn stamp(&self) -> Option<u64> {
+        (self.send_version.load(Ordering::Acquire) >= 2).then(now_ms)
+    }
+}
