@@ -4,26 +4,26 @@
 //! through `deliver_local`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::channels::{CachedEvent, Fanout};
-use crate::cluster::{Adapter, ClusterState, RemoteEvent, Target};
+use crate::cluster::{Adapter, RemoteEvent, Target};
 use crate::metrics::Metrics;
 use crate::protocol::{message, ChannelName, SocketId};
+use crate::shared_state::SharedState;
 use crate::state::AppHub;
 
 pub struct Broadcaster {
     adapter: Arc<dyn Adapter>,
-    cluster: Arc<dyn ClusterState>,
+    cluster: Arc<SharedState>,
     metrics: Arc<Metrics>,
 }
 
 impl Broadcaster {
     pub fn new(
         adapter: Arc<dyn Adapter>,
-        cluster: Arc<dyn ClusterState>,
+        cluster: Arc<SharedState>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Broadcaster {
@@ -48,22 +48,14 @@ impl Broadcaster {
         except: Option<SocketId>,
     ) -> Fanout {
         let frame = message::channel_event(name, channel.as_str(), data);
-        let mut cache = None;
-        if channel.kind().is_cache() {
-            let cached = CachedEvent {
-                frame: frame.clone(),
-                data: Arc::from(data),
-                expires: Instant::now() + hub.app.settings.cache_ttl,
-            };
-            // A cluster keeps the cache in its shared store; one node keeps it in the registry.
-            if !self
-                .cluster
-                .store_cache(hub, channel.as_str(), &cached)
+        // A cluster keeps the cache in its shared store; one node keeps it in the registry.
+        let cache = if channel.kind().is_cache() {
+            self.cluster
+                .store_cache(hub, channel.as_str(), &frame, data)
                 .await
-            {
-                cache = Some(cached);
-            }
-        }
+        } else {
+            None
+        };
         hub.metrics.api_events.inc();
         self.publish_frame(hub, channel, frame, except, cache)
     }

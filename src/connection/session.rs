@@ -318,30 +318,25 @@ impl Session {
         } else {
             None
         };
-        // In a cluster, counted before the client hears of it (see `subscribing`).
-        let counted = self
-            .state
-            .cluster
-            .subscribing(&self.hub, name.as_str())
-            .await;
+        // In a cluster, counted before the client hears of it (see `SharedState::subscribe`).
         let joined = pending.map(|p| Joined {
             mark: p.finish(),
             presence: member.clone().map(|m| (m, roster.as_slice())),
         });
-        let Some(sub) = self.hub.channels.subscribe(
-            &name,
-            &self.conn,
-            &succeeded,
-            shared_cache.as_ref(),
-            joined,
-        ) else {
-            if let Ok(Some(_)) = counted {
-                let _ = self
-                    .state
-                    .cluster
-                    .unsubscribed(&self.hub, name.as_str(), 0, None)
-                    .await;
-            }
+        let added = self
+            .state
+            .cluster
+            .subscribe(&self.hub, name.as_str(), || {
+                self.hub.channels.subscribe(
+                    &name,
+                    &self.conn,
+                    &succeeded,
+                    shared_cache.as_ref(),
+                    joined,
+                )
+            })
+            .await;
+        let Some((sub, counted)) = added else {
             self.state.adapter.release(&self.app.id, &target).await;
             return Ok(());
         };
@@ -356,8 +351,7 @@ impl Session {
         );
         // Occupancy is decided cluster-wide: only the node that made the count 1 reports it.
         let (total, rejoined) = match counted {
-            Ok(Some(c)) => (c.total, c.rejoined),
-            Ok(None) => (sub.count as u64, false),
+            Ok(c) => (c.total, c.rejoined),
             Err(e) => {
                 warn!(error = %e, "counting a subscription cluster-wide failed");
                 (0, false)
@@ -491,7 +485,7 @@ impl Session {
             match self
                 .state
                 .cluster
-                .unsubscribed(&self.hub, name.as_str(), u.count, hold)
+                .unsubscribed(&self.hub, name.as_str(), &u, hold)
                 .await
             {
                 Ok(0) => self.state.held_webhook(
@@ -556,11 +550,10 @@ impl Session {
                 .adapter
                 .release(&self.app.id, &Target::User(user.id.to_string()))
                 .await;
-            let local = self.hub.users.count(user.id.as_str());
             match self
                 .state
                 .cluster
-                .signed_in(&self.hub, user.id.as_str(), -1, local)
+                .signed_in(&self.hub, user.id.as_str(), -1)
                 .await
             {
                 Ok(0) if self.app.settings.watchlist_events => {
@@ -632,11 +625,10 @@ impl Session {
         self.hub.users.add(&user.id, &self.conn);
         self.conn.set_signed_in_user(user.id.clone());
         if first_signin {
-            let local = self.hub.users.count(user.id.as_str());
             match self
                 .state
                 .cluster
-                .signed_in(&self.hub, user.id.as_str(), 1, local)
+                .signed_in(&self.hub, user.id.as_str(), 1)
                 .await
             {
                 Ok(1) if self.app.settings.watchlist_events => {

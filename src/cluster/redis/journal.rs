@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use tracing::{debug, warn};
 
 use super::{now_ms, RedisBackend};
-use crate::cluster::{ClusterError, Inbound};
+use crate::cluster::{ClusterError, Control};
 use crate::webhooks::{Journal, JournalEntry, JournalId, Replay, WebhookEvent};
 
 /// Entries a journal keeps at most (approximately; the oldest go first). Far above what
@@ -91,12 +91,10 @@ impl RedisBackend {
             }
             adopted += replays.len();
             let chunk = flat.len() / 2;
-            if !replays.is_empty() && self.inbound.try_send(Inbound::Replay(replays)).is_err() {
-                // They stay in this node's journal, adopted again if this node dies.
-                warn!(
-                    dead,
-                    "server busy; adopted webhooks wait in this node's journal"
-                );
+            if !replays.is_empty() {
+                // Fails only when the owner is gone (shutdown): the requests stay in this
+                // node's journal, adopted again once this node's lease is gone.
+                let _ = self.control.send(Control::Replay(replays));
             }
             if chunk < ADOPT_CHUNK {
                 break;

@@ -10,13 +10,11 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::keys::Tally;
-use super::{hold_args, now_ms, Gone, RedisBackend, HEARTBEAT, LEASE};
+use super::{hold_args, now_ms, RedisBackend, HEARTBEAT, LEASE};
 use crate::app::AppId;
 use crate::cluster::wire;
-use crate::cluster::{Adapter, ClusterError, Inbound, RemoteEvent, Target};
+use crate::cluster::{ClusterError, Control, MemberLeft, NodeSnapshot, Resynced};
 use crate::presence::Join;
-use crate::protocol::message;
-use crate::state::AppHub;
 use crate::webhooks::RemovalHold;
 
 impl RedisBackend {
@@ -44,14 +42,28 @@ impl RedisBackend {
         let was_registered = self.registered.swap(true, Ordering::AcqRel);
         if added == 1 && was_registered {
             warn!("this node's cluster lease was gone; publishing its state again");
-            let _ = self.inbound.try_send(Inbound::Resync { announce: true });
-        } else if self.dirty.swap(false, Ordering::AcqRel) {
+            self.request_resync(true);
+        } else if self.dirty.load(Ordering::Acquire) && self.request_resync(false) {
             warn!(
                 "some cluster state changes were not recorded; publishing this node's state again"
             );
-            let _ = self.inbound.try_send(Inbound::Resync { announce: false });
         }
         Ok(())
+    }
+
+    /// Asks the owner for a resync unless one is already pending (they coalesce; a pending
+    /// one announces if any request did). `true` when this asked. The dirty flag stays set
+    /// until a resync has been applied, so a resync that fails is asked for again.
+    pub(super) fn request_resync(&self, announce: bool) -> bool {
+        if announce {
+            self.announce_pending.store(true, Ordering::Release);
+        }
+        if self.resync_pending.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        // Fails only when the owner is gone (shutdown).
+        let _ = self.control.send(Control::Resync { announce });
+        true
     }
 
     /// Claims and removes the state of nodes whose lease expired.
@@ -88,7 +100,7 @@ impl RedisBackend {
     /// Removes `node`'s contributions to the shared state. With `announce`, the transitions it
     /// causes are reported (member_removed broadcasts, vacated webhooks, offline watchers);
     /// without, it is this node clearing its own shares before publishing them again.
-    async fn reap_node(&self, node: u64, announce: bool) -> Result<Vec<Gone>, ClusterError> {
+    async fn reap_node(&self, node: u64, announce: bool) -> Result<Vec<MemberLeft>, ClusterError> {
         let mut gone = Vec::new();
         let mut conn = self.conn.clone();
         // Counts first, so that when clients see `member_removed` the HTTP API agrees.
@@ -115,7 +127,7 @@ impl RedisBackend {
                 .tally(Tally::Subscriptions, node, app, channel, -count)
                 .await?;
             if total == 0 && announce {
-                let _ = self.inbound.try_send(Inbound::ChannelGone {
+                let _ = self.control.send(Control::ChannelGone {
                     app: AppId(app.into()),
                     channel: channel.to_string(),
                 });
@@ -132,7 +144,7 @@ impl RedisBackend {
             };
             let total = self.tally(Tally::Users, node, app, user, -count).await?;
             if total == 0 && announce {
-                let _ = self.inbound.try_send(Inbound::UserGone {
+                let _ = self.control.send(Control::UserGone {
                     app: AppId(app.into()),
                     user: user.to_string(),
                 });
@@ -155,25 +167,16 @@ impl RedisBackend {
             inv.key(&m).key(&n).key(&o).arg(node).arg(user);
             let left: i64 = inv.invoke_async(&mut conn).await?;
             if left == 1 && !announce {
-                gone.push(Gone {
-                    app: app.clone(),
-                    channel: channel.to_string(),
-                    user: user.to_string(),
-                });
-            }
-            if left == 1 && announce {
-                let frame = message::member_removed(channel, user);
-                self.publish(RemoteEvent {
-                    app: app.clone(),
-                    target: Target::Channel(channel.to_string()),
-                    frame: frame.clone(),
-                    except: None,
-                });
-                let _ = self.inbound.try_send(Inbound::MemberGone {
+                gone.push(MemberLeft {
                     app,
                     channel: channel.to_string(),
                     user: user.to_string(),
-                    frame,
+                });
+            } else if left == 1 {
+                let _ = self.control.send(Control::MemberGone {
+                    app,
+                    channel: channel.to_string(),
+                    user: user.to_string(),
                 });
             }
         }
@@ -251,80 +254,74 @@ pub(super) async fn heartbeats(cluster: Arc<RedisBackend>) {
 }
 
 impl RedisBackend {
-    /// Publishes this node's local state again after it was lost (see `Inbound::Resync`):
-    /// connection and subscription counts and presence memberships.
-    /// `announce`: the state was lost and others saw this node's members leave, so members
-    /// that come back are announced with `member_added`.
-    pub async fn resync(&self, hubs: &[Arc<AppHub>], announce: bool) -> Result<(), ClusterError> {
+    /// Publishes this node's local state again after it was lost (see `Control::Resync`):
+    /// connection, subscription and signed-in counts and presence memberships, from the
+    /// owner's `snapshot`. `announce`: the state was lost and others saw this node's members
+    /// leave, so members that come back are reported to be announced with `member_added`.
+    pub(super) async fn publish_again(
+        &self,
+        snapshot: &NodeSnapshot,
+        announce: bool,
+    ) -> Result<Resynced, ClusterError> {
+        let announce = self.announce_pending.swap(false, Ordering::AcqRel) || announce;
+        // Changes failing from here on are repaired by the next resync.
+        self.dirty.store(false, Ordering::Release);
+        let result = self.replace_shares(snapshot, announce).await;
+        if result.is_err() {
+            self.dirty.store(true, Ordering::Release);
+            if announce {
+                self.announce_pending.store(true, Ordering::Release);
+            }
+        } else {
+            info!("cluster state published again");
+        }
+        self.resync_pending.store(false, Ordering::Release);
+        result
+    }
+
+    async fn replace_shares(
+        &self,
+        snapshot: &NodeSnapshot,
+        announce: bool,
+    ) -> Result<Resynced, ClusterError> {
         // Whatever is left of this node's shares (after a mere disconnection: possibly stale,
         // since changes made while Redis was unreachable were lost) is replaced as a whole.
         let gone = self.reap_node(self.node, false).await?;
-        let mut back = HashSet::new();
-        for hub in hubs {
-            let app = hub.app.id.as_str();
-            let n = hub.connection_count();
-            if n > 0 {
-                let _ = self
-                    .tally(
-                        Tally::Connections,
-                        self.node,
-                        app,
-                        "",
-                        i64::try_from(n).unwrap_or(i64::MAX),
-                    )
+        let mut out = Resynced::default();
+        let mut present = HashSet::new();
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for a in &snapshot.apps {
+            let app = a.app.as_str();
+            if a.connections > 0 {
+                self.tally(Tally::Connections, self.node, app, "", count(a.connections))
                     .await?;
             }
-            for (channel, count) in hub.channels.occupied_all() {
-                let _ = self
-                    .tally(
-                        Tally::Subscriptions,
-                        self.node,
-                        app,
-                        channel.as_str(),
-                        i64::try_from(count).unwrap_or(i64::MAX),
-                    )
+            for (channel, n) in &a.channels {
+                self.tally(Tally::Subscriptions, self.node, app, channel, count(*n))
                     .await?;
             }
-            for (user, n) in hub.users.counts() {
-                let _ = self
-                    .tally(
-                        Tally::Users,
-                        self.node,
-                        app,
-                        user.as_str(),
-                        i64::try_from(n).unwrap_or(i64::MAX),
-                    )
+            for (user, n) in &a.users {
+                self.tally(Tally::Users, self.node, app, user, count(*n))
                     .await?;
             }
-            for (channel, socket, member) in hub.channels.presence_members() {
+            for m in &a.members {
                 let joined = self
-                    .join_member(app, channel.as_str(), &member, usize::MAX)
+                    .join_member(app, &m.channel, &m.member, usize::MAX)
                     .await?;
-                back.insert((
-                    hub.app.id.clone(),
-                    channel.to_string(),
-                    member.user_id.to_string(),
-                ));
+                present.insert(MemberLeft {
+                    app: a.app.clone(),
+                    channel: m.channel.clone(),
+                    user: m.member.user_id.to_string(),
+                });
                 if announce && matches!(joined, Join::Joined { first: true, .. }) {
-                    let event = RemoteEvent {
-                        app: hub.app.id.clone(),
-                        target: Target::Channel(channel.to_string()),
-                        frame: message::member_added(
-                            channel.as_str(),
-                            member.user_id.as_str(),
-                            member.user_info.as_deref(),
-                        ),
-                        except: Some(socket),
-                    };
-                    self.publish(event.clone());
-                    let _ = self.inbound.try_send(Inbound::Event(event));
+                    out.back.push((a.app.clone(), m.clone()));
                 }
             }
         }
-        // Members who left while their departure could not be recorded: tell everyone now,
-        // unless another node still has them.
+        // Members who left while their departure could not be recorded: reported, unless
+        // this node or another one still has them.
         for g in gone {
-            if back.contains(&(g.app.clone(), g.channel.clone(), g.user.clone())) {
+            if present.contains(&g) {
                 continue;
             }
             let still_there = self
@@ -332,25 +329,119 @@ impl RedisBackend {
                 .await?
                 .iter()
                 .any(|m| m.user_id.as_str() == g.user);
-            if still_there {
-                continue;
+            if !still_there {
+                out.gone.push(g);
             }
-            let frame = message::member_removed(&g.channel, &g.user);
-            self.publish(RemoteEvent {
-                app: g.app.clone(),
-                target: Target::Channel(g.channel.clone()),
-                frame: frame.clone(),
-                except: None,
-            });
-            let _ = self.inbound.try_send(Inbound::MemberGone {
-                app: g.app,
-                channel: g.channel,
-                user: g.user,
-                frame,
-            });
         }
-        self.dirty.store(false, Ordering::Release);
-        info!("cluster state published again");
-        Ok(())
+        Ok(out)
+    }
+}
+
+/// The repair path against the real Redis at 127.0.0.1:6379, under a prefix of its own.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus::Registry;
+    use redis::AsyncCommands;
+
+    use super::*;
+    use crate::cluster::{AppSnapshot, ClusterState};
+    use crate::config::ScalingConfig;
+
+    async fn backend() -> (Arc<RedisBackend>, crate::cluster::InboundQueues, String) {
+        let prefix = format!("resound-lease-{:016x}", rand::random::<u64>());
+        let scaling = ScalingConfig {
+            enabled: true,
+            channel: prefix.clone(),
+            ..ScalingConfig::default()
+        };
+        let (backend, queues) = RedisBackend::connect(&scaling, &Registry::new(), "t")
+            .await
+            .expect("a Redis at 127.0.0.1:6379");
+        (backend, queues, prefix)
+    }
+
+    async fn cleanup(backend: &RedisBackend, prefix: &str) {
+        backend.leave().await;
+        let mut conn = backend.conn.clone();
+        let found: Vec<String> = conn.keys(format!("{prefix}:*")).await.expect("KEYS");
+        if !found.is_empty() {
+            let _: i64 = conn.del(found).await.expect("DEL");
+        }
+    }
+
+    /// A lost change asks for one resync on the control queue, however many heartbeats pass
+    /// before it is applied, and the node stays dirty until then; a resync that fails leaves it
+    /// dirty, so it is asked for again.
+    #[tokio::test]
+    async fn a_lost_change_stays_dirty_until_a_resync_is_applied() {
+        let (backend, mut queues, prefix) = backend().await;
+        backend.dirty.store(true, Ordering::Release);
+        backend.heartbeat().await.expect("heartbeat");
+        backend.heartbeat().await.expect("heartbeat");
+        assert!(matches!(
+            queues.control.try_recv(),
+            Ok(Control::Resync { announce: false })
+        ));
+        assert!(queues.control.try_recv().is_err(), "requests coalesce");
+        assert!(backend.dirty.load(Ordering::Acquire));
+
+        let snapshot = NodeSnapshot {
+            apps: vec![AppSnapshot {
+                app: AppId("app".into()),
+                connections: 2,
+                channels: vec![("ch".into(), 2)],
+                users: vec![("u".into(), 1)],
+                members: Vec::new(),
+            }],
+        };
+        backend.resync(&snapshot, false).await.expect("resync");
+        assert!(!backend.dirty.load(Ordering::Acquire));
+        let app = AppId("app".into());
+        assert_eq!(backend.connections(&app).await.expect("count"), 2);
+        assert_eq!(
+            backend.subscription_count(&app, "ch").await.expect("count"),
+            2
+        );
+        assert_eq!(
+            backend.online(&app, &["u".into()]).await.expect("online"),
+            [true]
+        );
+        backend.heartbeat().await.expect("heartbeat");
+        assert!(
+            queues.control.try_recv().is_err(),
+            "clean: nothing to repair"
+        );
+
+        // A resync that fails (Redis unreachable) keeps the node dirty and is asked again.
+        backend.dirty.store(true, Ordering::Release);
+        backend.heartbeat().await.expect("heartbeat");
+        assert!(queues.control.try_recv().is_ok());
+        let mut with_member = snapshot.clone();
+        with_member.apps[0]
+            .members
+            .push(crate::cluster::SnapshotMember {
+                channel: "presence-x".into(),
+                socket: crate::protocol::SocketId::from_parts(1, 2),
+                member: crate::protocol::PresenceMember {
+                    user_id: crate::protocol::UserId::new("u").expect("user id"),
+                    user_info: None,
+                },
+            });
+        backend.healthy.store(false, Ordering::Release);
+        let failed =
+            tokio::time::timeout(Duration::from_secs(5), backend.resync(&with_member, false))
+                .await
+                .expect("bounded");
+        assert!(failed.is_err());
+        backend.healthy.store(true, Ordering::Release);
+        backend.heartbeat().await.expect("heartbeat");
+        assert!(backend.dirty.load(Ordering::Acquire));
+        assert!(matches!(
+            queues.control.try_recv(),
+            Ok(Control::Resync { .. })
+        ));
+        cleanup(&backend, &prefix).await;
     }
 }

@@ -46,8 +46,7 @@ use self::endpoint::{Commands, Endpoint};
 use self::keys::Keys;
 use self::metrics::Metrics;
 use self::scripts::Scripts;
-use super::{ClusterError, Inbound};
-use crate::app::AppId;
+use super::{ClusterError, Control, Inbound, InboundQueues};
 use crate::config::ScalingConfig;
 use crate::webhooks::RemovalHold;
 
@@ -86,7 +85,14 @@ pub struct RedisBackend {
     publish_tx: mpsc::Sender<Queued>,
     /// The wire version this node sends: the oldest any live node reads (`P:wire`).
     send_version: AtomicU8,
+    /// Data from other nodes, bounded (overflow dropped and counted).
     inbound: mpsc::Sender<Inbound>,
+    /// Repairs and departures for the owner: never dropped (see `Control`).
+    control: mpsc::UnboundedSender<Control>,
+    /// A `Control::Resync` is queued and not yet applied (requests coalesce).
+    resync_pending: AtomicBool,
+    /// A coalesced resync request asked to announce returning members.
+    announce_pending: AtomicBool,
     healthy: AtomicBool,
     /// Set by `leave`: the heartbeat stops renewing the lease.
     leaving: AtomicBool,
@@ -98,13 +104,6 @@ pub struct RedisBackend {
     dirty: AtomicBool,
     metrics: Metrics,
     scripts: Scripts,
-}
-
-/// A presence member whose last connection's record was removed.
-struct Gone {
-    app: AppId,
-    channel: String,
-    user: String,
 }
 
 /// A message waiting for the publisher task.
@@ -135,7 +134,7 @@ impl RedisBackend {
         scaling: &ScalingConfig,
         registry: &Registry,
         metric_prefix: &str,
-    ) -> Result<(Arc<RedisBackend>, mpsc::Receiver<Inbound>), ClusterError> {
+    ) -> Result<(Arc<RedisBackend>, InboundQueues), ClusterError> {
         let prefix = scaling.channel.as_str();
         let metrics = Metrics::new(registry, metric_prefix)?;
         let (endpoint, shards, pushes, conn, key_prefix) = if scaling.cluster_nodes.is_empty() {
@@ -156,6 +155,7 @@ impl RedisBackend {
         };
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (control, control_rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(RedisBackend {
             node: rand::random::<u64>() >> 1,
             keys: Keys::new(prefix, &key_prefix),
@@ -167,6 +167,9 @@ impl RedisBackend {
             wanted: Mutex::new(Vec::new()),
             publish_tx,
             inbound,
+            control,
+            resync_pending: AtomicBool::new(false),
+            announce_pending: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             leaving: AtomicBool::new(false),
             registered: AtomicBool::new(false),
@@ -204,7 +207,13 @@ impl RedisBackend {
         }
         tokio::spawn(lease::heartbeats(cluster.clone()));
         info!(node = cluster.node, prefix, "joined the cluster");
-        Ok((cluster, inbound_rx))
+        Ok((
+            cluster,
+            InboundQueues {
+                events: inbound_rx,
+                control: control_rx,
+            },
+        ))
     }
 
     pub fn node_id(&self) -> u64 {

@@ -306,9 +306,7 @@ pub(super) async fn subscriber(cluster: Arc<RedisBackend>, ready: oneshot::Sende
                         cluster.metrics.reconnects.inc();
                         info!("cluster pub/sub reconnected and resubscribed");
                         // Changes made while Redis was unreachable were not recorded.
-                        let _ = cluster
-                            .inbound
-                            .try_send(Inbound::Resync { announce: false });
+                        cluster.request_resync(false);
                     }
                     first = false;
                     if let Some(ready) = ready.take() {

@@ -2,7 +2,7 @@
 //! and in total by the `COUNT` and `OPEN` scripts, and cache channels' last events in
 //! `P:cache:…` keys.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,36 +12,30 @@ use tracing::{debug, warn};
 
 use super::keys::Tally;
 use super::RedisBackend;
-use crate::channels::CachedEvent;
-use crate::cluster::{ClusterError, ClusterState, Counted};
-use crate::state::AppHub;
+use crate::app::AppId;
+use crate::cluster::{ClusterError, ClusterState, Counted, NodeSnapshot, Resynced, SharedEvent};
 use crate::webhooks::RemovalHold;
 
 #[async_trait]
 impl ClusterState for RedisBackend {
-    async fn subscribing(
-        &self,
-        hub: &AppHub,
-        channel: &str,
-    ) -> Result<Option<Counted>, ClusterError> {
-        self.count(hub, channel, 1, None).await.map(Some)
+    async fn subscribing(&self, app: &AppId, channel: &str) -> Result<Counted, ClusterError> {
+        self.count(app, channel, 1, None).await
     }
 
     async fn unsubscribed(
         &self,
-        hub: &AppHub,
+        app: &AppId,
         channel: &str,
-        _local: usize,
         hold: Option<RemovalHold>,
     ) -> Result<u64, ClusterError> {
-        Ok(self.count(hub, channel, -1, hold).await?.total)
+        Ok(self.count(app, channel, -1, hold).await?.total)
     }
 
-    async fn subscription_count(&self, hub: &AppHub, channel: &str) -> Result<u64, ClusterError> {
+    async fn subscription_count(&self, app: &AppId, channel: &str) -> Result<u64, ClusterError> {
         self.check()?;
         let mut conn = self.conn.clone();
         let n: Option<u64> = redis::cmd("HGET")
-            .arg(self.keys.subscriptions(hub.app.id.as_str()))
+            .arg(self.keys.subscriptions(app.as_str()))
             .arg(channel)
             .query_async(&mut conn)
             .await?;
@@ -50,13 +44,13 @@ impl ClusterState for RedisBackend {
 
     async fn occupied(
         &self,
-        hub: &AppHub,
+        app: &AppId,
         prefix: &str,
     ) -> Result<Vec<(String, u64)>, ClusterError> {
         self.check()?;
         let mut conn = self.conn.clone();
         let all: Vec<(String, i64)> = redis::cmd("HGETALL")
-            .arg(self.keys.subscriptions(hub.app.id.as_str()))
+            .arg(self.keys.subscriptions(app.as_str()))
             .query_async(&mut conn)
             .await?;
         Ok(all
@@ -66,10 +60,10 @@ impl ClusterState for RedisBackend {
             .collect())
     }
 
-    async fn open_connection(&self, hub: &AppHub, max: Option<u64>) -> Result<bool, ClusterError> {
+    async fn open_connection(&self, app: &AppId, max: Option<u64>) -> Result<bool, ClusterError> {
         self.check()?;
         let mut conn = self.conn.clone();
-        let app = hub.app.id.as_str();
+        let app = app.as_str();
         let mut inv = self.scripts.open.prepare_invoke();
         inv.key(self.keys.connections())
             .key(self.keys.node(self.node, "c"))
@@ -84,33 +78,33 @@ impl ClusterState for RedisBackend {
         Ok(n >= 0)
     }
 
-    async fn close_connection(&self, hub: &AppHub) -> Result<(), ClusterError> {
+    async fn close_connection(&self, app: &AppId) -> Result<(), ClusterError> {
         self.check()?;
-        let app = hub.app.id.as_str();
+        let app = app.as_str();
         self.tally(Tally::Connections, self.node, app, "", -1)
             .await?;
         Ok(())
     }
 
-    async fn connections(&self, hub: &AppHub) -> Result<u64, ClusterError> {
+    async fn connections(&self, app: &AppId) -> Result<u64, ClusterError> {
         self.check()?;
         let mut conn = self.conn.clone();
         let n: Option<u64> = redis::cmd("HGET")
             .arg(self.keys.connections())
-            .arg(hub.app.id.as_str())
+            .arg(app.as_str())
             .query_async(&mut conn)
             .await?;
         Ok(n.unwrap_or(0))
     }
 
-    async fn store_cache(&self, hub: &AppHub, channel: &str, cached: &CachedEvent) -> bool {
+    async fn store_cache(&self, app: &AppId, channel: &str, cached: &SharedEvent) {
         // Unreachable: the trigger is answered at once rather than after a command timeout.
         if !self.healthy.load(Ordering::Acquire) {
             debug!("cache channel event not stored: the cluster backend is unreachable");
-            return true;
+            return;
         }
-        let key = self.keys.cache(hub.app.id.as_str(), channel);
-        let ttl = u64::try_from(hub.app.settings.cache_ttl.as_millis())
+        let key = self.keys.cache(app.as_str(), channel);
+        let ttl = u64::try_from(cached.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let mut conn = self.conn.clone();
@@ -132,16 +126,15 @@ impl ClusterState for RedisBackend {
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
             warn!(error = %e, "storing a cache channel event failed");
         }
-        true
     }
 
     async fn cached(
         &self,
-        hub: &AppHub,
+        app: &AppId,
         channel: &str,
-    ) -> Result<Option<CachedEvent>, ClusterError> {
+    ) -> Result<Option<SharedEvent>, ClusterError> {
         self.check()?;
-        let key = self.keys.cache(hub.app.id.as_str(), channel);
+        let key = self.keys.cache(app.as_str(), channel);
         let mut conn = self.conn.clone();
         let (frame, data, ttl): (Option<Vec<u8>>, Option<String>, i64) = redis::pipe()
             .cmd("HGET")
@@ -160,52 +153,54 @@ impl ClusterState for RedisBackend {
         if ttl <= 0 {
             return Ok(None);
         }
-        Ok(Some(CachedEvent {
+        Ok(Some(SharedEvent {
             frame: Bytes::from(frame),
             data: data.into(),
-            expires: Instant::now() + Duration::from_millis(ttl.unsigned_abs()),
+            ttl: Duration::from_millis(ttl.unsigned_abs()),
         }))
     }
 
-    async fn signed_in(
-        &self,
-        hub: &AppHub,
-        user: &str,
-        delta: i64,
-        _local: usize,
-    ) -> Result<u64, ClusterError> {
+    async fn signed_in(&self, app: &AppId, user: &str, delta: i64) -> Result<u64, ClusterError> {
         self.check()?;
         let total = self
-            .tally(Tally::Users, self.node, hub.app.id.as_str(), user, delta)
+            .tally(Tally::Users, self.node, app.as_str(), user, delta)
             .await?;
         Ok(total.max(0).unsigned_abs())
     }
 
-    async fn online(&self, hub: &AppHub, users: &[String]) -> Result<Vec<bool>, ClusterError> {
+    async fn online(&self, app: &AppId, users: &[String]) -> Result<Vec<bool>, ClusterError> {
         self.check()?;
         if users.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
         let counts: Vec<Option<i64>> = redis::cmd("HMGET")
-            .arg(self.keys.users(hub.app.id.as_str()))
+            .arg(self.keys.users(app.as_str()))
             .arg(users)
             .query_async(&mut conn)
             .await?;
         Ok(counts.into_iter().map(|c| c.unwrap_or(0) > 0).collect())
+    }
+
+    async fn resync(
+        &self,
+        snapshot: &NodeSnapshot,
+        announce: bool,
+    ) -> Result<Resynced, ClusterError> {
+        self.publish_again(snapshot, announce).await
     }
 }
 
 impl RedisBackend {
     async fn count(
         &self,
-        hub: &AppHub,
+        app: &AppId,
         channel: &str,
         delta: i64,
         hold: Option<RemovalHold>,
     ) -> Result<Counted, ClusterError> {
         self.check()?;
-        let app = hub.app.id.as_str();
+        let app = app.as_str();
         let hold_key = self.keys.vacated_hold(app, channel);
         let (total, rejoined) = self
             .tally_held(
