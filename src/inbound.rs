@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tracing::warn;
 
 use crate::app::AppId;
-use crate::cluster::{Control, Inbound, InboundQueues, Resynced, Target};
-use crate::protocol::{message, ChannelName};
+use crate::cluster::{Control, Inbound, InboundQueues, Resynced};
+use crate::protocol::{message, ChannelName, MemberChange, UserId};
 use crate::shared_state::snapshot;
 use crate::state::{AppHub, ServerState};
 use crate::webhooks::WebhookEvent;
@@ -46,21 +46,8 @@ fn hub_of(state: &ServerState, app: &AppId) -> Option<Arc<AppHub>> {
 fn apply_event(state: &ServerState, msg: Inbound) {
     match msg {
         Inbound::Event(e) => {
-            let Some(hub) = hub_of(state, &e.app) else {
-                return;
-            };
-            let name = match &e.target {
-                Target::Channel(c) => ChannelName::parse(c, usize::MAX),
-                Target::User(u) => ChannelName::server_to_user(u),
-                Target::Watchers(u) => {
-                    hub.watchers.deliver(u, &e.frame);
-                    return;
-                }
-            };
-            if let Ok(name) = name {
-                state
-                    .broadcaster
-                    .deliver_local(&hub, &name, &e.frame, e.except, None);
+            if let Some(hub) = hub_of(state, &e.app) {
+                state.broadcaster.deliver_local(&hub, &e.publication, None);
             }
         }
         Inbound::Terminate {
@@ -117,11 +104,12 @@ fn member_gone(state: &ServerState, app: &AppId, channel: String, user: String) 
     let Some(hub) = hub_of(state, app) else {
         return;
     };
-    if let Ok(name) = ChannelName::parse(&channel, usize::MAX) {
+    // Names and ids the store holds were valid when recorded.
+    if let (Ok(name), Some(id)) = (ChannelName::parse(&channel, usize::MAX), UserId::new(&user)) {
         let frame = message::member_removed(&channel, &user);
         state
             .broadcaster
-            .publish_frame(&hub, &name, frame, None, None);
+            .publish_member(&hub, &name, MemberChange::Removed(id), frame, None);
     }
     state.webhook(
         &hub.app,
@@ -147,9 +135,10 @@ fn announce_resynced(state: &ServerState, found: Resynced) {
             m.member.user_id.as_str(),
             m.member.user_info.as_deref(),
         );
+        let change = MemberChange::Added(m.member.user_id.clone());
         state
             .broadcaster
-            .publish_frame(&hub, &name, frame, Some(m.socket), None);
+            .publish_member(&hub, &name, change, frame, Some(m.socket));
     }
     for g in found.gone {
         member_gone(state, &g.app, g.channel, g.user);

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::app::AppId;
-use crate::protocol::{PresenceMember, SocketId};
+use crate::protocol::{MemberChange, PresenceMember, SocketId};
 use crate::webhooks::RemovalHold;
 
 /// Who an event is for.
@@ -38,13 +38,45 @@ pub enum Target {
     Watchers(String),
 }
 
-/// An encoded event for the other nodes.
+/// What a publication is: its kind travels with it from the publisher to every node's
+/// registry, so nothing downstream reads the frame to find out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// An event: every subscriber (but `except`) receives it.
+    Event,
+    /// A presence member event (`member_added` / `member_removed`): it reaches only the
+    /// subscribers whose roster it changes.
+    Member(MemberChange),
+}
+
+/// One publication: who it is for, what it is, the encoded Pusher frame (encoded once,
+/// shared by every recipient) and the socket it skips. The one value that goes through the
+/// `Broadcaster`, the registries and the `Adapter`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    pub target: Target,
+    pub kind: Kind,
+    pub frame: Bytes,
+    pub except: Option<SocketId>,
+}
+
+impl Publication {
+    /// An event on `target`.
+    pub fn event(target: Target, frame: Bytes, except: Option<SocketId>) -> Publication {
+        Publication {
+            target,
+            kind: Kind::Event,
+            frame,
+            except,
+        }
+    }
+}
+
+/// A publication of an app, for or from the other nodes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteEvent {
     pub app: AppId,
-    pub target: Target,
-    pub frame: Bytes,
-    pub except: Option<SocketId>,
+    pub publication: Publication,
 }
 
 /// What other nodes send this node: data, on the bounded events queue (overflow drops the

@@ -17,7 +17,8 @@ use crate::presence::Join;
 use crate::protocol::auth::{channel_string_to_sign, signin_string_to_sign, verify_token};
 use crate::protocol::presence::{parse_channel_data, parse_user_data, roster_json, SignedInUser};
 use crate::protocol::{
-    message, ChannelKind, ChannelName, ClientMessage, ErrorKind, PresenceMember, UserId,
+    message, ChannelKind, ChannelName, ClientMessage, ErrorKind, MemberChange, PresenceMember,
+    UserId,
 };
 use crate::ratelimit::TokenBucket;
 use crate::state::{AppHub, ServerState};
@@ -374,12 +375,12 @@ impl Session {
                     m.user_id.as_str(),
                     m.user_info.as_deref(),
                 );
-                self.state.broadcaster.publish_frame(
+                self.state.broadcaster.publish_member(
                     &self.hub,
                     &name,
+                    MemberChange::Added(m.user_id.clone()),
                     frame,
                     Some(self.conn.socket_id),
-                    None,
                 );
                 // Back while their `member_removed` was held cluster-wide: neither webhook.
                 if !member_rejoined {
@@ -516,12 +517,12 @@ impl Session {
             match last {
                 Ok(true) => {
                     let frame = message::member_removed(name.as_str(), user.as_str());
-                    self.state.broadcaster.publish_frame(
+                    self.state.broadcaster.publish_member(
                         &self.hub,
                         name,
+                        MemberChange::Removed(user.clone()),
                         frame,
                         Some(self.conn.socket_id),
-                        None,
                     );
                     self.state.held_webhook(
                         &self.app,

@@ -265,8 +265,8 @@ impl RedisBackend {
         ClusterError::Command(e)
     }
 
-    /// The send time to write into a message, when every live node reads wire version 2.
-    fn stamp(&self) -> Option<u64> {
-        (self.send_version.load(Ordering::Acquire) >= 2).then(now_ms)
+    /// The wire version to send (the oldest any live node reads).
+    fn send_version(&self) -> u8 {
+        self.send_version.load(Ordering::Acquire)
     }
 }

@@ -85,10 +85,12 @@ impl RedisBackend {
 
     fn handle(&self, payload: &[u8]) {
         self.metrics.receives.inc();
+        // The publishing node already applied its own messages: skipped before any copy.
+        if wire::origin(payload) == Some(self.node) {
+            return;
+        }
         let Received {
-            origin,
-            sent_at,
-            message,
+            sent_at, message, ..
         } = match wire::decode(&Bytes::copy_from_slice(payload)) {
             Ok(m) => m,
             Err(e) => {
@@ -100,10 +102,6 @@ impl RedisBackend {
                 return;
             }
         };
-        // The publishing node already applied its own messages.
-        if origin == self.node {
-            return;
-        }
         let inbound = match message {
             WireMessage::Event(event) => {
                 if let Some(sent) = sent_at {
@@ -352,8 +350,11 @@ pub(super) async fn subscriber(cluster: Arc<RedisBackend>, ready: oneshot::Sende
 #[async_trait]
 impl Adapter for RedisBackend {
     fn publish(&self, event: RemoteEvent) {
-        let topic = self.keys.topic(&event.app, &event.target);
-        self.enqueue(topic, wire::encode_event(self.node, &event, self.stamp()));
+        let topic = self.keys.topic(&event.app, &event.publication.target);
+        self.enqueue(
+            topic,
+            wire::encode_event(self.node, &event, self.send_version(), now_ms()),
+        );
     }
 
     async fn acquire(&self, app: &AppId, target: &Target) {
@@ -367,7 +368,14 @@ impl Adapter for RedisBackend {
     fn terminate(&self, app: &AppId, user: &str, presence: bool) {
         self.enqueue(
             self.keys.control_topic(),
-            wire::encode_terminate(self.node, app, user, presence, self.stamp()),
+            wire::encode_terminate(
+                self.node,
+                app,
+                user,
+                presence,
+                self.send_version(),
+                now_ms(),
+            ),
         );
     }
 
