@@ -1,6 +1,9 @@
-//! Binds the listeners, spawns the background tasks, serves until a shutdown signal, then
-//! drains: stop accepting, close every socket with 4200 so clients reconnect elsewhere, and
-//! return once they are gone or the grace period is over.
+//! Binds the listeners, spawns the background tasks, accepts connections into the HTTP edge
+//! (`http::edge`: pending until upgraded or authenticated, shed oldest first at the cap or
+//! when file descriptors run out) and serves HTTP/1.1 with a header read timeout, until a
+//! shutdown signal; then drains: stop accepting, close every socket with 4200 so clients
+//! reconnect elsewhere, let HTTP connections finish the request in progress, and return once
+//! every connection task has ended or the grace period is over.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +12,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -17,6 +20,7 @@ use crate::app::{AppStore, StaticAppStore};
 use crate::cluster::redis::RedisBackend;
 use crate::cluster::{Adapter, ClusterError, ClusterState, InboundQueues, Local};
 use crate::config::Config;
+use crate::http::edge::{Edge, Pending, ShedReason, TimeoutPhase};
 use crate::metrics::Metrics;
 use crate::presence::MemoryPresence;
 use crate::presence::PresenceStore;
@@ -49,6 +53,7 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     tls: Option<Arc<Tls>>,
     redis: Option<Arc<RedisBackend>>,
+    edge: Arc<Edge>,
 }
 
 impl Server {
@@ -56,6 +61,11 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let metrics = Arc::new(Metrics::new(&config.server.metrics_prefix)?);
         let apps: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps));
+        let edge = Edge::new(
+            config.server.max_pending_connections,
+            &metrics.registry,
+            &config.server.metrics_prefix,
+        )?;
         let (presence, cluster, adapter, redis, inbound): Backend = if config.scaling.enabled {
             let (redis, inbound) = RedisBackend::connect(
                 &config.scaling,
@@ -127,6 +137,7 @@ impl Server {
             metrics_listener,
             tls,
             redis,
+            edge,
         })
     }
 
@@ -144,7 +155,9 @@ impl Server {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` completes, then drains.
+    /// Serves until `shutdown` completes, then drains: stop accepting, close every socket
+    /// with 4200, let HTTP connections finish the request in progress, and wait until every
+    /// connection task has ended or the grace period is over.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             state,
@@ -152,6 +165,7 @@ impl Server {
             metrics_listener,
             tls,
             redis,
+            edge,
         } = self;
         let reloader = tls.clone().map(|t| tokio::spawn(reload_on_sighup(t)));
         let sweeper = tokio::spawn(sweep(state.clone()));
@@ -163,27 +177,21 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let state = state.clone();
-                        match &tls {
-                            None => {
-                                tokio::spawn(serve_http(stream, state, false, peer));
-                            }
-                            Some(tls) => {
-                                let acceptor = tls.acceptor();
-                                tokio::spawn(async move {
-                                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                                        Ok(Ok(stream)) => serve_http(stream, state, true, peer).await,
-                                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                                    }
-                                });
-                            }
-                        }
+                        let pending = edge.admit();
+                        let conn = serve(stream, peer, tls.clone(), state.clone(), edge.clone(), pending);
+                        edge.spawn(conn);
+                    }
+                    Err(e) if out_of_fds(&e) => {
+                        // Free descriptors by closing the connections that have proved nothing
+                        // yet, oldest first, so `/up` and real clients keep getting in.
+                        let shed = edge.shed_oldest(FD_SHED, ShedReason::FdExhausted);
+                        warn!(error = %e, shed, "accept failed: out of file descriptors");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Other accept errors are transient: back off instead of spinning.
+                        debug!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 }
             }
@@ -191,15 +199,17 @@ impl Server {
         drop(listener);
         info!(connections = state.node_connections(), "draining");
         state.start_draining();
+        edge.start_draining();
         let grace = Duration::from_secs(state.server.shutdown_grace_period);
         let deadline = tokio::time::Instant::now() + grace;
-        while state.node_connections() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if state.node_connections() > 0 {
+        if tokio::time::timeout_at(deadline, edge.finished())
+            .await
+            .is_err()
+        {
             warn!(
-                left = state.node_connections(),
-                "grace period over; exiting with sockets open"
+                left = edge.running(),
+                sockets = state.node_connections(),
+                "grace period over; exiting with connections open"
             );
         }
         // Webhooks queued so far (vacates of the closed sockets included) get what is left of
@@ -226,6 +236,17 @@ impl Server {
 }
 
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// The pause after a failed `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Pending connections closed each time `accept` runs out of file descriptors.
+const FD_SHED: usize = 16;
+
+/// EMFILE (the process) or ENFILE (the system) is out of file descriptors. The numbers are
+/// the same on Linux and the BSDs (macOS included); the standard library has no `ErrorKind`
+/// for them.
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
 /// The longest a shutdown waits for queued webhooks.
 const WEBHOOK_FLUSH: Duration = Duration::from_secs(3);
 
@@ -251,22 +272,81 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
 }
 
-/// Serves HTTP/1.1 (with WebSocket upgrades) on one accepted connection.
-async fn serve_http<I>(io: I, state: Arc<ServerState>, secure: bool, peer: SocketAddr)
-where
+/// One accepted connection, from the TLS handshake (if any) to the end of its HTTP exchange
+/// (an upgraded WebSocket continues in its own task). Dropped at once if the edge sheds it
+/// while it is pending.
+async fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<Tls>>,
+    state: Arc<ServerState>,
+    edge: Arc<Edge>,
+    pending: Pending,
+) {
+    let conn = async {
+        match &tls {
+            None => serve_http(stream, &state, false, peer, &edge, &pending).await,
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve_http(stream, &state, true, peer, &edge, &pending).await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = conn => {}
+        () = pending.shed() => debug!(%peer, "pending connection shed"),
+    }
+}
+
+/// Serves HTTP/1.1 (with WebSocket upgrades) on one connection, with hyper's header read
+/// timeout; once draining, the request in progress is answered and the connection closed.
+async fn serve_http<I>(
+    io: I,
+    state: &Arc<ServerState>,
+    secure: bool,
+    peer: SocketAddr,
+    edge: &Edge,
+    pending: &Pending,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let handle = pending.handle();
+    let service_state = state.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         if secure {
             req.extensions_mut().insert(Secure);
         }
-        crate::http::handle(req, state.clone())
+        req.extensions_mut().insert(handle.clone());
+        crate::http::handle(req, service_state.clone())
     });
-    if let Err(e) = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(state.server.header_timeout));
+    let conn = builder
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await
-    {
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            () = edge.draining(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            edge.timed_out(TimeoutPhase::Header);
+        }
         debug!(%peer, error = %e, "http connection ended");
     }
 }
@@ -314,6 +394,8 @@ async fn sweep(state: Arc<ServerState>) {
     }
 }
 
+/// The metrics-only listener (`server.metrics_port`): `/metrics` and `/up`, with the same
+/// header read timeout as the main port.
 async fn serve_metrics(listener: TcpListener, state: Arc<ServerState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -321,12 +403,15 @@ async fn serve_metrics(listener: TcpListener, state: Arc<ServerState>) {
             continue;
         };
         let state = state.clone();
+        let header_timeout = Duration::from_secs(state.server.header_timeout);
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let resp = crate::http::metrics_only(&state, req.uri().path());
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -33,36 +33,36 @@ impl SharedState {
         self.store.as_ref()
     }
 
-    /// Adds a local subscription with `add` (the registry's `subscribe`) and counts it
-    /// cluster-wide. A shared store counts it first, before `add` tells the client it is
-    /// subscribed, so every node's HTTP API agrees from then on (and the count is undone when
-    /// `add` adds nothing); one node's count is the registry's, from `add`. `None` when `add`
-    /// added nothing; else the subscription with its count (an `Err` when counting failed).
-    pub async fn subscribe(
+    /// Counts a subscription cluster-wide before the registry takes it, so every node's HTTP
+    /// API agrees once the client hears it is subscribed. `None` on a single node: there the
+    /// registry's count, taken with the subscription, is the one (`counted`). What a store
+    /// counted is given back by `uncount` when the registry takes nothing.
+    pub async fn subscribing(
         &self,
         hub: &AppHub,
         channel: &str,
-        add: impl FnOnce() -> Option<Subscribed>,
-    ) -> Option<(Subscribed, Result<Counted, ClusterError>)> {
-        let Some(store) = &self.store else {
-            let sub = add()?;
-            let total = sub.count as u64;
-            return Some((
-                sub,
-                Ok(Counted {
-                    total,
-                    rejoined: false,
-                }),
-            ));
-        };
-        let counted = store.subscribing(&hub.app.id, channel).await;
-        let Some(sub) = add() else {
-            if counted.is_ok() {
-                let _ = store.unsubscribed(&hub.app.id, channel, None).await;
-            }
-            return None;
-        };
-        Some((sub, counted))
+    ) -> Option<Result<Counted, ClusterError>> {
+        let store = self.store.as_ref()?;
+        Some(store.subscribing(&hub.app.id, channel).await)
+    }
+
+    /// The cluster-wide count after a subscription the registry took (`sub`): what
+    /// `subscribing` counted, or on a single node the registry's own count.
+    pub fn counted(
+        sub: &Subscribed,
+        counted: Option<Result<Counted, ClusterError>>,
+    ) -> Result<Counted, ClusterError> {
+        counted.unwrap_or(Ok(Counted {
+            total: sub.count as u64,
+            rejoined: false,
+        }))
+    }
+
+    /// Takes back a count `subscribing` made for a subscription the registry did not take.
+    pub async fn uncount(&self, hub: &AppHub, channel: &str) {
+        if let Some(store) = &self.store {
+            let _ = store.unsubscribed(&hub.app.id, channel, None).await;
+        }
     }
 
     /// A local subscription was removed from the registry (`removed`, its answer); returns

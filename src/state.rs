@@ -100,6 +100,8 @@ pub struct ServerState {
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
     pub webhooks: Webhooks,
+    /// Node-wide memory budgets of the connections.
+    pub budgets: crate::connection::Budgets,
     draining: AtomicBool,
     node_connections: AtomicU64,
 }
@@ -117,6 +119,7 @@ impl ServerState {
     ) -> ServerState {
         let cluster = Arc::new(SharedState::new(shared));
         let broadcaster = Broadcaster::new(adapter.clone(), cluster.clone(), metrics.clone());
+        let budgets = crate::connection::Budgets::new(&server, &metrics);
         ServerState {
             server,
             apps,
@@ -127,6 +130,7 @@ impl ServerState {
             broadcaster,
             metrics,
             webhooks,
+            budgets,
             draining: AtomicBool::new(false),
             node_connections: AtomicU64::new(0),
         }

@@ -5,11 +5,15 @@
 //! `RESOUND_<SECTION>__<KEY>` variables. Nothing outside this module reads the environment.
 //! Unknown keys and bad values stop start-up with a message naming the key and its source.
 
+mod apps;
+mod files;
 mod reverb;
+
+use apps::build_app;
+pub use apps::{AppConfig, WebhookConfig};
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
@@ -17,8 +21,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
-use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy};
-use crate::webhooks::{AppWebhooks, DispatcherSettings, WebhookKind, WebhookTarget};
+use crate::app::App;
+use crate::webhooks::{redact_url, DispatcherSettings};
 
 /// A configuration problem, already phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +75,26 @@ pub struct ServerConfig {
     pub metrics_prefix: String,
     /// Messages buffered per socket before a slow consumer is disconnected.
     pub outbound_queue_size: usize,
+    /// Bytes buffered per socket (queued or being written) before a slow consumer is
+    /// disconnected.
+    pub outbound_queue_bytes: usize,
+    /// Bytes the node lets all sockets together buffer beyond a small allowance each
+    /// (`connection::handle::FREE_QUEUE_BYTES`); when spent, the socket that needs more is
+    /// disconnected as a slow consumer.
+    pub outbound_node_bytes: usize,
+    /// Bytes the node holds at most in partially received client messages (frames and
+    /// fragments not yet complete); a socket that needs more is closed with 4100.
+    pub partial_message_node_bytes: usize,
     /// TLS termination in the binary: every connection on `port` is TLS.
     pub tls: Option<TlsConfig>,
+    /// Seconds a client may take to send a request's line and headers, the WebSocket
+    /// handshake included; an idle keep-alive connection is closed after it too.
+    pub header_timeout: u64,
+    /// Seconds a signed API request may take to send its body.
+    pub body_timeout: u64,
+    /// Accepted connections that have neither upgraded to a WebSocket nor passed a signature
+    /// check; at the cap the oldest of them is closed to admit a new one.
+    pub max_pending_connections: usize,
 }
 
 /// `[server.tls]`.
@@ -96,7 +118,13 @@ impl Default for ServerConfig {
             metrics_port: None,
             metrics_prefix: "resound".into(),
             outbound_queue_size: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            outbound_node_bytes: 1024 * 1024 * 1024,
+            partial_message_node_bytes: 64 * 1024 * 1024,
             tls: None,
+            header_timeout: 10,
+            body_timeout: 10,
+            max_pending_connections: 4096,
         }
     }
 }
@@ -177,71 +205,6 @@ impl WebhooksConfig {
     }
 }
 
-/// `[[apps]]`. Unset options take the defaults of spec 7.7 (or Reverb's, for an app defined by
-/// Reverb's variables).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct AppConfig {
-    #[serde(alias = "app_id")]
-    pub id: String,
-    pub key: String,
-    pub secret: String,
-    pub enabled: Option<bool>,
-    pub tls_only: Option<bool>,
-    pub allowed_origins: Option<Vec<String>>,
-    pub max_connections: Option<u64>,
-    pub over_quota_close_code: Option<u16>,
-    pub activity_timeout: Option<u64>,
-    pub ping_interval: Option<u64>,
-    pub pong_timeout: Option<u64>,
-    pub max_message_size: Option<usize>,
-    pub max_channel_name_length: Option<usize>,
-    pub max_presence_members_per_channel: Option<usize>,
-    pub max_presence_member_size: Option<usize>,
-    pub cache_ttl: Option<u64>,
-    pub subscription_count_events: Option<bool>,
-    pub subscription_error_event: Option<bool>,
-    pub enable_client_messages: Option<bool>,
-    /// Reverb's `accept_client_events_from`: `members`, `all` or `none`.
-    pub accept_client_events_from: Option<String>,
-    pub allow_client_events_on_public_channels: Option<bool>,
-    pub max_client_events_per_second: Option<u32>,
-    pub terminate_on_client_event_limit: Option<bool>,
-    pub max_event_payload_bytes: Option<usize>,
-    pub max_http_body_bytes: Option<usize>,
-    pub max_event_channels: Option<usize>,
-    pub max_batch_size: Option<usize>,
-    pub max_event_name_length: Option<usize>,
-    pub auth_timestamp_tolerance: Option<u64>,
-    pub user_authentication: Option<bool>,
-    pub require_authorization: Option<bool>,
-    pub authorization_timeout: Option<u64>,
-    pub watchlist_events: Option<bool>,
-    pub max_watchlist_size: Option<usize>,
-    pub terminate_presence_members: Option<bool>,
-    pub max_backend_events_per_second: Option<u32>,
-    pub max_read_requests_per_second: Option<u32>,
-    pub webhook_batching: Option<bool>,
-    pub webhook_batch_window_ms: Option<u64>,
-    pub webhook_batch_max_events: Option<usize>,
-    pub webhook_removal_delay: Option<u64>,
-    #[serde(default)]
-    pub webhooks: Vec<WebhookConfig>,
-}
-
-/// `[[apps.webhooks]]`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    #[serde(default)]
-    pub event_types: Vec<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub channel_prefix: Option<String>,
-    pub channel_suffix: Option<String>,
-}
-
 /// The validated configuration the server runs with.
 #[derive(Debug)]
 pub struct Config {
@@ -314,7 +277,10 @@ fn insert_path(dict: &mut Dict, path: &[&str], value: Value) {
     }
 }
 
-/// Parses a `.env` file: `KEY=VALUE` lines, `#` comments, optional `export `, quotes stripped.
+/// Parses a `.env` file as Laravel's loader reads it: `KEY=VALUE` lines, `#` comments (a comment
+/// after a value needs a space before the `#`), optional `export `, a quoted value taken up to
+/// its closing quote (so `KEY="v" # comment` is `v`), `\"`, `\\` and `\n` escapes inside double
+/// quotes, single quotes literal.
 pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -326,18 +292,44 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
         let Some((k, v)) = line.split_once('=') else {
             continue;
         };
-        let mut v = v.trim().to_string();
-        if (v.starts_with('"') && v.ends_with('"') && v.len() >= 2)
-            || (v.starts_with('\'') && v.ends_with('\'') && v.len() >= 2)
-        {
-            v = v[1..v.len() - 1].to_string();
-        } else if let Some(i) = v.find(" #") {
-            v.truncate(i);
-            v = v.trim_end().to_string();
-        }
-        out.push((k.trim().to_string(), v));
+        out.push((k.trim().to_string(), env_file_value(v.trim())));
     }
     out
+}
+
+/// One value of a `.env` line, quotes and trailing comment removed.
+fn env_file_value(v: &str) -> String {
+    let mut chars = v.chars();
+    let quote = match chars.next() {
+        Some(q @ ('"' | '\'')) => q,
+        _ => {
+            // Unquoted: a `#` after whitespace starts a comment.
+            let end = v
+                .char_indices()
+                .find(|&(i, c)| c == '#' && v[..i].ends_with([' ', '\t']))
+                .map_or(v.len(), |(i, _)| i);
+            return v[..end].trim_end().to_string();
+        }
+    };
+    let mut value = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c == quote => return value,
+            '\\' if quote == '"' => match chars.next() {
+                Some('n') => value.push('\n'),
+                Some('t') => value.push('\t'),
+                Some(e @ ('"' | '\\' | '$')) => value.push(e),
+                Some(other) => {
+                    value.push('\\');
+                    value.push(other);
+                }
+                None => value.push('\\'),
+            },
+            c => value.push(c),
+        }
+    }
+    // No closing quote: the value is the text as written.
+    v.to_string()
 }
 
 /// Reads, merges and validates every source.
@@ -392,13 +384,13 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut file: FileConfig = figment.extract()?;
 
     // An app defined by Reverb's variables joins the configured apps; when the file has an app
-    // with the same id, the variables override its credentials and the settings they name
-    // (the file's other settings, webhooks included, stay).
-    let mut reverb_app = reverb::app_from_env(&env)?;
+    // with the same id, the variables override its credentials and the settings they name, the
+    // file's other settings (webhooks included) stay, and what neither sets takes Reverb's
+    // defaults, as it would without the file.
+    let reverb_app = reverb::app_from_env(&env)?;
     if let Some(app) = &reverb_app {
         if let Some(existing) = file.apps.iter_mut().find(|a| a.id == app.id) {
             reverb::overlay(existing, app);
-            reverb_app = None;
         } else {
             file.apps.push(app.clone());
         }
@@ -409,6 +401,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     }
     validate_server(&file.server)?;
     validate_scaling(&file.scaling)?;
+    files::check_readable(&file)?;
     let webhooks = file.webhooks.dispatcher();
     webhooks
         .check()
@@ -437,6 +430,14 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut effective = file.clone();
     for a in &mut effective.apps {
         a.secret = "***".into();
+        // Header values are credentials more often than not (`Authorization`), and URLs may
+        // carry tokens in their user info or query.
+        for w in &mut a.webhooks {
+            w.url = redact_url(&w.url);
+            for value in w.headers.values_mut() {
+                *value = "***".into();
+            }
+        }
     }
     effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
     for s in effective
@@ -474,9 +475,27 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
             s.path
         )));
     }
-    if s.outbound_queue_size == 0 {
+    for (key, value) in [
+        ("outbound_queue_size", s.outbound_queue_size),
+        ("outbound_queue_bytes", s.outbound_queue_bytes),
+        ("outbound_node_bytes", s.outbound_node_bytes),
+        ("partial_message_node_bytes", s.partial_message_node_bytes),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::Invalid(format!("server.{key} must be > 0")));
+        }
+    }
+    for (key, v) in [
+        ("header_timeout", s.header_timeout),
+        ("body_timeout", s.body_timeout),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::Invalid(format!("server.{key} must be > 0")));
+        }
+    }
+    if s.max_pending_connections == 0 {
         return Err(ConfigError::Invalid(
-            "server.outbound_queue_size must be > 0".into(),
+            "server.max_pending_connections must be > 0".into(),
         ));
     }
     if s.metrics_prefix.is_empty()
@@ -534,203 +553,6 @@ fn validate_scaling(s: &ScalingConfig) -> Result<(), ConfigError> {
         )),
         _ => Ok(()),
     }
-}
-
-fn secs(v: Option<u64>, default: Duration) -> Duration {
-    v.map_or(default, Duration::from_secs)
-}
-
-fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
-    if a.id.is_empty() || a.key.is_empty() || a.secret.is_empty() {
-        return Err("id, key and secret must be non-empty".into());
-    }
-    if a.key.contains('/') || a.id.contains('/') {
-        return Err("id and key must not contain '/'".into());
-    }
-    let d = AppSettings::default();
-    let (activity_default, ping_default, msg_size_default) = if reverb_defaults {
-        (Duration::from_secs(30), Duration::from_secs(60), 10_000)
-    } else {
-        (d.activity_timeout, d.activity_timeout, d.max_message_size)
-    };
-    let activity_timeout = secs(a.activity_timeout, activity_default);
-    if activity_timeout.is_zero() {
-        return Err("activity_timeout must be > 0 (pusher-js refuses 0)".into());
-    }
-    let ping_interval = match a.ping_interval {
-        Some(v) => Duration::from_secs(v),
-        None if a.activity_timeout.is_some() => activity_timeout,
-        None => ping_default,
-    };
-    if ping_interval.is_zero() {
-        return Err("ping_interval must be > 0".into());
-    }
-    let pong_timeout = secs(a.pong_timeout, d.pong_timeout);
-    if pong_timeout.is_zero() {
-        return Err(
-            "pong_timeout must be > 0 (0 would close every pinged socket before it could answer)"
-                .into(),
-        );
-    }
-    let client_events = match (
-        a.accept_client_events_from.as_deref(),
-        a.enable_client_messages,
-    ) {
-        (Some("all"), _) => ClientEventPolicy::MembersIncludingPublic,
-        (Some("members"), _) => ClientEventPolicy::Members,
-        (Some("none"), _) => ClientEventPolicy::Disabled,
-        (Some(other), _) => {
-            return Err(format!(
-                "accept_client_events_from {other:?} must be \"members\", \"all\" or \"none\""
-            ))
-        }
-        (None, Some(true)) if a.allow_client_events_on_public_channels == Some(true) => {
-            ClientEventPolicy::MembersIncludingPublic
-        }
-        (None, Some(true)) => ClientEventPolicy::Members,
-        // Reverb accepts whispers from members unless told otherwise.
-        (None, None) if reverb_defaults => ClientEventPolicy::Members,
-        (None, _) => ClientEventPolicy::Disabled,
-    };
-    let over_quota_close_code = a.over_quota_close_code.unwrap_or(d.over_quota_close_code);
-    if !(4000..=4199).contains(&over_quota_close_code) {
-        return Err("over_quota_close_code must be 4004 or a 41xx back-off code".into());
-    }
-    let allowed_origins = match &a.allowed_origins {
-        None => None,
-        Some(list) if list.iter().any(|o| o == "*") => None,
-        Some(list) => Some(list.clone()),
-    };
-    let positive = |name: &str, v: usize| {
-        if v == 0 {
-            Err(format!("{name} must be > 0"))
-        } else {
-            Ok(v)
-        }
-    };
-    let settings = AppSettings {
-        enabled: a.enabled.unwrap_or(d.enabled),
-        tls_only: a.tls_only.unwrap_or(d.tls_only),
-        allowed_origins,
-        max_connections: a.max_connections,
-        over_quota_close_code,
-        activity_timeout,
-        ping_interval,
-        pong_timeout,
-        max_message_size: positive(
-            "max_message_size",
-            a.max_message_size.unwrap_or(msg_size_default),
-        )?,
-        max_channel_name_length: positive(
-            "max_channel_name_length",
-            a.max_channel_name_length
-                .unwrap_or(d.max_channel_name_length),
-        )?,
-        max_presence_members_per_channel: positive(
-            "max_presence_members_per_channel",
-            a.max_presence_members_per_channel
-                .unwrap_or(d.max_presence_members_per_channel),
-        )?,
-        max_presence_member_size: a
-            .max_presence_member_size
-            .unwrap_or(d.max_presence_member_size),
-        cache_ttl: secs(a.cache_ttl, d.cache_ttl),
-        subscription_count_events: a
-            .subscription_count_events
-            .unwrap_or(d.subscription_count_events),
-        subscription_error_event: a
-            .subscription_error_event
-            .unwrap_or(d.subscription_error_event),
-        client_events,
-        max_client_events_per_second: a
-            .max_client_events_per_second
-            .unwrap_or(d.max_client_events_per_second),
-        terminate_on_client_event_limit: a
-            .terminate_on_client_event_limit
-            .unwrap_or(d.terminate_on_client_event_limit),
-        max_event_payload_bytes: positive(
-            "max_event_payload_bytes",
-            a.max_event_payload_bytes
-                .unwrap_or(d.max_event_payload_bytes),
-        )?,
-        max_http_body_bytes: positive(
-            "max_http_body_bytes",
-            a.max_http_body_bytes.unwrap_or(d.max_http_body_bytes),
-        )?,
-        max_event_channels: positive(
-            "max_event_channels",
-            a.max_event_channels.unwrap_or(d.max_event_channels),
-        )?,
-        max_batch_size: positive(
-            "max_batch_size",
-            a.max_batch_size.unwrap_or(d.max_batch_size),
-        )?,
-        max_event_name_length: positive(
-            "max_event_name_length",
-            a.max_event_name_length.unwrap_or(d.max_event_name_length),
-        )?,
-        auth_timestamp_tolerance: secs(a.auth_timestamp_tolerance, d.auth_timestamp_tolerance),
-        user_authentication: a.user_authentication.unwrap_or(d.user_authentication),
-        require_authorization: a.require_authorization.unwrap_or(d.require_authorization),
-        authorization_timeout: secs(a.authorization_timeout, d.authorization_timeout),
-        watchlist_events: a.watchlist_events.unwrap_or(d.watchlist_events),
-        max_watchlist_size: a.max_watchlist_size.unwrap_or(d.max_watchlist_size),
-        terminate_presence_members: a
-            .terminate_presence_members
-            .unwrap_or(d.terminate_presence_members),
-        max_backend_events_per_second: a.max_backend_events_per_second,
-        max_read_requests_per_second: a.max_read_requests_per_second,
-    };
-    let webhooks = build_webhooks(a)?;
-    Ok(App {
-        id: AppId(Arc::from(a.id.as_str())),
-        key: AppKey(Arc::from(a.key.as_str())),
-        secret: AppSecret(Arc::from(a.secret.as_str())),
-        settings,
-        webhooks,
-    })
-}
-
-fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {
-    if a.webhooks.is_empty() {
-        return Ok(None);
-    }
-    let mut targets = Vec::new();
-    for (i, w) in a.webhooks.iter().enumerate() {
-        let event_types = w
-            .event_types
-            .iter()
-            .map(|t| {
-                t.parse::<WebhookKind>()
-                    .map_err(|_| format!("webhooks[{i}].event_types: unknown event type {t:?}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let target = WebhookTarget {
-            url: w.url.clone(),
-            event_types,
-            headers: w
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            channel_prefix: w.channel_prefix.clone(),
-            channel_suffix: w.channel_suffix.clone(),
-        };
-        target
-            .validate()
-            .map_err(|e| format!("webhooks[{i}] ({}): {e}", w.url))?;
-        targets.push(target);
-    }
-    Ok(Some(Arc::new(AppWebhooks {
-        app_id: a.id.clone(),
-        key: a.key.clone(),
-        secret: a.secret.clone(),
-        targets,
-        batching: a.webhook_batching.unwrap_or(false),
-        batch_window: Duration::from_millis(a.webhook_batch_window_ms.unwrap_or(50)),
-        batch_max_events: a.webhook_batch_max_events.unwrap_or(100).max(1),
-        removal_delay: Duration::from_secs(a.webhook_removal_delay.unwrap_or(3)),
-    })))
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`.

@@ -17,12 +17,16 @@ pub enum ApiError {
     NotFound(String),
     #[error("Method not allowed")]
     MethodNotAllowed,
+    #[error("Request timeout: the body did not arrive in time")]
+    RequestTimeout,
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     TooManyRequests(String),
-    #[error("{0}")]
-    Unavailable(String),
+    /// A backend did not answer. The message is fixed: the cause is logged where the error is
+    /// handled and never reaches the client.
+    #[error("Service unavailable: the cluster backend did not answer")]
+    Unavailable,
     #[error("Upgrade required: this endpoint speaks WebSocket")]
     UpgradeRequired,
 }
@@ -35,9 +39,10 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         }
     }

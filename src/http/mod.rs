@@ -2,6 +2,7 @@
 //! health and metrics. Every route works at the root and under the configured prefix.
 
 mod channels;
+pub mod edge;
 mod error;
 mod events;
 mod health;
@@ -11,7 +12,7 @@ mod ws;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -20,6 +21,7 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::state::{AppHub, ServerState};
+use edge::{EdgeConn, TimeoutPhase};
 use error::json_response;
 pub use error::ApiError;
 pub use health::metrics_only;
@@ -33,7 +35,8 @@ pub(crate) struct ApiRequest {
     pub body: Bytes,
 }
 
-/// The route a path names (after the prefix is stripped).
+/// The route a path names (after the prefix is stripped): the one route table.
+#[derive(Debug)]
 enum Route<'a> {
     Root,
     Up,
@@ -44,13 +47,49 @@ enum Route<'a> {
     },
     Api {
         app_id: &'a str,
-        rest: Vec<&'a str>,
+        endpoint: Endpoint<'a>,
     },
     /// pusher-http-python 3.3's terminate path without `/apps/{id}` (spec 5.6.6, D35).
     BareTerminate {
         user_id: &'a str,
     },
     NotFound,
+}
+
+/// An endpoint of the signed API under `/apps/{id}/`, with its path parameters (still
+/// percent-encoded).
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Events,
+    BatchEvents,
+    Channels,
+    Channel(&'a str),
+    ChannelUsers(&'a str),
+    TerminateUser(&'a str),
+    Connections,
+}
+
+impl Endpoint<'_> {
+    /// The `endpoint` label of the HTTP metrics.
+    fn label(&self) -> &'static str {
+        match self {
+            Endpoint::Events => "events",
+            Endpoint::BatchEvents => "batch_events",
+            Endpoint::Channels => "channels",
+            Endpoint::Channel(_) => "channel",
+            Endpoint::ChannelUsers(_) => "channel_users",
+            Endpoint::TerminateUser(_) => "terminate_connections",
+            Endpoint::Connections => "connections",
+        }
+    }
+
+    /// The one method the endpoint answers (405 otherwise).
+    fn method(&self) -> Method {
+        match self {
+            Endpoint::Events | Endpoint::BatchEvents | Endpoint::TerminateUser(_) => Method::POST,
+            _ => Method::GET,
+        }
+    }
 }
 
 fn route(path: &str) -> Route<'_> {
@@ -61,10 +100,19 @@ fn route(path: &str) -> Route<'_> {
         ["ready"] => Route::Ready,
         ["metrics"] => Route::Metrics,
         ["app", key] if !key.is_empty() => Route::WebSocket { key },
-        ["apps", app_id, rest @ ..] if !app_id.is_empty() => Route::Api {
-            app_id,
-            rest: rest.to_vec(),
-        },
+        ["apps", app_id, rest @ ..] if !app_id.is_empty() => {
+            let endpoint = match rest {
+                ["events"] => Endpoint::Events,
+                ["batch_events"] => Endpoint::BatchEvents,
+                ["channels"] => Endpoint::Channels,
+                ["channels", name] => Endpoint::Channel(name),
+                ["channels", name, "users"] => Endpoint::ChannelUsers(name),
+                ["users", user, "terminate_connections"] => Endpoint::TerminateUser(user),
+                ["connections"] => Endpoint::Connections,
+                _ => return Route::NotFound,
+            };
+            Route::Api { app_id, endpoint }
+        }
         ["users", user_id, "terminate_connections"] => Route::BareTerminate { user_id },
         _ => Route::NotFound,
     }
@@ -91,22 +139,15 @@ pub async fn handle(
         Route::Up => ("up", Ok(health::up())),
         Route::Ready => ("ready", Ok(health::ready(&state))),
         Route::Metrics => ("metrics", Ok(health::metrics(&state))),
-        Route::WebSocket { key } => {
-            let key = key.to_string();
-            return Ok(ws::upgrade(req, &key, state).await);
-        }
-        Route::Api { app_id, rest } => {
-            let app_id = app_id.to_string();
-            let rest: Vec<String> = rest.iter().map(|s| (*s).to_string()).collect();
-            api(req, &state, &app_id, &rest, &raw_path, &path).await
-        }
-        Route::BareTerminate { user_id } => {
-            let user_id = user_id.to_string();
-            (
-                "terminate_connections",
-                bare_terminate(req, &state, &user_id, &raw_path, &path).await,
-            )
-        }
+        Route::WebSocket { key } => return Ok(ws::upgrade(req, key, state).await),
+        Route::Api { app_id, endpoint } => (
+            endpoint.label(),
+            api(req, &state, app_id, &endpoint, &raw_path, &path).await,
+        ),
+        Route::BareTerminate { user_id } => (
+            "terminate_connections",
+            bare_terminate(req, &state, user_id, &raw_path, &path).await,
+        ),
         Route::NotFound => ("not_found", Err(ApiError::NotFound("Not found".into()))),
     };
     let resp = result.unwrap_or_else(ApiError::into_response);
@@ -137,20 +178,27 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Reads the body under the app's limit (413 above it).
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(
-            format!("Request body is larger than {limit} bytes"),
-        )),
-        Err(_) => Err(ApiError::BadRequest(
+/// Reads the body under the app's limit (413 above it, before reading when the declared
+/// length says so) within `server.body_timeout` (408).
+async fn read_body(body: Incoming, limit: usize, state: &ServerState) -> Result<Bytes, ApiError> {
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("Request body is larger than {limit} bytes"));
+    if http_body::Body::size_hint(&body).lower() > u64::try_from(limit).unwrap_or(u64::MAX) {
+        return Err(too_large());
+    }
+    let timeout = Duration::from_secs(state.server.body_timeout);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::BadRequest(
             "Could not read the request body".into(),
         )),
+        Err(_) => Err(ApiError::RequestTimeout),
     }
 }
 
-/// Looks up the app, reads the body and verifies the signature.
+/// Looks up the app, verifies the query's signature, then reads the body and checks it
+/// against the signed `body_md5`: a caller without the secret never makes us read its body.
 async fn signed(
     req: Request<Incoming>,
     state: &ServerState,
@@ -159,8 +207,6 @@ async fn signed(
     path: &str,
 ) -> Result<(Method, ApiRequest), ApiError> {
     let (parts, body) = req.into_parts();
-    let body = read_body(body, app.settings.max_http_body_bytes).await?;
-    state.metrics.http_received_bytes.inc_by(body.len() as u64);
     let query = Query::parse(parts.uri.query());
     let decoded = percent_encoding::percent_decode_str(raw_path)
         .decode_utf8_lossy()
@@ -172,14 +218,22 @@ async fn signed(
     if decoded != raw_path {
         candidates.push(&decoded);
     }
-    signature::verify(
-        &app,
-        parts.method.as_str(),
-        &candidates,
-        &query,
-        &body,
-        now_unix(),
-    )?;
+    signature::verify_query(&app, parts.method.as_str(), &candidates, &query, now_unix())?;
+    let conn = parts.extensions.get::<EdgeConn>();
+    if let Some(conn) = conn {
+        conn.trusted();
+    }
+    let body = match read_body(body, app.settings.max_http_body_bytes, state).await {
+        Err(ApiError::RequestTimeout) => {
+            if let Some(conn) = conn {
+                conn.edge().timed_out(TimeoutPhase::Body);
+            }
+            return Err(ApiError::RequestTimeout);
+        }
+        other => other?,
+    };
+    state.metrics.http_received_bytes.inc_by(body.len() as u64);
+    signature::verify_body(&query, &body)?;
     let hub = state.hub(&app);
     if parts.method == Method::GET {
         if let Some(limiter) = &hub.read_limiter {
@@ -206,58 +260,31 @@ async fn api(
     req: Request<Incoming>,
     state: &ServerState,
     app_id: &str,
-    rest: &[String],
+    endpoint: &Endpoint<'_>,
     raw_path: &str,
     path: &str,
-) -> (&'static str, Result<Response<Full<Bytes>>, ApiError>) {
-    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-    let endpoint = match rest.as_slice() {
-        ["events"] => "events",
-        ["batch_events"] => "batch_events",
-        ["channels"] => "channels",
-        ["channels", _] => "channel",
-        ["channels", _, "users"] => "channel_users",
-        ["users", _, "terminate_connections"] => "terminate_connections",
-        ["connections"] => "connections",
-        _ => return ("not_found", Err(ApiError::NotFound("Not found".into()))),
-    };
-    let expected = match endpoint {
-        "events" | "batch_events" | "terminate_connections" => Method::POST,
-        _ => Method::GET,
-    };
-    if req.method() != expected {
-        return (endpoint, Err(ApiError::MethodNotAllowed));
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if req.method() != endpoint.method() {
+        return Err(ApiError::MethodNotAllowed);
     }
     let Some(app) = state.apps.find_by_id(app_id) else {
-        return (
-            endpoint,
-            Err(ApiError::NotFound(format!(
-                "No matching application for ID [{app_id}]"
-            ))),
-        );
+        return Err(ApiError::NotFound(format!(
+            "No matching application for ID [{app_id}]"
+        )));
     };
     if !app.settings.enabled {
-        return (
-            endpoint,
-            Err(ApiError::Forbidden("Application disabled".into())),
-        );
+        return Err(ApiError::Forbidden("Application disabled".into()));
     }
-    let r = match signed(req, state, app, raw_path, path).await {
-        Ok((_, r)) => r,
-        Err(e) => return (endpoint, Err(e)),
-    };
-    let result = match rest.as_slice() {
-        ["events"] => events::trigger(state, &r).await,
-        ["batch_events"] => events::batch(state, &r).await,
-        ["channels"] => channels::list(state, &r).await,
-        ["channels", name] => channels::show(state, &r, &decode_segment(name)).await,
-        ["channels", name, "users"] => channels::users(state, &r, &decode_segment(name)).await,
-        ["users", user, "terminate_connections"] => {
-            users::terminate(state, &r, &decode_segment(user))
-        }
-        _ => channels::connections(state, &r).await,
-    };
-    (endpoint, result)
+    let (_, r) = signed(req, state, app, raw_path, path).await?;
+    match endpoint {
+        Endpoint::Events => events::trigger(state, &r).await,
+        Endpoint::BatchEvents => events::batch(state, &r).await,
+        Endpoint::Channels => channels::list(state, &r).await,
+        Endpoint::Channel(name) => channels::show(state, &r, &decode_segment(name)).await,
+        Endpoint::ChannelUsers(name) => channels::users(state, &r, &decode_segment(name)).await,
+        Endpoint::TerminateUser(user) => users::terminate(state, &r, &decode_segment(user)),
+        Endpoint::Connections => channels::connections(state, &r).await,
+    }
 }
 
 async fn bare_terminate(
@@ -301,8 +328,29 @@ mod tests {
         assert!(matches!(route("/app/key"), Route::WebSocket { key: "key" }));
         assert!(matches!(
             route("/apps/1/events"),
-            Route::Api { app_id: "1", .. }
+            Route::Api {
+                app_id: "1",
+                endpoint: Endpoint::Events
+            }
         ));
+        assert!(matches!(
+            route("/apps/1/channels/presence-a%20b/users"),
+            Route::Api {
+                endpoint: Endpoint::ChannelUsers("presence-a%20b"),
+                ..
+            }
+        ));
+        assert!(matches!(
+            route("/apps/1/users/7/terminate_connections"),
+            Route::Api {
+                endpoint: Endpoint::TerminateUser("7"),
+                ..
+            }
+        ));
+        assert!(matches!(route("/apps/1/nope"), Route::NotFound));
+        assert!(matches!(route("/apps/1"), Route::NotFound));
+        assert_eq!(Endpoint::Events.method(), Method::POST);
+        assert_eq!(Endpoint::Connections.method(), Method::GET);
         assert!(matches!(
             route("/users/5/terminate_connections"),
             Route::BareTerminate { user_id: "5" }

@@ -10,13 +10,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::debug;
 
+use super::edge::EdgeConn;
 use super::error::ApiError;
 use super::signature::Query;
-use crate::connection::{self, Admission};
+use crate::connection::{self, Admission, ConnectionSlot};
 use crate::protocol::ErrorKind;
 use crate::state::ServerState;
 
-fn admit(req: &Request<Incoming>, key: &str, state: &ServerState) -> Admission {
+fn admit(req: &Request<Incoming>, key: &str, state: &Arc<ServerState>) -> Admission {
     if state.is_draining() {
         return Admission::Refused(ErrorKind::ShuttingDown);
     }
@@ -53,17 +54,10 @@ fn admit(req: &Request<Incoming>, key: &str, state: &ServerState) -> Admission {
     if !app.origin_allowed(origin) {
         return Admission::Refused(ErrorKind::OriginNotAllowed);
     }
-    if !state.try_reserve_node_connection() {
-        return Admission::Refused(ErrorKind::OverCapacity);
+    match ConnectionSlot::reserve(state, state.hub(&app)) {
+        Ok(slot) => Admission::Accepted { app, slot },
+        Err(kind) => Admission::Refused(kind),
     }
-    let hub = state.hub(&app);
-    if !hub.try_reserve_connection() {
-        state.release_node_connection();
-        return Admission::Refused(ErrorKind::OverQuota {
-            close_code: app.settings.over_quota_close_code,
-        });
-    }
-    Admission::Accepted { app, hub }
 }
 
 pub(super) async fn upgrade(
@@ -75,23 +69,17 @@ pub(super) async fn upgrade(
         return ApiError::UpgradeRequired.into_response();
     }
     let mut admission = admit(&req, key, &state);
+    if matches!(admission, Admission::Accepted { .. }) {
+        // An admitted socket holds connection slots, bounded by the connection limits; it
+        // must not be shed while the awaits below hold them, which would leak them.
+        if let Some(conn) = req.extensions().get::<EdgeConn>() {
+            conn.trusted();
+        }
+    }
     // The app's connection quota is cluster-wide.
-    if let Admission::Accepted { app, hub } = &admission {
-        match state
-            .cluster
-            .open_connection(hub, app.settings.max_connections)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                hub.release_connection();
-                state.release_node_connection();
-                admission = Admission::Refused(ErrorKind::OverQuota {
-                    close_code: app.settings.over_quota_close_code,
-                });
-            }
-            // Backend unreachable: keep serving on this node's own limits.
-            Err(e) => debug!(error = %e, "cluster connection count unavailable"),
+    if let Admission::Accepted { slot, .. } = &mut admission {
+        if let Err(kind) = slot.reserve_cluster().await {
+            admission = Admission::Refused(kind);
         }
     }
     if let Admission::Refused(kind) = &admission {
@@ -100,28 +88,29 @@ pub(super) async fn upgrade(
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
-            if let Admission::Accepted { hub, .. } = &admission {
-                hub.release_connection();
-                state.release_node_connection();
-                let _ = state.cluster.close_connection(hub).await;
+            if let Admission::Accepted { slot, .. } = admission {
+                slot.release().await;
             }
             debug!(error = %e, "bad upgrade request");
             return ApiError::BadRequest("Invalid WebSocket upgrade request".into())
                 .into_response();
         }
     };
-    tokio::spawn(async move {
+    let task = async move {
         match fut.await {
             Ok(ws) => connection::run(ws.into_inner(), admission, state).await,
             Err(e) => {
                 debug!(error = %e, "upgrade failed");
-                if let Admission::Accepted { hub, .. } = admission {
-                    hub.release_connection();
-                    state.release_node_connection();
-                    let _ = state.cluster.close_connection(&hub).await;
+                if let Admission::Accepted { slot, .. } = admission {
+                    slot.release().await;
                 }
             }
         }
-    });
+    };
+    // The socket's task belongs to the edge that accepted it, so a drain waits for it.
+    match req.extensions().get::<EdgeConn>() {
+        Some(conn) => drop(conn.edge().spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
     response.map(|_| Full::new(Bytes::new()))
 }
