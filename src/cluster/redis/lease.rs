@@ -238,10 +238,9 @@ pub(super) async fn heartbeats(cluster: Arc<RedisBackend>) {
         }
         let result = async {
             let beat = cluster.heartbeat().await;
-            // A Redis Cluster connection has no pub/sub reader to tell: the heartbeat does.
-            if cluster.shards.is_some() {
-                cluster.set_healthy(beat.is_ok());
-            }
+            // Readiness follows the heartbeat: a Redis that stopped answering keeps the
+            // pub/sub socket open, so only a failing command shows it.
+            cluster.set_beat_ok(beat.is_ok());
             beat?;
             cluster.reap().await?;
             cluster.adopt_orphans().await

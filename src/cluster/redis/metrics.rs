@@ -9,6 +9,7 @@ pub(super) struct Metrics {
     pub reconnects: IntCounter,
     pub dropped: IntCounterVec,
     pub publish_queue: IntGauge,
+    pub publish_backlog: IntGauge,
     pub healthy: IntGauge,
     pub reaped: IntCounter,
     pub publish_lag: Histogram,
@@ -52,6 +53,10 @@ impl Metrics {
                 "cluster_publish_queue",
                 "Messages waiting to be published",
             ))?,
+            publish_backlog: IntGauge::with_opts(o(
+                "cluster_publish_backlog_bytes",
+                "Bytes of the messages waiting to be published (bounded by scaling.publish_backlog_bytes)",
+            ))?,
             healthy: IntGauge::with_opts(o("cluster_healthy", "1 while the backend is reachable"))?,
             reaped: IntCounter::with_opts(o(
                 "cluster_reaped_nodes_total",
@@ -71,6 +76,7 @@ impl Metrics {
         registry.register(Box::new(m.reconnects.clone()))?;
         registry.register(Box::new(m.dropped.clone()))?;
         registry.register(Box::new(m.publish_queue.clone()))?;
+        registry.register(Box::new(m.publish_backlog.clone()))?;
         registry.register(Box::new(m.healthy.clone()))?;
         registry.register(Box::new(m.reaped.clone()))?;
         registry.register(Box::new(m.publish_lag.clone()))?;

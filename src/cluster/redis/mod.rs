@@ -31,7 +31,7 @@ mod shards;
 mod shared;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -56,16 +56,46 @@ pub const LEASE: Duration = Duration::from_secs(10);
 const PUBSUB_START: Duration = Duration::from_secs(10);
 /// Heartbeat and reaper period.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
-/// Outgoing publishes queued before new ones are dropped (counted).
+/// Outgoing publishes queued before new ones are dropped (counted); the bytes they hold are
+/// bounded too (`[scaling] publish_backlog_bytes`).
 const PUBLISH_QUEUE: usize = 65_536;
 /// Inbound messages queued for the server before new ones are dropped (counted).
 pub const INBOUND_QUEUE: usize = 65_536;
 
-/// Pub/sub subscriptions this node needs, with local reference counts.
+/// One topic this node listens to, with its local references.
+struct Interest {
+    refs: usize,
+    /// Orders this topic's `SUBSCRIBE`/`UNSUBSCRIBE` round trips (only this topic's: no
+    /// other topic waits for them); holds whether the topic is subscribed or asked to be.
+    gate: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Interest {
+    fn new() -> Interest {
+        Interest {
+            refs: 0,
+            gate: Arc::new(tokio::sync::Mutex::new(false)),
+        }
+    }
+}
+
+/// Pub/sub subscriptions this node needs, with local reference counts. Behind a plain lock,
+/// never held across an `.await`: taking or dropping a reference is one map operation.
 #[derive(Default)]
 struct Interests {
-    counts: HashMap<String, usize>,
+    topics: HashMap<String, Interest>,
     sink: Option<PubSubSink>,
+}
+
+impl Interests {
+    /// Every topic with a local reference (for a resubscription).
+    fn wanted(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .filter(|(_, i)| i.refs > 0)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
 }
 
 /// The Redis backend (see the module docs).
@@ -79,10 +109,13 @@ pub struct RedisBackend {
     /// On a Redis Cluster: wakes `resubscriber` (a shard connection closed).
     resubscribe: tokio::sync::Notify,
     conn: Commands,
-    interests: tokio::sync::Mutex<Interests>,
-    /// Topics wanted, readable without the async lock (for resubscription).
-    wanted: Mutex<Vec<String>>,
+    interests: Mutex<Interests>,
     publish_tx: mpsc::Sender<Queued>,
+    /// Bytes of the messages queued for the publisher or in its batch in flight.
+    backlog: AtomicUsize,
+    /// The bound on `backlog` (`[scaling] publish_backlog_bytes`): beyond it new messages are
+    /// dropped and counted.
+    backlog_limit: usize,
     /// The wire version this node sends: the oldest any live node reads (`P:wire`).
     send_version: AtomicU8,
     /// Data from other nodes, bounded (overflow dropped and counted).
@@ -93,7 +126,15 @@ pub struct RedisBackend {
     resync_pending: AtomicBool,
     /// A coalesced resync request asked to announce returning members.
     announce_pending: AtomicBool,
+    /// `pubsub_up` and `beat_ok` both: what `/ready` and the shortcuts while Redis is
+    /// unreachable follow.
     healthy: AtomicBool,
+    /// The pub/sub connection is subscribed (always on a Redis Cluster, where the heartbeat
+    /// alone tells).
+    pubsub_up: AtomicBool,
+    /// The last heartbeat succeeded: a Redis that stopped answering without closing its
+    /// sockets fails it within `HEARTBEAT` + `COMMAND_TIMEOUT`.
+    beat_ok: AtomicBool,
     /// Set by `leave`: the heartbeat stops renewing the lease.
     leaving: AtomicBool,
     /// Set after the first heartbeat: a later heartbeat that creates the lease anew means
@@ -111,6 +152,13 @@ struct Queued {
     topic: String,
     payload: Bytes,
     queued: Instant,
+}
+
+impl Queued {
+    /// What the message holds, as the backlog counts it.
+    fn size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
 }
 
 fn now_ms() -> u64 {
@@ -163,14 +211,17 @@ impl RedisBackend {
             shards,
             resubscribe: tokio::sync::Notify::new(),
             conn,
-            interests: tokio::sync::Mutex::new(Interests::default()),
-            wanted: Mutex::new(Vec::new()),
+            interests: Mutex::new(Interests::default()),
             publish_tx,
+            backlog: AtomicUsize::new(0),
+            backlog_limit: scaling.publish_backlog_bytes,
             inbound,
             control,
             resync_pending: AtomicBool::new(false),
             announce_pending: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
+            pubsub_up: AtomicBool::new(true),
+            beat_ok: AtomicBool::new(true),
             leaving: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
@@ -239,7 +290,20 @@ impl RedisBackend {
         }
     }
 
-    fn set_healthy(&self, ok: bool) {
+    /// The pub/sub connection is (`true`) or is no longer subscribed.
+    fn set_pubsub_up(&self, up: bool) {
+        self.pubsub_up.store(up, Ordering::Release);
+        self.update_health();
+    }
+
+    /// A heartbeat succeeded (`true`) or failed.
+    fn set_beat_ok(&self, ok: bool) {
+        self.beat_ok.store(ok, Ordering::Release);
+        self.update_health();
+    }
+
+    fn update_health(&self) {
+        let ok = self.pubsub_up.load(Ordering::Acquire) && self.beat_ok.load(Ordering::Acquire);
         if self.healthy.swap(ok, Ordering::AcqRel) != ok {
             if ok {
                 info!("cluster backend reachable again");
