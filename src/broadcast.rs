@@ -1,29 +1,30 @@
-//! `Broadcaster`: the one delivery path. A publish is encoded once, delivered to this node's
-//! sockets (channel subscribers, or a user's connections for `#server-to-user-`), and handed to
-//! the adapter for the other nodes. API events, client events and presence events all go
-//! through `deliver_local`.
+//! `Broadcaster`: the one delivery path. A publication (`cluster::Publication`: target, kind,
+//! frame encoded once, `except`) is delivered to this node's sockets — a channel's subscribers,
+//! a user's connections for `#server-to-user-`, a user's watchers — and handed to the adapter
+//! for the other nodes; what arrives from them is delivered by `deliver_local` too. API events,
+//! client events, presence events and watchlist events all go through it.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::channels::{CachedEvent, Fanout};
-use crate::cluster::{Adapter, ClusterState, RemoteEvent, Target};
+use crate::cluster::{Adapter, Kind, Publication, RemoteEvent, Target};
 use crate::metrics::Metrics;
-use crate::protocol::{message, ChannelName, SocketId};
+use crate::protocol::{message, ChannelName, MemberChange, SocketId};
+use crate::shared_state::SharedState;
 use crate::state::AppHub;
 
 pub struct Broadcaster {
     adapter: Arc<dyn Adapter>,
-    cluster: Arc<dyn ClusterState>,
+    cluster: Arc<SharedState>,
     metrics: Arc<Metrics>,
 }
 
 impl Broadcaster {
     pub fn new(
         adapter: Arc<dyn Adapter>,
-        cluster: Arc<dyn ClusterState>,
+        cluster: Arc<SharedState>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Broadcaster {
@@ -48,27 +49,19 @@ impl Broadcaster {
         except: Option<SocketId>,
     ) -> Fanout {
         let frame = message::channel_event(name, channel.as_str(), data);
-        let mut cache = None;
-        if channel.kind().is_cache() {
-            let cached = CachedEvent {
-                frame: frame.clone(),
-                data: Arc::from(data),
-                expires: Instant::now() + hub.app.settings.cache_ttl,
-            };
-            // A cluster keeps the cache in its shared store; one node keeps it in the registry.
-            if !self
-                .cluster
-                .store_cache(hub, channel.as_str(), &cached)
+        // A cluster keeps the cache in its shared store; one node keeps it in the registry.
+        let cache = if channel.kind().is_cache() {
+            self.cluster
+                .store_cache(hub, channel.as_str(), &frame, data)
                 .await
-            {
-                cache = Some(cached);
-            }
-        }
+        } else {
+            None
+        };
         hub.metrics.api_events.inc();
         self.publish_frame(hub, channel, frame, except, cache)
     }
 
-    /// An already-encoded frame for every subscriber of `channel` but `except`, on every node.
+    /// An already-encoded event for every subscriber of `channel` but `except`, on every node.
     pub fn publish_frame(
         &self,
         hub: &AppHub,
@@ -77,55 +70,77 @@ impl Broadcaster {
         except: Option<SocketId>,
         cache: Option<CachedEvent>,
     ) -> Fanout {
-        let fanout = self.deliver_local(hub, channel, &frame, except, cache);
-        if self.adapter.has_peers() {
-            self.adapter.publish(RemoteEvent {
-                app: hub.app.id.clone(),
-                target: target_of(channel),
-                frame,
-                except,
-            });
-        }
-        fanout
+        let p = Publication::event(target_of(channel), frame, except);
+        let cache = cache.map(|c| (channel, c));
+        self.publish(hub, p, cache)
     }
 
-    /// Delivers to this node's sockets only.
-    pub fn deliver_local(
+    /// A presence member event (`frame` is its encoded `member_added` / `member_removed`) for
+    /// the subscribers of `channel` whose roster it changes, on every node, but `except`.
+    pub fn publish_member(
         &self,
         hub: &AppHub,
         channel: &ChannelName,
-        frame: &Bytes,
+        change: MemberChange,
+        frame: Bytes,
         except: Option<SocketId>,
-        cache: Option<CachedEvent>,
     ) -> Fanout {
-        let fanout = match channel.server_to_user_id() {
-            Some(user) => Fanout {
-                delivered: hub.users.deliver(user, frame, except),
-                overflowed: 0,
-            },
-            None => hub.channels.publish(channel, frame, except, cache),
+        let p = Publication {
+            target: Target::Channel(channel.as_str().to_string()),
+            kind: Kind::Member(change),
+            frame,
+            except,
         };
-        #[allow(clippy::cast_precision_loss)]
-        self.metrics.fanout_size.observe(fanout.delivered as f64);
-        fanout
+        self.publish(hub, p, None)
     }
-}
 
-impl Broadcaster {
     /// Tells every watcher of `user`, on every node, that the user came online or went
     /// offline (spec 3.8).
     pub fn publish_watch(&self, hub: &AppHub, user: &str, online: bool) {
         let name = if online { "online" } else { "offline" };
         let frame = message::watchlist_events(&[(name, vec![user.to_string()])]);
-        hub.watchers.deliver(user, &frame);
+        let p = Publication::event(Target::Watchers(user.to_string()), frame, None);
+        self.publish(hub, p, None);
+    }
+
+    /// Delivers `p` to this node's sockets, then hands it to the other nodes.
+    fn publish(
+        &self,
+        hub: &AppHub,
+        p: Publication,
+        cache: Option<(&ChannelName, CachedEvent)>,
+    ) -> Fanout {
+        let fanout = self.deliver_local(hub, &p, cache);
         if self.adapter.has_peers() {
             self.adapter.publish(RemoteEvent {
                 app: hub.app.id.clone(),
-                target: Target::Watchers(user.to_string()),
-                frame,
-                except: None,
+                publication: p,
             });
         }
+        fanout
+    }
+
+    /// Delivers to this node's sockets only (a local publication, or one from another node).
+    pub fn deliver_local(
+        &self,
+        hub: &AppHub,
+        p: &Publication,
+        cache: Option<(&ChannelName, CachedEvent)>,
+    ) -> Fanout {
+        let fanout = match &p.target {
+            Target::Channel(_) => hub.channels.publish(p, cache),
+            Target::User(user) => Fanout {
+                delivered: hub.users.deliver(user, &p.frame, p.except),
+                overflowed: 0,
+            },
+            Target::Watchers(user) => Fanout {
+                delivered: hub.watchers.deliver(user, &p.frame),
+                overflowed: 0,
+            },
+        };
+        #[allow(clippy::cast_precision_loss)]
+        self.metrics.fanout_size.observe(fanout.delivered as f64);
+        fanout
     }
 }
 

@@ -17,17 +17,15 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::app::{AppStore, StaticAppStore};
-use crate::cluster::redis::RedisCluster;
-use crate::cluster::{Adapter, ClusterError, ClusterState, Inbound, Local, Target};
+use crate::cluster::redis::RedisBackend;
+use crate::cluster::{Adapter, ClusterError, ClusterState, InboundQueues, Local};
 use crate::config::Config;
 use crate::http::edge::{Edge, Pending, ShedReason, TimeoutPhase};
 use crate::metrics::Metrics;
 use crate::presence::MemoryPresence;
 use crate::presence::PresenceStore;
-use crate::protocol::ChannelName;
 use crate::state::ServerState;
 use crate::tls::{Secure, Tls, TlsError};
-use crate::webhooks::WebhookEvent;
 use crate::webhooks::{Journal, WebhookError, Webhooks};
 
 /// Why the server could not start.
@@ -54,7 +52,7 @@ pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     tls: Option<Arc<Tls>>,
-    redis: Option<Arc<RedisCluster>>,
+    redis: Option<Arc<RedisBackend>>,
     edge: Arc<Edge>,
 }
 
@@ -69,7 +67,7 @@ impl Server {
             &config.server.metrics_prefix,
         )?;
         let (presence, cluster, adapter, redis, inbound): Backend = if config.scaling.enabled {
-            let (redis, inbound) = RedisCluster::connect(
+            let (redis, inbound) = RedisBackend::connect(
                 &config.scaling,
                 &metrics.registry,
                 &config.server.metrics_prefix,
@@ -77,17 +75,16 @@ impl Server {
             .await?;
             (
                 redis.clone(),
-                redis.clone(),
+                Some(redis.clone()),
                 redis.clone(),
                 Some(redis),
                 Some(inbound),
             )
         } else {
-            let local = Arc::new(Local);
             (
                 Arc::new(MemoryPresence::default()),
-                local.clone(),
-                local,
+                None,
+                Arc::new(Local),
                 None,
                 None,
             )
@@ -108,8 +105,8 @@ impl Server {
             metrics,
             webhooks,
         ));
-        if let Some(rx) = inbound {
-            tokio::spawn(apply_inbound(state.clone(), rx, redis.clone()));
+        if let Some(queues) = inbound {
+            tokio::spawn(crate::inbound::apply(state.clone(), queues));
         }
         for app in apps.all() {
             state.hub(&app);
@@ -381,106 +378,11 @@ async fn reload_on_sighup(tls: Arc<Tls>) {
 
 type Backend = (
     Arc<dyn PresenceStore>,
-    Arc<dyn ClusterState>,
+    Option<Arc<dyn ClusterState>>,
     Arc<dyn Adapter>,
-    Option<Arc<RedisCluster>>,
-    Option<tokio::sync::mpsc::Receiver<Inbound>>,
+    Option<Arc<RedisBackend>>,
+    Option<InboundQueues>,
 );
-
-/// Applies what other nodes send: the owner of the local state is this task, through the
-/// same registries and broadcaster the local paths use.
-async fn apply_inbound(
-    state: Arc<ServerState>,
-    mut rx: tokio::sync::mpsc::Receiver<Inbound>,
-    redis: Option<Arc<RedisCluster>>,
-) {
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            Inbound::Event(e) => {
-                let Some(app) = state.apps.find_by_id(e.app.as_str()) else {
-                    continue;
-                };
-                let hub = state.hub(&app);
-                let name = match &e.target {
-                    Target::Channel(c) => ChannelName::parse(c, usize::MAX),
-                    Target::User(u) => ChannelName::server_to_user(u),
-                    Target::Watchers(u) => {
-                        hub.watchers.deliver(u, &e.frame);
-                        continue;
-                    }
-                };
-                if let Ok(name) = name {
-                    state
-                        .broadcaster
-                        .deliver_local(&hub, &name, &e.frame, e.except, None);
-                }
-            }
-            Inbound::Terminate {
-                app,
-                user,
-                presence,
-            } => {
-                let Some(app) = state.apps.find_by_id(app.as_str()) else {
-                    continue;
-                };
-                state.hub(&app).terminate_user(&user, presence);
-            }
-            Inbound::MemberGone {
-                app,
-                channel,
-                user,
-                frame,
-            } => {
-                let Some(app) = state.apps.find_by_id(app.as_str()) else {
-                    continue;
-                };
-                let hub = state.hub(&app);
-                if let Ok(name) = ChannelName::parse(&channel, usize::MAX) {
-                    state
-                        .broadcaster
-                        .deliver_local(&hub, &name, &frame, None, None);
-                }
-                state.webhook(
-                    &app,
-                    WebhookEvent::MemberRemoved {
-                        channel,
-                        user_id: user,
-                    },
-                );
-            }
-            Inbound::UserGone { app, user } => {
-                let Some(app) = state.apps.find_by_id(app.as_str()) else {
-                    continue;
-                };
-                if app.settings.watchlist_events {
-                    state
-                        .broadcaster
-                        .publish_watch(&state.hub(&app), &user, false);
-                }
-            }
-            Inbound::ChannelGone { app, channel } => {
-                let Some(app) = state.apps.find_by_id(app.as_str()) else {
-                    continue;
-                };
-                state.webhook(&app, WebhookEvent::ChannelVacated { channel });
-            }
-            Inbound::Replay(replays) => {
-                for replay in replays {
-                    let app = state.apps.find_by_id(&replay.entry.app_id);
-                    let webhooks = app.as_ref().and_then(|app| app.webhooks.as_ref());
-                    state.webhooks.replay(webhooks, replay);
-                }
-            }
-            Inbound::Resync { announce } => {
-                if let Some(redis) = &redis {
-                    if let Err(e) = redis.resync(&state.hubs(), announce).await {
-                        warn!(error = %e, "publishing this node's state again failed");
-                    }
-                }
-            }
-        }
-    }
-}
 
 /// Drops expired cache entries once a minute.
 async fn sweep(state: Arc<ServerState>) {

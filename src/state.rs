@@ -18,6 +18,7 @@ use crate::metrics::{AppMetrics, Metrics};
 use crate::presence::PresenceStore;
 use crate::protocol::{ErrorKind, SocketId};
 use crate::ratelimit::TokenBucket;
+use crate::shared_state::SharedState;
 use crate::webhooks::{RemovalHold, WebhookEvent, Webhooks};
 
 /// One app's state on this node.
@@ -93,7 +94,8 @@ pub struct ServerState {
     pub apps: Arc<dyn AppStore>,
     hubs: DashMap<AppId, Arc<AppHub>>,
     pub presence: Arc<dyn PresenceStore>,
-    pub cluster: Arc<dyn ClusterState>,
+    /// Cluster-wide facts (from the shared store, or this node's registries when alone).
+    pub cluster: Arc<SharedState>,
     pub adapter: Arc<dyn Adapter>,
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
@@ -110,11 +112,12 @@ impl ServerState {
         server: ServerConfig,
         apps: Arc<dyn AppStore>,
         presence: Arc<dyn PresenceStore>,
-        cluster: Arc<dyn ClusterState>,
+        shared: Option<Arc<dyn ClusterState>>,
         adapter: Arc<dyn Adapter>,
         metrics: Arc<Metrics>,
         webhooks: Webhooks,
     ) -> ServerState {
+        let cluster = Arc::new(SharedState::new(shared));
         let broadcaster = Broadcaster::new(adapter.clone(), cluster.clone(), metrics.clone());
         let budgets = crate::connection::Budgets::new(&server, &metrics);
         ServerState {

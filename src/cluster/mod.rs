@@ -6,22 +6,25 @@
 //!   occupied channels, the last event of cache channels.
 //! - Presence rosters live behind `presence::PresenceStore`.
 //!
-//! The local implementations serve one node (the embedded default); `redis` serves a cluster.
-//! `cluster` knows nothing of sockets: what arrives from other nodes is handed to the server as
-//! `Inbound` values and applied by the owner of the state (`server::apply_inbound`).
+//! `Local` is the adapter of one node (the embedded default), which has no shared store; `redis`
+//! serves a cluster. `cluster` knows nothing of sockets, channels or the Pusher protocol's
+//! frames: it takes app ids and plain values, and what arrives from other nodes (`Inbound`)
+//! or what the backend finds (`Control`: departures of dead nodes' members, repairs) is handed
+//! to the owner of the node's state as values (`inbound::apply`), which encodes and delivers
+//! through the one delivery path.
 
-mod endpoint;
 pub mod redis;
-mod shards;
 pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use crate::app::AppId;
-use crate::channels::CachedEvent;
-use crate::protocol::SocketId;
-use crate::state::AppHub;
+use crate::protocol::{MemberChange, PresenceMember, SocketId};
 use crate::webhooks::RemovalHold;
 
 /// Who an event is for.
@@ -35,16 +38,49 @@ pub enum Target {
     Watchers(String),
 }
 
-/// An encoded event for the other nodes.
+/// What a publication is: its kind travels with it from the publisher to every node's
+/// registry, so nothing downstream reads the frame to find out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// An event: every subscriber (but `except`) receives it.
+    Event,
+    /// A presence member event (`member_added` / `member_removed`): it reaches only the
+    /// subscribers whose roster it changes.
+    Member(MemberChange),
+}
+
+/// One publication: who it is for, what it is, the encoded Pusher frame (encoded once,
+/// shared by every recipient) and the socket it skips. The one value that goes through the
+/// `Broadcaster`, the registries and the `Adapter`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RemoteEvent {
-    pub app: AppId,
+pub struct Publication {
     pub target: Target,
+    pub kind: Kind,
     pub frame: Bytes,
     pub except: Option<SocketId>,
 }
 
-/// What other nodes ask this node to do.
+impl Publication {
+    /// An event on `target`.
+    pub fn event(target: Target, frame: Bytes, except: Option<SocketId>) -> Publication {
+        Publication {
+            target,
+            kind: Kind::Event,
+            frame,
+            except,
+        }
+    }
+}
+
+/// A publication of an app, for or from the other nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteEvent {
+    pub app: AppId,
+    pub publication: Publication,
+}
+
+/// What other nodes send this node: data, on the bounded events queue (overflow drops the
+/// newest and counts it, like every delivery).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
     /// Deliver to local sockets.
@@ -56,30 +92,113 @@ pub enum Inbound {
         user: String,
         presence: bool,
     },
-    /// A dead node's member left a presence channel: tell the local subscribers (already
-    /// encoded) and, on the node that reaped it, queue the webhook.
+}
+
+/// What the backend itself asks of the owner of the node's state: repairs and departures, on
+/// the control queue, which never drops. It is unbounded but naturally bounded: at most one
+/// pending `Resync` (coalesced by the backend), departures bounded by a dead node's state,
+/// journal replays by a dead node's journal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// A dead node's member left a presence channel cluster-wide: tell the local subscribers
+    /// and the other nodes (`member_removed`) and queue the webhook (this node reaped it).
     MemberGone {
         app: AppId,
         channel: String,
         user: String,
-        frame: Bytes,
     },
     /// A dead node's last subscriber of a channel is gone cluster-wide (webhook only).
     ChannelGone { app: AppId, channel: String },
     /// A dead node held a user's last signed-in connection: the user is offline.
     UserGone { app: AppId, user: String },
     /// This node's shared state may be lost or stale (it was reaped, Redis restarted, or
-    /// changes were lost while Redis was unreachable): publish it again. `announce` when other
-    /// nodes saw this node's members leave.
+    /// changes were lost while Redis was unreachable): build a `NodeSnapshot` and hand it to
+    /// `ClusterState::resync`. `announce` when other nodes saw this node's members leave.
     Resync { announce: bool },
     /// Webhook requests taken over from a dead node's journal, to deliver in order.
     Replay(Vec<crate::webhooks::Replay>),
 }
 
-/// A cluster backend failure.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("cluster backend: {0}")]
-pub struct ClusterError(pub String);
+/// The receiving ends a backend hands the owner of the node's state.
+pub struct InboundQueues {
+    pub events: mpsc::Receiver<Inbound>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
+
+/// This node's local state, built by its owner for `ClusterState::resync`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSnapshot {
+    pub apps: Vec<AppSnapshot>,
+}
+
+/// One app's local state on this node.
+#[derive(Debug, Clone)]
+pub struct AppSnapshot {
+    pub app: AppId,
+    /// Open connections.
+    pub connections: u64,
+    /// Occupied channels with their local subscriptions.
+    pub channels: Vec<(String, u64)>,
+    /// Signed-in users with their local connections.
+    pub users: Vec<(String, u64)>,
+    /// Presence memberships, one per local connection.
+    pub members: Vec<SnapshotMember>,
+}
+
+/// One local connection's presence membership.
+#[derive(Debug, Clone)]
+pub struct SnapshotMember {
+    pub channel: String,
+    pub socket: SocketId,
+    pub member: PresenceMember,
+}
+
+/// What a resync found, for the owner to announce through the delivery path.
+#[derive(Debug, Clone, Default)]
+pub struct Resynced {
+    /// Members that are back after other nodes saw them leave (announce `member_added` to
+    /// everyone but `socket`).
+    pub back: Vec<(AppId, SnapshotMember)>,
+    /// Members who left while their departure could not be recorded and whom no node has
+    /// any longer (announce `member_removed`; no webhook).
+    pub gone: Vec<MemberLeft>,
+}
+
+/// A presence member who left a channel cluster-wide.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MemberLeft {
+    pub app: AppId,
+    pub channel: String,
+    pub user: String,
+}
+
+/// A cache channel's last event as the shared store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedEvent {
+    /// The encoded Pusher frame.
+    pub frame: Bytes,
+    /// The publisher's `data`, for the HTTP API.
+    pub data: Arc<str>,
+    /// How long it stays.
+    pub ttl: Duration,
+}
+
+/// A cluster backend failure: the one error type of the cluster layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The backend is known to be unreachable: the call was not attempted (and the change
+    /// it would have recorded is repaired by a resync).
+    #[error("cluster backend unreachable")]
+    Unreachable,
+    /// A command or script failed.
+    #[error("cluster backend command failed: {0}")]
+    Command(#[from] ::redis::RedisError),
+    /// Connecting or starting failed (configuration, addresses, start-up timeouts).
+    #[error("cluster backend: {0}")]
+    Setup(String),
+    #[error("cluster metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
 
 /// Cross-node fan-out; at-most-once.
 #[async_trait]
@@ -113,66 +232,55 @@ pub struct Counted {
     pub rejoined: bool,
 }
 
-/// Cluster-wide facts. `local` arguments are this node's figures after the change, which is all
-/// the local implementation needs.
+/// Cluster-wide facts kept in a shared store, keyed by app id. One node has no shared store:
+/// its owner (`state::SharedState`) answers from the local registries instead.
 #[async_trait]
 pub trait ClusterState: Send + Sync {
-    /// A local subscription is about to be added. A shared store counts it now, before the
-    /// client is told it is subscribed, so every node's HTTP API agrees from then on; returns
-    /// the cluster-wide count after it. `None`: the count is the local registry's, known once
-    /// the subscription is added (one node).
-    async fn subscribing(
-        &self,
-        hub: &AppHub,
-        channel: &str,
-    ) -> Result<Option<Counted>, ClusterError>;
+    /// A local subscription is about to be added. It is counted now, before the client is told
+    /// it is subscribed, so every node's HTTP API agrees from then on; returns the
+    /// cluster-wide count after it.
+    async fn subscribing(&self, app: &AppId, channel: &str) -> Result<Counted, ClusterError>;
     /// A local subscription was removed; returns the cluster-wide count after it. When that
     /// is 0, `hold` (if any) holds the channel's `channel_vacated` cluster-wide.
     async fn unsubscribed(
         &self,
-        hub: &AppHub,
+        app: &AppId,
         channel: &str,
-        local: usize,
         hold: Option<RemovalHold>,
     ) -> Result<u64, ClusterError>;
     /// Cluster-wide subscription count of one channel.
-    async fn subscription_count(&self, hub: &AppHub, channel: &str) -> Result<u64, ClusterError>;
+    async fn subscription_count(&self, app: &AppId, channel: &str) -> Result<u64, ClusterError>;
     /// Occupied channels whose name starts with `prefix`, with their subscription counts.
-    async fn occupied(
-        &self,
-        hub: &AppHub,
-        prefix: &str,
-    ) -> Result<Vec<(String, u64)>, ClusterError>;
+    async fn occupied(&self, app: &AppId, prefix: &str)
+        -> Result<Vec<(String, u64)>, ClusterError>;
     /// Reserves a connection slot under `max` cluster-wide; `false` when full.
-    async fn open_connection(&self, hub: &AppHub, max: Option<u64>) -> Result<bool, ClusterError>;
-    async fn close_connection(&self, hub: &AppHub) -> Result<(), ClusterError>;
+    async fn open_connection(&self, app: &AppId, max: Option<u64>) -> Result<bool, ClusterError>;
+    async fn close_connection(&self, app: &AppId) -> Result<(), ClusterError>;
     /// Open connections of the app, cluster-wide.
-    async fn connections(&self, hub: &AppHub) -> Result<u64, ClusterError>;
+    async fn connections(&self, app: &AppId) -> Result<u64, ClusterError>;
     /// Remembers the last event of a cache channel for every node, before the event is
     /// published (so a subscriber anywhere that misses it live finds it cached, and one
-    /// publisher's successive events are stored in order); `false` when it is kept only in the
-    /// local registry (one node).
-    async fn store_cache(&self, hub: &AppHub, channel: &str, cached: &CachedEvent) -> bool;
+    /// publisher's successive events are stored in order). Failures are logged: a node-local
+    /// copy would later hide newer events that other nodes stored.
+    async fn store_cache(&self, app: &AppId, channel: &str, event: &SharedEvent);
     /// The last event of a cache channel, wherever it was published.
-    async fn cached(
-        &self,
-        hub: &AppHub,
-        channel: &str,
-    ) -> Result<Option<CachedEvent>, ClusterError>;
+    async fn cached(&self, app: &AppId, channel: &str)
+        -> Result<Option<SharedEvent>, ClusterError>;
     /// A connection signed in as `user` (`delta` 1) or went away (-1); returns the user's
-    /// signed-in connections cluster-wide after it (`local`: this node's, after it).
-    async fn signed_in(
-        &self,
-        hub: &AppHub,
-        user: &str,
-        delta: i64,
-        local: usize,
-    ) -> Result<u64, ClusterError>;
+    /// signed-in connections cluster-wide after it.
+    async fn signed_in(&self, app: &AppId, user: &str, delta: i64) -> Result<u64, ClusterError>;
     /// Which of `users` have a signed-in connection anywhere.
-    async fn online(&self, hub: &AppHub, users: &[String]) -> Result<Vec<bool>, ClusterError>;
+    async fn online(&self, app: &AppId, users: &[String]) -> Result<Vec<bool>, ClusterError>;
+    /// Replaces this node's shares of the shared state with `snapshot` (see
+    /// `Control::Resync`); returns the presence changes for the owner to announce.
+    async fn resync(
+        &self,
+        snapshot: &NodeSnapshot,
+        announce: bool,
+    ) -> Result<Resynced, ClusterError>;
 }
 
-/// One node, no peers: every answer comes from the local registries.
+/// One node, no peers: nothing crosses.
 #[derive(Debug, Default)]
 pub struct Local;
 
@@ -187,76 +295,5 @@ impl Adapter for Local {
     }
     fn has_peers(&self) -> bool {
         false
-    }
-}
-
-#[async_trait]
-impl ClusterState for Local {
-    async fn subscribing(
-        &self,
-        _hub: &AppHub,
-        _channel: &str,
-    ) -> Result<Option<Counted>, ClusterError> {
-        Ok(None)
-    }
-    async fn unsubscribed(
-        &self,
-        _hub: &AppHub,
-        _channel: &str,
-        local: usize,
-        _hold: Option<RemovalHold>,
-    ) -> Result<u64, ClusterError> {
-        Ok(local as u64)
-    }
-    async fn subscription_count(&self, hub: &AppHub, channel: &str) -> Result<u64, ClusterError> {
-        Ok(hub.channels.subscription_count(channel) as u64)
-    }
-    async fn occupied(
-        &self,
-        hub: &AppHub,
-        prefix: &str,
-    ) -> Result<Vec<(String, u64)>, ClusterError> {
-        Ok(hub
-            .channels
-            .occupied(prefix)
-            .into_iter()
-            .map(|(c, n)| (c.to_string(), n as u64))
-            .collect())
-    }
-    async fn open_connection(
-        &self,
-        _hub: &AppHub,
-        _max: Option<u64>,
-    ) -> Result<bool, ClusterError> {
-        // The hub's own reservation already enforced `max` for this node.
-        Ok(true)
-    }
-    async fn close_connection(&self, _hub: &AppHub) -> Result<(), ClusterError> {
-        Ok(())
-    }
-    async fn connections(&self, hub: &AppHub) -> Result<u64, ClusterError> {
-        Ok(hub.connection_count())
-    }
-    async fn store_cache(&self, _hub: &AppHub, _channel: &str, _cached: &CachedEvent) -> bool {
-        false
-    }
-    async fn cached(
-        &self,
-        hub: &AppHub,
-        channel: &str,
-    ) -> Result<Option<CachedEvent>, ClusterError> {
-        Ok(hub.channels.cached(channel))
-    }
-    async fn signed_in(
-        &self,
-        _hub: &AppHub,
-        _user: &str,
-        _delta: i64,
-        local: usize,
-    ) -> Result<u64, ClusterError> {
-        Ok(local as u64)
-    }
-    async fn online(&self, hub: &AppHub, users: &[String]) -> Result<Vec<bool>, ClusterError> {
-        Ok(users.iter().map(|u| hub.users.is_online(u)).collect())
     }
 }

@@ -1,29 +1,37 @@
-//! The cluster wire format: how an event crosses the backend between nodes.
+//! The cluster wire format: how a publication crosses the backend between nodes.
 //!
 //! Binary and length-prefixed so the already-encoded Pusher frame is carried as is (never
 //! re-encoded): `version u8 | kind u8 | origin u64 | flags u8 | except u64 | [sent_at u64] |
-//! app | target | payload`, where `app` and `target` are `u16` length + UTF-8 and `payload` is
-//! the rest. `sent_at` (the publisher's wall clock, ms since the Unix epoch) is there from
-//! version 2 on.
+//! app | target | [user] | payload`, where `app`, `target` and `user` are `u16` length + UTF-8
+//! and `payload` is the rest. `sent_at` (the publisher's wall clock, ms since the Unix epoch)
+//! is there from version 2 on. Version 3 says what a publication is: a presence member event
+//! has its own kinds (6 added, 7 removed) with the member's `user`; before it, member events
+//! went as channel events (kind 1) and a reader recognises them by their frame (the one place
+//! a frame is read, for those older senders only).
 //!
-//! A node ignores (and counts) messages of a version it does not know. Version-1 nodes do not
-//! read version 2, so a node sends version 2 only once every live node says it reads it (see
-//! `redis.rs`, `P:wire`); until then it sends version 1, which every version reads.
+//! A node ignores (and counts) messages of a version it does not know. Older nodes do not read
+//! newer versions, so a node sends the oldest version any live node reads (see
+//! `redis/lease.rs`, `P:wire`); every version reads the older ones.
+
+use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
 
-use super::{RemoteEvent, Target};
+use super::{Kind, Publication, RemoteEvent, Target};
 use crate::app::AppId;
-use crate::protocol::SocketId;
+use crate::protocol::{MemberChange, SocketId, UserId};
 
 /// The newest version this node reads (and advertises).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 const KIND_CHANNEL: u8 = 1;
 const KIND_USER: u8 = 2;
 const KIND_TERMINATE: u8 = 3;
 const KIND_TERMINATE_PRESENCE: u8 = 4;
 const KIND_WATCHERS: u8 = 5;
+const KIND_MEMBER_ADDED: u8 = 6;
+const KIND_MEMBER_REMOVED: u8 = 7;
 
 const FLAG_EXCEPT: u8 = 1;
 
@@ -63,15 +71,16 @@ fn put_str(buf: &mut BytesMut, s: &str) {
     buf.put_slice(&s.as_bytes()[..usize::from(len)]);
 }
 
-/// `sent_at`: `Some` writes version 2, `None` version 1.
+/// Writes `version` (1 to `VERSION`): `sent_at` from version 2 on.
 fn header(
     buf: &mut BytesMut,
+    version: u8,
     kind: u8,
     origin: u64,
     except: Option<SocketId>,
-    sent_at: Option<u64>,
+    sent_at: u64,
 ) {
-    buf.put_u8(if sent_at.is_some() { 2 } else { 1 });
+    buf.put_u8(version);
     buf.put_u8(kind);
     buf.put_u64(origin);
     match except {
@@ -84,33 +93,54 @@ fn header(
             buf.put_u64(0);
         }
     }
-    if let Some(t) = sent_at {
-        buf.put_u64(t);
+    if version >= 2 {
+        buf.put_u64(sent_at);
     }
 }
 
-/// Encodes an event; with `sent_at`, as version 2 (only once every node reads it).
-pub fn encode_event(origin: u64, e: &RemoteEvent, sent_at: Option<u64>) -> Bytes {
-    let (kind, target) = match &e.target {
+/// Encodes a publication as `version` (the oldest any live node reads), stamped `sent_at`
+/// from version 2 on. Before version 3, a member event goes as a channel event.
+pub fn encode_event(origin: u64, e: &RemoteEvent, version: u8, sent_at: u64) -> Bytes {
+    let p = &e.publication;
+    let (kind, target) = match &p.target {
         Target::Channel(c) => (KIND_CHANNEL, c.as_str()),
         Target::User(u) => (KIND_USER, u.as_str()),
         Target::Watchers(u) => (KIND_WATCHERS, u.as_str()),
     };
-    let mut buf = BytesMut::with_capacity(32 + e.app.as_str().len() + target.len() + e.frame.len());
-    header(&mut buf, kind, origin, e.except, sent_at);
+    let member = match (&p.kind, kind, version >= 3) {
+        (Kind::Member(MemberChange::Added(u)), KIND_CHANNEL, true) => {
+            Some((KIND_MEMBER_ADDED, u.as_str()))
+        }
+        (Kind::Member(MemberChange::Removed(u)), KIND_CHANNEL, true) => {
+            Some((KIND_MEMBER_REMOVED, u.as_str()))
+        }
+        _ => None,
+    };
+    let kind = member.map_or(kind, |(k, _)| k);
+    let mut buf = BytesMut::with_capacity(
+        40 + e.app.as_str().len()
+            + target.len()
+            + member.map_or(0, |(_, u)| u.len())
+            + p.frame.len(),
+    );
+    header(&mut buf, version, kind, origin, p.except, sent_at);
     put_str(&mut buf, e.app.as_str());
     put_str(&mut buf, target);
-    buf.put_slice(&e.frame);
+    if let Some((_, user)) = member {
+        put_str(&mut buf, user);
+    }
+    buf.put_slice(&p.frame);
     buf.freeze()
 }
 
-/// Encodes a terminate request; with `sent_at`, as version 2.
+/// Encodes a terminate request as `version`.
 pub fn encode_terminate(
     origin: u64,
     app: &AppId,
     user: &str,
     presence: bool,
-    sent_at: Option<u64>,
+    version: u8,
+    sent_at: u64,
 ) -> Bytes {
     let mut buf = BytesMut::new();
     let kind = if presence {
@@ -118,10 +148,52 @@ pub fn encode_terminate(
     } else {
         KIND_TERMINATE
     };
-    header(&mut buf, kind, origin, None, sent_at);
+    header(&mut buf, version, kind, origin, None, sent_at);
     put_str(&mut buf, app.as_str());
     put_str(&mut buf, user);
     buf.freeze()
+}
+
+/// The publishing node of a message, read before anything is copied (a node skips its own).
+pub fn origin(msg: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = msg.get(2..10)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+#[derive(Deserialize)]
+struct MemberFrameShape<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow)]
+    data: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct MemberDataShape<'a> {
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+}
+
+const MEMBER_PREFIX: &[u8] = br#"{"event":"pusher_internal:member_"#;
+
+/// What a channel event of a version-1 or -2 sender is: those wrote member events as channel
+/// events, recognisable by the frame they encoded (only its prefix is looked at for others).
+fn legacy_kind(frame: &[u8]) -> Kind {
+    if !frame.starts_with(MEMBER_PREFIX) {
+        return Kind::Event;
+    }
+    let parsed = serde_json::from_slice::<MemberFrameShape<'_>>(frame)
+        .ok()
+        .and_then(|outer| {
+            let inner: MemberDataShape<'_> = serde_json::from_str(&outer.data).ok()?;
+            let user = UserId::new(&inner.user_id)?;
+            match outer.event.as_ref() {
+                "pusher_internal:member_added" => Some(MemberChange::Added(user)),
+                "pusher_internal:member_removed" => Some(MemberChange::Removed(user)),
+                _ => None,
+            }
+        });
+    parsed.map_or(Kind::Event, Kind::Member)
 }
 
 struct Reader<'a> {
@@ -168,22 +240,45 @@ pub fn decode(msg: &Bytes) -> Result<Received, WireError> {
     });
     let app = AppId(r.str()?.into());
     let target = r.str()?;
-    let consumed = msg.len() - r.b.len();
-    let message = match kind {
-        KIND_CHANNEL | KIND_USER | KIND_WATCHERS => {
-            let target = match kind {
-                KIND_CHANNEL => Target::Channel(target),
-                KIND_USER => Target::User(target),
-                _ => Target::Watchers(target),
-            };
-            WireMessage::Event(RemoteEvent {
-                app,
-                target,
-                frame: msg.slice(consumed..),
-                except,
+    let member = match kind {
+        KIND_MEMBER_ADDED | KIND_MEMBER_REMOVED if version >= 3 => {
+            let user = UserId::new(&r.str()?).ok_or(WireError::Malformed)?;
+            Some(if kind == KIND_MEMBER_ADDED {
+                MemberChange::Added(user)
+            } else {
+                MemberChange::Removed(user)
             })
         }
-        KIND_TERMINATE | KIND_TERMINATE_PRESENCE => WireMessage::Terminate {
+        _ => None,
+    };
+    let consumed = msg.len() - r.b.len();
+    let event = |target: Target, kind: Kind| {
+        WireMessage::Event(RemoteEvent {
+            app: app.clone(),
+            publication: Publication {
+                target,
+                kind,
+                frame: msg.slice(consumed..),
+                except,
+            },
+        })
+    };
+    let message = match (kind, member) {
+        (KIND_CHANNEL, _) => {
+            let frame = &msg[consumed..];
+            let kind = if version >= 3 {
+                Kind::Event
+            } else {
+                legacy_kind(frame)
+            };
+            event(Target::Channel(target), kind)
+        }
+        (KIND_MEMBER_ADDED | KIND_MEMBER_REMOVED, Some(change)) => {
+            event(Target::Channel(target), Kind::Member(change))
+        }
+        (KIND_USER, _) => event(Target::User(target), Kind::Event),
+        (KIND_WATCHERS, _) => event(Target::Watchers(target), Kind::Event),
+        (KIND_TERMINATE | KIND_TERMINATE_PRESENCE, _) => WireMessage::Terminate {
             app,
             user: target,
             presence: kind == KIND_TERMINATE_PRESENCE,
@@ -204,19 +299,35 @@ mod tests {
     fn event() -> RemoteEvent {
         RemoteEvent {
             app: AppId("app-1".into()),
-            target: Target::Channel("presence-room".into()),
-            frame: Bytes::from_static(
-                br#"{"event":"x","channel":"presence-room","data":"{\"a\":1}"}"#,
+            publication: Publication::event(
+                Target::Channel("presence-room".into()),
+                Bytes::from_static(
+                    br#"{"event":"x","channel":"presence-room","data":"{\"a\":1}"}"#,
+                ),
+                Some(SocketId::from_parts(123, 456)),
             ),
-            except: Some(SocketId::from_parts(123, 456)),
         }
+    }
+
+    fn member(change: MemberChange, frame: &'static [u8]) -> RemoteEvent {
+        let mut e = event();
+        e.publication.kind = Kind::Member(change);
+        e.publication.frame = Bytes::from_static(frame);
+        e
+    }
+
+    const ADDED: &[u8] = br#"{"event":"pusher_internal:member_added","channel":"presence-room","data":"{\"user_id\":\"u 1\",\"user_info\":{}}"}"#;
+    const REMOVED: &[u8] = br#"{"event":"pusher_internal:member_removed","channel":"presence-room","data":"{\"user_id\":\"u 1\"}"}"#;
+
+    fn user() -> UserId {
+        UserId::new("u 1").expect("user id")
     }
 
     #[test]
     fn events_round_trip_with_the_frame_untouched() {
         let e = event();
-        let wire = encode_event(42, &e, Some(1_700_000_000_123));
-        assert_eq!(wire[0], 2);
+        let wire = encode_event(42, &e, VERSION, 1_700_000_000_123);
+        assert_eq!(wire[0], 3);
         assert_eq!(
             decode(&wire),
             Ok(Received {
@@ -225,13 +336,11 @@ mod tests {
                 message: WireMessage::Event(e.clone())
             })
         );
-        let u = RemoteEvent {
-            target: Target::User("user with spaces".into()),
-            except: None,
-            ..e
-        };
+        let mut u = e;
+        u.publication.target = Target::User("user with spaces".into());
+        u.publication.except = None;
         assert_eq!(
-            decode(&encode_event(7, &u, Some(5))),
+            decode(&encode_event(7, &u, VERSION, 5)),
             Ok(Received {
                 origin: 7,
                 sent_at: Some(5),
@@ -240,8 +349,99 @@ mod tests {
         );
     }
 
-    /// What a node of the previous release sends, byte for byte; and what it reads, since a
-    /// node sends it until every node reads version 2.
+    /// Version 3 says what a publication is; the frame is carried untouched.
+    #[test]
+    fn version_3_carries_the_kind_of_member_events() {
+        for (e, kind) in [
+            (
+                member(MemberChange::Added(user()), ADDED),
+                KIND_MEMBER_ADDED,
+            ),
+            (
+                member(MemberChange::Removed(user()), REMOVED),
+                KIND_MEMBER_REMOVED,
+            ),
+        ] {
+            let wire = encode_event(42, &e, 3, 9);
+            assert_eq!((wire[0], wire[1]), (3, kind));
+            assert_eq!(
+                decode(&wire),
+                Ok(Received {
+                    origin: 42,
+                    sent_at: Some(9),
+                    message: WireMessage::Event(e)
+                })
+            );
+        }
+        // An event whose frame looks like a member event is still an event (no sniffing).
+        let mut e = event();
+        e.publication.frame = Bytes::from_static(ADDED);
+        let Ok(Received {
+            message: WireMessage::Event(read),
+            ..
+        }) = decode(&encode_event(1, &e, 3, 0))
+        else {
+            panic!("not an event")
+        };
+        assert_eq!(read.publication.kind, Kind::Event);
+    }
+
+    /// For a node of the previous releases, a member event goes as a channel event, as
+    /// before; what they send is recognised by its frame.
+    #[test]
+    fn older_versions_carry_member_events_as_channel_events() {
+        for version in [1, 2] {
+            let e = member(MemberChange::Removed(user()), REMOVED);
+            let wire = encode_event(42, &e, version, 9);
+            assert_eq!((wire[0], wire[1]), (version, KIND_CHANNEL));
+            let Ok(Received {
+                message: WireMessage::Event(read),
+                ..
+            }) = decode(&wire)
+            else {
+                panic!("not an event")
+            };
+            assert_eq!(read, e);
+        }
+        let plain = event();
+        let Ok(Received {
+            message: WireMessage::Event(read),
+            ..
+        }) = decode(&encode_event(42, &plain, 2, 9))
+        else {
+            panic!("not an event")
+        };
+        assert_eq!(read.publication.kind, Kind::Event);
+    }
+
+    /// Member frames of older senders, as the Pusher member events are encoded
+    /// them, with an id that needs escaping; other frames stay events.
+    #[test]
+    fn legacy_member_frames_are_recognised_and_nothing_else() {
+        let odd = "ü \"q\" 10";
+        let user = UserId::new(odd).expect("user id");
+        let added = r#"{"event":"pusher_internal:member_added","channel":"presence-x","data":"{\"user_id\":\"ü \\\"q\\\" 10\",\"user_info\":{\"name\":\"Ada\"}}"}"#;
+        let removed = r#"{"event":"pusher_internal:member_removed","channel":"presence-x","data":"{\"user_id\":\"ü \\\"q\\\" 10\"}"}"#;
+        assert_eq!(
+            legacy_kind(added.as_bytes()),
+            Kind::Member(MemberChange::Added(user.clone()))
+        );
+        assert_eq!(
+            legacy_kind(removed.as_bytes()),
+            Kind::Member(MemberChange::Removed(user))
+        );
+        for other in [
+            r#"{"event":"pusher_internal:member_added","channel":"presence-x","data":"{}"}"#,
+            r#"{"event":"client-typing","channel":"presence-x","data":"{\"user_id\":\"1\"}"}"#,
+            r#"{"event":"pusher_internal:subscription_succeeded","channel":"presence-x","data":"{}"}"#,
+            r#"{"event":"pusher_internal:member_other","channel":"presence-x","data":"{\"user_id\":\"1\"}"}"#,
+        ] {
+            assert_eq!(legacy_kind(other.as_bytes()), Kind::Event, "{other}");
+        }
+    }
+
+    /// What a node of an older release sends, byte for byte; and what it reads, since a
+    /// node sends it until every node reads a newer version.
     #[test]
     fn version_1_is_read_and_written_as_before() {
         let e = event();
@@ -253,8 +453,8 @@ mod tests {
         v1.extend_from_slice(b"app-1");
         v1.extend_from_slice(&13u16.to_be_bytes());
         v1.extend_from_slice(b"presence-room");
-        v1.extend_from_slice(&e.frame);
-        assert_eq!(encode_event(42, &e, None), Bytes::from(v1.clone()));
+        v1.extend_from_slice(&e.publication.frame);
+        assert_eq!(encode_event(42, &e, 1, 77), Bytes::from(v1.clone()));
         assert_eq!(
             decode(&Bytes::from(v1)),
             Ok(Received {
@@ -267,8 +467,16 @@ mod tests {
 
     #[test]
     fn terminate_round_trips() {
-        for sent_at in [None, Some(77)] {
-            let w = encode_terminate(9, &AppId("a".into()), "u1", true, sent_at);
+        for (version, sent_at) in [(1, None), (2, Some(77)), (3, Some(78))] {
+            let w = encode_terminate(
+                9,
+                &AppId("a".into()),
+                "u1",
+                true,
+                version,
+                sent_at.unwrap_or(0),
+            );
+            assert_eq!(origin(&w), Some(9));
             assert_eq!(
                 decode(&w),
                 Ok(Received {
@@ -286,17 +494,26 @@ mod tests {
 
     #[test]
     fn unknown_versions_and_garbage_are_errors_not_panics() {
-        let mut w = encode_terminate(9, &AppId("a".into()), "u1", false, None).to_vec();
-        w[0] = 3;
-        assert_eq!(decode(&Bytes::from(w)), Err(WireError::Version(3)));
+        let mut w = encode_terminate(9, &AppId("a".into()), "u1", false, 1, 0).to_vec();
+        w[0] = VERSION + 1;
+        assert_eq!(
+            decode(&Bytes::from(w)),
+            Err(WireError::Version(VERSION + 1))
+        );
+        // A member kind is only known from version 3 on.
+        let mut w = encode_event(1, &member(MemberChange::Added(user()), ADDED), 3, 0).to_vec();
+        w[0] = 2;
+        assert!(decode(&Bytes::from(w)).is_err());
         for junk in [
             &b""[..],
             b"\x01",
             b"\x01\x01\x00",
             b"\x01\x09aaaaaaaaaaaaaaaaaaaaaaaaa",
             b"\x02\x01aaaaaaaaaaaaaaaaaa",
+            b"\x03\x06aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         ] {
             assert!(decode(&Bytes::copy_from_slice(junk)).is_err());
+            let _ = origin(junk);
         }
     }
 }

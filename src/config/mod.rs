@@ -161,6 +161,9 @@ pub struct ScalingConfig {
     /// PEM file of the CA (or self-signed certificate) to trust for `rediss://`, instead of
     /// the public roots.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Bytes of messages for other nodes that may wait to be published (while Redis is slow
+    /// or hangs) before new ones are dropped and counted.
+    pub publish_backlog_bytes: usize,
 }
 
 impl Default for ScalingConfig {
@@ -173,6 +176,7 @@ impl Default for ScalingConfig {
             sentinel_master: None,
             cluster_nodes: Vec::new(),
             tls_ca_file: None,
+            publish_backlog_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -573,6 +577,11 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
 }
 
 fn validate_scaling(s: &ScalingConfig) -> Result<(), ConfigError> {
+    if s.publish_backlog_bytes == 0 {
+        return Err(ConfigError::Invalid(
+            "scaling.publish_backlog_bytes must be at least 1".into(),
+        ));
+    }
     let urls = || {
         std::iter::once(&s.redis_url)
             .chain(&s.sentinels)

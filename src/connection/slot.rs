@@ -268,7 +268,7 @@ mod tests {
             server,
             Arc::new(StaticAppStore::new(Vec::new())),
             Arc::new(MemoryPresence::default()),
-            Arc::new(Local),
+            None,
             Arc::new(Local),
             metrics,
             hooks,

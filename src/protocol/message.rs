@@ -553,30 +553,6 @@ mod tests {
     }
 
     #[test]
-    fn member_frames_are_read_back_as_member_changes() {
-        use crate::protocol::{MemberChange, UserId};
-        let odd = "ü \"q\" 10";
-        let user = UserId::new(odd).unwrap_or_else(|| panic!("user id"));
-        let info =
-            RawValue::from_string(r#"{"name":"Ada"}"#.into()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            MemberChange::of_frame(&member_added("presence-x", odd, Some(&info))),
-            Some(MemberChange::Added(user.clone()))
-        );
-        assert_eq!(
-            MemberChange::of_frame(&member_removed("presence-x", odd)),
-            Some(MemberChange::Removed(user))
-        );
-        for other in [
-            channel_event("pusher_internal:member_added", "presence-x", "{}"),
-            channel_event("client-typing", "presence-x", r#"{"user_id":"1"}"#),
-            subscription_succeeded("presence-x"),
-        ] {
-            assert_eq!(MemberChange::of_frame(&other), None);
-        }
-    }
-
-    #[test]
     fn only_api_events_are_cacheable() {
         assert!(is_cacheable(&channel_event(
             "price",

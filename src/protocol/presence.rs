@@ -115,55 +115,18 @@ pub fn parse_channel_data(channel_data: &str) -> Result<PresenceMember, MemberEr
 }
 
 /// A membership change, as a `pusher_internal:member_added` / `member_removed` frame announces
-/// it (spec 2.6).
+/// it (spec 2.6); it travels beside the frame (`cluster::Kind`), never read back from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberChange {
     Added(UserId),
     Removed(UserId),
 }
 
-#[derive(Deserialize)]
-struct MemberFrameShape<'a> {
-    #[serde(borrow)]
-    data: std::borrow::Cow<'a, str>,
-}
-
-#[derive(Deserialize)]
-struct MemberDataShape<'a> {
-    #[serde(borrow)]
-    user_id: std::borrow::Cow<'a, str>,
-}
-
-const ADDED_PREFIX: &[u8] = br#"{"event":"pusher_internal:member_added","#;
-const REMOVED_PREFIX: &[u8] = br#"{"event":"pusher_internal:member_removed","#;
-
 impl MemberChange {
     pub fn user(&self) -> &UserId {
         match self {
             MemberChange::Added(u) | MemberChange::Removed(u) => u,
         }
-    }
-
-    /// The change an encoded member event announces (as `message::member_added` and
-    /// `message::member_removed` write it, on this node or another); `None` for any other
-    /// frame. Only the event name prefix is looked at for other frames, so this is cheap on a
-    /// presence channel's ordinary events.
-    pub fn of_frame(frame: &[u8]) -> Option<MemberChange> {
-        let added = if frame.starts_with(ADDED_PREFIX) {
-            true
-        } else if frame.starts_with(REMOVED_PREFIX) {
-            false
-        } else {
-            return None;
-        };
-        let outer: MemberFrameShape<'_> = serde_json::from_slice(frame).ok()?;
-        let inner: MemberDataShape<'_> = serde_json::from_str(&outer.data).ok()?;
-        let user = UserId::new(&inner.user_id)?;
-        Some(if added {
-            MemberChange::Added(user)
-        } else {
-            MemberChange::Removed(user)
-        })
     }
 }
 

@@ -296,14 +296,14 @@ async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    sends(2).await;
+    sends(3).await;
     assert!(sample(&a, "resound_cluster_publish_lag_seconds_count").await > published);
     assert!(sample(&b, "resound_cluster_receive_lag_seconds_count").await > received);
     let lag = sample(&b, "resound_cluster_receive_lag_seconds_sum").await;
     assert!(lag < 5.0, "{lag} s from one node to the other on loopback");
 
     // A node of the previous release joins (a lease, no wire version): back to version 1,
-    // which it reads; when it is gone, version 2 again.
+    // which it reads; when it is gone, version 3 again.
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let old_node = 4242u64;
     let _: i64 = redis::cmd("ZADD")
@@ -320,5 +320,127 @@ async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    sends(2).await;
+    sends(3).await;
+}
+
+/// The next message the spy sees on `topic` whose payload holds every one of `needles`.
+async fn spied_on(
+    spied: &mut (impl futures_util::Stream<Item = redis::Msg> + Unpin),
+    topic: &str,
+    needles: &[&str],
+) -> Vec<u8> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, spied.next())
+            .await
+            .expect("the publish reaches Redis")
+            .unwrap();
+        let payload = msg.get_payload_bytes();
+        let holds = |n: &str| payload.windows(n.len()).any(|w| w == n.as_bytes());
+        if msg.get_channel_name() == topic && needles.iter().all(|n| holds(n)) {
+            return payload.to_vec();
+        }
+    }
+}
+
+/// Member events cross nodes as member events: in version 3 by their own kinds; while a node
+/// that reads only an older version (1: no `P:wire` entry; 2) is live, every node sends that
+/// version, where a member event goes as a channel event, and the newest nodes still read it
+/// as a member event. Either way rosters stay exact: a member event said again (republished
+/// as is) reaches nobody, and other events on the channel reach everyone.
+#[tokio::test]
+async fn member_events_stay_exact_while_a_node_reads_only_an_older_wire_version() {
+    let p = prefix();
+    let (a, b, mut sub) = listening_pair(&cluster_config(&p, REDIS, "")).await;
+    let redis = redis::Client::open(REDIS).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let live = format!("{p}#c#{APP_ID}#live");
+    let room = format!("{p}#c#{APP_ID}#presence-room");
+    let mut spy = redis.get_async_pubsub().await.unwrap();
+    spy.subscribe(&live).await.unwrap();
+    spy.subscribe(&room).await.unwrap();
+    let mut spied = spy.into_on_message();
+    let old_node = 4243u64;
+    let mut n = 0;
+    // Version 3 (every node the newest) says what a member event is: kinds 6 and 7.
+    for (version, added_kind, removed_kind) in [(3u8, 6u8, 7u8), (2, 1, 1), (1, 1, 1)] {
+        if version < 3 {
+            let _: i64 = redis::cmd("ZADD")
+                .arg(format!("{p}:nodes"))
+                .arg(now() * 1000 + 60_000)
+                .arg(old_node)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let wire = format!("{p}:wire");
+            let mut cmd = if version == 1 {
+                redis::cmd("HDEL")
+            } else {
+                redis::cmd("HSET")
+            };
+            cmd.arg(&wire).arg(old_node);
+            if version > 1 {
+                cmd.arg(version);
+            }
+            let _: i64 = cmd.query_async(&mut conn).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            n += 1;
+            let data = format!("n{n}");
+            a.api().trigger(&["live"], "e", &data).await;
+            let sent = spied_on(&mut spied, &live, &[&data]).await;
+            assert_eq!(sub.recv_event("e").await["data"], data);
+            if sent[0] == version {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still not sending {version}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        let mut watcher = b.client().await;
+        watcher
+            .subscribe_presence("presence-room", &format!(r#"{{"user_id":"w-{version}"}}"#))
+            .await;
+        let user = format!("ada-v{version}");
+        let mut tab = a.client().await;
+        tab.subscribe_presence("presence-room", &format!(r#"{{"user_id":"{user}"}}"#))
+            .await;
+        let added = watcher.recv_event("pusher_internal:member_added").await;
+        assert_eq!(data_json(&added)["user_id"], user.as_str());
+        let sent = spied_on(&mut spied, &room, &["member_added", &user]).await;
+        assert_eq!((sent[0], sent[1]), (version, added_kind));
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&room)
+            .arg(&sent)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        watcher
+            .expect_silence(Duration::from_millis(400), "a member_added said again")
+            .await;
+        // Other events on the channel still reach everyone.
+        a.api().trigger(&["presence-room"], "e", "x").await;
+        assert_eq!(watcher.recv_event("e").await["data"], "x");
+
+        drop(tab);
+        let removed = watcher.recv_event("pusher_internal:member_removed").await;
+        assert_eq!(data_json(&removed), json!({ "user_id": user }));
+        let sent = spied_on(&mut spied, &room, &["member_removed", &user]).await;
+        assert_eq!((sent[0], sent[1]), (version, removed_kind));
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&room)
+            .arg(&sent)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        watcher
+            .expect_silence(Duration::from_millis(400), "a member_removed said again")
+            .await;
+    }
+    let _: i64 = redis::cmd("ZREM")
+        .arg(format!("{p}:nodes"))
+        .arg(old_node)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }

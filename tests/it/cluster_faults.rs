@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster_support::*;
 use crate::support::*;
@@ -98,4 +100,149 @@ async fn a_departure_during_a_redis_stall_is_repaired_when_redis_answers_again()
     assert_eq!(data_json(&removed), json!({"user_id":"l"}));
     let users = a.api().get("/channels/presence-stall/users", &[]).await;
     assert_eq!(users.body, json!({"users":[{"id":"w"}]}));
+}
+
+/// `GET /ready` on `node`.
+async fn ready(node: &TestServer) -> u16 {
+    raw_request("GET", &node.url("/ready"), String::new())
+        .await
+        .status
+}
+
+/// Until `/ready` on `node` answers `status`; how long that took. Fails after `within`.
+async fn ready_becomes(node: &TestServer, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if ready(node).await == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "/ready is not {status} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Subscribes each of `clients` to a channel of its own (`{stem}-{i}`), all at once, and
+/// waits for every answer; how long the slowest took.
+async fn subscribe_all(clients: &mut [Client], stem: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(json!({"event":"pusher:subscribe","data":{"channel":format!("{stem}-{i}")}}))
+            .await;
+    }
+    let answers = clients.iter_mut().map(|c| async {
+        loop {
+            let frame = tokio::time::timeout(within, c.ws.next())
+                .await
+                .expect("a subscribe is answered while Redis hangs")
+                .expect("the connection stays open")
+                .expect("a frame");
+            if let Message::Text(t) = frame {
+                let reply: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if reply["event"] != "pusher:ping" {
+                    return reply;
+                }
+            }
+        }
+    });
+    for reply in futures_util::future::join_all(answers).await {
+        assert_eq!(
+            reply["event"], "pusher_internal:subscription_succeeded",
+            "{reply}"
+        );
+    }
+    started.elapsed()
+}
+
+/// A Redis that stops answering without closing its sockets (SIGSTOP) is noticed by the
+/// heartbeat: `/ready` turns 503 within seconds and 200 again once Redis answers. Meanwhile
+/// subscribes to channels new to the node are answered within a bound, none waiting for
+/// another channel's `SUBSCRIBE` (with one node-wide lock across the round trip, 20 of them
+/// took 20 × 2 s), and a channel subscribed during the hang gets other nodes' events after it.
+#[tokio::test]
+async fn a_hung_redis_turns_ready_503_and_subscribes_are_still_answered() {
+    let (redis, a, b) = private_cluster().await;
+    assert_eq!(ready(&a).await, 200);
+    let mut early = Vec::new();
+    let mut late = Vec::new();
+    for _ in 0..20 {
+        early.push(a.client().await);
+        late.push(a.client().await);
+    }
+
+    signal(&redis.child, "-STOP");
+    // Before the node knows: each waits at most for its own round trips.
+    let slowest = subscribe_all(&mut early, "hung", Duration::from_secs(8)).await;
+    assert!(slowest < Duration::from_secs(6), "took {slowest:?}");
+    let noticed = ready_becomes(&a, 503, Duration::from_secs(10)).await;
+    // Once it knows, nothing waits for Redis.
+    let slowest = subscribe_all(&mut late, "known", Duration::from_secs(3)).await;
+    assert!(slowest < Duration::from_secs(1), "took {slowest:?}");
+
+    signal(&redis.child, "-CONT");
+    ready_becomes(&a, 200, Duration::from_secs(10)).await;
+    // The SUBSCRIBE queued during the hang took effect: b's events reach a's subscriber.
+    let started = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        b.api().trigger(&["hung-0"], "after", &n.to_string()).await;
+        if let Ok(Some(v)) =
+            tokio::time::timeout(Duration::from_millis(200), next_json(&mut early[0].ws)).await
+        {
+            if v["event"] == "after" {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no cross-node delivery after the hang (noticed after {noticed:?})"
+        );
+    }
+}
+
+/// Messages for other nodes wait for a hung Redis in a backlog bounded in bytes
+/// (`scaling.publish_backlog_bytes`); beyond it new ones are dropped and counted, and local
+/// delivery goes on.
+#[tokio::test]
+async fn the_publish_backlog_is_bounded_in_bytes_while_redis_hangs() {
+    let redis = RedisProc::start(free_port()).await;
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let toml = TestConfig::new()
+        .scaling(&prefix())
+        .scaling_setting("redis_url", url.as_str())
+        .scaling_setting("publish_backlog_bytes", 100_000)
+        .toml();
+    let a = TestServer::start(&toml).await;
+    let mut local = a.client().await;
+    local.subscribe("big").await;
+    let dropped = |n: &TestServer| {
+        let n = n.url("/metrics");
+        async move {
+            raw_request("GET", &n, String::new())
+                .await
+                .text
+                .lines()
+                .find(|l| {
+                    l.starts_with(r#"resound_cluster_dropped_total{reason="publish_backlog_full"}"#)
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    assert_eq!(dropped(&a).await, 0.0);
+
+    signal(&redis.child, "-STOP");
+    let data = "x".repeat(8_000);
+    for i in 0..40 {
+        let r = a.api().trigger(&["big"], "e", &data).await;
+        assert_eq!(r.status, 200, "trigger {i}");
+        assert_eq!(local.recv_event("e").await["data"], data.as_str());
+        let backlog = sample(&a, "resound_cluster_publish_backlog_bytes").await;
+        assert!(backlog <= 100_000.0, "{backlog} bytes waiting");
+    }
+    assert!(dropped(&a).await > 0.0, "nothing was dropped");
+    signal(&redis.child, "-CONT");
 }

@@ -14,8 +14,8 @@
 use async_trait::async_trait;
 use tracing::{debug, warn};
 
-use super::{err, now_ms, RedisCluster};
-use crate::cluster::{ClusterError, Inbound};
+use super::{now_ms, RedisBackend};
+use crate::cluster::{ClusterError, Control};
 use crate::webhooks::{Journal, JournalEntry, JournalId, Replay, WebhookEvent};
 
 /// Entries a journal keeps at most (approximately; the oldest go first). Far above what
@@ -52,15 +52,7 @@ end
 return out
 ";
 
-impl RedisCluster {
-    fn journal_key(&self, node: u64) -> String {
-        self.node_key(node, "wh")
-    }
-
-    fn journals_key(&self) -> String {
-        self.key("wh")
-    }
-
+impl RedisBackend {
     /// Takes over `dead`'s journal (unless its lease is alive) and hands the requests to the
     /// server to deliver, in order. Returns how many were taken.
     pub(super) async fn adopt_journal(&self, dead: u64) -> Result<usize, ClusterError> {
@@ -69,10 +61,10 @@ impl RedisCluster {
         loop {
             let mut invocation = self.scripts.adopt.prepare_invoke();
             invocation
-                .key(self.key("nodes"))
-                .key(self.journal_key(dead))
-                .key(self.journal_key(self.node))
-                .key(self.journals_key())
+                .key(self.keys.nodes())
+                .key(self.keys.journal(dead))
+                .key(self.keys.journal(self.node))
+                .key(self.keys.journals())
                 .arg(dead)
                 .arg(now_ms())
                 .arg(ADOPT_CHUNK)
@@ -80,7 +72,7 @@ impl RedisCluster {
             let flat: Vec<String> = invocation
                 .invoke_async(&mut conn)
                 .await
-                .map_err(|e| err(&e))?;
+                .map_err(ClusterError::Command)?;
             if flat.is_empty() {
                 break;
             }
@@ -99,12 +91,10 @@ impl RedisCluster {
             }
             adopted += replays.len();
             let chunk = flat.len() / 2;
-            if !replays.is_empty() && self.inbound.try_send(Inbound::Replay(replays)).is_err() {
-                // They stay in this node's journal, adopted again if this node dies.
-                warn!(
-                    dead,
-                    "server busy; adopted webhooks wait in this node's journal"
-                );
+            if !replays.is_empty() {
+                // Fails only when the owner is gone (shutdown): the requests stay in this
+                // node's journal, adopted again once this node's lease is gone.
+                let _ = self.control.send(Control::Replay(replays));
             }
             if chunk < ADOPT_CHUNK {
                 break;
@@ -125,10 +115,10 @@ impl RedisCluster {
     pub(super) async fn adopt_orphans(&self) -> Result<(), ClusterError> {
         let mut conn = self.conn.clone();
         let owners: Vec<u64> = redis::cmd("SMEMBERS")
-            .arg(self.journals_key())
+            .arg(self.keys.journals())
             .query_async(&mut conn)
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(ClusterError::Command)?;
         for owner in owners.into_iter().filter(|owner| *owner != self.node) {
             self.adopt_journal(owner).await?;
         }
@@ -137,7 +127,7 @@ impl RedisCluster {
 }
 
 #[async_trait]
-impl Journal for RedisCluster {
+impl Journal for RedisBackend {
     async fn record(&self, entry: &JournalEntry) -> Option<JournalId> {
         if !self.healthy.load(std::sync::atomic::Ordering::Acquire) {
             return None;
@@ -146,7 +136,7 @@ impl Journal for RedisCluster {
         let mut conn = self.conn.clone();
         let (id, _): (String, i64) = redis::pipe()
             .cmd("XADD")
-            .arg(self.journal_key(self.node))
+            .arg(self.keys.journal(self.node))
             .arg("MAXLEN")
             .arg("~")
             .arg(JOURNAL_MAXLEN)
@@ -154,7 +144,7 @@ impl Journal for RedisCluster {
             .arg("j")
             .arg(json)
             .cmd("SADD")
-            .arg(self.journals_key())
+            .arg(self.keys.journals())
             .arg(self.node)
             .query_async(&mut conn)
             .await
@@ -166,7 +156,7 @@ impl Journal for RedisCluster {
     async fn forget(&self, id: &JournalId) {
         let mut conn = self.conn.clone();
         let result: Result<i64, _> = redis::cmd("XDEL")
-            .arg(self.journal_key(self.node))
+            .arg(self.keys.journal(self.node))
             .arg(&id.0)
             .query_async(&mut conn)
             .await;
@@ -180,10 +170,10 @@ impl Journal for RedisCluster {
             .iter()
             .map(|(event, _)| match event {
                 WebhookEvent::ChannelVacated { channel } => {
-                    Some(self.vacated_hold_key(app_id, channel))
+                    Some(self.keys.vacated_hold(app_id, channel))
                 }
                 WebhookEvent::MemberRemoved { channel, user_id } => {
-                    Some(self.member_hold_key(app_id, channel, user_id))
+                    Some(self.keys.member_hold(app_id, channel, user_id))
                 }
                 _ => None,
             })

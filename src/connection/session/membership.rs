@@ -27,7 +27,8 @@ use crate::cluster::{Adapter, ClusterError, Counted, Target};
 use crate::connection::handle::ConnRef;
 use crate::presence::Join;
 use crate::protocol::presence::{roster_json, SignedInUser};
-use crate::protocol::{message, ChannelName, PresenceMember, UserId};
+use crate::protocol::{message, ChannelName, MemberChange, PresenceMember, UserId};
+use crate::shared_state::SharedState;
 use crate::state::{AppHub, ServerState};
 use crate::webhooks::WebhookEvent;
 
@@ -198,7 +199,7 @@ impl Membership {
         } else {
             None
         };
-        // In a cluster, counted before the client hears of it (see `subscribing`).
+        // In a cluster, counted before the client hears of it (see `SharedState::subscribing`).
         let slot = CountedSlot::take(&self.state, &self.hub, name).await;
         let joined = pending.map(|p| Joined {
             mark: p.finish(),
@@ -224,9 +225,8 @@ impl Membership {
             },
         );
         // Occupancy is decided cluster-wide: only the node that made the count 1 reports it.
-        let (total, rejoined) = match counted {
-            Ok(Some(c)) => (c.total, c.rejoined),
-            Ok(None) => (sub.count as u64, false),
+        let (total, rejoined) = match SharedState::counted(&sub, counted) {
+            Ok(c) => (c.total, c.rejoined),
             Err(e) => {
                 warn!(error = %e, "counting a subscription cluster-wide failed");
                 (0, false)
@@ -249,12 +249,12 @@ impl Membership {
                     m.user_id.as_str(),
                     m.user_info.as_deref(),
                 );
-                self.state.broadcaster.publish_frame(
+                self.state.broadcaster.publish_member(
                     &self.hub,
                     name,
+                    MemberChange::Added(m.user_id.clone()),
                     frame,
                     Some(self.conn.socket_id),
-                    None,
                 );
                 // Back while their `member_removed` was held cluster-wide: neither webhook.
                 if !member_rejoined {
@@ -294,7 +294,7 @@ impl Membership {
             match self
                 .state
                 .cluster
-                .unsubscribed(&self.hub, name.as_str(), u.count, hold)
+                .unsubscribed(&self.hub, name.as_str(), &u, hold)
                 .await
             {
                 Ok(0) => self.state.held_webhook(
@@ -325,12 +325,12 @@ impl Membership {
             match last {
                 Ok(true) => {
                     let frame = message::member_removed(name.as_str(), user.as_str());
-                    self.state.broadcaster.publish_frame(
+                    self.state.broadcaster.publish_member(
                         &self.hub,
                         name,
+                        MemberChange::Removed(user.clone()),
                         frame,
                         Some(self.conn.socket_id),
-                        None,
                     );
                     self.state.held_webhook(
                         &self.app,
@@ -363,11 +363,10 @@ impl Membership {
         };
         self.hub.users.remove(&user.id, self.conn.socket_id);
         own.release().await;
-        let local = self.hub.users.count(user.id.as_str());
         match self
             .state
             .cluster
-            .signed_in(&self.hub, user.id.as_str(), -1, local)
+            .signed_in(&self.hub, user.id.as_str(), -1)
             .await
         {
             Ok(0) if self.app.settings.watchlist_events => {
@@ -399,11 +398,10 @@ impl Membership {
         .await;
         self.hub.users.add(&user.id, &self.conn);
         self.conn.set_signed_in_user(user.id.clone());
-        let local = self.hub.users.count(user.id.as_str());
         match self
             .state
             .cluster
-            .signed_in(&self.hub, user.id.as_str(), 1, local)
+            .signed_in(&self.hub, user.id.as_str(), 1)
             .await
         {
             Ok(1) if self.app.settings.watchlist_events => {
@@ -569,14 +567,15 @@ impl Drop for PendingJoin {
     }
 }
 
-/// A subscription counted cluster-wide (`ClusterState::subscribing`) before the registry
+/// A subscription counted cluster-wide (`SharedState::subscribing`) before the registry
 /// took it. `keep` once the registry has it; otherwise the count is taken back, by `undo` or,
 /// when dropped (its task was cancelled), on a spawned task.
 struct CountedSlot {
     state: Arc<ServerState>,
     hub: Arc<AppHub>,
     channel: ChannelName,
-    counted: Option<Result<Option<Counted>, ClusterError>>,
+    /// `Some(Some(Ok(_)))`: a shared store counted it, to be taken back unless kept.
+    counted: Option<Option<Result<Counted, ClusterError>>>,
 }
 
 impl CountedSlot {
@@ -590,17 +589,16 @@ impl CountedSlot {
         }
     }
 
-    /// The count after the subscription (`None`: one node, the registry's count is the one).
-    fn keep(mut self) -> Result<Option<Counted>, ClusterError> {
-        self.counted.take().unwrap_or(Ok(None))
+    /// What was counted (`None`: one node, the registry's count is the one).
+    fn keep(mut self) -> Option<Result<Counted, ClusterError>> {
+        self.counted.take().flatten()
     }
 
     async fn undo(mut self) {
-        if let Some(Ok(Some(_))) = self.counted.take() {
-            let _ = self
-                .state
+        if let Some(Some(Ok(_))) = self.counted.take() {
+            self.state
                 .cluster
-                .unsubscribed(&self.hub, self.channel.as_str(), 0, None)
+                .uncount(&self.hub, self.channel.as_str())
                 .await;
         }
     }
@@ -608,15 +606,12 @@ impl CountedSlot {
 
 impl Drop for CountedSlot {
     fn drop(&mut self) {
-        if let Some(Ok(Some(_))) = self.counted.take() {
+        if let Some(Some(Ok(_))) = self.counted.take() {
             let (state, hub, channel) =
                 (self.state.clone(), self.hub.clone(), self.channel.clone());
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
-                    let _ = state
-                        .cluster
-                        .unsubscribed(&hub, channel.as_str(), 0, None)
-                        .await;
+                    state.cluster.uncount(&hub, channel.as_str()).await;
                 });
             }
         }

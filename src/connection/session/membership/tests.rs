@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::app::{AppKey, AppSecret, AppSettings, StaticAppStore};
-use crate::cluster::{Local, RemoteEvent};
+use crate::cluster::{Publication, RemoteEvent, Target};
 use crate::config::ServerConfig;
 use crate::connection::handle::{ConnHandle, Outbound};
 use crate::metrics::Metrics;
@@ -182,7 +182,7 @@ impl World {
             ServerConfig::default(),
             Arc::new(StaticAppStore::new(Vec::new())),
             presence,
-            Arc::new(Local),
+            None,
             interests.clone(),
             metrics,
             hooks,
@@ -363,7 +363,8 @@ async fn a_cache_channel_sends_cache_miss_after_success_or_the_cached_event() {
         data: Arc::from("1"),
         expires: std::time::Instant::now() + Duration::from_secs(60),
     };
-    w.hub.channels.publish(&prices, &frame, None, Some(cached));
+    let p = Publication::event(Target::Channel(prices.to_string()), frame, None);
+    w.hub.channels.publish(&p, Some((&prices, cached)));
     let (mut b, b_conn) = w.member();
     b.join(&prices, None)
         .await

@@ -6,8 +6,8 @@
 //!
 //! The connection speaks RESP3: sharded messages arrive as pushes, which the crate hands to a
 //! callback; the callback forwards them into a bounded queue ([`PUSH_QUEUE`]; overflow drops
-//! the newest message and counts it) read by `redis::shard_reader`. After a lost shard the
-//! connection is replaced and `redis::resubscriber` subscribes again (see [`Shards`]).
+//! the newest message and counts it) read by `pubsub::shard_reader`. After a lost shard the
+//! connection is replaced and `pubsub::resubscriber` subscribes again (see [`Shards`]).
 //!
 //! Keys: every key Resound uses starts with the prefix in braces (`{resound}:...`), a hash
 //! tag, so all of them share one slot and the Lua scripts that touch several keys stay legal.
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 
 use super::endpoint::{certificates, COMMAND_TIMEOUT};
-use super::ClusterError;
+use crate::cluster::ClusterError;
 use crate::config::{mask_url_password, ScalingConfig};
 
 /// Sharded messages waiting for the reader.
@@ -77,9 +77,9 @@ impl Shards {
         match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
             Ok(result) => result.map_err(|e| {
                 self.failed(generation, &e);
-                ClusterError(e.to_string())
+                ClusterError::Command(e)
             }),
-            Err(_) => Err(ClusterError("subscribing timed out".into())),
+            Err(_) => Err(ClusterError::Setup("subscribing timed out".into())),
         }
     }
 
@@ -87,7 +87,7 @@ impl Shards {
     /// cluster has sharded pub/sub: Redis 6.2 answers `SSUBSCRIBE` with "unknown command".
     pub(super) async fn subscribe_first(&self, topic: &str) -> Result<(), ClusterError> {
         match self.subscribe(topic, true).await {
-            Err(e) if e.0.contains("unknown command") => {
+            Err(ClusterError::Command(e)) if e.to_string().contains("unknown command") => {
                 self.sharded.store(false, Ordering::Release);
                 warn!("this Redis Cluster has no sharded pub/sub (Redis < 7): using classic pub/sub, which every shard carries");
                 self.subscribe(topic, true).await
@@ -187,7 +187,7 @@ pub(super) async fn connect(
         .collect();
     let described = described.join(", ");
     let failed = |what: &str, e: &dyn std::fmt::Display| {
-        ClusterError(format!("Redis Cluster {described}: {what}: {e}"))
+        ClusterError::Setup(format!("Redis Cluster {described}: {what}: {e}"))
     };
     let (tx, rx) = mpsc::channel(PUSH_QUEUE);
     let mut builder = ClusterClientBuilder::new(s.cluster_nodes.clone())

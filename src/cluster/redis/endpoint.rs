@@ -25,7 +25,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use super::shards::Shards;
-use super::ClusterError;
+use crate::cluster::ClusterError;
 use crate::config::{mask_url_password, ScalingConfig};
 
 /// Bound on connecting and on each command.
@@ -84,7 +84,7 @@ impl Commands {
 }
 
 fn cluster_err(e: &RedisError) -> ClusterError {
-    ClusterError(e.to_string())
+    ClusterError::Setup(e.to_string())
 }
 
 fn manager_config() -> ConnectionManagerConfig {
@@ -98,7 +98,7 @@ fn manager_config() -> ConnectionManagerConfig {
 pub(super) fn certificates(ca: Option<&Path>) -> Result<Option<TlsCertificates>, ClusterError> {
     let Some(path) = ca else { return Ok(None) };
     let pem = std::fs::read(path).map_err(|e| {
-        ClusterError(format!(
+        ClusterError::Setup(format!(
             "scaling.tls_ca_file {}: cannot read: {e}",
             path.display()
         ))
@@ -111,9 +111,9 @@ pub(super) fn certificates(ca: Option<&Path>) -> Result<Option<TlsCertificates>,
 
 /// A client for one URL, trusting `certs` (a private CA) for `rediss://`.
 fn client_for(url: &str, certs: Option<&TlsCertificates>) -> Result<Client, ClusterError> {
-    let info = url
-        .into_connection_info()
-        .map_err(|e| ClusterError(format!("invalid Redis URL {}: {e}", mask_url_password(url))))?;
+    let info = url.into_connection_info().map_err(|e| {
+        ClusterError::Setup(format!("invalid Redis URL {}: {e}", mask_url_password(url)))
+    })?;
     match (certs, &info.addr) {
         (Some(certs), ConnectionAddr::TcpTls { .. }) => {
             Client::build_with_tls(info, certs.clone()).map_err(|e| cluster_err(&e))
@@ -194,10 +194,10 @@ impl Endpoint {
         };
         let client = resolve(&source)
             .await
-            .map_err(|e| ClusterError(format!("{described}: {}", e.0)))?;
+            .map_err(|e| ClusterError::Setup(format!("{described}: {e}")))?;
         let conn = manager(&client)
             .await
-            .map_err(|e| ClusterError(format!("{described}: {}", e.0)))?;
+            .map_err(|e| ClusterError::Setup(format!("{described}: {e}")))?;
         let db = client.get_connection_info().redis.db;
         let sentinel = matches!(source, Source::Sentinel { .. });
         if sentinel {
@@ -275,7 +275,7 @@ async fn resolve(source: &Source) -> Result<Client, ClusterError> {
             template,
         } => (sentinels, master, template),
     };
-    let mut last = ClusterError("no sentinel configured".into());
+    let mut last = ClusterError::Setup("no sentinel configured".into());
     for sentinel in sentinels {
         let asked = tokio::time::timeout(COMMAND_TIMEOUT * 2, async {
             let found = ask(sentinel, master).await?;
@@ -285,7 +285,9 @@ async fn resolve(source: &Source) -> Result<Client, ClusterError> {
         match asked {
             Ok(Ok(client)) => return Ok(client),
             Ok(Err(e)) => last = e,
-            Err(_) => last = ClusterError("timed out asking a sentinel for the master".into()),
+            Err(_) => {
+                last = ClusterError::Setup("timed out asking a sentinel for the master".into())
+            }
         }
     }
     Err(last)
@@ -306,7 +308,9 @@ async fn ask(sentinel: &Client, master: &str) -> Result<(String, u16), ClusterEr
         .query_async(&mut conn)
         .await
         .map_err(|e| cluster_err(&e))?;
-    addr.ok_or_else(|| ClusterError(format!("the sentinels know no master named {master:?}")))
+    addr.ok_or_else(|| {
+        ClusterError::Setup(format!("the sentinels know no master named {master:?}"))
+    })
 }
 
 /// A client for the named master, once it says it is one (a just-promoted replica may not
@@ -326,7 +330,7 @@ async fn verify(
         .map_err(|e| cluster_err(&e))?;
     match role {
         Role::Primary { .. } => Ok(client),
-        _ => Err(ClusterError(format!(
+        _ => Err(ClusterError::Setup(format!(
             "{} is not a master yet",
             address(&client)
         ))),
@@ -339,7 +343,7 @@ async fn manager(client: &Client) -> Result<ConnectionManager, ClusterError> {
         client.get_connection_manager_with_config(manager_config()),
     )
     .await
-    .map_err(|_| ClusterError(format!("timed out connecting to {}", address(client))))?
+    .map_err(|_| ClusterError::Setup(format!("timed out connecting to {}", address(client))))?
     .map_err(|e| cluster_err(&e))
 }
 
@@ -362,9 +366,9 @@ async fn follow(endpoint: Arc<Endpoint>) {
             Ok(client) => client,
             Err(e) => {
                 if retry {
-                    debug!(master = %master, error = %e.0, "the sentinels name no usable master yet");
+                    debug!(master = %master, error = %e, "the sentinels name no usable master yet");
                 } else {
-                    warn!(master = %master, error = %e.0, "the sentinels name no usable master yet");
+                    warn!(master = %master, error = %e, "the sentinels name no usable master yet");
                 }
                 retry = true;
                 tokio::time::sleep(RETRY).await;
@@ -387,7 +391,7 @@ async fn follow(endpoint: Arc<Endpoint>) {
                 endpoint.moved.send_modify(|n| *n += 1);
             }
             Err(e) => {
-                warn!(address = %address(&found), error = %e.0, "cannot connect to the new Redis master");
+                warn!(address = %address(&found), error = %e, "cannot connect to the new Redis master");
                 retry = true;
                 tokio::time::sleep(RETRY).await;
             }
