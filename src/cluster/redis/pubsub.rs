@@ -51,13 +51,15 @@ impl RedisBackend {
                 .inc();
             return;
         }
+        // The gauge follows the counter that enforces the bound (never below zero, even when
+        // the publisher is done with a message before this line).
+        self.metrics
+            .publish_backlog
+            .set(gauge(before.saturating_add(size)));
         match self.publish_tx.try_send(queued) {
-            Ok(()) => {
-                self.metrics.publish_queue.inc();
-                self.metrics.publish_backlog.add(gauge(size));
-            }
+            Ok(()) => self.metrics.publish_queue.inc(),
             Err(_) => {
-                self.backlog.fetch_sub(size, Ordering::AcqRel);
+                self.published(size);
                 self.metrics
                     .dropped
                     .with_label_values(&["publish_queue_full"])
@@ -68,8 +70,10 @@ impl RedisBackend {
 
     /// Gives back the backlog bytes of messages the publisher is done with.
     fn published(&self, size: usize) {
-        self.backlog.fetch_sub(size, Ordering::AcqRel);
-        self.metrics.publish_backlog.sub(gauge(size));
+        let before = self.backlog.fetch_sub(size, Ordering::AcqRel);
+        self.metrics
+            .publish_backlog
+            .set(gauge(before.saturating_sub(size)));
     }
 
     /// Takes a local reference on `target`; the first one subscribes (and waits for Redis to
