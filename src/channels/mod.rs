@@ -369,30 +369,6 @@ impl ChannelRegistry {
         self.channels.remove_if(channel, |_, c| c.disposable(now));
     }
 
-    /// Sends `succeeded` again to a presence subscriber (a repeated subscribe) and records its
-    /// roster as what that subscriber now lists.
-    pub fn resend_roster(
-        &self,
-        channel: &ChannelName,
-        conn: &ConnRef,
-        succeeded: &Bytes,
-        roster: &[PresenceMember],
-    ) {
-        let Some(mut entry) = self.channels.get_mut(channel) else {
-            return;
-        };
-        if !entry.subscribers.contains_key(&conn.socket_id) {
-            return;
-        }
-        conn.deliver(succeeded);
-        let view = roster.iter().map(|m| m.user_id.clone()).collect();
-        // A lone subscriber's roster is the node's view.
-        if entry.subscribers.len() == 1 {
-            entry.members = None;
-        }
-        entry.settle_view(conn.socket_id, view);
-    }
-
     /// Removes `socket_id` from `channel`; `None` when it was not subscribed.
     pub fn unsubscribe(&self, channel: &ChannelName, socket_id: SocketId) -> Option<Unsubscribed> {
         let mut entry = self.channels.get_mut(channel)?;
