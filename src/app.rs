@@ -74,6 +74,12 @@ pub struct AppSettings {
     pub max_channel_name_length: usize,
     pub max_presence_members_per_channel: usize,
     pub max_presence_member_size: usize,
+    /// Channels one connection may be subscribed to at once (4100 above).
+    pub max_channels_per_connection: usize,
+    /// Subscribes one connection may make per second, after a burst of
+    /// `max_channels_per_connection` (so a reconnecting client can subscribe to all its
+    /// channels at once); 4301 above.
+    pub max_subscribes_per_second: u32,
     pub cache_ttl: Duration,
     pub subscription_count_events: bool,
     pub subscription_error_event: bool,
@@ -113,6 +119,8 @@ impl Default for AppSettings {
             max_channel_name_length: 200,
             max_presence_members_per_channel: 100,
             max_presence_member_size: 1024,
+            max_channels_per_connection: 100,
+            max_subscribes_per_second: 10,
             cache_ttl: Duration::from_secs(1800),
             subscription_count_events: false,
             subscription_error_event: false,
@@ -156,29 +164,65 @@ impl App {
     }
 
     /// Whether `origin` (the `Origin` header, possibly absent) passes `allowed_origins`
-    /// (spec 1.2 step 7): the host of the origin is matched against patterns with `*`.
+    /// (spec 1.2 step 7): the host of the origin is matched against patterns with `*`. Only a
+    /// well-formed origin, `scheme://host[:port]` (RFC 6454), can pass: anything after the
+    /// host (a path, query or fragment), user info, or a malformed host or port is refused,
+    /// so `https://evil.test#.example.com` does not pass as a host under `*.example.com`.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
         let Some(patterns) = &self.settings.allowed_origins else {
             return true;
         };
-        let Some(origin) = origin else {
+        let Some(host) = origin.and_then(origin_host) else {
             return false;
         };
-        let host = origin_host(origin);
         patterns.iter().any(|p| wildcard_match(p, host))
     }
 }
 
-/// The host part of an `Origin` value (`scheme://host[:port]`).
-fn origin_host(origin: &str) -> &str {
-    let rest = origin.split_once("://").map_or(origin, |(_, r)| r);
-    let rest = rest.split('/').next().unwrap_or(rest);
-    if rest.starts_with('[') {
-        return rest
-            .split_once(']')
-            .map_or(rest, |(h, _)| h.trim_start_matches('['));
+/// The host of a serialised origin, `scheme://host[:port]`; `None` for anything else
+/// (including `null`, which has no host).
+fn origin_host(origin: &str) -> Option<&str> {
+    let (scheme, authority) = origin.split_once("://")?;
+    let mut chars = scheme.chars();
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return None;
     }
-    rest.rsplit_once(':').map_or(rest, |(h, _)| h)
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (inside, after) = v6.split_once(']')?;
+        if inside.is_empty()
+            || !inside
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return None;
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':')?),
+        };
+        (inside, port)
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !host_ok {
+            return None;
+        }
+        (host, port)
+    };
+    if let Some(port) = port {
+        if port.is_empty() || port.len() > 5 || !port.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+    }
+    Some(host)
 }
 
 /// `*` matches any run of characters; case-insensitive (host names).
@@ -281,6 +325,52 @@ mod tests {
         assert!(!a.origin_allowed(Some("https://evil.test")));
         assert!(!a.origin_allowed(None));
         assert!(app(None).origin_allowed(None));
+    }
+
+    #[test]
+    fn hostile_origins_do_not_pass_a_wildcard() {
+        let a = app(Some(vec!["*.example.com", "::1"]));
+        for origin in [
+            "https://evil.com#.example.com",
+            "https://evil.com/.example.com",
+            "https://evil.com?.example.com",
+            "https://evil.com\\.example.com",
+            "https://app.example.com@evil.com",
+            "https://user@app.example.com",
+            "https://evil.com:.example.com",
+            "https://evil.com:443.example.com",
+            "https://evil.com%2e.example.com",
+            "https://evil.com .example.com",
+            "https://app.example.com:99999x",
+            "https://app.example.com:",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "app.example.com",
+            "//app.example.com",
+            "https://",
+            "null",
+            "",
+            "https://[::1]evil",
+            "https://[::1/x]",
+            "1https://app.example.com",
+            "https://evil.example.com.evil.org",
+        ] {
+            assert!(
+                !a.origin_allowed(Some(origin)),
+                "{origin:?} must be refused"
+            );
+        }
+        for origin in [
+            "https://app.example.com",
+            "http://app.example.com:8080",
+            "HTTPS://APP.EXAMPLE.COM",
+            "https://a.b.example.com",
+            "chrome-extension://x.example.com",
+            "http://[::1]:6001",
+            "http://[::1]",
+        ] {
+            assert!(a.origin_allowed(Some(origin)), "{origin:?} must pass");
+        }
     }
 
     #[test]

@@ -32,6 +32,15 @@ pub struct Metrics {
     refused: IntCounterVec,
     pub fanout_size: Histogram,
     pub http_request_seconds: HistogramVec,
+    /// Bytes held by this node in partially received client messages (frame buffers and
+    /// fragments being assembled), within `server.partial_message_node_bytes`.
+    pub partial_message_bytes: IntGauge,
+    /// Bytes of the node's outbound budget (`server.outbound_node_bytes`) reserved by
+    /// connections whose queue holds more than their free allowance.
+    pub outbound_reserved_bytes: IntGauge,
+    /// Connections closed because a node-wide memory budget was spent, by budget.
+    pub partial_budget_disconnects: IntCounter,
+    pub outbound_budget_disconnects: IntCounter,
 }
 
 /// Handles of one app, resolved once.
@@ -49,6 +58,10 @@ pub struct AppMetrics {
     pub client_events_rate_limited: IntCounter,
     pub backend_rate_limited: IntCounter,
     pub read_rate_limited: IntCounter,
+    /// Subscribes refused by `max_subscribes_per_second`.
+    pub subscribes_rate_limited: IntCounter,
+    /// Subscribes refused by `max_channels_per_connection`.
+    pub channel_limited: IntCounter,
     subscriptions: Vec<IntGauge>,
     channels: Vec<IntGauge>,
     disconnections: IntCounterVec,
@@ -87,6 +100,16 @@ impl Metrics {
     pub fn new(prefix: &str) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let o = |name: &str, help: &str| Opts::new(name, help).namespace(prefix.to_string());
+        let budget_disconnects = register!(
+            registry,
+            IntCounterVec::new(
+                o(
+                    "budget_disconnects_total",
+                    "Connections closed because a node-wide memory budget was spent (4100), by budget"
+                ),
+                &["budget"]
+            )?
+        );
         let m = Metrics {
             connected: register!(
                 registry,
@@ -213,7 +236,7 @@ impl Metrics {
                 IntCounterVec::new(
                     o(
                         "rate_limited_total",
-                        "Requests or events refused by a rate limit"
+                        "Requests, events or subscriptions refused by a rate or per-connection limit"
                     ),
                     &["app_id", "limit"]
                 )?
@@ -253,6 +276,22 @@ impl Metrics {
                     &["endpoint"]
                 )?
             ),
+            partial_message_bytes: register!(
+                registry,
+                IntGauge::with_opts(o(
+                    "partial_message_bytes",
+                    "Bytes held in partially received client messages on this node"
+                ))?
+            ),
+            outbound_reserved_bytes: register!(
+                registry,
+                IntGauge::with_opts(o(
+                    "outbound_reserved_bytes",
+                    "Bytes of the node's outbound budget reserved by connections with long queues"
+                ))?
+            ),
+            partial_budget_disconnects: budget_disconnects.with_label_values(&["partial_messages"]),
+            outbound_budget_disconnects: budget_disconnects.with_label_values(&["outbound_bytes"]),
             registry,
             prefix: prefix.to_string(),
         };
@@ -281,6 +320,10 @@ impl Metrics {
             read_rate_limited: self
                 .rate_limited
                 .with_label_values(&[app_id, "read_requests"]),
+            subscribes_rate_limited: self.rate_limited.with_label_values(&[app_id, "subscribes"]),
+            channel_limited: self
+                .rate_limited
+                .with_label_values(&[app_id, "channels_per_connection"]),
             subscriptions: ChannelKind::ALL
                 .iter()
                 .map(|k| self.subscriptions.with_label_values(&[app_id, k.label()]))

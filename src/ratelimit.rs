@@ -23,6 +23,19 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket of `burst` tokens (at least `per_second`) refilled continuously at
+    /// `per_second`.
+    pub fn with_burst(per_second: u32, burst: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        let capacity = f64::from(burst).max(rate);
+        TokenBucket {
+            capacity,
+            per_second: rate,
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
     /// Takes `n` tokens if available at `now`.
     pub fn try_take_at(&mut self, n: u32, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -46,6 +59,29 @@ impl TokenBucket {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_burst_is_spent_at_once_then_refilled_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::with_burst(10, 100);
+        for i in 0..100 {
+            assert!(b.try_take_at(1, t0), "subscribe {i}");
+        }
+        assert!(!b.try_take_at(1, t0));
+        assert!(b.try_take_at(1, t0 + Duration::from_millis(110)));
+        assert!(!b.try_take_at(1, t0 + Duration::from_millis(120)));
+        // Never above the burst, however long it rests.
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..100 {
+            assert!(b.try_take_at(1, later));
+        }
+        assert!(!b.try_take_at(1, later));
+        // A burst below the rate is the rate.
+        let mut small = TokenBucket::with_burst(10, 1);
+        for _ in 0..10 {
+            assert!(small.try_take_at(1, t0));
+        }
+    }
 
     #[test]
     fn ten_per_second_then_refuses_the_eleventh() {

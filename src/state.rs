@@ -98,6 +98,8 @@ pub struct ServerState {
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
     pub webhooks: Webhooks,
+    /// Node-wide memory budgets of the connections.
+    pub budgets: crate::connection::Budgets,
     draining: AtomicBool,
     node_connections: AtomicU64,
 }
@@ -114,6 +116,7 @@ impl ServerState {
         webhooks: Webhooks,
     ) -> ServerState {
         let broadcaster = Broadcaster::new(adapter.clone(), cluster.clone(), metrics.clone());
+        let budgets = crate::connection::Budgets::new(&server, &metrics);
         ServerState {
             server,
             apps,
@@ -124,6 +127,7 @@ impl ServerState {
             broadcaster,
             metrics,
             webhooks,
+            budgets,
             draining: AtomicBool::new(false),
             node_connections: AtomicU64::new(0),
         }

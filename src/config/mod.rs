@@ -5,6 +5,7 @@
 //! `RESOUND_<SECTION>__<KEY>` variables. Nothing outside this module reads the environment.
 //! Unknown keys and bad values stop start-up with a message naming the key and its source.
 
+mod files;
 mod reverb;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy};
-use crate::webhooks::{AppWebhooks, DispatcherSettings, WebhookKind, WebhookTarget};
+use crate::webhooks::{redact_url, AppWebhooks, DispatcherSettings, WebhookKind, WebhookTarget};
 
 /// A configuration problem, already phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,16 @@ pub struct ServerConfig {
     pub metrics_prefix: String,
     /// Messages buffered per socket before a slow consumer is disconnected.
     pub outbound_queue_size: usize,
+    /// Bytes buffered per socket (queued or being written) before a slow consumer is
+    /// disconnected.
+    pub outbound_queue_bytes: usize,
+    /// Bytes the node lets all sockets together buffer beyond a small allowance each
+    /// (`connection::handle::FREE_QUEUE_BYTES`); when spent, the socket that needs more is
+    /// disconnected as a slow consumer.
+    pub outbound_node_bytes: usize,
+    /// Bytes the node holds at most in partially received client messages (frames and
+    /// fragments not yet complete); a socket that needs more is closed with 4100.
+    pub partial_message_node_bytes: usize,
     /// TLS termination in the binary: every connection on `port` is TLS.
     pub tls: Option<TlsConfig>,
     /// Seconds a client may take to send a request's line and headers, the WebSocket
@@ -104,6 +115,9 @@ impl Default for ServerConfig {
             metrics_port: None,
             metrics_prefix: "resound".into(),
             outbound_queue_size: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            outbound_node_bytes: 1024 * 1024 * 1024,
+            partial_message_node_bytes: 64 * 1024 * 1024,
             tls: None,
             header_timeout: 10,
             body_timeout: 10,
@@ -209,6 +223,8 @@ pub struct AppConfig {
     pub max_channel_name_length: Option<usize>,
     pub max_presence_members_per_channel: Option<usize>,
     pub max_presence_member_size: Option<usize>,
+    pub max_channels_per_connection: Option<usize>,
+    pub max_subscribes_per_second: Option<u32>,
     pub cache_ttl: Option<u64>,
     pub subscription_count_events: Option<bool>,
     pub subscription_error_event: Option<bool>,
@@ -325,7 +341,10 @@ fn insert_path(dict: &mut Dict, path: &[&str], value: Value) {
     }
 }
 
-/// Parses a `.env` file: `KEY=VALUE` lines, `#` comments, optional `export `, quotes stripped.
+/// Parses a `.env` file as Laravel's loader reads it: `KEY=VALUE` lines, `#` comments (a comment
+/// after a value needs a space before the `#`), optional `export `, a quoted value taken up to
+/// its closing quote (so `KEY="v" # comment` is `v`), `\"`, `\\` and `\n` escapes inside double
+/// quotes, single quotes literal.
 pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -337,18 +356,44 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
         let Some((k, v)) = line.split_once('=') else {
             continue;
         };
-        let mut v = v.trim().to_string();
-        if (v.starts_with('"') && v.ends_with('"') && v.len() >= 2)
-            || (v.starts_with('\'') && v.ends_with('\'') && v.len() >= 2)
-        {
-            v = v[1..v.len() - 1].to_string();
-        } else if let Some(i) = v.find(" #") {
-            v.truncate(i);
-            v = v.trim_end().to_string();
-        }
-        out.push((k.trim().to_string(), v));
+        out.push((k.trim().to_string(), env_file_value(v.trim())));
     }
     out
+}
+
+/// One value of a `.env` line, quotes and trailing comment removed.
+fn env_file_value(v: &str) -> String {
+    let mut chars = v.chars();
+    let quote = match chars.next() {
+        Some(q @ ('"' | '\'')) => q,
+        _ => {
+            // Unquoted: a `#` after whitespace starts a comment.
+            let end = v
+                .char_indices()
+                .find(|&(i, c)| c == '#' && v[..i].ends_with([' ', '\t']))
+                .map_or(v.len(), |(i, _)| i);
+            return v[..end].trim_end().to_string();
+        }
+    };
+    let mut value = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c == quote => return value,
+            '\\' if quote == '"' => match chars.next() {
+                Some('n') => value.push('\n'),
+                Some('t') => value.push('\t'),
+                Some(e @ ('"' | '\\' | '$')) => value.push(e),
+                Some(other) => {
+                    value.push('\\');
+                    value.push(other);
+                }
+                None => value.push('\\'),
+            },
+            c => value.push(c),
+        }
+    }
+    // No closing quote: the value is the text as written.
+    v.to_string()
 }
 
 /// Reads, merges and validates every source.
@@ -403,13 +448,13 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut file: FileConfig = figment.extract()?;
 
     // An app defined by Reverb's variables joins the configured apps; when the file has an app
-    // with the same id, the variables override its credentials and the settings they name
-    // (the file's other settings, webhooks included, stay).
-    let mut reverb_app = reverb::app_from_env(&env)?;
+    // with the same id, the variables override its credentials and the settings they name, the
+    // file's other settings (webhooks included) stay, and what neither sets takes Reverb's
+    // defaults, as it would without the file.
+    let reverb_app = reverb::app_from_env(&env)?;
     if let Some(app) = &reverb_app {
         if let Some(existing) = file.apps.iter_mut().find(|a| a.id == app.id) {
             reverb::overlay(existing, app);
-            reverb_app = None;
         } else {
             file.apps.push(app.clone());
         }
@@ -420,6 +465,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     }
     validate_server(&file.server)?;
     validate_scaling(&file.scaling)?;
+    files::check_readable(&file)?;
     let webhooks = file.webhooks.dispatcher();
     webhooks
         .check()
@@ -448,6 +494,14 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut effective = file.clone();
     for a in &mut effective.apps {
         a.secret = "***".into();
+        // Header values are credentials more often than not (`Authorization`), and URLs may
+        // carry tokens in their user info or query.
+        for w in &mut a.webhooks {
+            w.url = redact_url(&w.url);
+            for value in w.headers.values_mut() {
+                *value = "***".into();
+            }
+        }
     }
     effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
     for s in effective
@@ -485,10 +539,15 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
             s.path
         )));
     }
-    if s.outbound_queue_size == 0 {
-        return Err(ConfigError::Invalid(
-            "server.outbound_queue_size must be > 0".into(),
-        ));
+    for (key, value) in [
+        ("outbound_queue_size", s.outbound_queue_size),
+        ("outbound_queue_bytes", s.outbound_queue_bytes),
+        ("outbound_node_bytes", s.outbound_node_bytes),
+        ("partial_message_node_bytes", s.partial_message_node_bytes),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::Invalid(format!("server.{key} must be > 0")));
+        }
     }
     for (key, v) in [
         ("header_timeout", s.header_timeout),
@@ -658,6 +717,17 @@ fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
         max_presence_member_size: a
             .max_presence_member_size
             .unwrap_or(d.max_presence_member_size),
+        max_channels_per_connection: positive(
+            "max_channels_per_connection",
+            a.max_channels_per_connection
+                .unwrap_or(d.max_channels_per_connection),
+        )?,
+        max_subscribes_per_second: u32::try_from(positive(
+            "max_subscribes_per_second",
+            a.max_subscribes_per_second
+                .unwrap_or(d.max_subscribes_per_second) as usize,
+        )?)
+        .unwrap_or(u32::MAX),
         cache_ttl: secs(a.cache_ttl, d.cache_ttl),
         subscription_count_events: a
             .subscription_count_events
@@ -742,7 +812,7 @@ fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {
         };
         target
             .validate()
-            .map_err(|e| format!("webhooks[{i}] ({}): {e}", w.url))?;
+            .map_err(|e| format!("webhooks[{i}] ({}): {e}", redact_url(&w.url)))?;
         targets.push(target);
     }
     Ok(Some(Arc::new(AppWebhooks {

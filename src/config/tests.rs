@@ -209,6 +209,46 @@ fn env_file_parsing() {
 }
 
 #[test]
+fn env_file_quoted_values_end_at_their_closing_quote() {
+    let vars = parse_env_file(concat!(
+        "A=\"v\" # comment\n",
+        "B='a b' # c\n",
+        "C=a#b\n",
+        "D=\"say \\\"hi\\\" # not a comment\"\n",
+        "E='\\n stays'\n",
+        "F=\"x\\ny\"\n",
+        "G=\n",
+        "H=\"unclosed # c\n",
+    ));
+    assert_eq!(
+        vars,
+        env(&[
+            ("A", "v"),
+            ("B", "a b"),
+            ("C", "a#b"),
+            ("D", "say \"hi\" # not a comment"),
+            ("E", "\\n stays"),
+            ("F", "x\ny"),
+            ("G", ""),
+            ("H", "\"unclosed # c"),
+        ])
+    );
+}
+
+#[test]
+fn laravel_env_with_a_quoted_commented_key_serves_that_key() {
+    let p = temp_file(
+        "quoted.env",
+        "REVERB_APP_ID=1\nREVERB_APP_KEY=\"my-key\" # from the dashboard\nREVERB_APP_SECRET='s'\n",
+    );
+    let c = load_ok(&Sources {
+        env_file: Some(&p),
+        ..Sources::default()
+    });
+    assert_eq!(c.apps[0].key.as_str(), "my-key");
+}
+
+#[test]
 fn example_config_is_valid() {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/resound.example.toml");
     let c = load_ok(&Sources {
@@ -244,10 +284,83 @@ fn reverb_variables_overlay_a_configured_app_with_the_same_id() {
 }
 
 #[test]
+fn a_file_app_joined_by_reverb_variables_keeps_reverb_defaults() {
+    // A Laravel user adds a TOML file for webhooks only: the app stays a Reverb app
+    // (activity timeout 30 s, whispers accepted from members).
+    let p = temp_file(
+        "w.toml",
+        "[[apps]]\nid = \"123456\"\nkey = \"k\"\nsecret = \"s\"\n\n[[apps.webhooks]]\nurl = \"http://127.0.0.1:3000/hooks\"\n",
+    );
+    let reverb = env(&[
+        ("REVERB_APP_ID", "123456"),
+        ("REVERB_APP_KEY", "k"),
+        ("REVERB_APP_SECRET", "s"),
+    ]);
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        process_env: reverb.clone(),
+        ..Sources::default()
+    });
+    assert_eq!(c.apps.len(), 1);
+    let a = &c.apps[0];
+    assert_eq!(a.settings.activity_timeout, Duration::from_secs(30));
+    assert_eq!(a.settings.ping_interval, Duration::from_secs(60));
+    assert_eq!(a.settings.max_message_size, 10_000);
+    assert_eq!(a.settings.client_events, ClientEventPolicy::Members);
+    assert!(a.webhooks.is_some());
+
+    // What the file says explicitly still wins over Reverb's defaults.
+    let p = temp_file(
+        "w2.toml",
+        "[[apps]]\nid = \"123456\"\nkey = \"k\"\nsecret = \"s\"\nactivity_timeout = 90\nenable_client_messages = false\n",
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        process_env: reverb,
+        ..Sources::default()
+    });
+    let a = &c.apps[0];
+    assert_eq!(a.settings.activity_timeout, Duration::from_secs(90));
+    assert_eq!(a.settings.client_events, ClientEventPolicy::Disabled);
+}
+
+#[test]
+fn files_the_configuration_names_must_be_readable() {
+    let cert = temp_file("cert.pem", "not checked here");
+    let cases = [
+        (
+            format!(
+                "[server.tls]\ncert = {:?}\nkey = \"/nonexistent/key.pem\"\n",
+                cert.display().to_string()
+            ),
+            "server.tls.key",
+        ),
+        (
+            "[scaling]\nredis_url = \"rediss://h:6379/0\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n"
+                .to_string(),
+            "scaling.tls_ca_file",
+        ),
+        (
+            "[webhooks]\nca_file = \"/nonexistent/hooks-ca.pem\"\n".to_string(),
+            "webhooks.ca_file",
+        ),
+    ];
+    for (i, (body, key)) in cases.iter().enumerate() {
+        let p = temp_file(&format!("files{i}.toml"), body);
+        let e = load_err(&Sources {
+            config_file: Some(&p),
+            ..Sources::default()
+        });
+        assert!(e.contains(key) && e.contains("/nonexistent/"), "{e}");
+    }
+}
+
+#[test]
 fn sentinels_come_from_the_file_or_the_environment() {
+    let ca = temp_file("sentinel-ca.pem", "");
     let p = temp_file(
         "sentinel.toml",
-        "[scaling]\nenabled = true\nredis_url = \"rediss://:pw@ignored/2\"\nsentinels = [\"redis://:spw@10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\nsentinel_master = \"mymaster\"\ntls_ca_file = \"/etc/redis/ca.pem\"\n",
+        &format!("[scaling]\nenabled = true\nredis_url = \"rediss://:pw@ignored/2\"\nsentinels = [\"redis://:spw@10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\nsentinel_master = \"mymaster\"\ntls_ca_file = {:?}\n", ca.display().to_string()),
     );
     let c = load_ok(&Sources {
         config_file: Some(&p),
@@ -255,10 +368,7 @@ fn sentinels_come_from_the_file_or_the_environment() {
     });
     assert_eq!(c.scaling.sentinels.len(), 2);
     assert_eq!(c.scaling.sentinel_master.as_deref(), Some("mymaster"));
-    assert_eq!(
-        c.scaling.tls_ca_file.as_deref(),
-        Some(std::path::Path::new("/etc/redis/ca.pem"))
-    );
+    assert_eq!(c.scaling.tls_ca_file.as_deref(), Some(ca.as_path()));
     // `check-config` shows no password.
     assert_eq!(
         c.effective.scaling.sentinels[0],
@@ -330,4 +440,114 @@ fn inconsistent_redis_settings_are_refused() {
         ..Sources::default()
     });
     assert!(e.contains("tcp://b:6379") && e.contains("redis://"), "{e}");
+}
+
+#[test]
+fn printed_configuration_and_errors_do_not_show_webhook_credentials() {
+    let p = temp_file(
+        "redact.toml",
+        r#"
+[[apps]]
+id = "1"
+key = "k"
+secret = "s"
+
+[[apps.webhooks]]
+url = "https://hooks.example.com/in?token=hunter2"
+headers = { Authorization = "Bearer hunter2", "X-Api-Key" = "hunter2" }
+"#,
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    let printed = toml::to_string_pretty(&c.effective).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("https://hooks.example.com/in?***"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("Authorization"),
+        "the names stay: {printed}"
+    );
+    // What is delivered is what was configured.
+    let webhooks = c.apps[0]
+        .webhooks
+        .as_ref()
+        .unwrap_or_else(|| panic!("webhooks"));
+    assert_eq!(
+        webhooks.targets[0].url,
+        "https://hooks.example.com/in?token=hunter2"
+    );
+
+    // A refused URL is named without its password.
+    let p = temp_file(
+        "redact-err.toml",
+        r#"
+[[apps]]
+id = "1"
+key = "k"
+secret = "s"
+
+[[apps.webhooks]]
+url = "https://user:hunter2@hooks.example.com/in"
+"#,
+    );
+    let err = load_err(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("https://***@hooks.example.com/in"), "{err}");
+}
+
+#[test]
+fn redacted_urls_keep_scheme_host_and_path() {
+    for (url, shown) in [
+        ("https://h.example/p", "https://h.example/p"),
+        (
+            "https://u:pw@h.example:8443/p",
+            "https://***@h.example:8443/p",
+        ),
+        ("https://u:p/w?@h.example/p", "https://***@h.example/p"),
+        ("http://h.example/p?a=1&b=2", "http://h.example/p?***"),
+        ("h.example/p?t=1", "h.example/p?***"),
+    ] {
+        assert_eq!(redact_url(url), shown, "{url}");
+    }
+}
+
+#[test]
+fn per_connection_subscription_limits_have_defaults_and_refuse_zero() {
+    let c = load_ok(&Sources::default());
+    let a = &c.apps[0].settings;
+    assert_eq!(
+        (a.max_channels_per_connection, a.max_subscribes_per_second),
+        (100, 10)
+    );
+    let p = temp_file(
+        "subscription-limits.toml",
+        "[[apps]]\nid='1'\nkey='k'\nsecret='s'\nmax_channels_per_connection = 500\nmax_subscribes_per_second = 50\n",
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&p),
+        ..Sources::default()
+    });
+    let a = &c.apps[0].settings;
+    assert_eq!(
+        (a.max_channels_per_connection, a.max_subscribes_per_second),
+        (500, 50)
+    );
+    for setting in ["max_channels_per_connection", "max_subscribes_per_second"] {
+        let p = temp_file(
+            &format!("{setting}.toml"),
+            &format!("[[apps]]\nid='1'\nkey='k'\nsecret='s'\n{setting}=0\n"),
+        );
+        let e = load_err(&Sources {
+            config_file: Some(&p),
+            ..Sources::default()
+        });
+        assert!(e.contains(setting), "{e}");
+    }
 }

@@ -1,14 +1,21 @@
 //! `ConnHandle`: what the rest of the server holds of a connection. It can only enqueue frames
 //! (never write to the socket: the connection's own tasks do that) and ask the connection to
 //! close.
+//!
+//! Also owned here: the bounds of the outbound queue. A queue is bounded in frames and in bytes
+//! (counted from enqueue until the writer has written them, so frames in the writer's hands
+//! count too), and the node bounds the bytes all queues hold beyond a free allowance each
+//! ([`OutboundBudget`]). The allowance keeps ordinary traffic off the shared counter: the
+//! delivery path touches it only for a connection already behind by [`FREE_QUEUE_BYTES`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
+use prometheus::{IntCounter, IntGauge};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ErrorKind, SocketId, UserId};
@@ -22,8 +29,86 @@ pub enum Outbound {
     Pong(Bytes),
 }
 
+impl Outbound {
+    /// Payload bytes, as the queue's byte bound counts them.
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::Text(b) | Outbound::Pong(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Shared by the registries, the users index and the connection's tasks.
 pub type ConnRef = Arc<ConnHandle>;
+
+/// Bytes each connection may have queued without drawing on the node's [`OutboundBudget`]: a
+/// burst of ordinary events at any fan-out stays within it.
+pub const FREE_QUEUE_BYTES: usize = 64 * 1024;
+/// The unit in which a connection reserves from the node's budget beyond its allowance, so a
+/// long queue touches the shared counter once per 64 KiB, not once per frame.
+const RESERVE_CHUNK: usize = 64 * 1024;
+
+/// The node's budget of outbound bytes queued beyond each connection's [`FREE_QUEUE_BYTES`]
+/// (`server.outbound_node_bytes`). Frames shared by several queues count once per queue: what
+/// is bounded is what a slow reader pins.
+pub struct OutboundBudget {
+    reserved: AtomicUsize,
+    limit: usize,
+    gauge: IntGauge,
+    refused: IntCounter,
+}
+
+impl OutboundBudget {
+    /// A budget of `limit` bytes; `gauge` follows what is reserved, `refused` counts
+    /// connections closed for want of it.
+    pub fn new(limit: usize, gauge: IntGauge, refused: IntCounter) -> Arc<OutboundBudget> {
+        Arc::new(OutboundBudget {
+            reserved: AtomicUsize::new(0),
+            limit,
+            gauge,
+            refused,
+        })
+    }
+
+    /// Bytes reserved now by every connection of the node.
+    pub fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        let before = self.reserved.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > self.limit {
+            self.reserved.fetch_sub(n, Ordering::AcqRel);
+            self.refused.inc();
+            return false;
+        }
+        self.gauge.add(i64::try_from(n).unwrap_or(i64::MAX));
+        true
+    }
+
+    fn give_back(&self, n: usize) {
+        if n > 0 {
+            self.reserved.fetch_sub(n, Ordering::AcqRel);
+            self.gauge.sub(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// How much one connection's outbound queue may hold.
+#[derive(Clone)]
+pub struct QueueBounds {
+    /// Frames queued (`server.outbound_queue_size`).
+    pub frames: usize,
+    /// Bytes queued or being written (`server.outbound_queue_bytes`). A single frame larger
+    /// than this is still accepted into an empty queue.
+    pub bytes: usize,
+    /// The node's budget beyond the allowance; none: unbounded.
+    pub node: Option<Arc<OutboundBudget>>,
+}
 
 /// The outbound queue. A `VecDeque` behind a lock rather than a channel: an idle connection's
 /// queue holds no allocation at all (the writer takes the whole deque each time it wakes).
@@ -31,12 +116,35 @@ pub type ConnRef = Arc<ConnHandle>;
 struct Queue {
     items: VecDeque<Outbound>,
     closed: bool,
+    /// Bytes enqueued and not yet written (queued, or taken by the writer).
+    bytes: usize,
+    /// Bytes reserved from the node's budget, a multiple of `RESERVE_CHUNK`.
+    reserved: usize,
+}
+
+impl Queue {
+    /// Gives back the reserved chunks that `bytes` no longer needs.
+    fn release_unneeded(&mut self, node: Option<&OutboundBudget>) {
+        let needed = self
+            .bytes
+            .saturating_sub(FREE_QUEUE_BYTES)
+            .div_ceil(RESERVE_CHUNK)
+            * RESERVE_CHUNK;
+        if self.reserved > needed {
+            if let Some(node) = node {
+                node.give_back(self.reserved - needed);
+            }
+            self.reserved = needed;
+        }
+    }
 }
 
 pub struct ConnHandle {
     pub socket_id: SocketId,
     queue: Mutex<Queue>,
     capacity: usize,
+    max_bytes: usize,
+    node_budget: Option<Arc<OutboundBudget>>,
     /// Wakes the writer: a waker slot and a flag instead of a `Notify` (no lock on the
     /// delivery path; at most one wake per batch).
     writer: AtomicWaker,
@@ -57,18 +165,34 @@ pub struct ConnHandle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     Queued,
-    /// The queue was full: the connection is being closed as a slow consumer.
+    /// The queue was full (in frames or bytes), or the node's outbound budget was spent: the
+    /// connection is being closed as a slow consumer.
     Overflow,
     /// The connection is already gone.
     Closed,
 }
 
 impl ConnHandle {
+    /// A handle whose queue is bounded in frames only (for tests of other modules).
     pub fn new(socket_id: SocketId, queue_size: usize) -> ConnRef {
+        ConnHandle::bounded(
+            socket_id,
+            QueueBounds {
+                frames: queue_size,
+                bytes: usize::MAX,
+                node: None,
+            },
+        )
+    }
+
+    /// A handle whose queue holds at most what `bounds` allow.
+    pub fn bounded(socket_id: SocketId, bounds: QueueBounds) -> ConnRef {
         Arc::new(ConnHandle {
             socket_id,
             queue: Mutex::new(Queue::default()),
-            capacity: queue_size.max(1),
+            capacity: bounds.frames.max(1),
+            max_bytes: bounds.bytes.max(1),
+            node_budget: bounds.node,
             writer: AtomicWaker::new(),
             pending: AtomicBool::new(false),
             close_reason: Mutex::new(None),
@@ -80,9 +204,11 @@ impl ConnHandle {
         })
     }
 
-    /// Enqueues a shared frame without waiting. Overflow policy: a full queue means the client
-    /// stopped reading; it is disconnected (4100, back off and reconnect) so it cannot slow
-    /// anyone else down.
+    /// Enqueues a shared frame without waiting. Overflow policy: a full queue (in frames or
+    /// bytes) means the client stopped reading; it is disconnected (4100, back off and
+    /// reconnect) so it cannot slow anyone else down or pin the node's memory. The same when
+    /// the node's outbound budget is spent and this connection, already behind by its
+    /// allowance, needs more.
     pub fn deliver(&self, frame: &Bytes) -> Delivery {
         self.enqueue(Outbound::Text(frame.clone()))
     }
@@ -93,17 +219,45 @@ impl ConnHandle {
             if q.closed {
                 return Delivery::Closed;
             }
-            if q.items.len() >= self.capacity {
+            let bytes = q.bytes.saturating_add(out.len());
+            let fits = q.items.len() < self.capacity && (bytes <= self.max_bytes || q.bytes == 0);
+            if !fits || !self.reserve(&mut q, bytes) {
                 drop(q);
                 self.close(ErrorKind::SlowConsumer);
                 return Delivery::Overflow;
             }
+            q.bytes = bytes;
             q.items.push_back(out);
         }
         if !self.pending.swap(true, Ordering::AcqRel) {
             self.writer.wake();
         }
         Delivery::Queued
+    }
+
+    /// Reserves from the node's budget what a queue of `bytes` needs beyond the allowance.
+    fn reserve(&self, q: &mut Queue, bytes: usize) -> bool {
+        let Some(node) = &self.node_budget else {
+            return true;
+        };
+        let over = bytes.saturating_sub(FREE_QUEUE_BYTES);
+        if over <= q.reserved {
+            return true;
+        }
+        let more = (over - q.reserved).div_ceil(RESERVE_CHUNK) * RESERVE_CHUNK;
+        if !node.take(more) {
+            return false;
+        }
+        q.reserved += more;
+        true
+    }
+
+    /// The writer wrote `n` payload bytes of what it took: they no longer count against the
+    /// bounds.
+    pub(super) fn written(&self, n: usize) {
+        let mut q = self.queue.lock();
+        q.bytes = q.bytes.saturating_sub(n);
+        q.release_unneeded(self.node_budget.as_deref());
     }
 
     /// Takes everything queued (for the writer); empty when nothing is.
@@ -138,16 +292,23 @@ impl ConnHandle {
         .await;
     }
 
-    /// Refuses further frames (the writer is gone).
+    /// Refuses further frames (the writer is gone) and gives back what the queue reserved.
     pub(super) fn close_queue(&self) {
         let mut q = self.queue.lock();
         q.closed = true;
         q.items.clear();
+        q.bytes = 0;
+        q.release_unneeded(self.node_budget.as_deref());
     }
 
     /// Frames waiting to be written.
     pub fn queued_len(&self) -> usize {
         self.queue.lock().items.len()
+    }
+
+    /// Payload bytes queued or being written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().bytes
     }
 
     /// Asks the connection to close with `kind` (the first reason wins).
@@ -215,5 +376,110 @@ impl ConnHandle {
             .lock()
             .iter()
             .any(|u| u.as_str() == user)
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        // A handle dropped without its writer having closed the queue (tests, a failed spawn).
+        let q = self.queue.get_mut();
+        q.bytes = 0;
+        q.release_unneeded(self.node_budget.as_deref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    fn node(limit: usize) -> Arc<OutboundBudget> {
+        let gauge = IntGauge::new("reserved", "reserved").unwrap();
+        let refused = IntCounter::new("refused", "refused").unwrap();
+        OutboundBudget::new(limit, gauge, refused)
+    }
+
+    fn conn(id: u32, bytes: usize, node: Option<Arc<OutboundBudget>>) -> ConnRef {
+        ConnHandle::bounded(
+            SocketId::from_parts(id, id),
+            QueueBounds {
+                frames: 1000,
+                bytes,
+                node,
+            },
+        )
+    }
+
+    #[test]
+    fn a_queue_over_its_byte_bound_closes_the_connection_as_a_slow_consumer() {
+        let c = conn(1, 1000, None);
+        assert_eq!(c.deliver(&frame(400)), Delivery::Queued);
+        assert_eq!(c.deliver(&frame(400)), Delivery::Queued);
+        assert_eq!(c.deliver(&frame(400)), Delivery::Overflow);
+        assert_eq!(c.close_reason(), Some(ErrorKind::SlowConsumer));
+        assert_eq!(
+            c.deliver(&frame(1)),
+            Delivery::Queued,
+            "closing is the writer's job"
+        );
+    }
+
+    #[test]
+    fn taken_frames_count_until_written() {
+        let c = conn(1, 1000, None);
+        c.deliver(&frame(600));
+        assert_eq!(c.take_queued().len(), 1);
+        assert_eq!(c.queued_bytes(), 600, "in the writer's hands");
+        assert_eq!(c.deliver(&frame(600)), Delivery::Overflow);
+
+        let c = conn(2, 1000, None);
+        c.deliver(&frame(600));
+        let _ = c.take_queued();
+        c.written(600);
+        assert_eq!(c.queued_bytes(), 0);
+        assert_eq!(c.deliver(&frame(600)), Delivery::Queued);
+        assert_eq!(c.close_reason(), None);
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_bound_passes_an_empty_queue() {
+        let c = conn(1, 1000, None);
+        assert_eq!(c.deliver(&frame(5000)), Delivery::Queued);
+        assert_eq!(c.deliver(&frame(1)), Delivery::Overflow);
+    }
+
+    #[test]
+    fn the_node_budget_is_drawn_on_only_beyond_the_allowance_and_given_back() {
+        let node = node(RESERVE_CHUNK);
+        let a = conn(1, usize::MAX, Some(node.clone()));
+        let b = conn(2, usize::MAX, Some(node.clone()));
+        // Within the allowance: the shared counter is not touched.
+        a.deliver(&frame(FREE_QUEUE_BYTES));
+        b.deliver(&frame(FREE_QUEUE_BYTES));
+        assert_eq!(node.reserved(), 0);
+        // One byte beyond it reserves a whole chunk: the budget's only one.
+        assert_eq!(a.deliver(&frame(1)), Delivery::Queued);
+        assert_eq!(node.reserved(), RESERVE_CHUNK);
+        assert_eq!(b.deliver(&frame(1)), Delivery::Overflow);
+        assert_eq!(b.close_reason(), Some(ErrorKind::SlowConsumer));
+        assert_eq!(node.refused.get(), 1);
+        // Written, the chunk goes back and another connection can have it.
+        let _ = a.take_queued();
+        a.written(FREE_QUEUE_BYTES + 1);
+        assert_eq!(node.reserved(), 0);
+        let c = conn(3, usize::MAX, Some(node.clone()));
+        c.deliver(&frame(FREE_QUEUE_BYTES + 1));
+        assert_eq!(node.reserved(), RESERVE_CHUNK);
+        // A closed queue, or a dropped handle, gives back what it held.
+        c.close_queue();
+        assert_eq!(node.reserved(), 0);
+        let d = conn(4, usize::MAX, Some(node.clone()));
+        d.deliver(&frame(FREE_QUEUE_BYTES + 1));
+        drop(d);
+        assert_eq!(node.reserved(), 0);
+        assert_eq!(node.gauge.get(), 0);
     }
 }

@@ -14,17 +14,19 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, Instrument};
 
 use crate::app::App;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 use crate::protocol::{message, ErrorKind, SocketId};
 use crate::state::{AppHub, ServerState};
-use frames::{Frame, FrameError, OpCode};
-use handle::{ConnHandle, Outbound};
+use frames::{Frame, FrameError, OpCode, PartialBudget, PartialHold};
+use handle::{ConnHandle, Outbound, OutboundBudget, QueueBounds};
 use session::Session;
 
 pub(crate) type Io = TokioIo<Upgraded>;
@@ -35,6 +37,50 @@ pub enum Admission {
     Accepted { app: Arc<App>, hub: Arc<AppHub> },
     /// Send `pusher:error` with this kind and close with its code.
     Refused(ErrorKind),
+}
+
+/// The node-wide memory budgets every connection of the node draws on.
+pub struct Budgets {
+    partial: Arc<PartialBudget>,
+    queue: QueueBounds,
+}
+
+impl Budgets {
+    /// The budgets `server` configures, reported through `metrics`.
+    pub fn new(server: &ServerConfig, metrics: &Metrics) -> Budgets {
+        Budgets {
+            partial: PartialBudget::new(
+                server.partial_message_node_bytes,
+                metrics.partial_message_bytes.clone(),
+                metrics.partial_budget_disconnects.clone(),
+            ),
+            queue: QueueBounds {
+                frames: server.outbound_queue_size,
+                bytes: server.outbound_queue_bytes,
+                node: Some(OutboundBudget::new(
+                    server.outbound_node_bytes,
+                    metrics.outbound_reserved_bytes.clone(),
+                    metrics.outbound_budget_disconnects.clone(),
+                )),
+            },
+        }
+    }
+
+    /// Bytes of `server.outbound_node_bytes` reserved now by connections with long queues.
+    pub fn outbound_reserved_bytes(&self) -> usize {
+        self.queue.node.as_ref().map_or(0, |n| n.reserved())
+    }
+
+    /// Bytes held now in partially received messages, by every connection of the node.
+    pub fn partial_message_bytes(&self) -> usize {
+        self.partial.held()
+    }
+
+    /// The part of those charged to `server.partial_message_node_bytes` (what each connection
+    /// holds beyond its allowance).
+    pub fn partial_message_charged(&self) -> usize {
+        self.partial.charged()
+    }
 }
 
 /// Runs one WebSocket connection to completion.
@@ -70,7 +116,7 @@ async fn serve(
     hub: Arc<AppHub>,
     state: Arc<ServerState>,
 ) {
-    let conn = ConnHandle::new(socket_id, state.server.outbound_queue_size);
+    let conn = ConnHandle::bounded(socket_id, state.budgets.queue.clone());
     let (mut reader, write_half) = tokio::io::split(io);
     let writer =
         // Not instrumented: the writer is polled once per delivery, and entering a span on every
@@ -94,14 +140,18 @@ async fn serve(
     let mut auth_deadline = settings
         .require_authorization
         .then(|| Instant::now() + settings.authorization_timeout);
-    let mut fragments: Option<(OpCode, BytesMut)> = None;
+    let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+    // The bytes of messages not yet handled, charged to the node's budget as they arrive.
+    let mut hold = PartialHold::new(state.budgets.partial.clone());
     // Registered with the token once for the connection's life (see writer.rs).
     let cancelled = conn.cancelled().cancelled();
     tokio::pin!(cancelled);
 
     loop {
+        // What the previous message held is handled or dropped; fragments are still held.
+        hold.lower_to(fragments.as_ref().map_or(0, |(_, buf)| buf.capacity()));
         let step = {
-            let read = frames::read_frame(&mut reader, max);
+            let read = frames::read_frame(&mut reader, max, &mut hold);
             tokio::pin!(read);
             loop {
                 tokio::select! {
@@ -134,6 +184,8 @@ async fn serve(
                 match e {
                     FrameError::TooBig(_) => conn.close(ErrorKind::MessageTooBig),
                     FrameError::Protocol(_) => conn.close(ErrorKind::WebSocketProtocol),
+                    // Back off and come back when the node has room (counted by the budget).
+                    FrameError::OverBudget => conn.close(ErrorKind::OverCapacity),
                     // Nothing can be written to a client that is gone: skip the close frame (a
                     // mass disconnect then costs no write per socket).
                     FrameError::Eof | FrameError::Io(_) => conn.mark_peer_gone(),
@@ -141,9 +193,15 @@ async fn serve(
                 break;
             }
         };
-        // Any inbound frame, data or control, is activity (spec 1.6).
-        deadline = Instant::now() + settings.ping_interval;
-        pinged = false;
+        // Any inbound frame is activity (spec 1.6), except a Pong frame: the server never sends
+        // a Ping frame, so every Pong is unsolicited (RFC 6455 5.5.3), and a client that never
+        // reads could otherwise keep itself alive with them, its queue filling for nothing.
+        // Traffic that asks for an answer (`pusher:ping`, a Ping frame) still counts: its
+        // answers fill the queue of a client that does not read, which is then closed.
+        if frame.opcode != OpCode::Pong {
+            deadline = Instant::now() + settings.ping_interval;
+            pinged = false;
+        }
         hub.metrics
             .socket_received_bytes
             .inc_by(frame.payload.len() as u64);
@@ -167,7 +225,7 @@ async fn serve(
                 if frame.fin {
                     Some((frame.opcode, frame.payload))
                 } else {
-                    fragments = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
+                    fragments = Some((frame.opcode, Vec::from(frame.payload)));
                     None
                 }
             }
@@ -181,9 +239,11 @@ async fn serve(
                     conn.close(ErrorKind::MessageTooBig);
                     break;
                 }
+                // Exactly: the charge for this frame's buffer covers the growth.
+                buf.reserve_exact(frame.payload.len());
                 buf.extend_from_slice(&frame.payload);
                 if frame.fin {
-                    Some((first, buf.freeze()))
+                    Some((first, Bytes::from(buf)))
                 } else {
                     fragments = Some((first, buf));
                     None

@@ -1,27 +1,27 @@
-//! `Session`: what one connection is (its subscriptions, its signed-in user, its client-event
-//! budget) and the handling of every client message, in the order the spec gives (2.2, 2.5,
-//! 3.5, 4.1). Refusals become `pusher:error` here; nothing else formats wire errors.
+//! `Session`: the handling of every client message, in the order the spec gives (2.2, 2.5,
+//! 3.5, 4.1): parse, authorise (signatures, limits, the client-event budget), call, reply.
+//! What the connection has joined, and the join and leave sequences with their rollbacks and
+//! announcements, belong to `membership`. Refusals become `pusher:error` here; nothing else
+//! formats wire errors.
 
-use std::collections::HashMap;
+mod membership;
+
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::app::{App, ClientEventPolicy};
-use crate::broadcast::target_of;
-use crate::channels::Joined;
-use crate::cluster::Target;
 use crate::connection::handle::ConnRef;
-use crate::presence::Join;
 use crate::protocol::auth::{channel_string_to_sign, signin_string_to_sign, verify_token};
-use crate::protocol::presence::{parse_channel_data, parse_user_data, roster_json, SignedInUser};
+use crate::protocol::presence::{parse_channel_data, parse_user_data};
 use crate::protocol::{
     message, ChannelKind, ChannelName, ClientMessage, ErrorKind, PresenceMember, UserId,
 };
 use crate::ratelimit::TokenBucket;
 use crate::state::{AppHub, ServerState};
 use crate::webhooks::WebhookEvent;
+use membership::{JoinError, Membership, SignIn};
 
 /// A refusal of one message; the connection stays open unless the kind closes it.
 struct Refusal {
@@ -55,51 +55,15 @@ impl Refusal {
     }
 }
 
-/// A join in progress on this node (`ChannelRegistry::begin_join`): a presence roster or a
-/// cache channel's shared event being read. Dropped unfinished (refused, or the connection
-/// went away during the read), it ends the join so the registry stops keeping events for it.
-struct PendingJoin {
-    hub: Arc<AppHub>,
-    channel: ChannelName,
-    mark: Option<u64>,
-}
-
-impl PendingJoin {
-    fn begin(hub: &Arc<AppHub>, channel: &ChannelName) -> PendingJoin {
-        PendingJoin {
-            hub: hub.clone(),
-            channel: channel.clone(),
-            mark: Some(hub.channels.begin_join(channel)),
-        }
-    }
-
-    /// The join's mark, for the subscription that ends it.
-    fn finish(mut self) -> u64 {
-        self.mark.take().unwrap_or_default()
-    }
-}
-
-impl Drop for PendingJoin {
-    fn drop(&mut self) {
-        if self.mark.take().is_some() {
-            self.hub.channels.abandon_join(&self.channel);
-        }
-    }
-}
-
-struct Subscription {
-    /// The member this connection is on a presence channel.
-    member: Option<UserId>,
-}
-
 pub(super) struct Session {
     state: Arc<ServerState>,
     app: Arc<App>,
     hub: Arc<AppHub>,
     conn: ConnRef,
-    subscriptions: HashMap<ChannelName, Subscription>,
-    user: Option<SignedInUser>,
+    membership: Membership,
     client_events: TokenBucket,
+    /// Joins this connection may still start now (`max_subscribes_per_second`).
+    subscribes: TokenBucket,
     /// Subscribed to a private/presence channel (for authorized connections, spec 3.9).
     authorized_channel: bool,
 }
@@ -112,21 +76,25 @@ impl Session {
         conn: ConnRef,
     ) -> Self {
         let rate = app.settings.max_client_events_per_second;
+        let subscribes = TokenBucket::with_burst(
+            app.settings.max_subscribes_per_second,
+            u32::try_from(app.settings.max_channels_per_connection).unwrap_or(u32::MAX),
+        );
         Session {
+            membership: Membership::new(state.clone(), app.clone(), hub.clone(), conn.clone()),
             state,
             app,
             hub,
             conn,
-            subscriptions: HashMap::new(),
-            user: None,
             client_events: TokenBucket::new(rate),
+            subscribes,
             authorized_channel: false,
         }
     }
 
     /// Signed in, or subscribed to a channel that needed a signature.
     pub(super) fn is_authorized(&self) -> bool {
-        self.user.is_some() || self.authorized_channel
+        self.membership.user().is_some() || self.authorized_channel
     }
 
     pub(super) async fn handle(&mut self, payload: &[u8]) {
@@ -154,7 +122,7 @@ impl Session {
             }
             ClientMessage::Unsubscribe { channel } => {
                 if let Ok(name) = ChannelName::parse(&channel, usize::MAX) {
-                    self.unsubscribe(&name).await;
+                    self.membership.leave(&name).await;
                 }
                 Ok(())
             }
@@ -194,31 +162,16 @@ impl Session {
         let name = ChannelName::parse(channel, self.app.settings.max_channel_name_length)
             .map_err(|_| Refusal::on(ErrorKind::InvalidChannelName, channel))?;
         let kind = name.kind();
-        if self.subscriptions.contains_key(&name) {
-            // Reconnect races: answer again, no member events, no webhooks (spec 2.2 step 3).
-            if kind.is_presence() {
-                let members = self
-                    .state
-                    .presence
-                    .members(&self.app.id, name.as_str())
-                    .await
-                    .unwrap_or_default();
-                let frame =
-                    message::presence_subscription_succeeded(name.as_str(), &roster_json(&members));
-                self.hub
-                    .channels
-                    .resend_roster(&name, &self.conn, &frame, &members);
-            } else {
-                self.conn
-                    .deliver(&message::subscription_succeeded(name.as_str()));
-            }
+        if self.membership.is_subscribed(&name) {
+            // Answered without a join, before any check (spec 2.2 step 3).
+            self.membership.repeat(&name);
             return Ok(());
         }
 
         // Authorise by kind (spec 3).
         let member = match kind {
             ChannelKind::ServerToUser => {
-                let own = self.user.as_ref().map(|u| u.id.as_str());
+                let own = self.membership.user().map(|u| u.id.as_str());
                 if own.is_none() || own != name.server_to_user_id() {
                     return Err(Refusal::subscription(
                         ErrorKind::ServerToUserForbidden,
@@ -243,172 +196,39 @@ impl Session {
             _ => None,
         };
 
-        // From here on, events published on any node reach this one. For presence, before
-        // the roster is read (cluster-wide through the store), so every member event after the
-        // read reaches it; the registry reconciles the roster with the events in flight
-        // (`Joined`). Likewise for a cache channel's shared cached event.
-        let pending =
-            (member.is_some() || kind.is_cache()).then(|| PendingJoin::begin(&self.hub, &name));
-        let target = target_of(&name);
-        self.state.adapter.acquire(&self.app.id, &target).await;
-        let mut roster = Vec::new();
-        let mut first_member = false;
-        let mut member_rejoined = false;
-        if let Some(m) = &member {
-            let result = self
-                .state
-                .presence
-                .join(
-                    &self.app.id,
-                    &name,
-                    m,
-                    self.conn.socket_id,
-                    self.app.settings.max_presence_members_per_channel,
-                )
-                .await;
-            let refusal = match result {
-                Ok(Join::Joined {
-                    first,
-                    rejoined: r_again,
-                    roster: r,
-                }) => {
-                    first_member = first;
-                    member_rejoined = r_again;
-                    roster = r;
-                    None
-                }
-                Ok(Join::Full) => Some(Refusal::subscription(
-                    ErrorKind::PresenceFull,
-                    channel,
-                    4100,
-                )),
-                Err(e) => {
-                    warn!(error = %e, "presence join failed");
-                    Some(Refusal::subscription(
-                        ErrorKind::PresenceUnavailable,
-                        channel,
-                        4302,
-                    ))
-                }
-            };
-            if let Some(refusal) = refusal {
-                drop(pending);
-                self.state.adapter.release(&self.app.id, &target).await;
-                return Err(refusal);
-            }
+        // Limits that protect the join itself (spec 2.2 step 5): a duplicate or a refused
+        // subscribe costs no more than any other small message, so only joins are counted.
+        if self.membership.channel_count() >= self.app.settings.max_channels_per_connection {
+            self.hub.metrics.channel_limited.inc();
+            return Err(Refusal::subscription(
+                ErrorKind::ChannelLimit,
+                channel,
+                4100,
+            ));
+        }
+        if !self.subscribes.try_take(1) {
+            self.hub.metrics.subscribes_rate_limited.inc();
+            return Err(Refusal::subscription(
+                ErrorKind::SubscribeRateLimited,
+                channel,
+                4301,
+            ));
         }
 
-        let succeeded = match &member {
-            Some(_) => {
-                message::presence_subscription_succeeded(name.as_str(), &roster_json(&roster))
-            }
-            None => message::subscription_succeeded(name.as_str()),
-        };
-        // The cluster's copy of a cache channel's last event (one node: none, the registry
-        // holds it).
-        let shared_cache = if kind.is_cache() {
-            self.state
-                .cluster
-                .cached(&self.hub, name.as_str())
-                .await
-                .unwrap_or_else(|e| {
-                    warn!(error = %e, "reading the shared cache failed");
-                    None
-                })
-        } else {
-            None
-        };
-        // In a cluster, counted before the client hears of it (see `subscribing`).
-        let counted = self
-            .state
-            .cluster
-            .subscribing(&self.hub, name.as_str())
-            .await;
-        let joined = pending.map(|p| Joined {
-            mark: p.finish(),
-            presence: member.clone().map(|m| (m, roster.as_slice())),
-        });
-        let Some(sub) = self.hub.channels.subscribe(
-            &name,
-            &self.conn,
-            &succeeded,
-            shared_cache.as_ref(),
-            joined,
-        ) else {
-            if let Ok(Some(_)) = counted {
-                let _ = self
-                    .state
-                    .cluster
-                    .unsubscribed(&self.hub, name.as_str(), 0, None)
-                    .await;
-            }
-            self.state.adapter.release(&self.app.id, &target).await;
-            return Ok(());
-        };
+        self.membership
+            .join(&name, member)
+            .await
+            .map_err(|e| match e {
+                JoinError::PresenceFull => {
+                    Refusal::subscription(ErrorKind::PresenceFull, channel, 4100)
+                }
+                JoinError::PresenceUnavailable => {
+                    Refusal::subscription(ErrorKind::PresenceUnavailable, channel, 4302)
+                }
+            })?;
         if kind.requires_signature() {
             self.authorized_channel = true;
         }
-        self.subscriptions.insert(
-            name.clone(),
-            Subscription {
-                member: member.as_ref().map(|m| m.user_id.clone()),
-            },
-        );
-        // Occupancy is decided cluster-wide: only the node that made the count 1 reports it.
-        let (total, rejoined) = match counted {
-            Ok(Some(c)) => (c.total, c.rejoined),
-            Ok(None) => (sub.count as u64, false),
-            Err(e) => {
-                warn!(error = %e, "counting a subscription cluster-wide failed");
-                (0, false)
-            }
-        };
-        // Back while its `channel_vacated` was held cluster-wide: neither webhook goes.
-        if total == 1 && !rejoined {
-            self.state.webhook(
-                &self.app,
-                WebhookEvent::ChannelOccupied {
-                    channel: name.to_string(),
-                },
-            );
-        }
-        if let Some(m) = &member {
-            self.conn.add_presence_user(&m.user_id);
-            if first_member {
-                let frame = message::member_added(
-                    name.as_str(),
-                    m.user_id.as_str(),
-                    m.user_info.as_deref(),
-                );
-                self.state.broadcaster.publish_frame(
-                    &self.hub,
-                    &name,
-                    frame,
-                    Some(self.conn.socket_id),
-                    None,
-                );
-                // Back while their `member_removed` was held cluster-wide: neither webhook.
-                if !member_rejoined {
-                    self.state.webhook(
-                        &self.app,
-                        WebhookEvent::MemberAdded {
-                            channel: name.to_string(),
-                            user_id: m.user_id.to_string(),
-                        },
-                    );
-                }
-            }
-        }
-        if kind.is_cache() && !sub.cache_hit {
-            self.conn.deliver(&message::cache_miss(name.as_str()));
-            self.state.webhook(
-                &self.app,
-                WebhookEvent::CacheMiss {
-                    channel: name.to_string(),
-                },
-            );
-        }
-        self.subscription_count_changed(&name, total);
         Ok(())
     }
 
@@ -436,7 +256,7 @@ impl Session {
                 })?
             }
             None => {
-                let Some(user) = &self.user else {
+                let Some(user) = self.membership.user() else {
                     return Err(Refusal::subscription(
                         ErrorKind::PresenceWithoutUser,
                         channel,
@@ -478,129 +298,9 @@ impl Session {
         })
     }
 
-    async fn unsubscribe(&mut self, name: &ChannelName) {
-        let Some(sub) = self.subscriptions.remove(name) else {
-            return;
-        };
-        if let Some(u) = self.hub.channels.unsubscribe(name, self.conn.socket_id) {
-            self.state
-                .adapter
-                .release(&self.app.id, &target_of(name))
-                .await;
-            let hold = self.app.removal_hold();
-            match self
-                .state
-                .cluster
-                .unsubscribed(&self.hub, name.as_str(), u.count, hold)
-                .await
-            {
-                Ok(0) => self.state.held_webhook(
-                    &self.app,
-                    WebhookEvent::ChannelVacated {
-                        channel: name.to_string(),
-                    },
-                    hold,
-                ),
-                Ok(total) => self.subscription_count_changed(name, total),
-                Err(e) => warn!(error = %e, "counting an unsubscription cluster-wide failed"),
-            }
-        }
-        if let Some(user) = sub.member {
-            if !self
-                .subscriptions
-                .values()
-                .any(|s| s.member.as_ref() == Some(&user))
-            {
-                self.conn.remove_presence_user(&user);
-            }
-            let hold = self.app.removal_hold();
-            let last = self
-                .state
-                .presence
-                .leave(&self.app.id, name, &user, self.conn.socket_id, hold)
-                .await;
-            match last {
-                Ok(true) => {
-                    let frame = message::member_removed(name.as_str(), user.as_str());
-                    self.state.broadcaster.publish_frame(
-                        &self.hub,
-                        name,
-                        frame,
-                        Some(self.conn.socket_id),
-                        None,
-                    );
-                    self.state.held_webhook(
-                        &self.app,
-                        WebhookEvent::MemberRemoved {
-                            channel: name.to_string(),
-                            user_id: user.to_string(),
-                        },
-                        hold,
-                    );
-                }
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "presence leave failed"),
-            }
-        }
-    }
-
     /// Implicit unsubscribe from everything when the connection ends (spec 2.5).
     pub(super) async fn leave_all(&mut self) {
-        let names: Vec<ChannelName> = self.subscriptions.keys().cloned().collect();
-        for name in names {
-            self.unsubscribe(&name).await;
-        }
-        if let Some(user) = self.user.take() {
-            self.hub.users.remove(&user.id, self.conn.socket_id);
-            self.state
-                .adapter
-                .release(&self.app.id, &Target::User(user.id.to_string()))
-                .await;
-            let local = self.hub.users.count(user.id.as_str());
-            match self
-                .state
-                .cluster
-                .signed_in(&self.hub, user.id.as_str(), -1, local)
-                .await
-            {
-                Ok(0) if self.app.settings.watchlist_events => {
-                    self.state
-                        .broadcaster
-                        .publish_watch(&self.hub, user.id.as_str(), false);
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "counting a sign-out cluster-wide failed"),
-            }
-            if self.app.settings.watchlist_events {
-                for watched in &user.watchlist {
-                    self.hub.watchers.remove(watched, self.conn.socket_id);
-                    self.state
-                        .adapter
-                        .release(&self.app.id, &Target::Watchers(watched.to_string()))
-                        .await;
-                }
-            }
-        }
-    }
-
-    fn subscription_count_changed(&self, name: &ChannelName, count: u64) {
-        if !self.app.settings.subscription_count_events || !name.kind().counts_subscriptions() {
-            return;
-        }
-        if count == 0 || !self.hub.channels.take_count_event_slot(name) {
-            return;
-        }
-        let frame = message::subscription_count(name.as_str(), count);
-        self.state
-            .broadcaster
-            .publish_frame(&self.hub, name, frame, None, None);
-        self.state.webhook(
-            &self.app,
-            WebhookEvent::SubscriptionCount {
-                channel: name.to_string(),
-                subscription_count: count,
-            },
-        );
+        self.membership.leave_all().await;
     }
 
     async fn signin(&mut self, auth: &str, user_data: &str) -> Result<(), Refusal> {
@@ -613,7 +313,7 @@ impl Session {
         }
         let mut user =
             parse_user_data(user_data).map_err(|_| Refusal::new(ErrorKind::SigninFailed))?;
-        if let Some(current) = &self.user {
+        if let Some(current) = self.membership.user() {
             if current.id != user.id {
                 return Err(Refusal::new(ErrorKind::SigninDifferentUser));
             }
@@ -621,73 +321,15 @@ impl Session {
         let max_watch = self.app.settings.max_watchlist_size;
         let over_watchlist = user.watchlist.len() > max_watch;
         user.watchlist.truncate(max_watch);
-        // A repeated sign-in with the same id only answers again.
-        let first_signin = self.user.is_none();
-        if first_signin {
-            self.state
-                .adapter
-                .acquire(&self.app.id, &Target::User(user.id.to_string()))
-                .await;
-        }
-        self.hub.users.add(&user.id, &self.conn);
-        self.conn.set_signed_in_user(user.id.clone());
-        if first_signin {
-            let local = self.hub.users.count(user.id.as_str());
-            match self
-                .state
-                .cluster
-                .signed_in(&self.hub, user.id.as_str(), 1, local)
-                .await
-            {
-                Ok(1) if self.app.settings.watchlist_events => {
-                    self.state
-                        .broadcaster
-                        .publish_watch(&self.hub, user.id.as_str(), true);
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "counting a sign-in cluster-wide failed"),
-            }
-        }
+        let signed_in = self.membership.sign_in(user).await;
         self.conn.deliver(&message::signin_success(user_data));
-        if over_watchlist {
-            self.conn
-                .deliver(&message::error(&ErrorKind::WatchlistLimit, None));
+        if signed_in == SignIn::First {
+            if over_watchlist {
+                self.conn
+                    .deliver(&message::error(&ErrorKind::WatchlistLimit, None));
+            }
+            self.membership.watch().await;
         }
-        if self.app.settings.watchlist_events && first_signin && !user.watchlist.is_empty() {
-            // Watch first, then read the status, so no transition in between is missed.
-            for watched in &user.watchlist {
-                self.hub.watchers.add(watched, &self.conn);
-                self.state
-                    .adapter
-                    .acquire(&self.app.id, &Target::Watchers(watched.to_string()))
-                    .await;
-            }
-            let ids: Vec<String> = user.watchlist.iter().map(|u| u.to_string()).collect();
-            let status = self
-                .state
-                .cluster
-                .online(&self.hub, &ids)
-                .await
-                .unwrap_or_else(|_| vec![false; ids.len()]);
-            let mut online = Vec::new();
-            let mut offline = Vec::new();
-            for (id, on) in ids.into_iter().zip(status) {
-                if on {
-                    online.push(id);
-                } else {
-                    offline.push(id);
-                }
-            }
-            let mut events = Vec::new();
-            if !online.is_empty() {
-                events.push(("online", online));
-            }
-            if !offline.is_empty() {
-                events.push(("offline", offline));
-            }
-            self.conn.deliver(&message::watchlist_events(&events));
-        }
-        self.user = Some(user);
         Ok(())
     }
 
@@ -706,7 +348,7 @@ impl Session {
         }
         // A subscribed channel was validated when it was joined: reuse its name (no parse, no
         // allocation on the hot path); anything else is parsed for the right refusal.
-        let name = match self.subscriptions.get_key_value(channel) {
+        let name = match self.membership.subscription(channel) {
             Some((name, _)) => name.clone(),
             None => ChannelName::parse(channel, settings.max_channel_name_length)
                 .map_err(|_| Refusal::on(ErrorKind::InvalidChannelName, channel))?,
@@ -717,7 +359,7 @@ impl Session {
         if !kind.accepts_client_events() && !public_allowed {
             return Err(Refusal::on(ErrorKind::ClientEventChannelKind, channel));
         }
-        let Some(sub) = self.subscriptions.get(&name) else {
+        let Some((_, sub)) = self.membership.subscription(name.as_str()) else {
             return Err(Refusal::on(
                 ErrorKind::ClientEventNotSubscribed {
                     channel: channel.to_string(),

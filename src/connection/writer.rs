@@ -66,7 +66,9 @@ fn close_sequence(kind: Option<&ErrorKind>) -> Vec<u8> {
     buf
 }
 
-fn push(buf: &mut Vec<u8>, out: Outbound, metrics: &AppMetrics) {
+/// Encodes `out` into `buf`; returns its payload length.
+fn push(buf: &mut Vec<u8>, out: Outbound, metrics: &AppMetrics) -> usize {
+    let len = out.len();
     match out {
         Outbound::Text(b) => {
             metrics.ws_messages_sent.inc();
@@ -75,6 +77,7 @@ fn push(buf: &mut Vec<u8>, out: Outbound, metrics: &AppMetrics) {
         }
         Outbound::Pong(b) => encode_frame(buf, OP_PONG, &b),
     }
+    len
 }
 
 pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics) {
@@ -96,9 +99,10 @@ pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics
                 break 'outer;
             }
             buf.clear();
+            let mut payload = 0;
             while buf.len() < BATCH_BYTES {
                 let Some(m) = batch.pop_front() else { break };
-                push(&mut buf, m, &metrics);
+                payload += push(&mut buf, m, &metrics);
             }
             let written = tokio::select! {
                 r = w.write_all(&buf) => r.is_ok(),
@@ -111,6 +115,8 @@ pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics
             if !written {
                 break 'outer;
             }
+            // Only now: until written, the frames pin memory as much as queued ones.
+            conn.written(payload);
         }
         if buf.capacity() > KEEP_BUFFER {
             buf = Vec::new();

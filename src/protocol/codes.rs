@@ -38,6 +38,10 @@ pub enum ErrorKind {
     },
     ClientEventTooLarge,
     ClientEventRateLimited,
+    /// A subscribe beyond the app's `max_channels_per_connection`.
+    ChannelLimit,
+    /// A subscribe beyond the app's `max_subscribes_per_second` (and its burst).
+    SubscribeRateLimited,
     WatchlistLimit,
     SigninFailed,
     SigninDifferentUser,
@@ -74,14 +78,18 @@ impl ErrorKind {
             | ErrorKind::SigninDifferentUser
             | ErrorKind::AuthorizationTimeout
             | ErrorKind::Terminated => 4009,
-            ErrorKind::OverCapacity | ErrorKind::PresenceFull | ErrorKind::SlowConsumer => 4100,
+            ErrorKind::OverCapacity
+            | ErrorKind::PresenceFull
+            | ErrorKind::ChannelLimit
+            | ErrorKind::SlowConsumer => 4100,
             ErrorKind::ShuttingDown | ErrorKind::InvalidMessageFormat => 4200,
             ErrorKind::PongTimeout => 4201,
             ErrorKind::PresenceMemberTooLarge
             | ErrorKind::ClientEventsDisabled
             | ErrorKind::EventNameTooLong
             | ErrorKind::ClientEventTooLarge
-            | ErrorKind::ClientEventRateLimited => 4301,
+            | ErrorKind::ClientEventRateLimited
+            | ErrorKind::SubscribeRateLimited => 4301,
             ErrorKind::WatchlistLimit | ErrorKind::PresenceUnavailable => 4302,
             ErrorKind::MessageTooBig => 1009,
             ErrorKind::WebSocketProtocol => 1002,
@@ -130,6 +138,8 @@ impl ErrorKind {
             }
             ErrorKind::ClientEventTooLarge => "The event data should be less than 10 KB.",
             ErrorKind::ClientEventRateLimited => "Client event rejected due to rate limit",
+            ErrorKind::ChannelLimit => "Channel limit per connection reached",
+            ErrorKind::SubscribeRateLimited => "Subscription rejected due to rate limit",
             ErrorKind::WatchlistLimit => {
                 "Watchlist limit exceeded. Only the first 100 user IDs are accepted."
             }

@@ -24,9 +24,27 @@ pub fn validate_target_url(url: &str) -> Result<(), WebhookError> {
     parse_target_url(url).map(|_| ())
 }
 
+/// `url` as it may be shown to an operator: user info and query, which may carry credentials
+/// or tokens, replaced by `***` (`https://u:pw@h/p?t=1` → `https://***@h/p?***`).
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    // The last '@' ends the user info even when the password holds an unencoded '/' or '?'.
+    let rest = match rest.rsplit_once('@') {
+        Some((_, host_and_path)) => format!("***@{host_and_path}"),
+        None => rest.to_owned(),
+    };
+    match rest.split_once('?') {
+        Some((before, _)) => format!("{scheme}{before}?***"),
+        None => format!("{scheme}{rest}"),
+    }
+}
+
 pub(crate) fn parse_target_url(url: &str) -> Result<Uri, WebhookError> {
     let invalid = |reason: &str| WebhookError::InvalidUrl {
-        url: url.to_owned(),
+        url: redact_url(url),
         reason: reason.to_owned(),
     };
     let uri: Uri = url

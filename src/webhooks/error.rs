@@ -13,7 +13,7 @@ pub enum WebhookError {
     /// The target URL is not an absolute `http://` or `https://` URL with a host.
     #[error("webhook url {url:?} is invalid: {reason}")]
     InvalidUrl {
-        /// The URL as configured.
+        /// The URL as configured, its user info and query redacted (`redact_url`).
         url: String,
         /// Why it was rejected.
         reason: String,

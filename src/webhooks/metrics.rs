@@ -20,14 +20,18 @@ pub(crate) enum DropReason {
     Shutdown,
     /// The target's URL cannot be used.
     InvalidTarget,
+    /// Replays adopted from a dead node found the wait for room in the app's queue full
+    /// (they stay in this node's journal).
+    ReplayBacklogFull,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 4] = [
+    const ALL: [DropReason; 5] = [
         DropReason::QueueFull,
         DropReason::BacklogFull,
         DropReason::Shutdown,
         DropReason::InvalidTarget,
+        DropReason::ReplayBacklogFull,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -36,6 +40,7 @@ impl DropReason {
             DropReason::BacklogFull => "backlog_full",
             DropReason::Shutdown => "shutdown",
             DropReason::InvalidTarget => "invalid_target",
+            DropReason::ReplayBacklogFull => "replay_backlog_full",
         }
     }
 }
@@ -152,7 +157,7 @@ pub(crate) struct AppMetrics {
     pub(crate) sent: IntCounter,
     pub(crate) failed: IntCounter,
     pub(crate) retried: IntCounter,
-    dropped: [IntCounter; 4],
+    dropped: [IntCounter; 5],
     pub(crate) queue_depth: IntGauge,
     journal: [IntCounter; 3],
 }

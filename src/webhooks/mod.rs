@@ -4,7 +4,10 @@
 //! [`Webhooks`] is the handle the rest of the server holds. [`Webhooks::emit`] never blocks:
 //! it filters, then `try_send`s into the app's bounded queue (overflow: the newest event is
 //! dropped, counted in `{prefix}_dropped_total{reason="queue_full"}` and logged at a
-//! rate-limited warn). Behind the queue, one task per app (`dispatcher.rs`) delays removals,
+//! rate-limited warn). Replays adopted from a dead node are not dropped when the queue is
+//! full: they wait, in order, in the app's replay backlog (bounded by [`REPLAY_BACKLOG`];
+//! overflow: left in this node's journal, counted as `reason="replay_backlog_full"`) and a
+//! task moves them into the queue as room frees. Behind the queue, one task per app (`dispatcher.rs`) delays removals,
 //! de-duplicates, filters per target, batches, and hands requests to per-target lanes that
 //! sign, POST and retry.
 //!
@@ -43,7 +46,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use std::collections::VecDeque;
+
+use parking_lot::{Mutex, RwLock};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
@@ -53,7 +58,7 @@ pub use config::{
     AppWebhooks, DispatcherSettings, WebhookTarget, DEFAULT_BATCH_MAX_EVENTS, DEFAULT_BATCH_WINDOW,
     DEFAULT_REMOVAL_DELAY,
 };
-pub use endpoint::validate_target_url;
+pub use endpoint::{redact_url, validate_target_url};
 pub use error::WebhookError;
 pub use event::{WebhookEvent, WebhookKind};
 pub use gate::{CACHE_MISS_WINDOW, SUBSCRIPTION_COUNT_BUSY, SUBSCRIPTION_COUNT_INTERVAL};
@@ -109,38 +114,125 @@ struct Shared {
     closing: AtomicBool,
 }
 
+/// Replayed requests that may wait per app for room in its queue: as many as a dead node's
+/// journal keeps, so a whole adopted journal fits.
+pub const REPLAY_BACKLOG: usize = 100_000;
+
 /// The sending side of one app's queue.
 struct AppQueue {
     tx: mpsc::Sender<Queued>,
     task: Option<JoinHandle<()>>,
     metrics: AppMetrics,
     overflow_warn: WarnLimiter,
+    replays: Arc<Mutex<ReplayBacklog>>,
+}
+
+/// Replays waiting for room in an app's queue, oldest first.
+#[derive(Default)]
+struct ReplayBacklog {
+    waiting: VecDeque<Queued>,
+    /// A task is moving `waiting` into the queue; while it is, later replays wait behind.
+    moving: bool,
 }
 
 impl AppQueue {
-    fn offer(&self, app: &Arc<AppWebhooks>, item: Item, delivery: &Delivery) {
+    fn offer(&self, app: &Arc<AppWebhooks>, item: Item, shared: &Shared) {
         // Counted before the send so the dispatcher's decrement can never run first.
         self.metrics.queue_depth.inc();
         let queued = Queued {
             app: Arc::clone(app),
             item,
         };
+        if matches!(queued.item, Item::Replay(_)) {
+            return self.offer_replay(queued, shared);
+        }
         let Err(err) = self.tx.try_send(queued) else {
             return;
         };
         self.metrics.queue_depth.dec();
         match err {
-            TrySendError::Full(queued) => {
+            TrySendError::Full(_) => {
                 self.metrics.dropped(DropReason::QueueFull).inc();
-                if let Item::Replay(replay) = queued.item {
-                    delivery.discard(replay.id);
-                }
                 if let Some(held_back) = self.overflow_warn.allow() {
                     tracing::warn!(app_id = %app.app_id, held_back, "webhook queue full; dropping the newest events");
                 }
             }
-            // A replay refused at shutdown stays journaled for the node that outlives this one.
             TrySendError::Closed(_) => self.metrics.dropped(DropReason::Shutdown).inc(),
+        }
+    }
+
+    /// A replay is never dropped for a full queue: its events were released by a node that
+    /// died and exist nowhere else but the journal. It waits behind earlier replays.
+    fn offer_replay(&self, queued: Queued, shared: &Shared) {
+        let mut backlog = self.replays.lock();
+        if !backlog.moving {
+            match self.tx.try_send(queued) {
+                Ok(()) => return,
+                Err(TrySendError::Full(queued)) => {
+                    backlog.waiting.push_back(queued);
+                    backlog.moving = true;
+                    shared.runtime.spawn(move_replays(
+                        self.tx.clone(),
+                        Arc::clone(&self.replays),
+                        shared.shutdown.subscribe(),
+                        self.metrics.clone(),
+                    ));
+                }
+                // A replay refused at shutdown stays journaled for the node that outlives
+                // this one.
+                Err(TrySendError::Closed(_)) => {
+                    self.metrics.queue_depth.dec();
+                    self.metrics.dropped(DropReason::Shutdown).inc();
+                }
+            }
+            return;
+        }
+        if backlog.waiting.len() >= REPLAY_BACKLOG {
+            drop(backlog);
+            // Left in this node's journal: adopted again if this node dies.
+            self.metrics.queue_depth.dec();
+            self.metrics.dropped(DropReason::ReplayBacklogFull).inc();
+            if let Some(held_back) = self.overflow_warn.allow() {
+                tracing::warn!(app_id = %queued.app.app_id, held_back, "webhook replay backlog full; replays left in the journal");
+            }
+            return;
+        }
+        backlog.waiting.push_back(queued);
+    }
+}
+
+/// Moves waiting replays into the app's queue, oldest first, as room frees; stops when none
+/// is left, or at shutdown (what still waits stays in the journal for the node that outlives
+/// this one).
+async fn move_replays(
+    tx: mpsc::Sender<Queued>,
+    backlog: Arc<Mutex<ReplayBacklog>>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: AppMetrics,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = tx.reserve() => permit.ok(),
+            _ = shutdown.wait_for(|closing| *closing) => None,
+        };
+        let mut waiting = backlog.lock();
+        let Some(permit) = permit else {
+            let left = std::mem::take(&mut waiting.waiting).len();
+            waiting.moving = false;
+            drop(waiting);
+            let left = i64::try_from(left).unwrap_or(i64::MAX);
+            metrics.queue_depth.sub(left);
+            metrics
+                .dropped(DropReason::Shutdown)
+                .inc_by(left.unsigned_abs());
+            return;
+        };
+        match waiting.waiting.pop_front() {
+            Some(queued) => permit.send(queued),
+            None => {
+                waiting.moving = false;
+                return;
+            }
         }
     }
 }
@@ -237,7 +329,7 @@ impl Webhooks {
         {
             let apps = shared.apps.read();
             if let Some(queue) = apps.get(&app.app_id) {
-                queue.offer(app, item, &shared.delivery);
+                queue.offer(app, item, shared);
                 return;
             }
         }
@@ -251,7 +343,7 @@ impl Webhooks {
         let queue = apps
             .entry(app.app_id.clone())
             .or_insert_with(|| shared.open_app(app));
-        queue.offer(app, item, &shared.delivery);
+        queue.offer(app, item, shared);
     }
 
     /// Stops accepting events, then lets every app's dispatcher send what it holds: queued
@@ -298,6 +390,7 @@ impl Shared {
             task: Some(task),
             metrics,
             overflow_warn: WarnLimiter::new(WARN_INTERVAL),
+            replays: Arc::default(),
         }
     }
 }

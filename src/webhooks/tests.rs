@@ -328,6 +328,10 @@ impl Harness {
 
     /// A harness whose lanes record into a `MemoryJournal`.
     fn journaled(default: Answer) -> Harness {
+        Harness::journaled_with(DispatcherSettings::default(), default)
+    }
+
+    fn journaled_with(settings: DispatcherSettings, default: Answer) -> Harness {
         let metrics = WebhookMetrics::register(&Registry::new(), "test_webhooks").unwrap();
         let (tx, sent) = mpsc::unbounded_channel();
         let transport = Arc::new(Scripted {
@@ -337,13 +341,8 @@ impl Harness {
         });
         let journal = Arc::new(MemoryJournal::default());
         let shared: Arc<dyn Journal> = journal.clone();
-        let webhooks = Webhooks::start_with(
-            DispatcherSettings::default(),
-            metrics.clone(),
-            transport,
-            Some(shared),
-        )
-        .unwrap();
+        let webhooks =
+            Webhooks::start_with(settings, metrics.clone(), transport, Some(shared)).unwrap();
         Harness {
             webhooks,
             sent,
@@ -914,6 +913,59 @@ async fn finished_requests_are_forgotten_delivered_or_given_up() {
     assert_eq!(h.take_sent().await.len(), 1);
     let _ = h.take_sent().await;
     assert!(journal.pending().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn replays_wait_for_room_in_a_full_queue_instead_of_being_dropped() {
+    let settings = DispatcherSettings {
+        queue_capacity: 2,
+        ..DispatcherSettings::default()
+    };
+    let mut h = Harness::journaled_with(settings, Answer::Status(200));
+    let journal = h.journal.clone().unwrap();
+    let url = "http://127.0.0.1:9/hooks";
+    let app = Arc::new(app(vec![target(url)]));
+    // An adopted journal of 40 requests arrives at once, with events emitted in between:
+    // the dispatcher cannot run during the loop, so the queue (2) is full almost at once.
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let entry = JournalEntry {
+            app_id: APP_ID.into(),
+            url: url.into(),
+            events: vec![occupied(&format!("replayed-{i}"))],
+        };
+        expected.push(occupied(&format!("replayed-{i}")));
+        let id = journal.record(&entry).await.unwrap();
+        h.webhooks.replay(Some(&app), Replay { id, entry });
+        h.webhooks
+            .emit(&app, client_event("private-live", &i.to_string(), None));
+    }
+    let metrics = h.app_metrics(APP_ID);
+    let mut replayed = Vec::new();
+    for _ in 0..20 {
+        replayed.extend(
+            h.take_sent()
+                .await
+                .into_iter()
+                .flat_map(|sent| sent.events)
+                .filter(|e| matches!(e, WebhookEvent::ChannelOccupied { .. })),
+        );
+        if replayed.len() == expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sorted(replayed),
+        sorted(expected),
+        "every replay is delivered"
+    );
+    assert!(journal.pending().is_empty(), "and forgotten once delivered");
+    assert_eq!(metrics.journal(JournalOp::Replayed).get(), 40);
+    // Live events still follow the queue's policy: newest dropped when full.
+    assert!(metrics.dropped(DropReason::QueueFull).get() > 0);
+    assert_eq!(metrics.dropped(DropReason::ReplayBacklogFull).get(), 0);
+    assert_eq!(metrics.queue_depth.get(), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -207,7 +207,7 @@ async fn presence_without_channel_data_needs_a_signed_in_user() {
 }
 
 #[tokio::test]
-async fn duplicate_subscribe_answers_again_without_member_events() {
+async fn duplicate_subscribe_answers_public_channels_again_and_presence_with_nothing() {
     let s = TestServer::default().await;
     let mut a = s.client().await;
     a.subscribe_presence("presence-dup", r#"{"user_id":"1"}"#)
@@ -216,12 +216,26 @@ async fn duplicate_subscribe_answers_again_without_member_events() {
     b.subscribe_presence("presence-dup", r#"{"user_id":"2"}"#)
         .await;
     a.recv_event("pusher_internal:member_added").await;
-    let again = b
-        .subscribe_presence("presence-dup", r#"{"user_id":"2"}"#)
+    // The client holds the roster already: no second copy, no member event, still subscribed.
+    b.try_presence_silently("presence-dup", r#"{"user_id":"2"}"#)
         .await;
-    assert_eq!(data_json(&again)["presence"]["count"], 2);
-    a.expect_silence(Duration::from_millis(200), "duplicate subscribe")
+    b.assert_alive("a duplicate presence subscribe gets no answer")
         .await;
+    a.assert_alive("a duplicate subscribe announces nothing")
+        .await;
+    s.api()
+        .trigger(&["presence-dup"], "still-there", "{}")
+        .await;
+    assert_eq!(b.recv().await["event"], "still-there");
+    assert_eq!(a.recv().await["event"], "still-there");
+
+    assert_eq!(
+        b.subscribe("news").await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let again = b.subscribe("news").await;
+    assert_eq!(again["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(again["channel"], "news");
 }
 
 #[tokio::test]

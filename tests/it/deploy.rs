@@ -167,26 +167,127 @@ fn dockerfile_runs_as_a_non_root_user() {
 }
 
 #[test]
-fn dockerfile_health_check_probes_up_with_a_tool_the_image_has() {
+fn dockerfile_health_check_is_the_binarys_own_probe() {
     let stage = final_stage();
     let check = stage
         .iter()
         .find(|i| i.keyword == "HEALTHCHECK")
         .map(|i| i.args.clone())
         .expect("the final stage has a HEALTHCHECK");
-    let port = ServerConfig::default().port;
-    assert!(check.contains(" CMD "), "{check}");
+    // Through the entrypoint, so the probe reads the same configuration file as the server
+    // and follows its port and TLS setting.
     assert!(
-        check.contains(&format!("127.0.0.1:{port}/up")),
-        "HEALTHCHECK requests /up on the default port: {check}"
+        check.contains(r#"CMD ["/usr/local/bin/resound-entrypoint", "probe""#),
+        "{check}"
     );
-    assert!(check.contains("curl"), "HEALTHCHECK uses curl: {check}");
-    let installs_curl = stage.iter().any(|i| {
-        i.keyword == "RUN" && i.args.contains("apt-get install") && i.args.contains("curl")
+    let installs_curl = stage
+        .iter()
+        .any(|i| i.keyword == "RUN" && i.args.contains("curl"));
+    assert!(!installs_curl, "the final image needs no curl");
+}
+
+#[test]
+fn dockerfile_splits_the_debug_info_off_the_shipped_binary() {
+    let stages = dockerfile_stages();
+    let build = stages[..stages.len() - 1].iter().flatten();
+    let splits = build.clone().any(|i| {
+        i.keyword == "RUN"
+            && i.args.contains("objcopy --only-keep-debug")
+            && i.args.contains("--strip-debug")
     });
+    assert!(splits, "the build stage splits the debug info off");
+    let exported = stages.iter().any(|s| {
+        s.first().is_some_and(|f| f.args.ends_with("AS debug-info"))
+            && s.iter()
+                .any(|i| i.keyword == "COPY" && i.args.contains("resound.debug"))
+    });
+    assert!(exported, "a debug-info stage exports resound.debug");
+    let ships_debug = final_stage()
+        .iter()
+        .any(|i| i.keyword == "COPY" && i.args.contains("resound.debug"));
     assert!(
-        installs_curl,
-        "the final image installs curl for the HEALTHCHECK"
+        !ships_debug,
+        "the final image ships the stripped binary only"
+    );
+}
+
+/// The image's entrypoint script (the heredoc of the Dockerfile), running the binary built here.
+fn entrypoint_script(dir: &Path) -> PathBuf {
+    let text = read("Dockerfile");
+    let body: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("<<'EOF' /usr/local/bin/resound-entrypoint"))
+        .skip(1)
+        .take_while(|l| l.trim() != "EOF")
+        .collect();
+    assert!(
+        body.len() > 5,
+        "the Dockerfile writes the entrypoint with a heredoc"
+    );
+    let script = body.join("\n").replace(
+        "resound=/usr/local/bin/resound",
+        &format!("resound={}", env!("CARGO_BIN_EXE_resound")),
+    );
+    std::fs::create_dir_all(dir).expect("temp dir");
+    let path = dir.join("resound-entrypoint");
+    std::fs::write(&path, script).expect("write entrypoint");
+    path
+}
+
+/// Runs the entrypoint with only `env` (and PATH) set.
+async fn entrypoint(script: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .arg(script)
+        .args(args)
+        .envs(env.iter().copied());
+    tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        .await
+        .expect("the entrypoint exits within 10 s")
+        .expect("run sh")
+}
+
+#[tokio::test]
+async fn image_entrypoint_refuses_to_serve_the_default_app_without_configuration() {
+    let dir = std::env::temp_dir().join(format!("resound-entrypoint-{}", std::process::id()));
+    let script = entrypoint_script(&dir);
+    let out = entrypoint(&script, &[], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/etc/resound/resound.toml"), "{stderr}");
+
+    let missing = dir.join("missing.toml").display().to_string();
+    let out = entrypoint(&script, &[], &[("RESOUND_CONFIG_FILE", &missing)]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&missing));
+
+    // A mounted file is passed on; so are Reverb's variables and the tools.
+    let file = dir.join("resound.toml");
+    std::fs::write(&file, "[server]\nport = 6001\n").expect("write config");
+    let file = file.display().to_string();
+    let out = entrypoint(
+        &script,
+        &["check-config"],
+        &[("RESOUND_CONFIG_FILE", &file)],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("port = 6001"));
+    let reverb = [
+        ("REVERB_APP_ID", "1"),
+        ("REVERB_APP_KEY", "k"),
+        ("REVERB_APP_SECRET", "s"),
+    ];
+    let out = entrypoint(&script, &["check-config"], &reverb).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -261,7 +362,24 @@ fn values_reference(expr: &str, values: &Yaml) -> u64 {
 fn deployment_probes_and_port_match_the_server() {
     let template = read("helm/resound/templates/deployment.yaml");
     assert_eq!(probe_path(&template, "livenessProbe"), "/up");
-    assert_eq!(probe_path(&template, "readinessProbe"), "/ready");
+    let values = values();
+    // Readiness follows values.yaml: /ready, tolerant enough that a short Redis blip (which
+    // fails every pod at once) does not empty the Service.
+    assert_eq!(
+        probe_path(&template, "readinessProbe"),
+        "{{ .Values.readinessProbe.path }}"
+    );
+    assert_eq!(
+        values["readinessProbe"]["path"].as_str(),
+        Some("/ready"),
+        "values.yaml"
+    );
+    let tolerated = yaml_u64(&values, &["readinessProbe", "periodSeconds"])
+        * yaml_u64(&values, &["readinessProbe", "failureThreshold"]);
+    assert!(
+        tolerated >= 30,
+        "a Redis blip under 30 s leaves pods ready ({tolerated} s)"
+    );
 
     // The container port named http (the probes use it by name) comes from values.yaml and is
     // the server's default port, which the Dockerfile exposes.
@@ -270,7 +388,6 @@ fn deployment_probes_and_port_match_the_server() {
     let port_expr = lines
         .find_map(|l| l.trim().strip_prefix("containerPort:").map(str::to_string))
         .expect("containerPort of the http port");
-    let values = values();
     let port = values_reference(&port_expr, &values);
     assert_eq!(port, u64::from(ServerConfig::default().port));
     assert_eq!(yaml_u64(&values, &["service", "port"]), port);
@@ -584,15 +701,12 @@ async fn dashboard_and_alerts_name_only_metrics_the_server_exports() {
     let hook_port = unused.local_addr().expect("addr").port();
     drop(unused);
     let prefix = format!("it-deploy-{}", resound::protocol::SocketId::random()).replace('.', "-");
-    let scaling = format!(
-        "shutdown_grace_period = 2\n\n[scaling]\nenabled = true\nredis_url = \"redis://{REDIS_ADDR}/0\"\nchannel = \"{prefix}\""
-    );
     let s = TestServer::start(
-        &config(
-            &format!("[[apps.webhooks]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\n"),
-            "",
-        )
-        .replace("shutdown_grace_period = 2", &scaling),
+        &TestConfig::new()
+            .scaling(&prefix)
+            .scaling_setting("redis_url", format!("redis://{REDIS_ADDR}/0"))
+            .webhook(&format!("http://127.0.0.1:{hook_port}/hook"))
+            .toml(),
     )
     .await;
     let mut subscriber = s.client().await;
@@ -661,5 +775,268 @@ async fn dashboard_and_alerts_name_only_metrics_the_server_exports() {
             checked.contains(expected),
             "{expected} is used: {checked:?}"
         );
+    }
+}
+
+/// Runs the real binary with `args` and `env`, the inherited RESOUND_/REVERB_ variables removed.
+async fn resound(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_resound"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RESOUND_") || k.starts_with("REVERB_") || k.starts_with("REDIS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).envs(env.iter().copied());
+    tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        .await
+        .expect("resound exits within 10 s")
+        .expect("run resound")
+}
+
+#[tokio::test]
+async fn probe_exits_0_while_the_server_answers_and_1_once_it_is_gone() {
+    let mut s = TestServer::default().await;
+    let port = s.addr.port().to_string();
+    for path in ["/up", "/ready"] {
+        let out = resound(
+            &["probe", "--path", path],
+            &[("RESOUND_HOST", "127.0.0.1"), ("RESOUND_PORT", &port)],
+        )
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = resound(
+        &[
+            "probe",
+            "--path",
+            "/nothing-here",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "a 404 is unhealthy");
+    s.stop().await;
+    let out = resound(&["probe", "--host", "127.0.0.1", "--port", &port], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&port), "names the address: {stderr}");
+}
+
+#[tokio::test]
+async fn probe_speaks_tls_when_the_server_does() {
+    let dir = std::env::temp_dir().join(format!("resound-probe-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["resound.example".to_string()])
+        .expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let tls = format!(
+        "shutdown_grace_period = 2\n\n[server.tls]\ncert = {:?}\nkey = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let toml = config("", "").replace("shutdown_grace_period = 2", &tls);
+    let path = dir.join("resound.toml");
+    std::fs::write(&path, &toml).expect("write config");
+    let mut s = TestServer::start(&toml).await;
+    let port = s.addr.port().to_string();
+    let config_arg = path.display().to_string();
+    let out = resound(&["--config", &config_arg, "probe", "--port", &port], &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn host_port_and_log_format_come_from_flags_or_the_environment() {
+    let effective = |out: &std::process::Output| -> ServerConfig {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        #[derive(Deserialize)]
+        struct Effective {
+            server: ServerConfig,
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        toml::from_str::<Effective>(&text)
+            .expect("check-config prints TOML")
+            .server
+    };
+    let out = resound(
+        &["check-config"],
+        &[
+            ("RESOUND_HOST", "127.0.0.9"),
+            ("RESOUND_PORT", "6001"),
+            ("REVERB_SERVER_PORT", "7001"),
+            ("RESOUND_LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
+    let s = effective(&out);
+    assert_eq!((s.host.as_str(), s.port), ("127.0.0.9", 6001));
+    let out = resound(
+        &["check-config", "--port", "6002"],
+        &[("RESOUND_PORT", "6001"), ("RESOUND_SERVER__PORT", "7002")],
+    )
+    .await;
+    assert_eq!(effective(&out).port, 6002, "the flag wins");
+    let out = resound(&["check-config"], &[("RESOUND_LOG_FORMAT", "yaml")]).await;
+    assert!(!out.status.success(), "an unknown log format is refused");
+    // What Kubernetes sets for a Service named resound is refused with a hint, and the chart
+    // turns those variables off.
+    let out = resound(
+        &["check-config"],
+        &[("RESOUND_PORT", "tcp://10.96.0.12:8080")],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enableServiceLinks"));
+    assert!(read("helm/resound/templates/deployment.yaml").contains("enableServiceLinks: false"));
+}
+
+#[test]
+fn chart_names_stay_within_63_characters() {
+    // Kubernetes refuses longer names; a suffix appended to the full name (itself up to 63)
+    // would overflow, so second objects are named through resound.componentName.
+    let dir = root().join("helm/resound/templates");
+    for entry in std::fs::read_dir(&dir).expect("templates") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read template");
+        for (n, line) in text.lines().enumerate() {
+            let appended = line.contains("include \"resound.fullname\"")
+                && (line.contains("}}-") || line.contains("\"%s-"))
+                && !line.contains("| trunc $room");
+            assert!(
+                !appended,
+                "{}:{}: a suffix after the full name can pass 63 characters: {line}",
+                path.display(),
+                n + 1
+            );
+        }
+    }
+    let helpers = read("helm/resound/templates/_helpers.tpl");
+    assert!(helpers.contains("define \"resound.componentName\""));
+    assert!(helpers.contains("sub 62 (len .suffix)"));
+}
+
+#[test]
+fn chart_refuses_unknown_scaling_modes() {
+    let helpers = read("helm/resound/templates/_helpers.tpl");
+    assert!(helpers.contains("fail (printf \"scaling.enabled must be auto, true or false"));
+    let schema: Json =
+        serde_json::from_str(&read("helm/resound/values.schema.json")).expect("schema is JSON");
+    let allowed = &schema["properties"]["scaling"]["properties"]["enabled"];
+    assert_eq!(
+        allowed["oneOf"][1]["enum"],
+        serde_json::json!(["auto", "true", "false"])
+    );
+}
+
+#[test]
+fn chart_alerts_are_the_example_alerts_and_select_the_chart_job() {
+    assert_eq!(
+        read("helm/resound/files/prometheus-alerts.yml"),
+        read("examples/deploy/prometheus-alerts.yml"),
+        "helm/resound/files/prometheus-alerts.yml is a copy of examples/deploy/prometheus-alerts.yml"
+    );
+    // The ServiceMonitor names the job after app.kubernetes.io/name, which the Services carry
+    // and the rule template substitutes for the alerts' job matcher.
+    let monitor = read("helm/resound/templates/servicemonitor.yaml");
+    assert!(monitor.contains("jobLabel: app.kubernetes.io/name"));
+    let rule = read("helm/resound/templates/prometheusrule.yaml");
+    assert!(
+        rule.contains("replace \"job=~\\\"resound.*\\\"\" $job"),
+        "{rule}"
+    );
+    let alerts = read("examples/deploy/prometheus-alerts.yml");
+    let exprs = alert_exprs();
+    assert!(!exprs.is_empty());
+    for expr in exprs.iter().filter(|e| e.contains("job")) {
+        assert!(
+            expr.contains("job=~\"resound.*\""),
+            "every job matcher is the one the chart rewrites: {expr}"
+        );
+    }
+    assert!(
+        alerts.contains("jobLabel"),
+        "the alerts file says where the job label comes from"
+    );
+}
+
+#[test]
+fn declared_rust_version_is_what_the_lock_file_needs() {
+    // Cargo.toml's rust-version must be the highest rust-version of any locked dependency
+    // built on Linux: Debian's or an older toolchain then fails with a clear message instead
+    // of a compile error deep in a dependency.
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--locked",
+            "--offline",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            "x86_64-unknown-linux-gnu",
+            "--manifest-path",
+        ])
+        .arg(root().join("Cargo.toml"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Json = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    let version = |v: &str| -> (u64, u64) {
+        let mut parts = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    };
+    let resolved: BTreeSet<&str> = meta["resolve"]["nodes"]
+        .as_array()
+        .expect("resolve nodes")
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    let packages = meta["packages"].as_array().expect("packages");
+    let ours = packages
+        .iter()
+        .find(|p| p["name"] == "resound")
+        .and_then(|p| p["rust_version"].as_str())
+        .map(version)
+        .expect("Cargo.toml declares rust-version");
+    let needed = packages
+        .iter()
+        .filter(|p| p["id"].as_str().is_some_and(|id| resolved.contains(id)))
+        .filter(|p| p["name"] != "resound")
+        .filter_map(|p| Some((version(p["rust_version"].as_str()?), p["name"].as_str()?)))
+        .max()
+        .expect("dependencies declare rust-version");
+    assert_eq!(
+        ours, needed.0,
+        "Cargo.toml's rust-version; {} needs {:?}",
+        needed.1, needed.0
+    );
+    for doc in ["README.md", "docs/operations.md"] {
+        let text = read(doc);
+        let stated = format!("Rust {}.{}", ours.0, ours.1);
+        assert!(text.contains(&stated), "{doc} states {stated}");
     }
 }

@@ -364,10 +364,7 @@ async fn php_encoded_query_values_are_signed_decoded() {
 
 #[tokio::test]
 async fn routes_work_under_the_configured_prefix() {
-    let toml = config("", "").replace(
-        "shutdown_grace_period = 2",
-        "shutdown_grace_period = 2\npath = \"/reverb\"",
-    );
+    let toml = TestConfig::new().server_setting("path", "/reverb").toml();
     let s = TestServer::start(&toml).await;
     let mut c = Client::connect(&format!("ws://{}/reverb/app/{KEY}?protocol=7", s.addr)).await;
     c.subscribe("pre").await;

@@ -41,14 +41,11 @@ async fn terminate_closes_only_that_users_signed_in_sockets() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_and_others_keep_up() {
-    let toml = config(
-        "max_event_payload_bytes = 65536\nmax_http_body_bytes = 1048576",
-        "",
-    )
-    .replace(
-        "shutdown_grace_period = 2",
-        "shutdown_grace_period = 2\noutbound_queue_size = 16",
-    );
+    let toml = TestConfig::new()
+        .server_setting("outbound_queue_size", 16)
+        .app_setting("max_event_payload_bytes", 65536)
+        .app_setting("max_http_body_bytes", 1048576)
+        .toml();
     let s = TestServer::start(&toml).await;
     let mut slow = s.client().await;
     slow.subscribe("firehose").await;

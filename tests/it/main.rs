@@ -1,17 +1,27 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 //! The integration-test binary: a real server on port 0 driven by real WebSocket and HTTP
-//! clients, one module per part of the spec's conformance checklist (10.2).
+//! clients, one module per part of the spec's conformance checklist (10.2). The cluster tests
+//! (`cluster_*`, over a real Redis) share their setup in `cluster_support`.
 
 mod support;
 
 mod channels;
 mod client_events;
-mod cluster;
 mod connection;
 mod deploy;
 mod hardening_http;
+mod hardening_connections;
+mod hardening_subscriptions;
 mod http_api;
 mod lifecycle;
 mod tls;
 mod webhooks;
+
+mod cluster_support;
+
+mod cluster_fanout;
+mod cluster_faults;
+mod cluster_presence;
+mod cluster_topologies;
+mod cluster_webhooks;

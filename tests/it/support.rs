@@ -29,11 +29,178 @@ pub const KEY: &str = "it-key";
 pub const SECRET: &str = "it-secret";
 pub const APP_ID: &str = "1001";
 
-/// The default test app, plus whatever `extra` adds (more `[[apps]]`, or keys for this app).
+/// The default test app with `app_extra`'s lines in its table, then `more` (other `[[apps]]`,
+/// other sections): a shorthand for [`TestConfig`].
 pub fn config(app_extra: &str, more: &str) -> String {
-    format!(
-        "[server]\nhost = \"127.0.0.1\"\nport = 0\nshutdown_grace_period = 2\n\n[[apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nenable_client_messages = true\n{app_extra}\n{more}"
-    )
+    TestConfig::new().app_lines(app_extra).more(more).toml()
+}
+
+/// A value written into the TOML a [`TestConfig`] renders.
+pub trait TomlValue {
+    fn to_toml(&self) -> String;
+}
+
+impl TomlValue for &str {
+    fn to_toml(&self) -> String {
+        // A JSON string is a valid TOML basic string.
+        Value::from(*self).to_string()
+    }
+}
+
+impl TomlValue for String {
+    fn to_toml(&self) -> String {
+        self.as_str().to_toml()
+    }
+}
+
+impl TomlValue for &std::path::Path {
+    fn to_toml(&self) -> String {
+        self.display().to_string().to_toml()
+    }
+}
+
+impl TomlValue for bool {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+macro_rules! toml_numbers {
+    ($($t:ty),*) => {$(
+        impl TomlValue for $t {
+            fn to_toml(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+toml_numbers!(u16, u32, u64, usize, i32, i64, f64);
+
+impl<T: TomlValue> TomlValue for &[T] {
+    fn to_toml(&self) -> String {
+        let items: Vec<String> = self.iter().map(TomlValue::to_toml).collect();
+        format!("[{}]", items.join(", "))
+    }
+}
+
+impl<T: TomlValue> TomlValue for Vec<T> {
+    fn to_toml(&self) -> String {
+        self.as_slice().to_toml()
+    }
+}
+
+/// A server configuration for a test, built by section: loopback on port 0 with a 2 s grace
+/// period, and the test app (`APP_ID`/`KEY`/`SECRET`, client events on). Every setting goes
+/// into the table it belongs to, so no test edits the text another helper rendered.
+///
+/// ```ignore
+/// TestConfig::new().app_setting("max_connections", 2).scaling(&prefix)
+///     .scaling_setting("redis_url", REDIS).webhook(&url).toml()
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct TestConfig {
+    server: Vec<String>,
+    tls: Vec<String>,
+    scaling: Vec<String>,
+    app: Vec<String>,
+    app_lines: Vec<String>,
+    webhooks: Vec<String>,
+    more: Vec<String>,
+}
+
+impl TestConfig {
+    pub fn new() -> TestConfig {
+        TestConfig::default()
+    }
+
+    /// `key = value` in `[server]`.
+    pub fn server_setting(mut self, key: &str, value: impl TomlValue) -> TestConfig {
+        self.server.push(format!("{key} = {}", value.to_toml()));
+        self
+    }
+
+    /// `[server.tls]` with these certificate and key files.
+    pub fn tls(mut self, cert: &std::path::Path, key: &std::path::Path) -> TestConfig {
+        self.tls = vec![
+            format!("cert = {}", cert.to_toml()),
+            format!("key = {}", key.to_toml()),
+        ];
+        self
+    }
+
+    /// `[scaling]` turned on, with `prefix` as the cluster's channel (key and topic prefix).
+    pub fn scaling(mut self, prefix: &str) -> TestConfig {
+        self.scaling
+            .insert(0, format!("channel = {}", prefix.to_toml()));
+        self.scaling.insert(0, "enabled = true".to_string());
+        self
+    }
+
+    /// `key = value` in `[scaling]`.
+    pub fn scaling_setting(mut self, key: &str, value: impl TomlValue) -> TestConfig {
+        self.scaling.push(format!("{key} = {}", value.to_toml()));
+        self
+    }
+
+    /// Lines of TOML in `[scaling]`, as the test wrote them.
+    pub fn scaling_lines(mut self, lines: &str) -> TestConfig {
+        self.scaling.push(lines.to_string());
+        self
+    }
+
+    /// `key = value` in the test app's table.
+    pub fn app_setting(mut self, key: &str, value: impl TomlValue) -> TestConfig {
+        self.app.push(format!("{key} = {}", value.to_toml()));
+        self
+    }
+
+    /// Lines of TOML in the test app's table, after its settings (they may end with
+    /// sub-tables such as `[[apps.webhooks]]`).
+    pub fn app_lines(mut self, lines: &str) -> TestConfig {
+        self.app_lines.push(lines.to_string());
+        self
+    }
+
+    /// A webhook target of the test app, for every event type.
+    pub fn webhook(mut self, url: &str) -> TestConfig {
+        self.webhooks
+            .push(format!("[[apps.webhooks]]\nurl = {}", url.to_toml()));
+        self
+    }
+
+    /// TOML after the test app: more `[[apps]]`, or top-level sections such as `[webhooks]`.
+    pub fn more(mut self, toml: &str) -> TestConfig {
+        self.more.push(toml.to_string());
+        self
+    }
+
+    /// The configuration file's text.
+    pub fn toml(&self) -> String {
+        let mut out =
+            String::from("[server]\nhost = \"127.0.0.1\"\nport = 0\nshutdown_grace_period = 2\n");
+        for line in &self.server {
+            out += &format!("{line}\n");
+        }
+        if !self.tls.is_empty() {
+            out += &format!("\n[server.tls]\n{}\n", self.tls.join("\n"));
+        }
+        if !self.scaling.is_empty() {
+            out += &format!("\n[scaling]\n{}\n", self.scaling.join("\n"));
+        }
+        out += &format!(
+            "\n[[apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nenable_client_messages = true\n"
+        );
+        for line in self.app.iter().chain(&self.app_lines) {
+            out += &format!("{line}\n");
+        }
+        for hook in &self.webhooks {
+            out += &format!("\n{hook}\n");
+        }
+        for more in &self.more {
+            out += &format!("\n{more}\n");
+        }
+        out
+    }
 }
 
 pub struct TestServer {
@@ -195,11 +362,31 @@ impl Client {
         .unwrap_or_else(|_| panic!("no {event} within {within:?}"))
     }
 
-    /// Asserts that nothing but pongs/pings arrives for `d`.
+    /// Asserts that no message arrives for `d` and that the connection is still open after it:
+    /// a message, a close frame, a stream error or the end of the stream fails the test (only
+    /// WebSocket pings and pongs are skipped), and a `pusher:ping` sent after the quiet spell
+    /// must be answered by `pusher:pong` as the very next message. So a test of "nothing
+    /// arrives" cannot pass because the server cut the socket. A test that expects a close
+    /// uses [`Client::closed`] instead.
     pub async fn expect_silence(&mut self, d: Duration, what: &str) {
-        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(d, self.ws.next()).await {
-            panic!("{what}: unexpected message {t}");
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(until, self.ws.next()).await {
+                Err(_) => break,
+                Ok(Some(Ok(Message::Text(t)))) => panic!("{what}: unexpected message {t}"),
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    panic!("{what}: unexpected binary message of {} bytes", b.len())
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    panic!("{what}: the server closed the connection ({frame:?})")
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => panic!("{what}: the connection failed: {e}"),
+                Ok(None) => panic!("{what}: the connection ended"),
+            }
         }
+        self.assert_alive(&format!("{what}: still open after the silence"))
+            .await;
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
@@ -247,7 +434,6 @@ impl Client {
         self.recv().await
     }
 
-    /// Reads until the close frame; returns its code.
     /// Pings and expects the pong next: the connection is open, and every message it sent
     /// before was handled (a connection handles its messages in order).
     pub async fn assert_alive(&mut self, what: &str) {
@@ -255,6 +441,7 @@ impl Client {
         assert_eq!(self.recv().await["event"], "pusher:pong", "{what}");
     }
 
+    /// Reads until the close frame; returns its code.
     pub async fn closed(&mut self) -> Option<u16> {
         closed_code(&mut self.ws).await
     }
@@ -486,5 +673,48 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn test_config_puts_each_setting_in_its_table() {
+    let toml = TestConfig::new()
+        .server_setting("path", "/reverb")
+        .server_setting("outbound_queue_size", 16)
+        .tls(
+            std::path::Path::new("/tmp/cert.pem"),
+            std::path::Path::new("/tmp/key.pem"),
+        )
+        .scaling("it-prefix")
+        .scaling_setting("redis_url", "redis://127.0.0.1:6379/0")
+        .scaling_setting("cluster_nodes", vec!["redis://a:1", "redis://b:2"])
+        .app_setting("max_connections", 2)
+        .app_lines("cache_ttl = 7")
+        .webhook("http://127.0.0.1:9/hook")
+        .more("[[apps]]\nid = \"2\"\nkey = \"k2\"\nsecret = \"s2\"")
+        .toml();
+    let file: resound::config::FileConfig = toml::from_str(&toml).expect("valid configuration");
+    assert_eq!(file.server.path, "/reverb", "{toml}");
+    assert_eq!(file.server.outbound_queue_size, 16);
+    let tls = file.server.tls.expect("[server.tls]");
+    assert_eq!(tls.cert, std::path::Path::new("/tmp/cert.pem"));
+    assert!(file.scaling.enabled);
+    assert_eq!(file.scaling.channel, "it-prefix");
+    assert_eq!(file.scaling.redis_url, "redis://127.0.0.1:6379/0");
+    assert_eq!(file.scaling.cluster_nodes, ["redis://a:1", "redis://b:2"]);
+    let app = &file.apps[0];
+    assert_eq!((app.id.as_str(), app.key.as_str()), (APP_ID, KEY));
+    assert_eq!(app.max_connections, Some(2));
+    assert_eq!(app.cache_ttl, Some(7));
+    assert_eq!(app.webhooks.len(), 1);
+    assert_eq!(app.webhooks[0].url, "http://127.0.0.1:9/hook");
+    assert_eq!(file.apps[1].id, "2");
+    assert_eq!(file.apps.len(), 2);
+}
+
+impl Client {
+    /// Sends a signed presence subscribe and reads nothing.
+    pub async fn try_presence_silently(&mut self, channel: &str, channel_data: &str) {
+        self.ask_presence(channel, channel_data).await;
     }
 }

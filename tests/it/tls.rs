@@ -31,12 +31,10 @@ fn write_cert(dir: &Path) -> CertFiles {
 }
 
 fn tls_config(c: &CertFiles, app_extra: &str) -> String {
-    let tls = format!(
-        "shutdown_grace_period = 2\n\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"",
-        c.dir.join("cert.pem").display(),
-        c.dir.join("key.pem").display()
-    );
-    config(app_extra, "").replace("shutdown_grace_period = 2", &tls)
+    TestConfig::new()
+        .tls(&c.dir.join("cert.pem"), &c.dir.join("key.pem"))
+        .app_lines(app_extra)
+        .toml()
 }
 
 fn connector(trusted: &[u8]) -> TlsConnector {

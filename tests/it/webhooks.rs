@@ -146,10 +146,14 @@ async fn no_events(rx: &mut mpsc::UnboundedReceiver<Hook>, why: &str) {
 }
 
 fn hook_config(url: &str) -> String {
-    config(
-        &format!("webhook_removal_delay = 1\n\n[[apps.webhooks]]\nurl = \"{url}\"\n"),
-        "",
-    )
+    hooked(url).toml()
+}
+
+/// The test app with `url` as its webhook target and removals held for 1 s.
+fn hooked(url: &str) -> TestConfig {
+    TestConfig::new()
+        .app_setting("webhook_removal_delay", 1)
+        .webhook(url)
 }
 
 #[tokio::test]
@@ -269,10 +273,9 @@ async fn https_receivers_get_signed_events_when_their_certificate_is_trusted() {
     std::fs::write(&ca, pem).unwrap();
 
     // Trusted through `[webhooks] ca_file`: delivered and signed.
-    let trusted = config(
-        &format!("webhook_removal_delay = 1\n\n[[apps.webhooks]]\nurl = \"{url}\"\n"),
-        &format!("[webhooks]\nca_file = \"{}\"\n", ca.display()),
-    );
+    let trusted = hooked(&url)
+        .more(&format!("[webhooks]\nca_file = {}", ca.as_path().to_toml()))
+        .toml();
     let s = TestServer::start(&trusted).await;
     let mut c = s.client().await;
     c.subscribe("secure").await;

@@ -37,12 +37,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
+{{/*
+A name for a second object of the release (the metrics Service, the apps Secret): the full name
+shortened so that name, dash and suffix stay within the 63 characters Kubernetes allows.
+Call with (dict "root" $ "suffix" "metrics").
+*/}}
+{{- define "resound.componentName" -}}
+{{- $room := sub 62 (len .suffix) | int }}
+{{- printf "%s-%s" (include "resound.fullname" .root | trunc $room | trimSuffix "-") .suffix }}
+{{- end }}
+
 {{/* "true" or "false": cluster mode, on by default whenever more than one pod can run. */}}
 {{- define "resound.scalingEnabled" -}}
-{{- if eq (toString .Values.scaling.enabled) "auto" }}
+{{- $v := toString .Values.scaling.enabled }}
+{{- if eq $v "auto" }}
 {{- if or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled }}true{{ else }}false{{ end }}
-{{- else if eq (toString .Values.scaling.enabled) "true" }}true
-{{- else }}false
+{{- else if eq $v "true" }}true
+{{- else if eq $v "false" }}false
+{{- else }}
+{{- fail (printf "scaling.enabled must be auto, true or false, not %q" $v) }}
 {{- end }}
 {{- end }}
 
@@ -51,7 +64,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.apps.existingSecret }}
 {{- .Values.apps.existingSecret }}
 {{- else if .Values.apps.toml }}
-{{- printf "%s-apps" (include "resound.fullname" .) }}
+{{- include "resound.componentName" (dict "root" . "suffix" "apps") }}
 {{- end }}
 {{- end }}
 
