@@ -80,6 +80,8 @@ pub struct AppSettings {
     /// `max_channels_per_connection` (so a reconnecting client can subscribe to all its
     /// channels at once); 4301 above.
     pub max_subscribes_per_second: u32,
+    /// Channels one `GET /channels` answer lists at most; the rest come in the next pages.
+    pub max_channels_listed: usize,
     pub cache_ttl: Duration,
     pub subscription_count_events: bool,
     pub subscription_error_event: bool,
@@ -102,6 +104,16 @@ pub struct AppSettings {
     pub max_backend_events_per_second: Option<u32>,
     /// Signed GET requests per second; `None` = unlimited.
     pub max_read_requests_per_second: Option<u32>,
+    /// A secret being rotated out: still accepted for channel tokens, sign-in and API
+    /// signatures until its deadline, so backends can move to the new one one by one.
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// The secret an app had before, and until when it is accepted.
+#[derive(Debug, Clone)]
+pub struct PreviousSecret {
+    pub secret: AppSecret,
+    pub until: std::time::SystemTime,
 }
 
 impl Default for AppSettings {
@@ -121,6 +133,7 @@ impl Default for AppSettings {
             max_presence_member_size: 1024,
             max_channels_per_connection: 100,
             max_subscribes_per_second: 10,
+            max_channels_listed: 10_000,
             cache_ttl: Duration::from_secs(1800),
             subscription_count_events: false,
             subscription_error_event: false,
@@ -141,6 +154,7 @@ impl Default for AppSettings {
             terminate_presence_members: false,
             max_backend_events_per_second: None,
             max_read_requests_per_second: None,
+            previous_secret: None,
         }
     }
 }
@@ -156,6 +170,18 @@ pub struct App {
 }
 
 impl App {
+    /// The secrets a signature may be made with at `now`: the app's, then a previous one
+    /// within its grace period. What the server signs itself (webhooks) uses the app's.
+    pub fn secrets_at(&self, now: std::time::SystemTime) -> impl Iterator<Item = &str> {
+        let previous = self
+            .settings
+            .previous_secret
+            .as_ref()
+            .filter(|p| now < p.until)
+            .map(|p| p.secret.as_str());
+        std::iter::once(self.secret.as_str()).chain(previous)
+    }
+
     /// A hold for one of this app's removal webhooks (none without webhooks or removal delay).
     pub fn removal_hold(&self) -> Option<crate::webhooks::RemovalHold> {
         self.webhooks

@@ -115,6 +115,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::CheckConfig) => {
             let text =
                 toml::to_string_pretty(&config.effective).context("printing configuration")?;
+            for w in &config.warnings {
+                eprintln!("resound: warning: {w}");
+            }
             println!("# configuration is valid\n{text}");
             return Ok(());
         }
@@ -153,6 +156,9 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
         for app in &config.apps {
             info!(app_id = %app.id, key = %app.key.as_str(), "app");
         }

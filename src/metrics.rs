@@ -41,6 +41,10 @@ pub struct Metrics {
     /// Connections closed because a node-wide memory budget was spent, by budget.
     pub partial_budget_disconnects: IntCounter,
     pub outbound_budget_disconnects: IntCounter,
+    /// WebSockets refused by a node admission limit (`server.max_memory_bytes`,
+    /// `server.max_connections_per_ip`), by limit.
+    pub memory_refusals: IntCounter,
+    pub per_ip_refusals: IntCounter,
 }
 
 /// Handles of one app, resolved once.
@@ -99,7 +103,23 @@ macro_rules! register {
 impl Metrics {
     pub fn new(prefix: &str) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
+        // The process's CPU seconds, resident memory, open and maximum file descriptors and
+        // threads, as `process_*` (the names every exporter uses).
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let o = |name: &str, help: &str| Opts::new(name, help).namespace(prefix.to_string());
+        let admission_refusals = register!(
+            registry,
+            IntCounterVec::new(
+                o(
+                    "admission_refused_total",
+                    "WebSockets refused (4100) by a node admission limit, by limit (memory, per_ip)"
+                ),
+                &["limit"]
+            )?
+        );
         let budget_disconnects = register!(
             registry,
             IntCounterVec::new(
@@ -291,6 +311,8 @@ impl Metrics {
                 ))?
             ),
             partial_budget_disconnects: budget_disconnects.with_label_values(&["partial_messages"]),
+            memory_refusals: admission_refusals.with_label_values(&["memory"]),
+            per_ip_refusals: admission_refusals.with_label_values(&["per_ip"]),
             outbound_budget_disconnects: budget_disconnects.with_label_values(&["outbound_bytes"]),
             registry,
             prefix: prefix.to_string(),

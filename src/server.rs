@@ -326,6 +326,7 @@ async fn serve_http<I>(
             req.extensions_mut().insert(Secure);
         }
         req.extensions_mut().insert(handle.clone());
+        req.extensions_mut().insert(crate::http::Peer(peer));
         crate::http::handle(req, service_state.clone())
     });
     let mut builder = http1::Builder::new();

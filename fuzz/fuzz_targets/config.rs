@@ -2,7 +2,7 @@
 //! arbitrary input: the TOML file, then optionally `\n%%env\n` and `.env`-style lines read as the
 //! process environment (`RESOUND_*`, Reverb's `REVERB_*`). Invariants: no panic, whatever the
 //! text; an error renders as a message; a loaded config prints (`check-config`) and what it
-//! prints shows no app secret, webhook header value or Redis password.
+//! prints shows no app secret (current or previous), webhook header value or Redis password.
 #![no_main]
 
 use std::io::Write;
@@ -48,6 +48,10 @@ fuzz_target!(|data: &[u8]| {
             );
             for app in &cfg.effective.apps {
                 assert_eq!(app.secret, "***", "an app secret in the printable config");
+                assert!(
+                    app.previous_secret.as_deref().is_none_or(|p| p == "***"),
+                    "a previous secret in the printable config"
+                );
                 for w in &app.webhooks {
                     assert!(
                         w.headers.values().all(|v| v == "***"),

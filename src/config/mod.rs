@@ -5,12 +5,16 @@
 //! `RESOUND_<SECTION>__<KEY>` variables. Nothing outside this module reads the environment.
 //! Unknown keys and bad values stop start-up with a message naming the key and its source.
 
+mod apps;
 mod files;
+mod peers;
 mod reverb;
+
+use apps::build_app;
+pub use apps::{AppConfig, WebhookConfig};
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
@@ -18,8 +22,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
-use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy};
-use crate::webhooks::{redact_url, AppWebhooks, DispatcherSettings, WebhookKind, WebhookTarget};
+use crate::app::App;
+use crate::webhooks::{redact_url, DispatcherSettings};
 
 /// A configuration problem, already phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,15 @@ pub struct ServerConfig {
     pub path: String,
     /// Node connection capacity (4100 when reached); none = unlimited.
     pub max_connections: Option<u64>,
+    /// Resident memory (bytes) above which new WebSockets are refused with 4100; none = no
+    /// limit.
+    pub max_memory_bytes: Option<u64>,
+    /// Open WebSockets per client address (4100 above); none = no limit. Behind a proxy,
+    /// set `client_ip_header` or every client shares the proxy's address.
+    pub max_connections_per_ip: Option<u32>,
+    /// A header the proxy in front sets to the client's address (`X-Forwarded-For`: its last
+    /// address is the one the proxy added); without it, the TCP peer's address counts.
+    pub client_ip_header: Option<String>,
     /// Seconds to wait for sockets to close after SIGTERM/SIGINT.
     pub shutdown_grace_period: u64,
     /// Also serve `/metrics` on this port.
@@ -111,6 +124,9 @@ impl Default for ServerConfig {
             port: 8080,
             path: String::new(),
             max_connections: None,
+            max_memory_bytes: None,
+            max_connections_per_ip: None,
+            client_ip_header: None,
             shutdown_grace_period: 10,
             metrics_port: None,
             metrics_prefix: "resound".into(),
@@ -202,73 +218,6 @@ impl WebhooksConfig {
     }
 }
 
-/// `[[apps]]`. Unset options take the defaults of spec 7.7 (or Reverb's, for an app defined by
-/// Reverb's variables).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct AppConfig {
-    #[serde(alias = "app_id")]
-    pub id: String,
-    pub key: String,
-    pub secret: String,
-    pub enabled: Option<bool>,
-    pub tls_only: Option<bool>,
-    pub allowed_origins: Option<Vec<String>>,
-    pub max_connections: Option<u64>,
-    pub over_quota_close_code: Option<u16>,
-    pub activity_timeout: Option<u64>,
-    pub ping_interval: Option<u64>,
-    pub pong_timeout: Option<u64>,
-    pub max_message_size: Option<usize>,
-    pub max_channel_name_length: Option<usize>,
-    pub max_presence_members_per_channel: Option<usize>,
-    pub max_presence_member_size: Option<usize>,
-    pub max_channels_per_connection: Option<usize>,
-    pub max_subscribes_per_second: Option<u32>,
-    pub cache_ttl: Option<u64>,
-    pub subscription_count_events: Option<bool>,
-    pub subscription_error_event: Option<bool>,
-    pub enable_client_messages: Option<bool>,
-    /// Reverb's `accept_client_events_from`: `members`, `all` or `none`.
-    pub accept_client_events_from: Option<String>,
-    pub allow_client_events_on_public_channels: Option<bool>,
-    pub max_client_events_per_second: Option<u32>,
-    pub terminate_on_client_event_limit: Option<bool>,
-    pub max_event_payload_bytes: Option<usize>,
-    pub max_http_body_bytes: Option<usize>,
-    pub max_event_channels: Option<usize>,
-    pub max_batch_size: Option<usize>,
-    pub max_event_name_length: Option<usize>,
-    pub auth_timestamp_tolerance: Option<u64>,
-    pub user_authentication: Option<bool>,
-    pub require_authorization: Option<bool>,
-    pub authorization_timeout: Option<u64>,
-    pub watchlist_events: Option<bool>,
-    pub max_watchlist_size: Option<usize>,
-    pub terminate_presence_members: Option<bool>,
-    pub max_backend_events_per_second: Option<u32>,
-    pub max_read_requests_per_second: Option<u32>,
-    pub webhook_batching: Option<bool>,
-    pub webhook_batch_window_ms: Option<u64>,
-    pub webhook_batch_max_events: Option<usize>,
-    pub webhook_removal_delay: Option<u64>,
-    #[serde(default)]
-    pub webhooks: Vec<WebhookConfig>,
-}
-
-/// `[[apps.webhooks]]`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    #[serde(default)]
-    pub event_types: Vec<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub channel_prefix: Option<String>,
-    pub channel_suffix: Option<String>,
-}
-
 /// The validated configuration the server runs with.
 #[derive(Debug)]
 pub struct Config {
@@ -278,6 +227,8 @@ pub struct Config {
     pub apps: Vec<App>,
     /// What `check-config` prints (secrets masked).
     pub effective: FileConfig,
+    /// What the operator should know but that does not stop start-up (logged once).
+    pub warnings: Vec<String>,
 }
 
 /// Where to read from.
@@ -430,6 +381,13 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         }
         figment = figment.merge(Toml::file_exact(path));
     }
+    let soketi = peers::soketi_server_vars(&env)?;
+    if !soketi.is_empty() {
+        figment = figment.merge(Vars {
+            name: "Soketi environment variable".into(),
+            entries: soketi,
+        });
+    }
     let reverb = reverb::server_vars(&env);
     if !reverb.is_empty() {
         figment = figment.merge(Vars {
@@ -458,6 +416,16 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     }
     let mut file: FileConfig = figment.extract()?;
 
+    // Soketi's and Pusher's apps join the same way; Reverb's variables win over both.
+    for app in [peers::pusher_app(&env)?, peers::soketi_app(&env)?]
+        .into_iter()
+        .flatten()
+    {
+        match file.apps.iter_mut().find(|a| a.id == app.id) {
+            Some(existing) => peers::overlay(existing, &app)?,
+            None => file.apps.push(app),
+        }
+    }
     // An app defined by Reverb's variables joins the configured apps; when the file has an app
     // with the same id, the variables override its credentials and the settings they name, the
     // file's other settings (webhooks included) stay, and what neither sets takes Reverb's
@@ -473,6 +441,18 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let embedded = file.apps.is_empty();
     if embedded {
         file.apps.push(embedded_app());
+    }
+    let mut warnings = Vec::new();
+    let unmapped = peers::soketi_unmapped(&env);
+    if !unmapped.is_empty() {
+        warnings.push(format!(
+            "ignored (no equivalent here; see docs/migrating.md): {}",
+            unmapped.join(", ")
+        ));
+    }
+    let soketi_limits = peers::soketi_app_limits(&env)?;
+    for app in &mut file.apps {
+        peers::fill(app, &soketi_limits)?;
     }
     validate_server(&file.server)?;
     validate_scaling(&file.scaling)?;
@@ -505,6 +485,9 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut effective = file.clone();
     for a in &mut effective.apps {
         a.secret = "***".into();
+        if a.previous_secret.is_some() {
+            a.previous_secret = Some("***".into());
+        }
         // Header values are credentials more often than not (`Authorization`), and URLs may
         // carry tokens in their user info or query.
         for w in &mut a.webhooks {
@@ -529,6 +512,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         webhooks,
         apps,
         effective,
+        warnings,
     })
 }
 
@@ -566,6 +550,18 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
     ] {
         if v == 0 {
             return Err(ConfigError::Invalid(format!("server.{key} must be > 0")));
+        }
+    }
+    if s.max_connections_per_ip == Some(0) || s.max_memory_bytes == Some(0) {
+        return Err(ConfigError::Invalid(
+            "server.max_connections_per_ip and server.max_memory_bytes must be > 0 (leave them out for no limit)".into(),
+        ));
+    }
+    if let Some(h) = &s.client_ip_header {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "server.client_ip_header {h:?} is not a header name"
+            )));
         }
     }
     if s.max_pending_connections == 0 {
@@ -628,214 +624,6 @@ fn validate_scaling(s: &ScalingConfig) -> Result<(), ConfigError> {
         )),
         _ => Ok(()),
     }
-}
-
-fn secs(v: Option<u64>, default: Duration) -> Duration {
-    v.map_or(default, Duration::from_secs)
-}
-
-fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
-    if a.id.is_empty() || a.key.is_empty() || a.secret.is_empty() {
-        return Err("id, key and secret must be non-empty".into());
-    }
-    if a.key.contains('/') || a.id.contains('/') {
-        return Err("id and key must not contain '/'".into());
-    }
-    let d = AppSettings::default();
-    let (activity_default, ping_default, msg_size_default) = if reverb_defaults {
-        (Duration::from_secs(30), Duration::from_secs(60), 10_000)
-    } else {
-        (d.activity_timeout, d.activity_timeout, d.max_message_size)
-    };
-    let activity_timeout = secs(a.activity_timeout, activity_default);
-    if activity_timeout.is_zero() {
-        return Err("activity_timeout must be > 0 (pusher-js refuses 0)".into());
-    }
-    let ping_interval = match a.ping_interval {
-        Some(v) => Duration::from_secs(v),
-        None if a.activity_timeout.is_some() => activity_timeout,
-        None => ping_default,
-    };
-    if ping_interval.is_zero() {
-        return Err("ping_interval must be > 0".into());
-    }
-    let pong_timeout = secs(a.pong_timeout, d.pong_timeout);
-    if pong_timeout.is_zero() {
-        return Err(
-            "pong_timeout must be > 0 (0 would close every pinged socket before it could answer)"
-                .into(),
-        );
-    }
-    let client_events = match (
-        a.accept_client_events_from.as_deref(),
-        a.enable_client_messages,
-    ) {
-        (Some("all"), _) => ClientEventPolicy::MembersIncludingPublic,
-        (Some("members"), _) => ClientEventPolicy::Members,
-        (Some("none"), _) => ClientEventPolicy::Disabled,
-        (Some(other), _) => {
-            return Err(format!(
-                "accept_client_events_from {other:?} must be \"members\", \"all\" or \"none\""
-            ))
-        }
-        (None, Some(true)) if a.allow_client_events_on_public_channels == Some(true) => {
-            ClientEventPolicy::MembersIncludingPublic
-        }
-        (None, Some(true)) => ClientEventPolicy::Members,
-        // Reverb accepts whispers from members unless told otherwise.
-        (None, None) if reverb_defaults => ClientEventPolicy::Members,
-        (None, _) => ClientEventPolicy::Disabled,
-    };
-    let over_quota_close_code = a.over_quota_close_code.unwrap_or(d.over_quota_close_code);
-    if !(4000..=4199).contains(&over_quota_close_code) {
-        return Err("over_quota_close_code must be 4004 or a 41xx back-off code".into());
-    }
-    let allowed_origins = match &a.allowed_origins {
-        None => None,
-        Some(list) if list.iter().any(|o| o == "*") => None,
-        Some(list) => Some(list.clone()),
-    };
-    let positive = |name: &str, v: usize| {
-        if v == 0 {
-            Err(format!("{name} must be > 0"))
-        } else {
-            Ok(v)
-        }
-    };
-    let settings = AppSettings {
-        enabled: a.enabled.unwrap_or(d.enabled),
-        tls_only: a.tls_only.unwrap_or(d.tls_only),
-        allowed_origins,
-        max_connections: a.max_connections,
-        over_quota_close_code,
-        activity_timeout,
-        ping_interval,
-        pong_timeout,
-        max_message_size: positive(
-            "max_message_size",
-            a.max_message_size.unwrap_or(msg_size_default),
-        )?,
-        max_channel_name_length: positive(
-            "max_channel_name_length",
-            a.max_channel_name_length
-                .unwrap_or(d.max_channel_name_length),
-        )?,
-        max_presence_members_per_channel: positive(
-            "max_presence_members_per_channel",
-            a.max_presence_members_per_channel
-                .unwrap_or(d.max_presence_members_per_channel),
-        )?,
-        max_presence_member_size: a
-            .max_presence_member_size
-            .unwrap_or(d.max_presence_member_size),
-        max_channels_per_connection: positive(
-            "max_channels_per_connection",
-            a.max_channels_per_connection
-                .unwrap_or(d.max_channels_per_connection),
-        )?,
-        max_subscribes_per_second: u32::try_from(positive(
-            "max_subscribes_per_second",
-            a.max_subscribes_per_second
-                .unwrap_or(d.max_subscribes_per_second) as usize,
-        )?)
-        .unwrap_or(u32::MAX),
-        cache_ttl: secs(a.cache_ttl, d.cache_ttl),
-        subscription_count_events: a
-            .subscription_count_events
-            .unwrap_or(d.subscription_count_events),
-        subscription_error_event: a
-            .subscription_error_event
-            .unwrap_or(d.subscription_error_event),
-        client_events,
-        max_client_events_per_second: a
-            .max_client_events_per_second
-            .unwrap_or(d.max_client_events_per_second),
-        terminate_on_client_event_limit: a
-            .terminate_on_client_event_limit
-            .unwrap_or(d.terminate_on_client_event_limit),
-        max_event_payload_bytes: positive(
-            "max_event_payload_bytes",
-            a.max_event_payload_bytes
-                .unwrap_or(d.max_event_payload_bytes),
-        )?,
-        max_http_body_bytes: positive(
-            "max_http_body_bytes",
-            a.max_http_body_bytes.unwrap_or(d.max_http_body_bytes),
-        )?,
-        max_event_channels: positive(
-            "max_event_channels",
-            a.max_event_channels.unwrap_or(d.max_event_channels),
-        )?,
-        max_batch_size: positive(
-            "max_batch_size",
-            a.max_batch_size.unwrap_or(d.max_batch_size),
-        )?,
-        max_event_name_length: positive(
-            "max_event_name_length",
-            a.max_event_name_length.unwrap_or(d.max_event_name_length),
-        )?,
-        auth_timestamp_tolerance: secs(a.auth_timestamp_tolerance, d.auth_timestamp_tolerance),
-        user_authentication: a.user_authentication.unwrap_or(d.user_authentication),
-        require_authorization: a.require_authorization.unwrap_or(d.require_authorization),
-        authorization_timeout: secs(a.authorization_timeout, d.authorization_timeout),
-        watchlist_events: a.watchlist_events.unwrap_or(d.watchlist_events),
-        max_watchlist_size: a.max_watchlist_size.unwrap_or(d.max_watchlist_size),
-        terminate_presence_members: a
-            .terminate_presence_members
-            .unwrap_or(d.terminate_presence_members),
-        max_backend_events_per_second: a.max_backend_events_per_second,
-        max_read_requests_per_second: a.max_read_requests_per_second,
-    };
-    let webhooks = build_webhooks(a)?;
-    Ok(App {
-        id: AppId(Arc::from(a.id.as_str())),
-        key: AppKey(Arc::from(a.key.as_str())),
-        secret: AppSecret(Arc::from(a.secret.as_str())),
-        settings,
-        webhooks,
-    })
-}
-
-fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {
-    if a.webhooks.is_empty() {
-        return Ok(None);
-    }
-    let mut targets = Vec::new();
-    for (i, w) in a.webhooks.iter().enumerate() {
-        let event_types = w
-            .event_types
-            .iter()
-            .map(|t| {
-                t.parse::<WebhookKind>()
-                    .map_err(|_| format!("webhooks[{i}].event_types: unknown event type {t:?}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let target = WebhookTarget {
-            url: w.url.clone(),
-            event_types,
-            headers: w
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            channel_prefix: w.channel_prefix.clone(),
-            channel_suffix: w.channel_suffix.clone(),
-        };
-        target
-            .validate()
-            .map_err(|e| format!("webhooks[{i}] ({}): {e}", redact_url(&w.url)))?;
-        targets.push(target);
-    }
-    Ok(Some(Arc::new(AppWebhooks {
-        app_id: a.id.clone(),
-        key: a.key.clone(),
-        secret: a.secret.clone(),
-        targets,
-        batching: a.webhook_batching.unwrap_or(false),
-        batch_window: Duration::from_millis(a.webhook_batch_window_ms.unwrap_or(50)),
-        batch_max_events: a.webhook_batch_max_events.unwrap_or(100).max(1),
-        removal_delay: Duration::from_secs(a.webhook_removal_delay.unwrap_or(3)),
-    })))
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`.

@@ -17,35 +17,34 @@ pub(super) fn server_vars(env: &BTreeMap<String, String>) -> Vec<(String, String
     map("REVERB_SERVER_PATH", "server.path");
     map("REVERB_SCALING_ENABLED", "scaling.enabled");
     map("REVERB_SCALING_CHANNEL", "scaling.channel");
-    if let Some(url) = redis_url(env) {
+    if let Some(url) = redis_url(env, "REDIS_") {
         out.push(("scaling.redis_url".into(), url, "REDIS_URL/REDIS_*".into()));
     }
     out
 }
 
-/// `REDIS_URL`, or a URL built from `REDIS_HOST`/`PORT`/`USERNAME`/`PASSWORD`/`DB`.
-fn redis_url(env: &BTreeMap<String, String>) -> Option<String> {
-    if let Some(url) = env.get("REDIS_URL").filter(|u| !u.is_empty()) {
+/// `{prefix}URL`, or a URL built from `{prefix}HOST`/`PORT`/`USERNAME`/`PASSWORD`/`DB`
+/// (`REDIS_` for Laravel's names).
+pub(super) fn redis_url(env: &BTreeMap<String, String>, prefix: &str) -> Option<String> {
+    let name = |k: &str| format!("{prefix}{k}");
+    if let Some(url) = env.get(&name("URL")).filter(|u| !u.is_empty()) {
         return Some(url.clone());
     }
-    let keys = [
-        "REDIS_HOST",
-        "REDIS_PORT",
-        "REDIS_USERNAME",
-        "REDIS_PASSWORD",
-        "REDIS_DB",
-    ];
-    if !keys.iter().any(|k| env.contains_key(*k)) {
+    let keys = ["HOST", "PORT", "USERNAME", "PASSWORD", "DB"];
+    if !keys.iter().any(|k| env.contains_key(&name(k))) {
         return None;
     }
-    let get = |k: &str| env.get(k).filter(|v| !v.is_empty() && v.as_str() != "null");
-    let host = get("REDIS_HOST").map_or("127.0.0.1", |s| s.as_str());
-    let port = get("REDIS_PORT").map_or("6379", |s| s.as_str());
-    let db = get("REDIS_DB").map_or("0", |s| s.as_str());
+    let get = |k: &str| {
+        env.get(&name(k))
+            .filter(|v| !v.is_empty() && v.as_str() != "null")
+    };
+    let host = get("HOST").map_or("127.0.0.1", |s| s.as_str());
+    let port = get("PORT").map_or("6379", |s| s.as_str());
+    let db = get("DB").map_or("0", |s| s.as_str());
     let enc = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
     };
-    let creds = match (get("REDIS_USERNAME"), get("REDIS_PASSWORD")) {
+    let creds = match (get("USERNAME"), get("PASSWORD")) {
         (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
         (None, Some(p)) => format!(":{}@", enc(p)),
         (Some(u), None) => format!("{}@", enc(u)),

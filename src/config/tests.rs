@@ -1,6 +1,7 @@
 use std::io::Write;
 
 use super::*;
+use crate::app::ClientEventPolicy;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -526,6 +527,7 @@ fn per_connection_subscription_limits_have_defaults_and_refuse_zero() {
         (a.max_channels_per_connection, a.max_subscribes_per_second),
         (100, 10)
     );
+    assert_eq!(a.max_channels_listed, 10_000);
     let p = temp_file(
         "subscription-limits.toml",
         "[[apps]]\nid='1'\nkey='k'\nsecret='s'\nmax_channels_per_connection = 500\nmax_subscribes_per_second = 50\n",
@@ -539,7 +541,11 @@ fn per_connection_subscription_limits_have_defaults_and_refuse_zero() {
         (a.max_channels_per_connection, a.max_subscribes_per_second),
         (500, 50)
     );
-    for setting in ["max_channels_per_connection", "max_subscribes_per_second"] {
+    for setting in [
+        "max_channels_per_connection",
+        "max_subscribes_per_second",
+        "max_channels_listed",
+    ] {
         let p = temp_file(
             &format!("{setting}.toml"),
             &format!("[[apps]]\nid='1'\nkey='k'\nsecret='s'\n{setting}=0\n"),

@@ -9,6 +9,7 @@
 pub(crate) mod frames;
 pub mod handle;
 mod session;
+mod slot;
 mod writer;
 
 use std::sync::Arc;
@@ -28,21 +29,27 @@ use crate::state::{AppHub, ServerState};
 use frames::{Frame, FrameError, OpCode, PartialBudget, PartialHold};
 use handle::{ConnHandle, Outbound, OutboundBudget, QueueBounds};
 use session::Session;
+pub use slot::{ConnectionSlot, MemoryWatch, PerIp};
 
 pub(crate) type Io = TokioIo<Upgraded>;
 
 /// What the handshake checks decided before the socket was upgraded (spec 1.2).
 pub enum Admission {
     /// Checks passed; the node and app connection slots are reserved.
-    Accepted { app: Arc<App>, hub: Arc<AppHub> },
+    Accepted { app: Arc<App>, slot: ConnectionSlot },
     /// Send `pusher:error` with this kind and close with its code.
     Refused(ErrorKind),
 }
 
-/// The node-wide memory budgets every connection of the node draws on.
+/// The node-wide budgets every connection of the node draws on, and the admission limits
+/// checked before a WebSocket is accepted.
 pub struct Budgets {
     partial: Arc<PartialBudget>,
     queue: QueueBounds,
+    /// Open WebSockets per client address.
+    pub per_ip: PerIp,
+    /// The process's memory, against which new WebSockets are admitted.
+    pub memory: MemoryWatch,
 }
 
 impl Budgets {
@@ -63,6 +70,8 @@ impl Budgets {
                     metrics.outbound_budget_disconnects.clone(),
                 )),
             },
+            per_ip: PerIp::new(server.max_connections_per_ip),
+            memory: MemoryWatch::new(server.max_memory_bytes),
         }
     }
 
@@ -87,16 +96,12 @@ impl Budgets {
 pub async fn run(io: Io, admission: Admission, state: Arc<ServerState>) {
     match admission {
         Admission::Refused(kind) => writer::refuse(io, &kind).await,
-        Admission::Accepted { app, hub } => {
+        Admission::Accepted { app, slot } => {
             let socket_id = SocketId::random();
             let span = tracing::info_span!("connection", app_id = %app.id, socket_id = %socket_id);
             async move {
-                serve(io, socket_id, app, hub.clone(), state.clone()).await;
-                hub.release_connection();
-                state.release_node_connection();
-                if let Err(e) = state.cluster.close_connection(&hub).await {
-                    debug!(error = %e, "cluster connection count not updated");
-                }
+                serve(io, socket_id, app, slot.hub().clone(), state).await;
+                slot.release().await;
             }
             .instrument(span)
             .await;

@@ -289,12 +289,9 @@ impl Session {
 
     fn verify(&self, auth: Option<&str>, to_sign: &str) -> bool {
         auth.is_some_and(|token| {
-            verify_token(
-                self.app.key.as_str(),
-                self.app.secret.as_str(),
-                to_sign,
-                token,
-            )
+            self.app
+                .secrets_at(std::time::SystemTime::now())
+                .any(|secret| verify_token(self.app.key.as_str(), secret, to_sign, token))
         })
     }
 

@@ -44,13 +44,15 @@ pub(super) async fn list(
             "info=user_count requires filter_by_prefix to start with presence-".into(),
         ));
     }
-    let mut channels = Map::new();
+    let page = Page::of(r)?;
     let mut occupied = state
         .cluster
         .occupied(&r.hub, prefix)
         .await
         .map_err(unavailable("occupied channels"))?;
-    occupied.sort();
+    occupied.sort_unstable();
+    let (occupied, next) = page.cut(occupied);
+    let mut channels = Map::new();
     for (name, count) in occupied {
         let mut attrs = Map::new();
         if want_users && name.starts_with("presence-") {
@@ -66,7 +68,56 @@ pub(super) async fn list(
         }
         channels.insert(name, Value::Object(attrs));
     }
-    Ok(ok_json(&json!({ "channels": channels })))
+    let mut body = Map::new();
+    body.insert("channels".into(), Value::Object(channels));
+    if let Some(next) = next {
+        body.insert("next".into(), Value::String(next));
+    }
+    Ok(ok_json(&Value::Object(body)))
+}
+
+/// One page of `GET /channels` (a Resound extension, spec 5.6.3): at most `limit` channels
+/// (the app's `max_channels_listed` by default and at most), in name order, after the
+/// channel named by `after`. A clipped answer carries `next`, the `after` of the next page;
+/// SDKs that know nothing of it read the first page as the whole answer.
+struct Page<'a> {
+    after: Option<&'a str>,
+    limit: usize,
+}
+
+impl<'a> Page<'a> {
+    fn of(r: &'a ApiRequest) -> Result<Page<'a>, ApiError> {
+        let max = r.app.settings.max_channels_listed;
+        let limit = match r.query.get("limit") {
+            None => max,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "limit must be an integer from 1 to {max}"
+                    )))
+                }
+            },
+        };
+        Ok(Page {
+            after: r.query.get("after").filter(|a| !a.is_empty()),
+            limit,
+        })
+    }
+
+    /// This page of `sorted` (sorted by name), and the cursor of the next one when more follow.
+    fn cut<T>(&self, mut sorted: Vec<(String, T)>) -> (Vec<(String, T)>, Option<String>) {
+        if let Some(after) = self.after {
+            let first = sorted.partition_point(|(name, _)| name.as_str() <= after);
+            sorted.drain(..first);
+        }
+        if sorted.len() <= self.limit {
+            return (sorted, None);
+        }
+        sorted.truncate(self.limit);
+        let next = sorted.last().map(|(name, _)| name.clone());
+        (sorted, next)
+    }
 }
 
 fn parse_name(r: &ApiRequest, name: &str) -> Result<ChannelName, ApiError> {
@@ -162,4 +213,59 @@ pub(super) async fn connections(
         .await
         .map_err(unavailable("connection count"))?;
     Ok(ok_json(&json!({ "connections": n })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Page;
+
+    fn names(n: usize) -> Vec<(String, u64)> {
+        (0..n).map(|i| (format!("ch-{i:03}"), 1)).collect()
+    }
+
+    fn listed(page: &(Vec<(String, u64)>, Option<String>)) -> Vec<&str> {
+        page.0.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn pages_walk_every_channel_once_in_order() {
+        let all = names(7);
+        let mut after: Option<String> = None;
+        let mut seen = Vec::new();
+        loop {
+            let page = Page {
+                after: after.as_deref(),
+                limit: 3,
+            }
+            .cut(all.clone());
+            seen.extend(listed(&page).into_iter().map(String::from));
+            match page.1 {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = all.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_page_that_holds_the_rest_has_no_next() {
+        let page = Page {
+            after: Some("ch-003"),
+            limit: 3,
+        }
+        .cut(names(7));
+        assert_eq!(listed(&page), ["ch-004", "ch-005", "ch-006"]);
+        assert_eq!(page.1, None);
+        let gone = Page {
+            after: Some("ch-002x"),
+            limit: 10,
+        }
+        .cut(names(7));
+        assert_eq!(
+            listed(&gone)[0],
+            "ch-003",
+            "a cursor need not be a channel still occupied"
+        );
+    }
 }

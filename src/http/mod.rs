@@ -24,6 +24,10 @@ use crate::state::{AppHub, ServerState};
 use edge::{EdgeConn, TimeoutPhase};
 use error::json_response;
 pub use error::ApiError;
+
+/// The TCP peer of the connection a request arrived on (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 pub use health::metrics_only;
 use signature::Query;
 

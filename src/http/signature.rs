@@ -104,10 +104,12 @@ pub fn verify_query(
             .filter(|(k, _)| k.as_str() != "auth_signature")
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    for path in paths {
-        let expected = api_signature(app.secret.as_str(), method, path, &canonical);
-        if hex_eq(&expected, sig) {
-            return Ok(());
+    for secret in app.secrets_at(std::time::SystemTime::now()) {
+        for path in paths {
+            let expected = api_signature(secret, method, path, &canonical);
+            if hex_eq(&expected, sig) {
+                return Ok(());
+            }
         }
     }
     Err(ApiError::Unauthorized(format!(

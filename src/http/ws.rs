@@ -2,6 +2,7 @@
 //! upgrade. A refused connection is still upgraded so the client reads `pusher:error` and the
 //! close code (pusher-js decides whether to retry from them).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,11 +14,12 @@ use tracing::debug;
 use super::edge::EdgeConn;
 use super::error::ApiError;
 use super::signature::Query;
-use crate::connection::{self, Admission};
+use super::Peer;
+use crate::connection::{self, Admission, ConnectionSlot};
 use crate::protocol::ErrorKind;
 use crate::state::ServerState;
 
-fn admit(req: &Request<Incoming>, key: &str, state: &ServerState) -> Admission {
+fn admit(req: &Request<Incoming>, key: &str, state: &Arc<ServerState>) -> Admission {
     if state.is_draining() {
         return Admission::Refused(ErrorKind::ShuttingDown);
     }
@@ -54,17 +56,26 @@ fn admit(req: &Request<Incoming>, key: &str, state: &ServerState) -> Admission {
     if !app.origin_allowed(origin) {
         return Admission::Refused(ErrorKind::OriginNotAllowed);
     }
-    if !state.try_reserve_node_connection() {
-        return Admission::Refused(ErrorKind::OverCapacity);
+    match ConnectionSlot::reserve(state, state.hub(&app), client_ip(req, state)) {
+        Ok(slot) => Admission::Accepted { app, slot },
+        Err(kind) => Admission::Refused(kind),
     }
-    let hub = state.hub(&app);
-    if !hub.try_reserve_connection() {
-        state.release_node_connection();
-        return Admission::Refused(ErrorKind::OverQuota {
-            close_code: app.settings.over_quota_close_code,
-        });
-    }
-    Admission::Accepted { app, hub }
+}
+
+/// The client address counted against `server.max_connections_per_ip`: the last address in
+/// `server.client_ip_header` (the one the proxy in front added), else the TCP peer's.
+fn client_ip(req: &Request<Incoming>, state: &ServerState) -> Option<IpAddr> {
+    state.server.max_connections_per_ip?;
+    let from_header = state.server.client_ip_header.as_deref().and_then(|name| {
+        let value = req.headers().get(name)?.to_str().ok()?;
+        value
+            .rsplit(',')
+            .map(str::trim)
+            .find(|a| !a.is_empty())?
+            .parse()
+            .ok()
+    });
+    from_header.or_else(|| req.extensions().get::<Peer>().map(|p| p.0.ip()))
 }
 
 pub(super) async fn upgrade(
@@ -84,22 +95,9 @@ pub(super) async fn upgrade(
         }
     }
     // The app's connection quota is cluster-wide.
-    if let Admission::Accepted { app, hub } = &admission {
-        match state
-            .cluster
-            .open_connection(hub, app.settings.max_connections)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                hub.release_connection();
-                state.release_node_connection();
-                admission = Admission::Refused(ErrorKind::OverQuota {
-                    close_code: app.settings.over_quota_close_code,
-                });
-            }
-            // Backend unreachable: keep serving on this node's own limits.
-            Err(e) => debug!(error = %e, "cluster connection count unavailable"),
+    if let Admission::Accepted { slot, .. } = &mut admission {
+        if let Err(kind) = slot.reserve_cluster().await {
+            admission = Admission::Refused(kind);
         }
     }
     if let Admission::Refused(kind) = &admission {
@@ -108,10 +106,8 @@ pub(super) async fn upgrade(
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
-            if let Admission::Accepted { hub, .. } = &admission {
-                hub.release_connection();
-                state.release_node_connection();
-                let _ = state.cluster.close_connection(hub).await;
+            if let Admission::Accepted { slot, .. } = admission {
+                slot.release().await;
             }
             debug!(error = %e, "bad upgrade request");
             return ApiError::BadRequest("Invalid WebSocket upgrade request".into())
@@ -123,10 +119,8 @@ pub(super) async fn upgrade(
             Ok(ws) => connection::run(ws.into_inner(), admission, state).await,
             Err(e) => {
                 debug!(error = %e, "upgrade failed");
-                if let Admission::Accepted { hub, .. } = admission {
-                    hub.release_connection();
-                    state.release_node_connection();
-                    let _ = state.cluster.close_connection(&hub).await;
+                if let Admission::Accepted { slot, .. } = admission {
+                    slot.release().await;
                 }
             }
         }

@@ -782,7 +782,10 @@ async fn dashboard_and_alerts_name_only_metrics_the_server_exports() {
 async fn resound(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_resound"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("RESOUND_") || k.starts_with("REVERB_") || k.starts_with("REDIS_") {
+        if ["RESOUND_", "REVERB_", "REDIS_", "SOKETI_", "PUSHER_"]
+            .iter()
+            .any(|p| k.starts_with(p))
+        {
             cmd.env_remove(k);
         }
     }
@@ -791,6 +794,47 @@ async fn resound(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .await
         .expect("resound exits within 10 s")
         .expect("run resound")
+}
+
+/// A team moving from Soketi or Pusher keeps its environment: `check-config` shows the app
+/// and the cluster settings its variables define, and names the variables it ignores.
+#[tokio::test]
+async fn check_config_reads_a_soketi_and_a_pusher_environment() {
+    let out = resound(
+        &["check-config"],
+        &[
+            ("SOKETI_DEFAULT_APP_ID", "1234"),
+            ("SOKETI_DEFAULT_APP_KEY", "soketi-key"),
+            ("SOKETI_DEFAULT_APP_SECRET", "soketi-secret"),
+            ("SOKETI_DEFAULT_APP_ENABLE_CLIENT_MESSAGES", "true"),
+            ("SOKETI_ADAPTER_DRIVER", "redis"),
+            ("SOKETI_DB_REDIS_HOST", "redis.internal"),
+            ("SOKETI_APP_MANAGER_DRIVER", "postgres"),
+            ("PUSHER_APP_ID", "55"),
+            ("PUSHER_APP_KEY", "pusher-key"),
+            ("PUSHER_APP_SECRET", "pusher-secret"),
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let effective: toml::Value = toml::from_str(&text).expect("check-config prints TOML");
+    let apps = effective["apps"].as_array().expect("apps");
+    let ids: Vec<&str> = apps.iter().filter_map(|a| a["id"].as_str()).collect();
+    assert_eq!(ids, ["55", "1234"]);
+    assert_eq!(apps[1]["enable_client_messages"].as_bool(), Some(true));
+    assert_eq!(effective["scaling"]["enabled"].as_bool(), Some(true));
+    assert_eq!(
+        effective["scaling"]["redis_url"].as_str(),
+        Some("redis://redis.internal:6379/0")
+    );
+    assert!(!text.contains("soketi-secret"), "secrets are masked");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SOKETI_APP_MANAGER_DRIVER"), "{stderr}");
 }
 
 #[tokio::test]

@@ -252,3 +252,95 @@ async fn members_that_never_read_are_cut_at_the_byte_bound_while_a_reader_gets_e
     .await;
     drop(silent);
 }
+
+/// Opens a WebSocket to `s` as if a proxy had forwarded it for `client`.
+async fn connect_forwarded(s: &TestServer, client: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s
+        .ws_url(KEY, CLIENT_QUERY)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "x-forwarded-for",
+        format!("203.0.113.9, {client}").parse().expect("header"),
+    );
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect")
+        .0
+}
+
+/// `server.max_connections_per_ip` counts open WebSockets per client address (the proxy's
+/// last `X-Forwarded-For` entry with `client_ip_header`): one over it is refused 4100 while
+/// other addresses connect, and a closed socket makes room again.
+#[tokio::test]
+async fn connections_per_client_address_are_capped() {
+    let s = TestServer::start(
+        &TestConfig::new()
+            .server_setting("max_connections_per_ip", 2u32)
+            .server_setting("client_ip_header", "x-forwarded-for")
+            .toml(),
+    )
+    .await;
+    let mut first = connect_forwarded(&s, "198.51.100.1").await;
+    assert_eq!(
+        next_json(&mut first).await.expect("established")["event"],
+        "pusher:connection_established"
+    );
+    let mut second = connect_forwarded(&s, "198.51.100.1").await;
+    assert_eq!(
+        next_json(&mut second).await.expect("established")["event"],
+        "pusher:connection_established"
+    );
+    let mut third = connect_forwarded(&s, "198.51.100.1").await;
+    let refused = next_json(&mut third).await.expect("an error");
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(refused["data"]["code"], 4100);
+    assert_eq!(closed_code(&mut third).await, Some(4100));
+    let mut other = connect_forwarded(&s, "198.51.100.2").await;
+    assert_eq!(
+        next_json(&mut other).await.expect("established")["event"],
+        "pusher:connection_established"
+    );
+    assert_eq!(
+        sample(&s, "resound_admission_refused_total{limit=\"per_ip\"}").await,
+        1.0
+    );
+    first.close(None).await.expect("close");
+    drop(first);
+    // The server notices the close, then the address has room again.
+    let mut admitted = false;
+    for _ in 0..50 {
+        let mut again = connect_forwarded(&s, "198.51.100.1").await;
+        if next_json(&mut again).await.expect("a message")["event"]
+            == "pusher:connection_established"
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "a closed socket gives its address's slot back");
+}
+
+/// Above `server.max_memory_bytes` of resident memory, new WebSockets are refused with 4100
+/// (the client backs off) and counted; the HTTP API keeps answering.
+#[tokio::test]
+async fn new_sockets_are_refused_above_the_memory_limit() {
+    let s = TestServer::start(
+        &TestConfig::new()
+            .server_setting("max_memory_bytes", 1_048_576u64)
+            .toml(),
+    )
+    .await;
+    let mut ws = Client::raw(&s.ws_url(KEY, CLIENT_QUERY)).await;
+    let refused = next_json(&mut ws).await.expect("an error");
+    assert_eq!(refused["data"]["code"], 4100, "{refused}");
+    assert_eq!(closed_code(&mut ws).await, Some(4100));
+    assert_eq!(
+        sample(&s, "resound_admission_refused_total{limit=\"memory\"}").await,
+        1.0
+    );
+    assert!(sample(&s, "process_resident_memory_bytes").await > 1_048_576.0);
+    assert_eq!(s.api().get("/channels", &[]).await.status, 200);
+}

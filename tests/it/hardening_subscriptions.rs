@@ -158,6 +158,46 @@ async fn channels_per_connection_are_capped_and_refused_with_4100() {
     );
 }
 
+/// `GET /channels` lists at most `max_channels_listed` channels per answer, in name order; a
+/// clipped answer names the cursor of the next page (`next`, given back as `after`), and the
+/// pages together list every occupied channel once. A `limit` beyond the cap is a 400.
+#[tokio::test]
+async fn channel_listing_is_paged_by_the_app_cap() {
+    let s = TestServer::start(&config("max_channels_listed = 40", "")).await;
+    let mut c = s.client().await;
+    for i in 0..100 {
+        c.subscribe(&format!("room-{i:03}")).await;
+    }
+    let mut listed: Vec<String> = Vec::new();
+    let mut after = String::new();
+    let mut pages = 0;
+    loop {
+        let r = s.api().get("/channels", &[("after", after.as_str())]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        pages += 1;
+        let page: Vec<String> = r.body["channels"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        assert!(page.len() <= 40, "{} channels in one answer", page.len());
+        listed.extend(page);
+        match r.body["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end: {}", r.body);
+    }
+    let expected: Vec<String> = (0..100).map(|i| format!("room-{i:03}")).collect();
+    assert_eq!((pages, listed), (3, expected));
+    let small = s.api().get("/channels", &[("limit", "7")]).await;
+    assert_eq!(small.body["channels"].as_object().map(|m| m.len()), Some(7));
+    assert_eq!(small.body["next"], "room-006");
+    for bad in ["0", "41", "x"] {
+        let r = s.api().get("/channels", &[("limit", bad)]).await;
+        assert_eq!(r.status, 400, "limit={bad}: {}", r.text);
+    }
+}
+
 /// Subscribe and unsubscribe in a loop: past the burst, joins are refused with 4301 at the
 /// configured rate, the connection stays open, and joins are accepted again as the budget
 /// refills.

@@ -443,7 +443,11 @@ async fn health_and_metrics() {
     {
         let (name, v) = line.rsplit_once(' ').expect("name value");
         assert!(v.parse::<f64>().is_ok(), "unparsable sample {line}");
-        assert!(name.starts_with("resound_"), "{name}");
+        // Ours carry the prefix; the process collector's use the names every exporter uses.
+        assert!(
+            name.starts_with("resound_") || name.starts_with("process_"),
+            "{name}"
+        );
     }
     assert!(value("resound_connected") >= 1.0);
     assert!(value("resound_new_connections_total") >= 1.0);
@@ -472,4 +476,52 @@ async fn terminating_a_presence_member_spares_sockets_that_left_the_channel() {
     assert_eq!(present.closed().await, Some(4009));
     left.assert_alive("a socket no longer present as the user stays")
         .await;
+}
+
+/// Secret rotation: with `previous_secret` and a deadline in the future, API requests and
+/// channel tokens signed with the old secret are accepted beside the new one; once the
+/// deadline has passed, only the new secret works.
+#[tokio::test]
+async fn a_previous_secret_works_until_its_deadline() {
+    for (until, accepted) in [
+        ("2999-01-01T00:00:00Z", true),
+        ("2001-01-01T00:00:00Z", false),
+    ] {
+        let s = TestServer::start(
+            &TestConfig::new()
+                .app_setting("previous_secret", "old-secret")
+                .app_setting("previous_secret_until", until)
+                .toml(),
+        )
+        .await;
+        let old = Api {
+            secret: "old-secret".into(),
+            ..s.api()
+        };
+        let r = old.trigger(&["rotation"], "e", "{}").await;
+        assert_eq!(
+            r.status == 200,
+            accepted,
+            "until {until}: {} {}",
+            r.status,
+            r.text
+        );
+        assert_eq!(s.api().trigger(&["rotation"], "e", "{}").await.status, 200);
+        let mut c = s.client().await;
+        let channel = "private-rotation";
+        let auth = resound::protocol::auth::sign_token(
+            KEY,
+            "old-secret",
+            &resound::protocol::auth::channel_string_to_sign(c.sid(), channel, None),
+        );
+        c.send(json!({"event":"pusher:subscribe","data":{"auth":auth,"channel":channel}}))
+            .await;
+        let answer = c.recv().await;
+        let expected = if accepted {
+            "pusher_internal:subscription_succeeded"
+        } else {
+            "pusher:error"
+        };
+        assert_eq!(answer["event"], expected, "until {until}: {answer}");
+    }
 }
