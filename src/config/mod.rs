@@ -267,12 +267,23 @@ impl Provider for Vars {
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut dict = Dict::new();
         for (key, raw, _) in &self.entries {
-            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+            let value = env_value(raw);
             let path: Vec<&str> = key.split('.').collect();
             insert_path(&mut dict, &path, value);
         }
         Ok(Profile::Default.collect(dict))
     }
+}
+
+/// An environment value as figment reads one (`true`, `42`, `["a", "b"]`), else the text
+/// itself. figment 0.10's unescaping of a quoted string slices it by character index
+/// (`value/escape.rs`), which panics when a non-ASCII character comes before a backslash; such
+/// a value is taken as text without asking figment. (Found by `fuzz/`'s `config` target.)
+fn env_value(raw: &str) -> Value {
+    if !raw.is_ascii() && raw.contains('\\') {
+        return Value::from(raw.to_string());
+    }
+    raw.parse().unwrap_or_else(|_| Value::from(raw.to_string()))
 }
 
 /// Inserts `value` at the nested `path` of `dict`, creating tables on the way.

@@ -557,3 +557,23 @@ fn per_connection_subscription_limits_have_defaults_and_refuse_zero() {
         assert!(e.contains(setting), "{e}");
     }
 }
+
+#[test]
+fn an_env_value_with_a_backslash_after_a_non_ascii_character_is_text() {
+    // figment's own parser panicked on the quoted ones; found by `fuzz/` (`config`).
+    for raw in [r#""/ˣ\x""#, r#"["redis://h.ˣ\"]"#, r"/é\n", r#""\u00e9ˣ""#] {
+        assert_eq!(env_value(raw), Value::from(raw.to_string()), "{raw}");
+        // The path must start with '/': only the unquoted one loads, and as written.
+        let loaded = load(&Sources {
+            process_env: env(&[("RESOUND_SERVER__PATH", raw)]),
+            ..Default::default()
+        });
+        match loaded {
+            Ok(c) => assert_eq!(c.server.path, raw),
+            Err(e) => assert!(e.to_string().contains("server.path"), "{e}"),
+        }
+    }
+    // ASCII values are still read as figment reads them.
+    assert_eq!(env_value(r#""/a\tb""#), Value::from("/a\tb".to_string()));
+    assert_eq!(env_value("true"), Value::from(true));
+}

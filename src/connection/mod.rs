@@ -6,7 +6,7 @@
 //! loop with the liveness timer → on any end, the session leaves every channel and the writer
 //! sends the close frame.
 
-mod frames;
+pub(crate) mod frames;
 pub mod handle;
 mod session;
 mod slot;

@@ -6,7 +6,7 @@ pub mod edge;
 mod error;
 mod events;
 mod health;
-mod signature;
+pub(crate) mod signature;
 mod users;
 mod ws;
 
