@@ -1,4 +1,4 @@
-//! Apps (tenants): id, key, secret and the per-app settings of spec 7.7, plus the `AppStore`
+//! Apps (tenants): id, key, secret and the per-app settings of protocol.md 7.7, plus the `AppStore`
 //! boundary through which the server finds them. The static store serves the apps of the
 //! configuration; a database-backed store can implement the same trait.
 
@@ -47,7 +47,7 @@ impl AppSecret {
     }
 }
 
-/// Who may send client events (Reverb's `accept_client_events_from`, spec 7.1).
+/// Who may send client events (Reverb's `accept_client_events_from`, protocol.md 7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientEventPolicy {
     /// Off (Pusher's default).
@@ -190,7 +190,7 @@ impl App {
     }
 
     /// Whether `origin` (the `Origin` header, possibly absent) passes `allowed_origins`
-    /// (spec 1.2 step 7): the host of the origin is matched against patterns with `*`. Only a
+    /// (protocol.md 1.2 step 7): the host of the origin is matched against patterns with `*`. Only a
     /// well-formed origin, `scheme://host[:port]` (RFC 6454), can pass: anything after the
     /// host (a path, query or fragment), user info, or a malformed host or port is refused,
     /// so `https://evil.test#.example.com` does not pass as a host under `*.example.com`.

@@ -95,7 +95,7 @@ impl Broadcaster {
     }
 
     /// Tells every watcher of `user`, on every node, that the user came online or went
-    /// offline (spec 3.8).
+    /// offline (protocol.md 3.8).
     pub fn publish_watch(&self, hub: &AppHub, user: &str, online: bool) {
         let name = if online { "online" } else { "offline" };
         let frame = message::watchlist_events(&[(name, vec![user.to_string()])]);

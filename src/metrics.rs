@@ -359,7 +359,7 @@ impl Metrics {
         }
     }
 
-    /// A handshake refused with `code` (spec 1.2).
+    /// A handshake refused with `code` (protocol.md 1.2).
     pub fn refused(&self, code: u16) {
         self.refused.with_label_values(&[&code.to_string()]).inc();
     }

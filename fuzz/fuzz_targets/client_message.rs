@@ -32,7 +32,7 @@ fn reencode(m: &ClientMessage) -> String {
             json!({"event": "pusher:unsubscribe", "data": {"channel": channel}}).to_string()
         }
         ClientMessage::Signin { auth, user_data } => {
-            // The string-encoded form of `data` (spec 1.5), the other one the parser takes.
+            // The string-encoded form of `data` (protocol.md 1.5), the other one the parser takes.
             let d = json!({"auth": auth, "user_data": user_data}).to_string();
             json!({"event": "pusher:signin", "data": d}).to_string()
         }

@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let canonical = canonical_query(signed.0.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    // Keys that differ only in case canonicalise to the same key twice: the spec leaves that
+    // Keys that differ only in case canonicalise to the same key twice: protocol.md leaves that
     // undefined, and both sides compute the same string anyway.
     let sig = api_signature(SECRET, method, path, &canonical);
     signed.0.insert("auth_signature".into(), sig);

@@ -51,7 +51,7 @@ export const APPS = {
   hooks: { id: '1000011', key: 'pt-hooks-key', secret: 'pt-hooks-secret', removalDelay: 1, webhookPort: 29613 },
 };
 
-/** 32 bytes 0x00..0x1f, the master key of spec 8.4. */
+/** 32 bytes 0x00..0x1f, the master key of protocol.md 8.4. */
 export const MASTER_KEY_B64 = 'AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=';
 
 /** pusher-http-node client for `app`, talking to node `i`. */

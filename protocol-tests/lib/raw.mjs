@@ -247,7 +247,7 @@ export class RawSocket {
   }
 }
 
-/** pusher:error data as an object (spec 1.5: object; a JSON string is tolerated by clients). */
+/** pusher:error data as an object (protocol.md 1.5: object; a JSON string is tolerated by clients). */
 export function errorData(m) {
   if (typeof m.data === 'string') {
     try {
@@ -259,7 +259,7 @@ export function errorData(m) {
   return m.data ?? {};
 }
 
-/** data of a double-encoded server message (spec 1.5): must be a string holding JSON. */
+/** data of a double-encoded server message (protocol.md 1.5): must be a string holding JSON. */
 export function innerData(m) {
   return typeof m.data === 'string' ? JSON.parse(m.data) : m.data;
 }

@@ -1,4 +1,4 @@
-// A small, independent signer for the HTTP API (spec 5.2), so that tests can send exactly the
+// A small, independent signer for the HTTP API (protocol.md 5.2), so that tests can send exactly the
 // bytes a given SDK sends (pusher-http-php through Laravel, pusher-http-python, pusher-http-node)
 // or deliberately broken requests that the official SDKs refuse to build.
 

@@ -105,7 +105,7 @@ test('private channel: token for another socket id, wrong secret, missing auth a
   s.close();
 });
 
-test('private channel: uppercase hex signature and key part in other case are accepted (spec 3.6)', async () => {
+test('private channel: uppercase hex signature and key part in other case are accepted (protocol.md 3.6)', async () => {
   const s = await RawSocket.connect(app);
   const ch = uniq('private-case-');
   const sig = hmac(app.secret, `${s.socketId}:${ch}`);

@@ -43,7 +43,7 @@ test('client event on a public channel is rejected and not relayed', async () =>
   const { sender, receiver } = await pair(ch);
   sender.send({ event: 'client-typing', channel: ch, data: {} });
   const err = await sender.expect(ev('pusher:error'), 3000, 'client event on a public channel got no pusher:error');
-  assert.equal(errorData(err).code, 4009, `client event on a public channel should get 4009 (spec 4.1), got ${err.raw}`);
+  assert.equal(errorData(err).code, 4009, `client event on a public channel should get 4009 (protocol.md 4.1), got ${err.raw}`);
   await receiver.expectNone(ev('client-typing'), 300, 'client event on a public channel was relayed');
 });
 
@@ -166,7 +166,7 @@ test('pusher-js channel.trigger reaches another pusher-js client', async () => {
   assert.deepEqual(echoed, [], 'client event was echoed to its sender');
 });
 
-test('client events are relayed on private-encrypted- channels (spec 2.8) and refused on #server-to-user-', async () => {
+test('client events are relayed on private-encrypted- channels (protocol.md 2.8) and refused on #server-to-user-', async () => {
   const enc = uniq('private-encrypted-whisper-');
   const { sender, receiver } = await pair(enc);
   sender.send({ event: 'client-sealed', channel: enc, data: { nonce: 'n', ciphertext: 'c' } });

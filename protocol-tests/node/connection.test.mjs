@@ -32,7 +32,7 @@ test('unknown app key is refused with pusher:error 4001 and close 4001', async (
   await expectRefused({ key: 'pt-no-such-key' }, {}, 4001, 'unknown app key');
 });
 
-test('pusher:error data is an object whose code is a JSON number (spec 1.8)', async () => {
+test('pusher:error data is an object whose code is a JSON number (protocol.md 1.8)', async () => {
   const { err } = await expectRefused({ key: 'pt-no-such-key-2' }, {}, 4001, 'unknown app key');
   assert.equal(typeof err.data, 'object', `pusher:error data must be an object, got ${err.raw}`);
   assert.equal(typeof err.data.code, 'number', 'pusher:error data.code must be a number');
@@ -147,7 +147,7 @@ test('pusher:ping without data, with object data, string data and empty-string d
     s.send(f);
     const pong = await s.expect(ev('pusher:pong'), 2000, `no pusher:pong for ${f}`);
     assert.equal(pong.channel, undefined, 'pusher:pong must not carry a channel');
-    assert.equal(pong.data, '{}', `pusher:pong data must be the string "{}" (spec 1.6), got ${pong.raw}`);
+    assert.equal(pong.data, '{}', `pusher:pong data must be the string "{}" (protocol.md 1.6), got ${pong.raw}`);
   }
   assert.equal(s.seen(ev('pusher:error')).length, 0, `a ping form produced a pusher:error: ${s.summary()}`);
   s.close();
@@ -177,7 +177,7 @@ test('binary frame gets a pusher:error and the socket stays open', async () => {
   const s = await RawSocket.connect(APPS.main);
   s.sendBinary(Buffer.from('{"event":"pusher:ping","data":{}}'));
   const err = await s.expect(ev('pusher:error'), 2000, 'binary frame was not answered with pusher:error');
-  assert.equal(errorData(err).code, 4200, `binary frame error should carry code 4200 (spec 1.5), got ${err.raw}`);
+  assert.equal(errorData(err).code, 4200, `binary frame error should carry code 4200 (protocol.md 1.5), got ${err.raw}`);
   await s.assertAlive('connection must stay open after a binary frame');
   s.close();
 });

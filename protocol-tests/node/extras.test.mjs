@@ -1,4 +1,4 @@
-// Opt-in features, on the "extras" app: subscription count events (spec 2.9), the Soketi-style
+// Opt-in features, on the "extras" app: subscription count events (protocol.md 2.9), the Soketi-style
 // pusher:subscription_error that makes Laravel Echo's .error() fire (2.4), and watchlist
 // online/offline events (3.8).
 

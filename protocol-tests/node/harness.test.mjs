@@ -1,4 +1,4 @@
-// Checks of the suite's own signer against the spec's vectors (8.5), so that a failure in the
+// Checks of the suite's own signer against protocol.md's vectors (8.5), so that a failure in the
 // hand-made (Laravel-shaped) requests can be blamed on the server and not on the signer.
 
 import { test } from 'node:test';

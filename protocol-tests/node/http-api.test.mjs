@@ -124,7 +124,7 @@ test('validation errors get 400: missing name/data/channels, bad channel name, l
     const err = JSON.parse(r.body ?? 'null');
     assert.ok(
       err && typeof err.error === 'string' && err.code === 400,
-      `error responses should be {"error": message, "code": status} (spec 5.1), got ${r.body}`,
+      `error responses should be {"error": message, "code": status} (protocol.md 5.1), got ${r.body}`,
     );
   }
   const malformed = await signedRequest(app, 'POST', '/events', { body: '{"name":' });
@@ -273,7 +273,7 @@ test('non-string data is serialised compactly; unknown routes get 404', async ()
   const s = await RawSocket.connect(app, { node: 1 });
   await s.mustSubscribe(ch);
   const r = await post('/events', { name: 'obj', data: { a: 1, b: [true, null] }, channels: [ch] });
-  assert.equal(r.status, 200, `object data should be accepted and serialised (spec 5.4), got ${r.status} ${r.body}`);
+  assert.equal(r.status, 200, `object data should be accepted and serialised (protocol.md 5.4), got ${r.status} ${r.body}`);
   const m = await s.expect(ev('obj', ch), 3000, 'event with object data was not delivered');
   assert.equal(m.data, '{"a":1,"b":[true,null]}', `object data must be delivered as its compact JSON string, got ${m.raw}`);
   s.close();
@@ -330,7 +330,7 @@ test('request authentication: bad signature, wrong key, expired timestamp, body_
 
 test('GET with body_md5 of the empty body (pusher-http-python style) and percent-encoded values are accepted', async () => {
   const py = await signedRequest(app, 'GET', '/channels', { style: 'python', params: { filter_by_prefix: 'presence-', info: 'user_count' } });
-  assert.equal(py.status, 200, `GET signed with body_md5 of "" must be accepted (spec 0.4 rule 2), got ${py.status} ${py.text}`);
+  assert.equal(py.status, 200, `GET signed with body_md5 of "" must be accepted (protocol.md 0.4 rule 2), got ${py.status} ${py.text}`);
   const php = await signedRequest(app, 'GET', `/channels/${uniq('presence-enc-')}`, {
     style: 'php',
     params: { info: 'user_count,subscription_count' },

@@ -98,7 +98,7 @@ test('a member without user_info: hash value null, member_added without user_inf
   assert.ok(r.ok, `member without user_info was refused: ${r.msg.raw}`);
   const { presence } = innerData(r.msg);
   assert.ok('bare' in presence.hash, `a member without user_info must still be a key of hash, got ${r.msg.data}`);
-  assert.equal(presence.hash.bare, null, `hash value for a member without user_info should be null (spec 2.3), got ${r.msg.data}`);
+  assert.equal(presence.hash.bare, null, `hash value for a member without user_info should be null (protocol.md 2.3), got ${r.msg.data}`);
   const added = await o.expect(ev('pusher_internal:member_added', ch), 3000, 'member_added missing');
   assert.deepEqual(innerData(added), { user_id: 'bare' }, `member_added must omit user_info when the member has none, got ${added.data}`);
 });
@@ -113,7 +113,7 @@ test('two tabs with different user_info: the earliest connection\'s info is kept
   assert.deepEqual(
     innerData(third.msg).presence.hash.same,
     { v: 'first' },
-    `the roster must keep the user_info of the user\'s earliest connection (spec 2.6), got ${third.msg.data}`,
+    `the roster must keep the user_info of the user\'s earliest connection (protocol.md 2.6), got ${third.msg.data}`,
   );
 });
 
@@ -140,7 +140,7 @@ test('member limit: a new distinct user beyond max_presence_members_per_channel 
   const over = await join(ch, 'one-too-many', undefined, { app: L });
   assert.equal(over.ok, false, 'a distinct user beyond the presence member limit must be refused');
   assert.equal(over.msg.event, 'pusher:error', `member limit refusal must be a pusher:error, got ${over.msg.raw}`);
-  assert.equal(errorData(over.msg).code, 4100, `member limit refusal code should be 4100 (spec 2.4), got ${over.msg.raw}`);
+  assert.equal(errorData(over.msg).code, 4100, `member limit refusal code should be 4100 (protocol.md 2.4), got ${over.msg.raw}`);
   const tab = await join(ch, 'm1', undefined, { app: L });
   assert.ok(tab.ok, `another connection of an existing member must be accepted at the limit: ${tab.msg.raw}`);
   assert.equal(innerData(tab.msg).presence.count, L.maxPresenceMembers, 'an extra tab must not change the member count');
@@ -152,7 +152,7 @@ test('user_info larger than max_presence_member_size is refused', async () => {
   const r = await join(ch, 'big', { bio: 'x'.repeat(L.maxMemberSize + 50) }, { app: L });
   assert.equal(r.ok, false, 'oversized user_info must be refused');
   assert.equal(r.msg.event, 'pusher:error', `oversized member refusal must be a pusher:error, got ${r.msg.raw}`);
-  assert.equal(errorData(r.msg).code, 4301, `oversized member code should be 4301 (spec 2.4), got ${r.msg.raw}`);
+  assert.equal(errorData(r.msg).code, 4301, `oversized member code should be 4301 (protocol.md 2.4), got ${r.msg.raw}`);
   const ok = await join(ch, 'small', { bio: 'x'.repeat(20) }, { app: L });
   assert.ok(ok.ok, `user_info under the limit must be accepted: ${ok.msg.raw}`);
 });

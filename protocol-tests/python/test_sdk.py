@@ -1,4 +1,4 @@
-"""pusher-http-python 3.3 and Pysher 1.0 against the server (spec 0.4, 5.2.3, 5.6, D19, D35).
+"""pusher-http-python 3.3 and Pysher 1.0 against the server (protocol.md 0.4, 5.2.3, 5.6, D19, D35).
 
 The Python SDK signs body_md5 on every request (also GET), serialises JSON with spaces and
 \\u escapes, and posts terminate_connections without the /apps/{id} prefix; Pysher speaks
@@ -290,7 +290,7 @@ class PythonSdkTests(unittest.TestCase):
         try:
             info = self.sdk.channels_info(prefix_filter=name, attributes=["user_count"])
         except pusher.errors.PusherBadAuth as e:
-            self.fail("GET signed with body_md5 of the empty body was refused (spec 0.4 rule 2): %s" % e)
+            self.fail("GET signed with body_md5 of the empty body was refused (protocol.md 0.4 rule 2): %s" % e)
         self.assertEqual(info, {"channels": {name: {"user_count": 1}}}, "channels_info with prefix and user_count")
         with self.assertRaises(pusher.errors.PusherBadRequest, msg="user_count without presence- prefix must get 400"):
             self.sdk.channels_info(attributes=["user_count"])

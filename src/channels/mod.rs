@@ -1,5 +1,5 @@
 //! `ChannelRegistry`: the one index of this node's subscriptions, per app, together with the
-//! last event of cache channels (kept even when nobody is subscribed, spec 2.7).
+//! last event of cache channels (kept even when nobody is subscribed, protocol.md 2.7).
 //!
 //! Subscribing inserts the connection and enqueues its `subscription_succeeded` (and cached
 //! event) under the same shard lock a publish takes, so a socket never sees a channel event
@@ -252,7 +252,7 @@ pub struct ChannelRegistry {
     metrics: AppMetrics,
 }
 
-/// `subscription_count` events on channels above this size go out at most every 5 s (spec 2.9).
+/// `subscription_count` events on channels above this size go out at most every 5 s (protocol.md 2.9).
 const COUNT_THROTTLE_ABOVE: usize = 100;
 const COUNT_THROTTLE: Duration = Duration::from_secs(5);
 

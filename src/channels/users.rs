@@ -1,4 +1,4 @@
-//! `UserRegistry`: connections signed in as each user (spec 3.5), for `#server-to-user-`
+//! `UserRegistry`: connections signed in as each user (protocol.md 3.5), for `#server-to-user-`
 //! delivery and `terminate_connections`.
 
 use bytes::Bytes;
@@ -81,7 +81,7 @@ impl UserRegistry {
     }
 }
 
-/// Connections watching each user (watchlist events, spec 3.8).
+/// Connections watching each user (watchlist events, protocol.md 3.8).
 #[derive(Default)]
 pub struct WatcherRegistry {
     watchers: DashMap<UserId, Vec<ConnRef>>,

@@ -34,7 +34,7 @@ pub enum Target {
     Channel(String),
     /// Every connection signed in as a user (`#server-to-user-`).
     User(String),
-    /// Every connection watching a user (watchlist events, spec 3.8).
+    /// Every connection watching a user (watchlist events, protocol.md 3.8).
     Watchers(String),
 }
 

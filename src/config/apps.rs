@@ -1,5 +1,5 @@
 //! `[[apps]]` and `[[apps.webhooks]]`: the app tables as written, and their validation into
-//! the runtime `App` with the defaults of spec 7.7 (or Reverb's).
+//! the runtime `App` with the defaults of protocol.md 7.7 (or Reverb's).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy, PreviousSecret};
 use crate::webhooks::{redact_url, AppWebhooks, WebhookKind, WebhookTarget};
 
-/// `[[apps]]`. Unset options take the defaults of spec 7.7 (or Reverb's, for an app defined by
+/// `[[apps]]`. Unset options take the defaults of protocol.md 7.7 (or Reverb's, for an app defined by
 /// Reverb's variables).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -1,4 +1,4 @@
-//! Laravel Reverb's environment variables (spec 7.1), so an existing Laravel `.env` works as is.
+//! Laravel Reverb's environment variables (protocol.md 7.1), so an existing Laravel `.env` works as is.
 
 use std::collections::BTreeMap;
 

@@ -155,7 +155,7 @@ pub struct ConnHandle {
     /// The client already closed its side (EOF): no close frame is sent back.
     peer_gone: AtomicBool,
     cancel: CancellationToken,
-    /// The signed-in user (spec 3.5), for `terminate_connections` and `#server-to-user-`.
+    /// The signed-in user (protocol.md 3.5), for `terminate_connections` and `#server-to-user-`.
     signed_in: Mutex<Option<UserId>>,
     /// Users this connection is present as (for Reverb-style termination by presence id).
     presence_users: Mutex<Vec<UserId>>,

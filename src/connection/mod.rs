@@ -33,7 +33,7 @@ pub use slot::{ConnectionSlot, MemoryWatch, PerIp};
 
 pub(crate) type Io = TokioIo<Upgraded>;
 
-/// What the handshake checks decided before the socket was upgraded (spec 1.2).
+/// What the handshake checks decided before the socket was upgraded (protocol.md 1.2).
 pub enum Admission {
     /// Checks passed; the node and app connection slots are reserved.
     Accepted { app: Arc<App>, slot: ConnectionSlot },
@@ -198,7 +198,7 @@ async fn serve(
                 break;
             }
         };
-        // Any inbound frame is activity (spec 1.6), except a Pong frame: the server never sends
+        // Any inbound frame is activity (protocol.md 1.6), except a Pong frame: the server never sends
         // a Ping frame, so every Pong is unsolicited (RFC 6455 5.5.3), and a client that never
         // reads could otherwise keep itself alive with them, its queue filling for nothing.
         // Traffic that asks for an answer (`pusher:ping`, a Ping frame) still counts: its

@@ -1,4 +1,4 @@
-//! `Session`: the handling of every client message, in the order the spec gives (2.2, 2.5,
+//! `Session`: the handling of every client message, in the order protocol.md gives (2.2, 2.5,
 //! 3.5, 4.1): parse, authorise (signatures, limits, the client-event budget), call, reply.
 //! What the connection has joined, and the join and leave sequences with their rollbacks and
 //! announcements, belong to `membership`. Refusals become `pusher:error` here; nothing else
@@ -64,7 +64,7 @@ pub(super) struct Session {
     client_events: TokenBucket,
     /// Joins this connection may still start now (`max_subscribes_per_second`).
     subscribes: TokenBucket,
-    /// Subscribed to a private/presence channel (for authorized connections, spec 3.9).
+    /// Subscribed to a private/presence channel (for authorized connections, protocol.md 3.9).
     authorized_channel: bool,
 }
 
@@ -163,12 +163,12 @@ impl Session {
             .map_err(|_| Refusal::on(ErrorKind::InvalidChannelName, channel))?;
         let kind = name.kind();
         if self.membership.is_subscribed(&name) {
-            // Answered without a join, before any check (spec 2.2 step 3).
+            // Answered without a join, before any check (protocol.md 2.2 step 3).
             self.membership.repeat(&name);
             return Ok(());
         }
 
-        // Authorise by kind (spec 3).
+        // Authorise by kind (protocol.md 3).
         let member = match kind {
             ChannelKind::ServerToUser => {
                 let own = self.membership.user().map(|u| u.id.as_str());
@@ -196,7 +196,7 @@ impl Session {
             _ => None,
         };
 
-        // Limits that protect the join itself (spec 2.2 step 5): a duplicate or a refused
+        // Limits that protect the join itself (protocol.md 2.2 step 5): a duplicate or a refused
         // subscribe costs no more than any other small message, so only joins are counted.
         if self.membership.channel_count() >= self.app.settings.max_channels_per_connection {
             self.hub.metrics.channel_limited.inc();
@@ -233,7 +233,7 @@ impl Session {
     }
 
     /// The member of a presence subscription: from verified `channel_data`, or from the
-    /// signed-in user when `channel_data` is absent (spec 2.6).
+    /// signed-in user when `channel_data` is absent (protocol.md 2.6).
     fn presence_member(
         &self,
         name: &ChannelName,
@@ -295,7 +295,7 @@ impl Session {
         })
     }
 
-    /// Implicit unsubscribe from everything when the connection ends (spec 2.5).
+    /// Implicit unsubscribe from everything when the connection ends (protocol.md 2.5).
     pub(super) async fn leave_all(&mut self) {
         self.membership.leave_all().await;
     }

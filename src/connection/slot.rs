@@ -1,6 +1,6 @@
 //! The connection slots an admitted socket holds, as one guard: one of the node's
 //! `server.max_connections`, one of its app's `max_connections` on this node and, in cluster
-//! mode, one of the app's cluster-wide count (spec 1.2, checks 8 and 9).
+//! mode, one of the app's cluster-wide count (protocol.md 1.2, checks 8 and 9).
 //!
 //! Every way out of the handshake and of the connection gives them back through this guard:
 //! `release` on the paths that can wait, `Drop` on the others (the cluster-wide slot is then

@@ -138,7 +138,7 @@ pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, w.shutdown()).await;
 }
 
-/// Answers a refused handshake (spec 1.2): `pusher:error` then the close frame, nothing else.
+/// Answers a refused handshake (protocol.md 1.2): `pusher:error` then the close frame, nothing else.
 pub(super) async fn refuse(io: Io, kind: &ErrorKind) {
     let (_r, mut w) = tokio::io::split(io);
     let seq = close_sequence(Some(kind));

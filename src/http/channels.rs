@@ -1,4 +1,4 @@
-//! Channel queries (spec 5.6.3–5.6.5) and Reverb's `GET /apps/{id}/connections`.
+//! Channel queries (protocol.md 5.6.3–5.6.5) and Reverb's `GET /apps/{id}/connections`.
 
 use bytes::Bytes;
 use http::Response;
@@ -76,7 +76,7 @@ pub(super) async fn list(
     Ok(ok_json(&Value::Object(body)))
 }
 
-/// One page of `GET /channels` (a Resound extension, spec 5.6.3): at most `limit` channels
+/// One page of `GET /channels` (a Resound extension, protocol.md 5.6.3): at most `limit` channels
 /// (the app's `max_channels_listed` by default and at most), in name order, after the
 /// channel named by `after`. A clipped answer carries `next`, the `after` of the next page;
 /// SDKs that know nothing of it read the first page as the whole answer.

@@ -1,5 +1,5 @@
 //! `ApiError`: every HTTP error, rendered in exactly one place as
-//! `{"error": "<message>", "code": <status>}` (spec 5.1). Internal causes never reach clients.
+//! `{"error": "<message>", "code": <status>}` (protocol.md 5.1). Internal causes never reach clients.
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};

@@ -1,4 +1,4 @@
-//! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events` (spec 5.4–5.6.2). Every event is
+//! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events` (protocol.md 5.4–5.6.2). Every event is
 //! validated before any is published; publishing goes through the broadcaster and the reply
 //! never waits for the fan-out.
 
@@ -165,7 +165,7 @@ async fn publish(state: &ServerState, hub: &AppHub, e: &Event) {
     }
 }
 
-/// The `channels` info object of a publish (spec 5.6.1): every unique target channel, with the
+/// The `channels` info object of a publish (protocol.md 5.6.1): every unique target channel, with the
 /// requested attributes that apply to it.
 async fn info(state: &ServerState, hub: &AppHub, e: &Event) -> Value {
     let mut out = Map::new();
@@ -182,7 +182,7 @@ async fn info(state: &ServerState, hub: &AppHub, e: &Event) -> Value {
                     attrs.insert("user_count".into(), json!(n));
                 }
                 "subscription_count" => {
-                    // Best effort (spec 5.5): an unreachable backend omits the count.
+                    // Best effort (protocol.md 5.5): an unreachable backend omits the count.
                     if let Ok(n) = state.cluster.subscription_count(hub, c.as_str()).await {
                         attrs.insert("subscription_count".into(), json!(n));
                     }

@@ -53,7 +53,7 @@ enum Route<'a> {
         app_id: &'a str,
         endpoint: Endpoint<'a>,
     },
-    /// pusher-http-python 3.3's terminate path without `/apps/{id}` (spec 5.6.6, D35).
+    /// pusher-http-python 3.3's terminate path without `/apps/{id}` (protocol.md 5.6.6, D35).
     BareTerminate {
         user_id: &'a str,
     },

@@ -1,4 +1,4 @@
-//! The signed-request check of spec 5.2.3: the one verifier every HTTP API endpoint uses.
+//! The signed-request check of protocol.md 5.2.3: the one verifier every HTTP API endpoint uses.
 
 use std::collections::BTreeMap;
 

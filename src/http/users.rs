@@ -1,4 +1,4 @@
-//! `POST /apps/{id}/users/{user_id}/terminate_connections` (spec 5.6.6).
+//! `POST /apps/{id}/users/{user_id}/terminate_connections` (protocol.md 5.6.6).
 
 use bytes::Bytes;
 use http::Response;

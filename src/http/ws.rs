@@ -1,4 +1,4 @@
-//! The WebSocket endpoint `GET /app/{key}`: the handshake checks of spec 1.2 in order, then the
+//! The WebSocket endpoint `GET /app/{key}`: the handshake checks of protocol.md 1.2 in order, then the
 //! upgrade. A refused connection is still upgraded so the client reads `pusher:error` and the
 //! close code (pusher-js decides whether to retry from them).
 

@@ -1,4 +1,4 @@
-//! `PresenceStore`: who is in each presence channel, per user (spec 2.6). Membership is per
+//! `PresenceStore`: who is in each presence channel, per user (protocol.md 2.6). Membership is per
 //! user, not per connection: a user's first connection makes them a member, their last one
 //! leaving removes them. The memory store serves one node; a shared store serves a cluster.
 

@@ -1,4 +1,4 @@
-//! Signatures (spec 3, 5.2): channel authorization, user sign-in and signed HTTP requests.
+//! Signatures (protocol.md 3, 5.2): channel authorization, user sign-in and signed HTTP requests.
 //!
 //! Every token is checked over the exact bytes received and compared in constant time. Nothing
 //! here logs; secrets and signatures never leave this module except as booleans.
@@ -56,7 +56,7 @@ pub fn signin_string_to_sign(socket_id: SocketId, user_data: &str) -> String {
     format!("{socket_id}::user::{user_data}")
 }
 
-/// Verifies an `auth` token `"<key>:<hex signature>"` (spec 3.6): split at the first `:`, key
+/// Verifies an `auth` token `"<key>:<hex signature>"` (protocol.md 3.6): split at the first `:`, key
 /// compared case-insensitively, signature compared in constant time.
 pub fn verify_token(app_key: &str, secret: &str, string_to_sign: &str, token: &str) -> bool {
     let Some((key, signature)) = token.split_once(':') else {
@@ -77,7 +77,7 @@ pub fn sign_token(app_key: &str, secret: &str, string_to_sign: &str) -> String {
     )
 }
 
-/// The canonical query of spec 5.2.2: keys lower-cased, sorted by byte order, `k=v` joined by
+/// The canonical query of protocol.md 5.2.2: keys lower-cased, sorted by byte order, `k=v` joined by
 /// `&`, values unescaped. `auth_signature` must already be removed.
 pub fn canonical_query<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut pairs: Vec<(String, &str)> = params

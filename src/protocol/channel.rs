@@ -1,4 +1,4 @@
-//! Channel names and kinds (spec 2.1). The kind is decided once, when a name is parsed; nothing
+//! Channel names and kinds (protocol.md 2.1). The kind is decided once, when a name is parsed; nothing
 //! else in the server looks at prefixes.
 
 use std::borrow::Borrow;
@@ -7,10 +7,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
-/// Longest user id accepted in a `#server-to-user-` name (spec 2.10).
+/// Longest user id accepted in a `#server-to-user-` name (protocol.md 2.10).
 pub const MAX_USER_ID_LEN: usize = 200;
 
-/// What a channel is, from its prefix. Matched in the order of spec 2.1; the first match wins.
+/// What a channel is, from its prefix. Matched in the order of protocol.md 2.1; the first match wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChannelKind {
     Public,
@@ -75,13 +75,13 @@ impl ChannelKind {
         )
     }
 
-    /// Client events are a private/presence feature (spec 4.1 rule 4); encrypted channels are
+    /// Client events are a private/presence feature (protocol.md 4.1 rule 4); encrypted channels are
     /// private channels to the server.
     pub fn accepts_client_events(self) -> bool {
         self.requires_signature()
     }
 
-    /// Whether `subscription_count` events apply (every kind but presence, spec 2.9).
+    /// Whether `subscription_count` events apply (every kind but presence, protocol.md 2.9).
     pub fn counts_subscriptions(self) -> bool {
         !self.is_presence() && self != ChannelKind::ServerToUser
     }
@@ -137,7 +137,7 @@ fn is_name_byte(b: u8) -> bool {
 }
 
 impl ChannelName {
-    /// Validates `name` (spec 2.1, 2.10) against `max_len` characters.
+    /// Validates `name` (protocol.md 2.1, 2.10) against `max_len` characters.
     pub fn parse(name: &str, max_len: usize) -> Result<ChannelName, ChannelNameError> {
         if name.is_empty() {
             return Err(ChannelNameError::Empty);
@@ -265,7 +265,7 @@ mod tests {
             Some("user@example.com")
         );
         assert!(ChannelName::server_to_user("12345").is_ok());
-        // User ids up to 200 characters, whatever the channel name limit (spec 2.10).
+        // User ids up to 200 characters, whatever the channel name limit (protocol.md 2.10).
         let long = format!("#server-to-user-{}", "é".repeat(200));
         assert!(ChannelName::parse(&long, 200).is_ok());
         let longer = format!("#server-to-user-{}", "u".repeat(201));

@@ -1,4 +1,4 @@
-//! The one table of wire error codes (spec 1.7, 1.8, 2.4, 4.1).
+//! The one table of wire error codes (protocol.md 1.7, 1.8, 2.4, 4.1).
 //!
 //! Every `pusher:error` the server sends and every close code it uses comes from `ErrorKind`.
 //! A code is chosen for the client action it causes: 4000–4099 and ≥ 4300 stop pusher-js for

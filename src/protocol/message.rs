@@ -1,4 +1,4 @@
-//! Messages on the socket (spec 1.5): `ClientMessage` parsed from a text frame, and the encoders
+//! Messages on the socket (protocol.md 1.5): `ClientMessage` parsed from a text frame, and the encoders
 //! of every server message. Encoders return `Bytes` ready to be framed, so a broadcast is
 //! encoded once and shared by every recipient.
 
@@ -10,7 +10,7 @@ use super::codes::ErrorKind;
 use super::presence::json_string;
 use super::SocketId;
 
-/// A message from a client, after the envelope rules of spec 1.5.
+/// A message from a client, after the envelope rules of protocol.md 1.5.
 #[derive(Debug, Clone)]
 pub enum ClientMessage {
     Ping,
@@ -37,7 +37,7 @@ pub enum ClientMessage {
     },
     /// A `pusher:`/`pusher_internal:` event we do not know: ignored for forward compatibility.
     UnknownProtocolEvent(String),
-    /// An event that is neither `pusher:` nor `client-` (ignored, spec 1.8).
+    /// An event that is neither `pusher:` nor `client-` (ignored, protocol.md 1.8).
     Unsupported(String),
 }
 
@@ -128,7 +128,7 @@ struct SigninData {
     user_data: Option<serde_json::Value>,
 }
 
-/// `data` of a `pusher:` event may be an object or a JSON string holding one (spec 1.5).
+/// `data` of a `pusher:` event may be an object or a JSON string holding one (protocol.md 1.5).
 fn protocol_data<'de, T: Deserialize<'de>>(
     raw: Option<&'de RawValue>,
     owned: &'de mut String,
@@ -242,7 +242,7 @@ fn encode<D: Serialize + ?Sized>(
     Bytes::from(serde_json::to_vec(&ev).unwrap_or_default())
 }
 
-/// `pusher:connection_established`, `data` string-encoded (spec 1.4).
+/// `pusher:connection_established`, `data` string-encoded (protocol.md 1.4).
 pub fn connection_established(socket_id: SocketId, activity_timeout: u64) -> Bytes {
     let inner = format!(r#"{{"socket_id":"{socket_id}","activity_timeout":{activity_timeout}}}"#);
     encode("pusher:connection_established", None, &inner, None)
@@ -254,7 +254,7 @@ struct ErrorData<'a> {
     message: &'a str,
 }
 
-/// `pusher:error` with object data (spec 1.8); `channel` when it concerns one channel.
+/// `pusher:error` with object data (protocol.md 1.8); `channel` when it concerns one channel.
 pub fn error(kind: &ErrorKind, channel: Option<&str>) -> Bytes {
     let message = kind.message();
     let data = ErrorData {
@@ -264,7 +264,7 @@ pub fn error(kind: &ErrorKind, channel: Option<&str>) -> Bytes {
     encode("pusher:error", channel, &data, None)
 }
 
-/// Soketi-style `pusher:subscription_error` (opt-in, spec 2.4) so Echo's `.error()` fires.
+/// Soketi-style `pusher:subscription_error` (opt-in, protocol.md 2.4) so Echo's `.error()` fires.
 pub fn subscription_error(kind: &ErrorKind, channel: &str, status: u16) -> Bytes {
     #[derive(Serialize)]
     struct Data<'a> {
@@ -351,7 +351,7 @@ pub fn subscription_count(channel: &str, count: u64) -> Bytes {
     )
 }
 
-/// `pusher:signin_success` echoing `user_data` as the same string (spec 3.5).
+/// `pusher:signin_success` echoing `user_data` as the same string (protocol.md 3.5).
 pub fn signin_success(user_data: &str) -> Bytes {
     #[derive(Serialize)]
     struct Data<'a> {
@@ -360,7 +360,7 @@ pub fn signin_success(user_data: &str) -> Bytes {
     encode("pusher:signin_success", None, &Data { user_data }, None)
 }
 
-/// `pusher_internal:watchlist_events` (spec 3.8): `events` is `[(name, ids)]`.
+/// `pusher_internal:watchlist_events` (protocol.md 3.8): `events` is `[(name, ids)]`.
 pub fn watchlist_events(events: &[(&str, Vec<String>)]) -> Bytes {
     #[derive(Serialize)]
     struct Item<'a> {
@@ -402,7 +402,7 @@ pub fn is_cacheable(frame: &[u8]) -> bool {
 }
 
 /// A relayed client event: only `event`, `channel`, `data` (verbatim) and, on presence
-/// channels, the sender's `user_id` (spec 4.2, 4.3).
+/// channels, the sender's `user_id` (protocol.md 4.2, 4.3).
 pub fn client_event(
     event: &str,
     channel: &str,

@@ -2,7 +2,7 @@
 //!
 //! Owns: the wire vocabulary (messages in both directions, channel names and kinds, socket ids,
 //! user ids, presence shapes), signatures, and the one table of wire error codes. Nothing here
-//! touches tokio, hyper or sockets, so every rule of the spec is unit-testable with plain values.
+//! touches tokio, hyper or sockets, so every rule of protocol.md is unit-testable with plain values.
 
 pub mod auth;
 pub mod channel;

@@ -1,4 +1,4 @@
-//! Presence and user shapes (spec 2.6, 3.5): `channel_data`, sign-in `user_data`, canonical user
+//! Presence and user shapes (protocol.md 2.6, 3.5): `channel_data`, sign-in `user_data`, canonical user
 //! ids, and the roster carried by `subscription_succeeded`.
 
 use std::borrow::Borrow;
@@ -67,7 +67,7 @@ pub struct PresenceMember {
 }
 
 impl PresenceMember {
-    /// Size of the serialised `user_info` (the limit of spec 2.6).
+    /// Size of the serialised `user_info` (the limit of protocol.md 2.6).
     pub fn info_len(&self) -> usize {
         self.user_info.as_ref().map_or(0, |i| i.get().len())
     }
@@ -115,7 +115,7 @@ pub fn parse_channel_data(channel_data: &str) -> Result<PresenceMember, MemberEr
 }
 
 /// A membership change, as a `pusher_internal:member_added` / `member_removed` frame announces
-/// it (spec 2.6); it travels beside the frame (`cluster::Kind`), never read back from it.
+/// it (protocol.md 2.6); it travels beside the frame (`cluster::Kind`), never read back from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberChange {
     Added(UserId),
@@ -130,7 +130,7 @@ impl MemberChange {
     }
 }
 
-/// A signed-in user (spec 3.5).
+/// A signed-in user (protocol.md 3.5).
 #[derive(Debug, Clone)]
 pub struct SignedInUser {
     pub id: UserId,

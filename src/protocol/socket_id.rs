@@ -1,4 +1,4 @@
-//! `SocketId`: the server-assigned connection id, `^\d+\.\d+$` (spec 1.3).
+//! `SocketId`: the server-assigned connection id, `^\d+\.\d+$` (protocol.md 1.3).
 //!
 //! Both halves are random (never sequential), so a leaked auth token cannot be replayed on a
 //! fresh connection by guessing its id.

@@ -1,4 +1,4 @@
-//! [`Batch`]: the events waiting to share one request to one target (spec 6.5 batching).
+//! [`Batch`]: the events waiting to share one request to one target (protocol.md 6.5 batching).
 //! Sans-IO: the dispatcher passes `now` and sleeps until [`Batch::deadline`].
 //!
 //! A batch closes when it reaches its size limit or when its window, counted from its first

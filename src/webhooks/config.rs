@@ -14,11 +14,11 @@ use super::endpoint;
 use super::error::WebhookError;
 use super::event::{WebhookEvent, WebhookKind};
 
-/// Default batching window (spec 6.5 [REC]).
+/// Default batching window (protocol.md 6.5 [REC]).
 pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(50);
-/// Default maximum number of events in one batched request (spec 6.5 [REC]).
+/// Default maximum number of events in one batched request (protocol.md 6.5 [REC]).
 pub const DEFAULT_BATCH_MAX_EVENTS: usize = 100;
-/// Default delay of `channel_vacated` / `member_removed` (spec 6.4 [REC]).
+/// Default delay of `channel_vacated` / `member_removed` (protocol.md 6.4 [REC]).
 pub const DEFAULT_REMOVAL_DELAY: Duration = Duration::from_secs(3);
 
 /// One webhook URL of an app, with the events it wants.
@@ -120,7 +120,7 @@ pub struct AppWebhooks {
 }
 
 impl AppWebhooks {
-    /// An app with the spec's defaults: no batching (window 50 ms, 100 events when turned
+    /// An app with protocol.md's defaults: no batching (window 50 ms, 100 events when turned
     /// on) and a 3 s removal delay.
     pub fn new(
         app_id: impl Into<String>,
@@ -140,7 +140,7 @@ impl AppWebhooks {
         }
     }
 
-    /// Whether any target could receive `event`, counting the pairing of spec 6.4: a target
+    /// Whether any target could receive `event`, counting the pairing of protocol.md 6.4: a target
     /// that wants `channel_vacated` also needs `channel_occupied` to pass, since the re-add
     /// is what cancels a pending removal (and likewise for members). Allocation-free; this
     /// is the no-op test at the top of `emit`.

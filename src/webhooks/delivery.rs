@@ -1,5 +1,5 @@
 //! Delivers one signed request: a timeout per attempt, exponential back-off between
-//! attempts, and the verdict on each answer (spec 6.5 [REC]).
+//! attempts, and the verdict on each answer (protocol.md 6.5 [REC]).
 //!
 //! [`DeliveryPolicy`] and [`classify`] are pure; [`deliver`] is the async loop that applies
 //! them over a [`Transport`] and keeps the sent / retried / failed counters. The same bytes

@@ -38,7 +38,7 @@ pub enum WebhookError {
         /// Why it was rejected.
         reason: &'static str,
     },
-    /// An event type name that is not one of the names of spec 6.2.
+    /// An event type name that is not one of the names of protocol.md 6.2.
     #[error("unknown webhook event type {0:?}")]
     UnknownKind(String),
     /// A dispatcher setting that cannot work (for example a zero queue capacity).

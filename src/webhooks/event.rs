@@ -1,5 +1,5 @@
-//! The webhook event vocabulary of spec 6.2: [`WebhookKind`] (the names a target subscribes
-//! to) and [`WebhookEvent`] (one event, serialised exactly as the spec's shapes).
+//! The webhook event vocabulary of protocol.md 6.2: [`WebhookKind`] (the names a target subscribes
+//! to) and [`WebhookEvent`] (one event, serialised exactly as protocol.md's shapes).
 //!
 //! This file owns the wire shape of a single event. It does not decide when an event is
 //! sent (that is `gate.rs`) nor how events are wrapped into a request body (`payload.rs`).
@@ -17,7 +17,7 @@ use super::error::WebhookError;
 pub enum WebhookKind {
     /// `channel_occupied`: a channel went from 0 to 1 subscriber.
     ChannelOccupied,
-    /// `channel_vacated`: a channel went from 1 to 0 subscribers (delayed, spec 6.4).
+    /// `channel_vacated`: a channel went from 1 to 0 subscribers (delayed, protocol.md 6.4).
     ChannelVacated,
     /// `member_added`: a presence channel gained a distinct user.
     MemberAdded,
@@ -32,7 +32,7 @@ pub enum WebhookKind {
 }
 
 impl WebhookKind {
-    /// Every kind, in the order of spec 6.2.
+    /// Every kind, in the order of protocol.md 6.2.
     pub const ALL: [WebhookKind; 7] = [
         WebhookKind::ChannelOccupied,
         WebhookKind::ChannelVacated,
@@ -57,7 +57,7 @@ impl WebhookKind {
     }
 
     /// The kind that cancels, or is cancelled by, this one under the removal delay
-    /// (spec 6.4): occupied/vacated and member added/removed come in pairs.
+    /// (protocol.md 6.4): occupied/vacated and member added/removed come in pairs.
     pub const fn paired(self) -> Option<WebhookKind> {
         match self {
             WebhookKind::ChannelOccupied => Some(WebhookKind::ChannelVacated),
@@ -90,7 +90,7 @@ impl FromStr for WebhookKind {
     }
 }
 
-/// One webhook event. Serialises to exactly the shapes of spec 6.2, fields in that order:
+/// One webhook event. Serialises to exactly the shapes of protocol.md 6.2, fields in that order:
 /// `{"name":"member_added","channel":"presence-room","user_id":"42"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
@@ -126,7 +126,7 @@ pub enum WebhookEvent {
         /// Event name (`client-...`).
         event: String,
         /// The event data as a string: what the client sent if it sent a string, otherwise
-        /// its compact JSON serialisation (spec 6.2 [REC]). Always a JSON string on the wire.
+        /// its compact JSON serialisation (protocol.md 6.2 [REC]). Always a JSON string on the wire.
         data: String,
         /// The sender's socket id.
         socket_id: String,

@@ -2,11 +2,11 @@
 //! every call takes `now`, and the dispatcher sleeps until [`EventGate::next_due`].
 //!
 //! It owns three rules:
-//! * spec 6.4: `channel_vacated` / `member_removed` are held for the removal delay, and a
+//! * protocol.md 6.4: `channel_vacated` / `member_removed` are held for the removal delay, and a
 //!   matching `channel_occupied` (same channel) / `member_added` (same channel and user) that
 //!   arrives meanwhile cancels the held removal and is itself dropped;
-//! * spec 2.7: at most one `cache_miss` per channel per [`CACHE_MISS_WINDOW`];
-//! * spec 6.2: for channels above [`SUBSCRIPTION_COUNT_BUSY`] subscribers, at most one
+//! * protocol.md 2.7: at most one `cache_miss` per channel per [`CACHE_MISS_WINDOW`];
+//! * protocol.md 6.2: for channels above [`SUBSCRIPTION_COUNT_BUSY`] subscribers, at most one
 //!   `subscription_count` per channel per [`SUBSCRIPTION_COUNT_INTERVAL`], the latest count
 //!   winning.
 //!

@@ -1,4 +1,4 @@
-//! Webhooks (spec section 6): the server reports channel occupancy, presence membership,
+//! Webhooks (protocol.md section 6): the server reports channel occupancy, presence membership,
 //! client events, cache misses and subscription counts to each app's configured URLs.
 //!
 //! [`Webhooks`] is the handle the rest of the server holds. [`Webhooks::emit`] never blocks:
@@ -291,7 +291,7 @@ impl Webhooks {
     /// Returns at once, doing nothing, when no target of `app` wants the event's kind on its
     /// channel. Otherwise the event joins the app's bounded queue; when that is full the
     /// event is dropped (counted and logged). Removals are held and may be cancelled by a
-    /// quick re-add (spec 6.4); repeated cache misses are de-duplicated. Callers report each
+    /// quick re-add (protocol.md 6.4); repeated cache misses are de-duplicated. Callers report each
     /// state change once and in order; this module does the delaying and de-duplication.
     ///
     /// Keep passing the same `Arc` while the app's configuration is unchanged: a different

@@ -1,9 +1,9 @@
 //! Builds one signed webhook request: the body `{"time_ms":...,"events":[...]}`, its
-//! signature, and the headers of spec 6.1. Pure: no IO, no clock (the caller passes
-//! `time_ms`), so the spec's vectors W1/W2 can be checked byte for byte.
+//! signature, and the headers of protocol.md 6.1. Pure: no IO, no clock (the caller passes
+//! `time_ms`), so protocol.md's vectors W1/W2 can be checked byte for byte.
 //!
 //! The body is serialised once and signed over exactly those bytes; retries reuse the same
-//! [`OutgoingRequest`] unchanged (spec 6.1: never re-serialise after signing).
+//! [`OutgoingRequest`] unchanged (protocol.md 6.1: never re-serialise after signing).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,7 @@ use super::event::WebhookEvent;
 /// Sent unless a target's custom headers name their own `User-Agent`.
 const USER_AGENT_VALUE: &str = concat!("Resound-Webhooks/", env!("CARGO_PKG_VERSION"));
 
-/// The request body; field order is the wire order (`time_ms` first, as in the spec).
+/// The request body; field order is the wire order (`time_ms` first, as in protocol.md).
 #[derive(Serialize)]
 struct Body<'a> {
     time_ms: u64,

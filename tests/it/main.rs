@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 //! The integration-test binary: a real server on port 0 driven by real WebSocket and HTTP
-//! clients, one module per part of the spec's conformance checklist (10.2). The cluster tests
+//! clients, one module per part of protocol.md's conformance checklist (10.2). The cluster tests
 //! (`cluster_*`, over a real Redis) share their setup in `cluster_support`.
 
 mod support;

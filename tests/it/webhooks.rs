@@ -1,4 +1,4 @@
-//! Webhooks from a real server to a real receiver on loopback (spec 6).
+//! Webhooks from a real server to a real receiver on loopback (protocol.md 6).
 
 use std::convert::Infallible;
 use std::time::Duration;

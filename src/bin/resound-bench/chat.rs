@@ -15,7 +15,7 @@ use crate::publish::HttpPlan;
 use crate::report::{round3, Report};
 use crate::run::{self, Setup, Workload};
 
-/// Servers drop client events above this rate per connection (spec 4.1).
+/// Servers drop client events above this rate per connection (protocol.md 4.1).
 const CLIENT_EVENT_LIMIT: f64 = 10.0;
 
 pub async fn run(args: &ChatArgs, setup: &Setup) -> Result<Report> {

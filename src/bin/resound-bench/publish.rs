@@ -1,5 +1,5 @@
 //! HTTP publishers: stamped events triggered through the signed HTTP API
-//! (`POST /apps/{id}/events`, spec 5.6.1) at a fixed total rate over a few keep-alive
+//! (`POST /apps/{id}/events`, protocol.md 5.6.1) at a fixed total rate over a few keep-alive
 //! connections, recording per-channel successes and the request latency.
 //!
 //! Each publisher task owns one HTTP/1.1 connection and one request in flight; the total rate

@@ -1,6 +1,6 @@
 //! `Membership`: what one connection has joined on this node (its channels, the identity it
 //! signed in as, the users it watches) and the use cases that change it: join a channel
-//! (spec 2.2 steps 6–10), leave it (2.5), leave everything when the connection ends, sign in
+//! (protocol.md 2.2 steps 6–10), leave it (2.5), leave everything when the connection ends, sign in
 //! and watch (3.5, 3.8).
 //!
 //! What a join or a sign-in takes is held by a guard until the matching leave gives it back:
@@ -46,7 +46,7 @@ pub(super) enum JoinError {
 pub(super) enum SignIn {
     /// The connection is now signed in; `watch` follows the answer.
     First,
-    /// Already signed in as this user: nothing changed (spec 3.5 step 6).
+    /// Already signed in as this user: nothing changed (protocol.md 3.5 step 6).
     Repeated,
 }
 
@@ -113,7 +113,7 @@ impl Membership {
     }
 
     /// Answers a subscribe to a channel this connection is already subscribed to: no member
-    /// events, no webhooks (spec 2.2 step 3). A non-presence channel answers
+    /// events, no webhooks (protocol.md 2.2 step 3). A non-presence channel answers
     /// `subscription_succeeded` again. A presence channel answers nothing: the client already
     /// holds the roster and every change since, and sending it again would turn each small
     /// message into one as large as the roster (100 members of 1 KiB `user_info` make
@@ -282,7 +282,7 @@ impl Membership {
     }
 
     /// Leaves `name` (nothing when not subscribed): gives back what the subscription holds and
-    /// announces the departure (spec 2.5).
+    /// announces the departure (protocol.md 2.5).
     pub(super) async fn leave(&mut self, name: &ChannelName) {
         let Some(sub) = self.channels.remove(name) else {
             return;
@@ -347,7 +347,7 @@ impl Membership {
         }
     }
 
-    /// Leaves every channel and signs out: the connection ended (spec 2.5).
+    /// Leaves every channel and signs out: the connection ended (protocol.md 2.5).
     pub(super) async fn leave_all(&mut self) {
         let names: Vec<ChannelName> = self.channels.keys().cloned().collect();
         for name in names {
@@ -421,7 +421,7 @@ impl Membership {
     }
 
     /// After the first sign-in was answered: watches its watchlist and sends the watched
-    /// users' current status (spec 3.8). Nothing without watchlist events or a watchlist, or
+    /// users' current status (protocol.md 3.8). Nothing without watchlist events or a watchlist, or
     /// when already watching.
     pub(super) async fn watch(&mut self) {
         if !self.app.settings.watchlist_events {

@@ -197,7 +197,7 @@ impl Receiver {
     }
 }
 
-/// Checks the headers of spec 6.1 and the signature; returns the body's events.
+/// Checks the headers of protocol.md 6.1 and the signature; returns the body's events.
 fn check_signed(request: &Received) -> Vec<WebhookEvent> {
     let headers = &request.headers;
     assert_eq!(

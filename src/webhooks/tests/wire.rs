@@ -44,7 +44,7 @@ async fn real_receiver_gets_every_kind_with_the_right_fields_and_headers() {
         let events = check_signed(&request);
         assert_eq!(events.len(), 1, "batching is off: one event per request");
         received.extend(events);
-        // The raw JSON carries user_id only where spec 6.2 lists it.
+        // The raw JSON carries user_id only where protocol.md 6.2 lists it.
         let raw: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
         let event = &raw["events"][0];
         let has_user = event.get("user_id").is_some();
