@@ -195,3 +195,42 @@ impl ServerState {
         }
     }
 }
+
+/// A node for unit tests: `server`'s settings, no shared store, and one app (`1` / `key` /
+/// `secret`) with `settings` and `webhooks`, its hub created.
+#[cfg(test)]
+pub(crate) fn test_node(
+    server: ServerConfig,
+    presence: Arc<dyn PresenceStore>,
+    adapter: Arc<dyn Adapter>,
+    settings: crate::app::AppSettings,
+    webhooks: Option<crate::webhooks::AppWebhooks>,
+) -> (Arc<ServerState>, Arc<App>, Arc<AppHub>) {
+    use crate::app::{AppKey, AppSecret, StaticAppStore};
+    let metrics = Arc::new(Metrics::new("test").unwrap_or_else(|e| panic!("{e}")));
+    let hooks = Webhooks::start(
+        crate::webhooks::DispatcherSettings::default(),
+        &metrics.registry,
+        "test_webhooks",
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let app = Arc::new(App {
+        id: AppId(Arc::from("1")),
+        key: AppKey(Arc::from("key")),
+        secret: AppSecret(Arc::from("secret")),
+        settings,
+        webhooks: webhooks.map(Arc::new),
+    });
+    let state = Arc::new(ServerState::new(
+        server,
+        Arc::new(StaticAppStore::new(Vec::new())),
+        presence,
+        None,
+        adapter,
+        metrics,
+        hooks,
+    ));
+    let hub = state.hub(&app);
+    (state, app, hub)
+}

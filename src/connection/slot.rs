@@ -233,47 +233,28 @@ impl Drop for ConnectionSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, StaticAppStore};
+    use crate::app::AppSettings;
     use crate::cluster::Local;
     use crate::config::ServerConfig;
-    use crate::metrics::Metrics;
     use crate::presence::MemoryPresence;
-    use crate::webhooks::{DispatcherSettings, Webhooks};
 
     /// A node that admits `node_max` sockets, serving one app that admits `app_max`.
     fn node(node_max: u64, app_max: u64) -> (Arc<ServerState>, Arc<AppHub>) {
-        let metrics = Arc::new(Metrics::new("test").unwrap_or_else(|e| panic!("{e}")));
-        let hooks = Webhooks::start(
-            DispatcherSettings::default(),
-            &metrics.registry,
-            "test_webhooks",
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let app = Arc::new(App {
-            id: AppId(Arc::from("1")),
-            key: AppKey(Arc::from("key")),
-            secret: AppSecret(Arc::from("secret")),
-            settings: AppSettings {
-                max_connections: Some(app_max),
-                ..AppSettings::default()
-            },
-            webhooks: None,
-        });
         let server = ServerConfig {
             max_connections: Some(node_max),
             ..ServerConfig::default()
         };
-        let state = Arc::new(ServerState::new(
+        let settings = AppSettings {
+            max_connections: Some(app_max),
+            ..AppSettings::default()
+        };
+        let (state, _, hub) = crate::state::test_node(
             server,
-            Arc::new(StaticAppStore::new(Vec::new())),
             Arc::new(MemoryPresence::default()),
-            None,
             Arc::new(Local),
-            metrics,
-            hooks,
-        ));
-        let hub = state.hub(&app);
+            settings,
+            None,
+        );
         (state, hub)
     }
 

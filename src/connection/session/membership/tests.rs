@@ -12,14 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::app::{AppKey, AppSecret, AppSettings, StaticAppStore};
+use crate::app::AppSettings;
 use crate::cluster::{Publication, RemoteEvent, Target};
 use crate::config::ServerConfig;
 use crate::connection::handle::{ConnHandle, Outbound};
-use crate::metrics::Metrics;
 use crate::presence::{MemoryPresence, PresenceError, PresenceStore};
 use crate::protocol::{SocketId, UserId};
-use crate::webhooks::{AppWebhooks, DispatcherSettings, RemovalHold, WebhookTarget, Webhooks};
+use crate::webhooks::{AppWebhooks, RemovalHold, WebhookTarget};
 
 /// An adapter that records every `acquire` and `release`, in order.
 #[derive(Default)]
@@ -162,32 +161,14 @@ impl World {
         settings: AppSettings,
         webhooks: Option<AppWebhooks>,
     ) -> World {
-        let metrics = Arc::new(Metrics::new("test").unwrap_or_else(|e| panic!("{e}")));
-        let hooks = Webhooks::start(
-            DispatcherSettings::default(),
-            &metrics.registry,
-            "test_webhooks",
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let app = Arc::new(App {
-            id: AppId(Arc::from("1")),
-            key: AppKey(Arc::from("key")),
-            secret: AppSecret(Arc::from("secret")),
-            settings,
-            webhooks: webhooks.map(Arc::new),
-        });
         let interests = Arc::new(Interests::default());
-        let state = Arc::new(ServerState::new(
+        let (state, app, hub) = crate::state::test_node(
             ServerConfig::default(),
-            Arc::new(StaticAppStore::new(Vec::new())),
             presence,
-            None,
             interests.clone(),
-            metrics,
-            hooks,
-        ));
-        let hub = state.hub(&app);
+            settings,
+            webhooks,
+        );
         World {
             state,
             app,
