@@ -219,19 +219,6 @@ pub fn snapshot(hubs: &[Arc<AppHub>]) -> NodeSnapshot {
             .iter()
             .map(|hub| AppSnapshot {
                 app: hub.app.id.clone(),
-                connections: hub.connection_count(),
-                channels: hub
-                    .channels
-                    .occupied_all()
-                    .into_iter()
-                    .map(|(c, n)| (c.to_string(), n as u64))
-                    .collect(),
-                users: hub
-                    .users
-                    .counts()
-                    .into_iter()
-                    .map(|(u, n)| (u.to_string(), n as u64))
-                    .collect(),
                 members: hub
                     .channels
                     .presence_members()

@@ -481,15 +481,6 @@ impl ChannelRegistry {
             .collect()
     }
 
-    /// Every channel with local subscribers (server-to-user channels included) and its count.
-    pub fn occupied_all(&self) -> Vec<(ChannelName, usize)> {
-        self.channels
-            .iter()
-            .filter(|e| !e.value().subscribers.is_empty())
-            .map(|e| (e.key().clone(), e.value().subscribers.len()))
-            .collect()
-    }
-
     /// Every local presence subscription: channel, socket and member.
     pub fn presence_members(&self) -> Vec<(ChannelName, SocketId, PresenceMember)> {
         let mut out = Vec::new();

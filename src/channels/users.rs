@@ -70,15 +70,6 @@ impl UserRegistry {
     pub fn count(&self, user: &str) -> usize {
         self.users.get(user).map_or(0, |c| c.len())
     }
-
-    /// Every signed-in user of this node with its connection count.
-    pub fn counts(&self) -> Vec<(UserId, usize)> {
-        self.users
-            .iter()
-            .map(|e| (e.key().clone(), e.value().len()))
-            .filter(|(_, n)| *n > 0)
-            .collect()
-    }
 }
 
 /// Connections watching each user (watchlist events, protocol.md 3.8).

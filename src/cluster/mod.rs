@@ -125,22 +125,19 @@ pub struct InboundQueues {
     pub control: mpsc::UnboundedReceiver<Control>,
 }
 
-/// This node's local state, built by its owner for `ClusterState::resync`.
+/// This node's presence memberships, built by its owner for `ClusterState::resync`. (The
+/// counts are not in it: a store records every count change this node asks for as it is
+/// asked, and a resync writes those, so none is lost or counted twice by a change racing the
+/// snapshot.)
 #[derive(Debug, Clone, Default)]
 pub struct NodeSnapshot {
     pub apps: Vec<AppSnapshot>,
 }
 
-/// One app's local state on this node.
+/// One app's presence memberships on this node.
 #[derive(Debug, Clone)]
 pub struct AppSnapshot {
     pub app: AppId,
-    /// Open connections.
-    pub connections: u64,
-    /// Occupied channels with their local subscriptions.
-    pub channels: Vec<(String, u64)>,
-    /// Signed-in users with their local connections.
-    pub users: Vec<(String, u64)>,
     /// Presence memberships, one per local connection.
     pub members: Vec<SnapshotMember>,
 }
@@ -253,7 +250,9 @@ pub trait ClusterState: Send + Sync {
     /// Occupied channels whose name starts with `prefix`, with their subscription counts.
     async fn occupied(&self, app: &AppId, prefix: &str)
         -> Result<Vec<(String, u64)>, ClusterError>;
-    /// Reserves a connection slot under `max` cluster-wide; `false` when full.
+    /// Reserves a connection slot under `max` cluster-wide; `false` when full. Unless it
+    /// answers `false`, the connection is counted (an error included: the store records it
+    /// at its next resync), and `close_connection` must follow.
     async fn open_connection(&self, app: &AppId, max: Option<u64>) -> Result<bool, ClusterError>;
     async fn close_connection(&self, app: &AppId) -> Result<(), ClusterError>;
     /// Open connections of the app, cluster-wide.
@@ -271,8 +270,9 @@ pub trait ClusterState: Send + Sync {
     async fn signed_in(&self, app: &AppId, user: &str, delta: i64) -> Result<u64, ClusterError>;
     /// Which of `users` have a signed-in connection anywhere.
     async fn online(&self, app: &AppId, users: &[String]) -> Result<Vec<bool>, ClusterError>;
-    /// Replaces this node's shares of the shared state with `snapshot` (see
-    /// `Control::Resync`); returns the presence changes for the owner to announce.
+    /// Replaces this node's shares of the shared state: the counts with the ones it was asked
+    /// to record, the presence memberships with `snapshot` (see `Control::Resync`); returns the
+    /// presence changes for the owner to announce.
     async fn resync(
         &self,
         snapshot: &NodeSnapshot,

@@ -170,7 +170,7 @@ impl ConnectionSlot {
 
     /// Reserves the app's slot cluster-wide (its quota is counted across nodes). When the
     /// shared store does not answer, the node's own limits stand alone and the socket is
-    /// admitted.
+    /// admitted, counted as the store's resync will record it (so its close is counted too).
     pub async fn reserve_cluster(&mut self) -> Result<(), ErrorKind> {
         let max = self.hub.app.settings.max_connections;
         match self.state.cluster.open_connection(&self.hub, max).await {
@@ -183,6 +183,7 @@ impl ConnectionSlot {
             }),
             Err(e) => {
                 debug!(error = %e, "cluster connection count unavailable");
+                self.counted = true;
                 Ok(())
             }
         }

@@ -38,7 +38,7 @@ pub(super) struct Keys {
 }
 
 /// The counts kept per node and in total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Tally {
     /// `P:c` app → connections.
     Connections,
@@ -108,22 +108,43 @@ impl Keys {
             Tally::Connections => TallyKeys {
                 total: self.connections(),
                 field: app.to_string(),
-                node: self.node(node, "c"),
+                node: self.share(what, node),
                 node_field: app.to_string(),
             },
             Tally::Subscriptions => TallyKeys {
                 total: self.subscriptions(app),
                 field: item.to_string(),
-                node: self.node(node, "s"),
+                node: self.share(what, node),
                 node_field: format!("{app}\n{item}"),
             },
             Tally::Users => TallyKeys {
                 total: self.users(app),
                 field: item.to_string(),
-                node: self.node(node, "u"),
+                node: self.share(what, node),
                 node_field: format!("{app}\n{item}"),
             },
         }
+    }
+
+    /// The app and item of a field of a node's share hash of `what` (the inverse of
+    /// `tally`'s `node_field`); `None` for a field no node writes.
+    pub(super) fn share_field(what: Tally, field: &str) -> Option<(&str, &str)> {
+        match what {
+            Tally::Connections => Some((field, "")),
+            Tally::Subscriptions | Tally::Users => field.split_once('\n'),
+        }
+    }
+
+    /// The node share hash of `what`.
+    pub(super) fn share(&self, what: Tally, node: u64) -> String {
+        self.node(
+            node,
+            match what {
+                Tally::Connections => "c",
+                Tally::Subscriptions => "s",
+                Tally::Users => "u",
+            },
+        )
     }
 
     /// `P:c`: app → connections.

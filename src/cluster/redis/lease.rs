@@ -3,14 +3,18 @@
 //! departures it causes), and the resync that publishes this node's state again when it was
 //! lost.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::keys::Tally;
+use super::keys::{Keys, Tally};
+use super::shares::Share;
 use super::{hold_args, now_ms, RedisBackend, HEARTBEAT, LEASE};
+
+/// Shares written by one script call of a resync (bounds how long Redis is busy with it).
+const SET_SHARES_BATCH: usize = 512;
 use crate::app::AppId;
 use crate::cluster::wire;
 use crate::cluster::{ClusterError, Control, MemberLeft, NodeSnapshot, Resynced};
@@ -91,66 +95,58 @@ impl RedisBackend {
                 self.metrics.reaped.inc();
                 // Its webhooks first: they were released before the departures reaping causes.
                 self.adopt_journal(node).await?;
-                let _ = self.reap_node(node, true).await?;
+                self.reap_node(node).await?;
             }
         }
         Ok(())
     }
 
-    /// Removes `node`'s contributions to the shared state. With `announce`, the transitions it
-    /// causes are reported (member_removed broadcasts, vacated webhooks, offline watchers);
-    /// without, it is this node clearing its own shares before publishing them again.
-    async fn reap_node(&self, node: u64, announce: bool) -> Result<Vec<MemberLeft>, ClusterError> {
-        let mut gone = Vec::new();
+    /// Removes a dead `node`'s contributions to the shared state and reports the transitions
+    /// it causes (member_removed broadcasts, vacated webhooks, offline watchers).
+    async fn reap_node(&self, node: u64) -> Result<(), ClusterError> {
         let mut conn = self.conn.clone();
         // Counts first, so that when clients see `member_removed` the HTTP API agrees.
-        // Connection counts.
-        let conns: Vec<(String, i64)> = redis::cmd("HGETALL")
-            .arg(self.keys.node(node, "c"))
-            .query_async(&mut conn)
-            .await?;
-        for (app, count) in conns {
-            let _ = self
-                .tally(Tally::Connections, node, &app, "", -count)
+        for what in [Tally::Connections, Tally::Subscriptions, Tally::Users] {
+            let shares: Vec<(String, i64)> = redis::cmd("HGETALL")
+                .arg(self.keys.share(what, node))
+                .query_async(&mut conn)
                 .await?;
-        }
-        // Subscription counts.
-        let subs: Vec<(String, i64)> = redis::cmd("HGETALL")
-            .arg(self.keys.node(node, "s"))
-            .query_async(&mut conn)
-            .await?;
-        for (field, count) in subs {
-            let Some((app, channel)) = field.split_once('\n') else {
-                continue;
-            };
-            let total = self
-                .tally(Tally::Subscriptions, node, app, channel, -count)
-                .await?;
-            if total == 0 && announce {
-                let _ = self.control.send(Control::ChannelGone {
-                    app: AppId(app.into()),
-                    channel: channel.to_string(),
-                });
+            for (field, count) in shares {
+                let Some((app, item)) = Keys::share_field(what, &field) else {
+                    continue;
+                };
+                let total = self.tally(what, node, app, item, -count).await?;
+                let (app, item) = (AppId(app.into()), item.to_string());
+                let gone = match what {
+                    _ if total != 0 => None,
+                    Tally::Connections => None,
+                    Tally::Subscriptions => Some(Control::ChannelGone { app, channel: item }),
+                    Tally::Users => Some(Control::UserGone { app, user: item }),
+                };
+                if let Some(gone) = gone {
+                    let _ = self.control.send(gone);
+                }
             }
         }
-        // Signed-in users.
-        let users: Vec<(String, i64)> = redis::cmd("HGETALL")
-            .arg(self.keys.node(node, "u"))
+        for left in self.reap_members(node).await? {
+            let _ = self.control.send(Control::MemberGone {
+                app: left.app,
+                channel: left.channel,
+                user: left.user,
+            });
+        }
+        let _: i64 = redis::cmd("DEL")
+            .arg(&self.keys.node_shares(node)[..])
             .query_async(&mut conn)
             .await?;
-        for (field, count) in users {
-            let Some((app, user)) = field.split_once('\n') else {
-                continue;
-            };
-            let total = self.tally(Tally::Users, node, app, user, -count).await?;
-            if total == 0 && announce {
-                let _ = self.control.send(Control::UserGone {
-                    app: AppId(app.into()),
-                    user: user.to_string(),
-                });
-            }
-        }
-        // Presence members.
+        Ok(())
+    }
+
+    /// Removes `node`'s presence memberships; returns the members who left their channel
+    /// cluster-wide by it.
+    async fn reap_members(&self, node: u64) -> Result<Vec<MemberLeft>, ClusterError> {
+        let mut gone = Vec::new();
+        let mut conn = self.conn.clone();
         let entries: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.node(node, "p"))
             .query_async(&mut conn)
@@ -162,29 +158,39 @@ impl RedisBackend {
                 continue;
             };
             let [m, n, o] = self.keys.presence(app, channel);
-            let app = AppId(app.into());
             let mut inv = self.scripts.reap_member.prepare_invoke();
             inv.key(&m).key(&n).key(&o).arg(node).arg(user);
             let left: i64 = inv.invoke_async(&mut conn).await?;
-            if left == 1 && !announce {
+            if left == 1 {
                 gone.push(MemberLeft {
-                    app,
-                    channel: channel.to_string(),
-                    user: user.to_string(),
-                });
-            } else if left == 1 {
-                let _ = self.control.send(Control::MemberGone {
-                    app,
+                    app: AppId(app.into()),
                     channel: channel.to_string(),
                     user: user.to_string(),
                 });
             }
         }
         let _: i64 = redis::cmd("DEL")
-            .arg(&self.keys.node_shares(node)[..])
+            .arg(self.keys.node(node, "p"))
             .query_async(&mut conn)
             .await?;
         Ok(gone)
+    }
+
+    /// An own tally change: recorded in `shares` first (so a resync repairs it if Redis does
+    /// not record it), then sent. See `tally_held`.
+    pub(super) async fn own_tally(
+        &self,
+        what: Tally,
+        app: &str,
+        item: &str,
+        delta: i64,
+        hold: Option<(String, Option<RemovalHold>)>,
+    ) -> Result<(i64, bool), ClusterError> {
+        let _changing = self.shares.changing().await;
+        self.shares.add(what, app, item, delta);
+        self.check()?;
+        self.tally_held(what, self.node, app, item, delta, hold)
+            .await
     }
 
     /// Adds `delta` to `node`'s share of a tally and to the cluster total; returns the total.
@@ -222,7 +228,10 @@ impl RedisBackend {
             let (token, ttl) = hold_args(hold);
             inv.key(key).arg(token).arg(ttl);
         }
-        let (total, rejoined): (i64, i64) = inv.invoke_async(&mut conn).await?;
+        let (total, rejoined): (i64, i64) = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok((total, rejoined == 1))
     }
 }
@@ -283,26 +292,20 @@ impl RedisBackend {
         snapshot: &NodeSnapshot,
         announce: bool,
     ) -> Result<Resynced, ClusterError> {
-        // Whatever is left of this node's shares (after a mere disconnection: possibly stale,
-        // since changes made while Redis was unreachable were lost) is replaced as a whole.
-        let gone = self.reap_node(self.node, false).await?;
+        // The counts: this node's own record of them, written as its shares while no own
+        // change is in flight (see `shares.rs`).
+        {
+            let _alone = self.shares.resyncing().await;
+            self.set_shares().await?;
+        }
+        // Presence: whatever is left of this node's memberships (after a mere disconnection:
+        // possibly stale, since changes made while Redis was unreachable were lost) is
+        // replaced by the owner's snapshot.
+        let gone = self.reap_members(self.node).await?;
         let mut out = Resynced::default();
         let mut present = HashSet::new();
-        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         for a in &snapshot.apps {
             let app = a.app.as_str();
-            if a.connections > 0 {
-                self.tally(Tally::Connections, self.node, app, "", count(a.connections))
-                    .await?;
-            }
-            for (channel, n) in &a.channels {
-                self.tally(Tally::Subscriptions, self.node, app, channel, count(*n))
-                    .await?;
-            }
-            for (user, n) in &a.users {
-                self.tally(Tally::Users, self.node, app, user, count(*n))
-                    .await?;
-            }
             for m in &a.members {
                 let joined = self
                     .join_member(app, &m.channel, &m.member, usize::MAX)
@@ -333,6 +336,53 @@ impl RedisBackend {
             }
         }
         Ok(out)
+    }
+
+    /// Sets this node's shares in Redis to `shares` (and the totals by the difference): the
+    /// shares it counted, and 0 for any other share Redis holds for it.
+    async fn set_shares(&self) -> Result<(), ClusterError> {
+        let mut conn = self.conn.clone();
+        let mut want: HashMap<Share, u64> = self.shares.all().into_iter().collect();
+        for what in [Tally::Connections, Tally::Subscriptions, Tally::Users] {
+            let fields: Vec<String> = redis::cmd("HKEYS")
+                .arg(self.keys.share(what, self.node))
+                .query_async(&mut conn)
+                .await?;
+            for field in fields {
+                if let Some((app, item)) = Keys::share_field(what, &field) {
+                    want.entry(Share {
+                        what,
+                        app: app.into(),
+                        item: item.into(),
+                    })
+                    .or_insert(0);
+                }
+            }
+        }
+        let want: Vec<(Share, u64)> = want.into_iter().collect();
+        let mut changed = 0;
+        for batch in want.chunks(SET_SHARES_BATCH) {
+            let mut inv = self.scripts.set_shares.prepare_invoke();
+            for (share, n) in batch {
+                let k = self
+                    .keys
+                    .tally(share.what, self.node, &share.app, &share.item);
+                inv.key(k.total)
+                    .key(k.node)
+                    .arg(k.field)
+                    .arg(k.node_field)
+                    .arg(*n);
+            }
+            let n: u64 = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            changed += n;
+        }
+        if changed > 0 {
+            info!(changed, "cluster counts of this node corrected");
+        }
+        Ok(())
     }
 }
 
@@ -386,18 +436,23 @@ mod tests {
         assert!(queues.control.try_recv().is_err(), "requests coalesce");
         assert!(backend.dirty.load(Ordering::Acquire));
 
+        // Counted by this node while Redis could not record them.
+        backend.healthy.store(false, Ordering::Release);
+        let app = AppId("app".into());
+        for _ in 0..2 {
+            assert!(backend.open_connection(&app, None).await.is_err());
+            assert!(backend.count(&app, "ch", 1, None).await.is_err());
+        }
+        assert!(backend.signed_in(&app, "u", 1).await.is_err());
+        backend.healthy.store(true, Ordering::Release);
         let snapshot = NodeSnapshot {
             apps: vec![AppSnapshot {
-                app: AppId("app".into()),
-                connections: 2,
-                channels: vec![("ch".into(), 2)],
-                users: vec![("u".into(), 1)],
+                app: app.clone(),
                 members: Vec::new(),
             }],
         };
         backend.resync(&snapshot, false).await.expect("resync");
         assert!(!backend.dirty.load(Ordering::Acquire));
-        let app = AppId("app".into());
         assert_eq!(backend.connections(&app).await.expect("count"), 2);
         assert_eq!(
             backend.subscription_count(&app, "ch").await.expect("count"),
@@ -441,6 +496,64 @@ mod tests {
             queues.control.try_recv(),
             Ok(Control::Resync { .. })
         ));
+        cleanup(&backend, &prefix).await;
+    }
+
+    /// Counts changing on every side while resyncs run end exact: when every connection has
+    /// left, no share and no total is left in Redis.
+    #[tokio::test]
+    async fn counts_changing_during_resyncs_end_at_zero() {
+        let (backend, _queues, prefix) = backend().await;
+        let app = AppId("app".into());
+        let churn = |seed: u64| {
+            let (backend, app) = (backend.clone(), app.clone());
+            tokio::spawn(async move {
+                let mut held: Vec<String> = Vec::new();
+                let mut x = seed;
+                for _ in 0..150 {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    if held.is_empty() || x >> 62 != 0 {
+                        let ch = format!("ch{}", (x >> 33) % 8);
+                        let _ = backend.count(&app, &ch, 1, None).await;
+                        let _ = backend.signed_in(&app, &ch, 1).await;
+                        let _ = backend.open_connection(&app, None).await;
+                        held.push(ch);
+                    } else {
+                        let ch = held.swap_remove(
+                            usize::try_from((x >> 33) % held.len() as u64).unwrap_or(0),
+                        );
+                        let _ = backend.count(&app, &ch, -1, None).await;
+                        let _ = backend.signed_in(&app, &ch, -1).await;
+                        let _ = backend.close_connection(&app).await;
+                    }
+                }
+                held
+            })
+        };
+        let tasks: Vec<_> = (1..=4).map(churn).collect();
+        for _ in 0..10 {
+            backend
+                .resync(&NodeSnapshot::default(), false)
+                .await
+                .expect("resync");
+        }
+        for task in tasks {
+            for ch in task.await.expect("joined") {
+                backend.count(&app, &ch, -1, None).await.expect("count");
+                backend.signed_in(&app, &ch, -1).await.expect("signed in");
+                backend.close_connection(&app).await.expect("close");
+            }
+        }
+        backend
+            .resync(&NodeSnapshot::default(), false)
+            .await
+            .expect("resync");
+        let mut conn = backend.conn.clone();
+        let mut left: Vec<String> = conn.keys(format!("{prefix}:*")).await.expect("KEYS");
+        left.retain(|k| !k.ends_with(":nodes") && !k.ends_with(":wire"));
+        assert!(left.is_empty(), "left in Redis: {left:?}");
         cleanup(&backend, &prefix).await;
     }
 }

@@ -29,6 +29,7 @@ mod pubsub;
 mod scripts;
 mod shards;
 mod shared;
+mod shares;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -46,6 +47,7 @@ use self::endpoint::{Commands, Endpoint};
 use self::keys::Keys;
 use self::metrics::Metrics;
 use self::scripts::Scripts;
+use self::shares::Shares;
 use super::{ClusterError, Control, Inbound, InboundQueues};
 use crate::config::ScalingConfig;
 use crate::webhooks::RemovalHold;
@@ -143,6 +145,8 @@ pub struct RedisBackend {
     /// A change of shared state could not be recorded (Redis unreachable or failing): the next
     /// successful heartbeat publishes this node's state again.
     dirty: AtomicBool,
+    /// This node's shares of the tallies as it counted them, and the gate a resync takes.
+    shares: Shares,
     metrics: Metrics,
     scripts: Scripts,
 }
@@ -225,6 +229,7 @@ impl RedisBackend {
             leaving: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            shares: Shares::default(),
             metrics,
             send_version: AtomicU8::new(1),
             scripts: Scripts::new(),

@@ -95,6 +95,30 @@ if KEYS[3] and delta > 0 and g == delta then rejoined = redis.call('DEL', KEYS[3
 return {g, rejoined}
 ";
 
+/// Sets a node's shares to the counts given, moving each total by the difference (a resync).
+/// KEYS: pairs of (total hash, node share hash). ARGV: per pair, the total's field, the share's
+/// field and the count (0: the share is removed). Returns how many shares changed.
+const SET_SHARES: &str = r"
+local changed = 0
+for i = 1, #KEYS, 2 do
+  local j = (i - 1) / 2 * 3
+  local want = tonumber(ARGV[j + 3])
+  local had = tonumber(redis.call('HGET', KEYS[i + 1], ARGV[j + 2]) or '0')
+  if want ~= had then
+    changed = changed + 1
+    if want > 0 then
+      redis.call('HSET', KEYS[i + 1], ARGV[j + 2], want)
+    else
+      redis.call('HDEL', KEYS[i + 1], ARGV[j + 2])
+    end
+    if redis.call('HINCRBY', KEYS[i], ARGV[j + 1], want - had) <= 0 then
+      redis.call('HDEL', KEYS[i], ARGV[j + 1])
+    end
+  end
+end
+return changed
+";
+
 /// Reserves a connection under a cluster-wide maximum (ARGV[4], 0 = none); -1 when full.
 const OPEN: &str = r"
 local g = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
@@ -111,6 +135,7 @@ pub(super) struct Scripts {
     pub leave: Script,
     pub reap_member: Script,
     pub count: Script,
+    pub set_shares: Script,
     pub settle: Script,
     pub open: Script,
     pub adopt: Script,
@@ -124,6 +149,7 @@ impl Scripts {
             leave: Script::new(LEAVE),
             reap_member: Script::new(REAP_MEMBER),
             count: Script::new(COUNT),
+            set_shares: Script::new(SET_SHARES),
             settle: Script::new(SETTLE),
             open: Script::new(OPEN),
             adopt: Script::new(super::journal::ADOPT),
@@ -281,6 +307,45 @@ mod tests {
         async fn get(&mut self, key: &str) -> Option<String> {
             self.conn.get(key).await.expect("GET")
         }
+    }
+
+    /// `SET_SHARES` moves each total by the difference of the node's share.
+    #[tokio::test]
+    async fn set_shares_moves_totals_by_the_difference() {
+        let mut f = fixture().await;
+        f.count(1, 3, false, "").await;
+        f.count(2, 2, false, "").await;
+        let k = f.keys.tally(Tally::Subscriptions, 1, "app", "ch");
+        let k2 = f.keys.tally(Tally::Subscriptions, 1, "app", "other");
+        let mut inv = f.scripts.set_shares.prepare_invoke();
+        inv.key(&k.total)
+            .key(&k.node)
+            .arg(&k.field)
+            .arg(&k.node_field)
+            .arg(1)
+            .key(&k2.total)
+            .key(&k2.node)
+            .arg(&k2.field)
+            .arg(&k2.node_field)
+            .arg(4);
+        let changed: i64 = inv.invoke_async(&mut f.conn).await.expect("SET_SHARES");
+        assert_eq!(changed, 2);
+        let total: i64 = f.conn.hget(&k.total, &k.field).await.expect("HGET");
+        assert_eq!(total, 3, "node 2's share stays, node 1's is now 1");
+        let other: i64 = f.conn.hget(&k2.total, &k2.field).await.expect("HGET");
+        assert_eq!(other, 4);
+        // Down to 0: the share and an empty total are removed.
+        let mut inv = f.scripts.set_shares.prepare_invoke();
+        inv.key(&k2.total)
+            .key(&k2.node)
+            .arg(&k2.field)
+            .arg(&k2.node_field)
+            .arg(0);
+        let _: i64 = inv.invoke_async(&mut f.conn).await.expect("SET_SHARES");
+        let gone: Option<i64> = f.conn.hget(&k2.total, &k2.field).await.expect("HGET");
+        let share: Option<i64> = f.conn.hget(&k2.node, &k2.node_field).await.expect("HGET");
+        assert_eq!((gone, share), (None, None));
+        f.cleanup().await;
     }
 
     #[tokio::test]

@@ -61,27 +61,33 @@ impl ClusterState for RedisBackend {
     }
 
     async fn open_connection(&self, app: &AppId, max: Option<u64>) -> Result<bool, ClusterError> {
-        self.check()?;
-        let mut conn = self.conn.clone();
         let app = app.as_str();
+        // Counted unless refused: a connection admitted while Redis fails is closed (and
+        // uncounted) like any other, and a resync records it meanwhile.
+        let _changing = self.shares.changing().await;
+        self.shares.add(Tally::Connections, app, "", 1);
+        self.check()?;
+        let k = self.keys.tally(Tally::Connections, self.node, app, "");
+        let mut conn = self.conn.clone();
         let mut inv = self.scripts.open.prepare_invoke();
-        inv.key(self.keys.connections())
-            .key(self.keys.node(self.node, "c"))
-            .arg(app)
-            .arg(app)
+        inv.key(k.total)
+            .key(k.node)
+            .arg(k.field)
+            .arg(k.node_field)
             .arg(1)
             .arg(max.unwrap_or(0));
         let n: i64 = inv
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
+        if n < 0 {
+            self.shares.add(Tally::Connections, app, "", -1);
+        }
         Ok(n >= 0)
     }
 
     async fn close_connection(&self, app: &AppId) -> Result<(), ClusterError> {
-        self.check()?;
-        let app = app.as_str();
-        self.tally(Tally::Connections, self.node, app, "", -1)
+        self.own_tally(Tally::Connections, app.as_str(), "", -1, None)
             .await?;
         Ok(())
     }
@@ -161,9 +167,8 @@ impl ClusterState for RedisBackend {
     }
 
     async fn signed_in(&self, app: &AppId, user: &str, delta: i64) -> Result<u64, ClusterError> {
-        self.check()?;
-        let total = self
-            .tally(Tally::Users, self.node, app.as_str(), user, delta)
+        let (total, _) = self
+            .own_tally(Tally::Users, app.as_str(), user, delta, None)
             .await?;
         Ok(total.max(0).unsigned_abs())
     }
@@ -192,20 +197,18 @@ impl ClusterState for RedisBackend {
 }
 
 impl RedisBackend {
-    async fn count(
+    pub(super) async fn count(
         &self,
         app: &AppId,
         channel: &str,
         delta: i64,
         hold: Option<RemovalHold>,
     ) -> Result<Counted, ClusterError> {
-        self.check()?;
         let app = app.as_str();
         let hold_key = self.keys.vacated_hold(app, channel);
         let (total, rejoined) = self
-            .tally_held(
+            .own_tally(
                 Tally::Subscriptions,
-                self.node,
                 app,
                 channel,
                 delta,
