@@ -10,10 +10,10 @@ use bytes::Bytes;
 
 use crate::channels::{CachedEvent, Fanout};
 use crate::cluster::{Adapter, Kind, Publication, RemoteEvent, Target};
+use crate::hub::AppHub;
 use crate::metrics::Metrics;
 use crate::protocol::{message, ChannelName, MemberChange, SocketId};
 use crate::shared_state::SharedState;
-use crate::state::AppHub;
 
 pub struct Broadcaster {
     adapter: Arc<dyn Adapter>,

@@ -9,9 +9,10 @@ use tracing::warn;
 
 use crate::app::AppId;
 use crate::cluster::{Control, Inbound, InboundQueues, Resynced};
+use crate::hub::AppHub;
 use crate::protocol::{message, ChannelName, MemberChange, UserId};
 use crate::shared_state::snapshot;
-use crate::state::{AppHub, ServerState};
+use crate::state::ServerState;
 use crate::webhooks::WebhookEvent;
 
 /// Serves both queues until both are closed; control messages first.

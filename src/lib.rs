@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod hub;
 pub mod inbound;
 pub mod metrics;
 pub mod presence;

@@ -13,7 +13,7 @@ use crate::channels::{CachedEvent, Subscribed, Unsubscribed};
 use crate::cluster::{
     AppSnapshot, ClusterError, ClusterState, Counted, NodeSnapshot, SharedEvent, SnapshotMember,
 };
-use crate::state::AppHub;
+use crate::hub::AppHub;
 use crate::webhooks::RemovalHold;
 
 /// Cluster-wide facts (see the module docs).

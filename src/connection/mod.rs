@@ -23,9 +23,10 @@ use tracing::{debug, Instrument};
 
 use crate::app::App;
 use crate::config::ServerConfig;
+use crate::hub::AppHub;
 use crate::metrics::Metrics;
 use crate::protocol::{message, ErrorKind, SocketId};
-use crate::state::{AppHub, ServerState};
+use crate::state::ServerState;
 use frames::{Frame, FrameError, OpCode, PartialBudget, PartialHold};
 use handle::{ConnHandle, Outbound, OutboundBudget, QueueBounds};
 use session::Session;

@@ -13,13 +13,14 @@ use tracing::debug;
 
 use crate::app::{App, ClientEventPolicy};
 use crate::connection::handle::ConnRef;
+use crate::hub::AppHub;
 use crate::protocol::auth::{channel_string_to_sign, signin_string_to_sign, verify_token};
 use crate::protocol::presence::{parse_channel_data, parse_user_data};
 use crate::protocol::{
     message, ChannelKind, ChannelName, ClientMessage, ErrorKind, PresenceMember, UserId,
 };
 use crate::ratelimit::TokenBucket;
-use crate::state::{AppHub, ServerState};
+use crate::state::ServerState;
 use crate::webhooks::WebhookEvent;
 use membership::{JoinError, Membership, SignIn};
 

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tracing::debug;
 
+use crate::hub::AppHub;
 use crate::protocol::ErrorKind;
-use crate::state::{AppHub, ServerState};
+use crate::state::ServerState;
 
 /// Open WebSockets per client address, within `server.max_connections_per_ip`.
 pub struct PerIp {

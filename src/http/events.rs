@@ -8,9 +8,10 @@ use http_body_util::Full;
 use serde_json::{json, Map, Value};
 
 use super::{ok_json, ApiError, ApiRequest};
+use crate::hub::AppHub;
 use crate::protocol::socket_id::is_valid_socket_id;
 use crate::protocol::{ChannelName, SocketId};
-use crate::state::{AppHub, ServerState};
+use crate::state::ServerState;
 
 /// One validated event.
 struct Event {

@@ -20,7 +20,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::state::{AppHub, ServerState};
+use crate::hub::AppHub;
+use crate::state::ServerState;
 use edge::{EdgeConn, TimeoutPhase};
 use error::json_response;
 pub use error::ApiError;

@@ -25,11 +25,12 @@ use crate::broadcast::target_of;
 use crate::channels::Joined;
 use crate::cluster::{Adapter, ClusterError, Counted, Target};
 use crate::connection::handle::ConnRef;
+use crate::hub::AppHub;
 use crate::presence::Join;
 use crate::protocol::presence::{roster_json, SignedInUser};
 use crate::protocol::{message, ChannelName, MemberChange, PresenceMember, UserId};
 use crate::shared_state::SharedState;
-use crate::state::{AppHub, ServerState};
+use crate::state::ServerState;
 use crate::webhooks::WebhookEvent;
 
 /// Why a join was refused after it was authorised.
