@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 /// The HTTP API's app id (`/apps/{id}`).
@@ -59,7 +61,7 @@ pub enum ClientEventPolicy {
 }
 
 /// Per-app limits and switches, already validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppSettings {
     pub enabled: bool,
     pub tls_only: bool,
@@ -110,7 +112,7 @@ pub struct AppSettings {
 }
 
 /// The secret an app had before, and until when it is accepted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PreviousSecret {
     pub secret: AppSecret,
     pub until: std::time::SystemTime,
@@ -160,7 +162,7 @@ impl Default for AppSettings {
 }
 
 /// One app.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct App {
     pub id: AppId,
     pub key: AppKey,
@@ -286,16 +288,21 @@ pub trait AppStore: Send + Sync {
     fn all(&self) -> Vec<Arc<App>>;
 }
 
-/// The apps of the configuration file, indexed by key and id.
+/// The apps of the configuration file, indexed by key and id; `replace` swaps in a reloaded
+/// set (readers hold the lock only to clone an `Arc`).
 pub struct StaticAppStore {
+    table: RwLock<Arc<AppTable>>,
+}
+
+#[derive(Default)]
+struct AppTable {
     by_key: HashMap<String, Arc<App>>,
     by_id: HashMap<String, Arc<App>>,
     ordered: Vec<Arc<App>>,
 }
 
-impl StaticAppStore {
-    pub fn new(apps: Vec<App>) -> Self {
-        let ordered: Vec<Arc<App>> = apps.into_iter().map(Arc::new).collect();
+impl AppTable {
+    fn new(ordered: Vec<Arc<App>>) -> AppTable {
         let by_key = ordered
             .iter()
             .map(|a| (a.key.as_str().to_owned(), a.clone()))
@@ -304,7 +311,7 @@ impl StaticAppStore {
             .iter()
             .map(|a| (a.id.as_str().to_owned(), a.clone()))
             .collect();
-        StaticAppStore {
+        AppTable {
             by_key,
             by_id,
             ordered,
@@ -312,15 +319,71 @@ impl StaticAppStore {
     }
 }
 
+/// What a `StaticAppStore::replace` changed.
+#[derive(Debug, Default)]
+pub struct AppChanges {
+    /// Apps that are new (by id).
+    pub added: Vec<Arc<App>>,
+    /// Apps whose definition changed: the new one.
+    pub changed: Vec<Arc<App>>,
+    /// Apps that are gone.
+    pub removed: Vec<Arc<App>>,
+}
+
+impl StaticAppStore {
+    pub fn new(apps: Vec<App>) -> Self {
+        StaticAppStore {
+            table: RwLock::new(Arc::new(AppTable::new(
+                apps.into_iter().map(Arc::new).collect(),
+            ))),
+        }
+    }
+
+    fn table(&self) -> Arc<AppTable> {
+        self.table.read().clone()
+    }
+
+    /// Replaces every app with `apps`; an app whose definition is the same keeps its value.
+    pub fn replace(&self, apps: Vec<App>) -> AppChanges {
+        let old = self.table();
+        let mut changes = AppChanges::default();
+        let ordered: Vec<Arc<App>> = apps
+            .into_iter()
+            .map(|app| match old.by_id.get(app.id.as_str()) {
+                Some(was) if **was == app => was.clone(),
+                Some(_) => {
+                    let app = Arc::new(app);
+                    changes.changed.push(app.clone());
+                    app
+                }
+                None => {
+                    let app = Arc::new(app);
+                    changes.added.push(app.clone());
+                    app
+                }
+            })
+            .collect();
+        let table = AppTable::new(ordered);
+        changes.removed = old
+            .ordered
+            .iter()
+            .filter(|a| !table.by_id.contains_key(a.id.as_str()))
+            .cloned()
+            .collect();
+        *self.table.write() = Arc::new(table);
+        changes
+    }
+}
+
 impl AppStore for StaticAppStore {
     fn find_by_key(&self, key: &str) -> Option<Arc<App>> {
-        self.by_key.get(key).cloned()
+        self.table().by_key.get(key).cloned()
     }
     fn find_by_id(&self, id: &str) -> Option<Arc<App>> {
-        self.by_id.get(id).cloned()
+        self.table().by_id.get(id).cloned()
     }
     fn all(&self) -> Vec<Arc<App>> {
-        self.ordered.clone()
+        self.table().ordered.clone()
     }
 }
 

@@ -113,7 +113,7 @@ impl Broadcaster {
         let fanout = self.deliver_local(hub, &p, cache);
         if self.adapter.has_peers() {
             self.adapter.publish(RemoteEvent {
-                app: hub.app.id.clone(),
+                app: hub.id.clone(),
                 publication: p,
             });
         }

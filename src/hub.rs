@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
-use crate::app::App;
+use crate::app::{App, AppId};
 use crate::channels::users::{UserRegistry, WatcherRegistry};
 use crate::channels::ChannelRegistry;
 use crate::connection::handle::ConnRef;
@@ -17,42 +17,85 @@ use crate::ratelimit::TokenBucket;
 
 /// One app's state on this node.
 pub struct AppHub {
-    pub app: Arc<App>,
+    /// The app's id (a reload never changes it).
+    pub id: AppId,
+    /// The app's current definition: replaced by a reload (`set_app`), read with `app()`.
+    app: RwLock<Arc<App>>,
     pub channels: ChannelRegistry,
     pub users: UserRegistry,
     pub watchers: WatcherRegistry,
     pub connections: DashMap<SocketId, ConnRef>,
     connection_count: AtomicU64,
     pub metrics: AppMetrics,
-    pub backend_limiter: Option<Mutex<TokenBucket>>,
-    pub read_limiter: Option<Mutex<TokenBucket>>,
+    /// `max_backend_events_per_second`, when set.
+    backend_limiter: Mutex<Option<TokenBucket>>,
+    /// `max_read_requests_per_second`, when set.
+    read_limiter: Mutex<Option<TokenBucket>>,
 }
 
 impl AppHub {
     pub(crate) fn new(app: Arc<App>, metrics: &Metrics) -> AppHub {
         let m = metrics.app(app.id.as_str());
         AppHub {
+            id: app.id.clone(),
             channels: ChannelRegistry::new(m.clone()),
             users: UserRegistry::default(),
             watchers: WatcherRegistry::default(),
             connections: DashMap::new(),
             connection_count: AtomicU64::new(0),
             metrics: m,
-            backend_limiter: app
-                .settings
-                .max_backend_events_per_second
-                .map(|r| Mutex::new(TokenBucket::new(r))),
-            read_limiter: app
-                .settings
-                .max_read_requests_per_second
-                .map(|r| Mutex::new(TokenBucket::new(r))),
-            app,
+            backend_limiter: Mutex::new(
+                app.settings
+                    .max_backend_events_per_second
+                    .map(TokenBucket::new),
+            ),
+            read_limiter: Mutex::new(
+                app.settings
+                    .max_read_requests_per_second
+                    .map(TokenBucket::new),
+            ),
+            app: RwLock::new(app),
         }
+    }
+
+    /// The app as it is defined now.
+    pub fn app(&self) -> Arc<App> {
+        self.app.read().clone()
+    }
+
+    /// Replaces the app's definition (a reload): what reads it from now on (new connections,
+    /// HTTP requests, signatures, channel auth) sees the new one; a changed rate limit starts
+    /// with a full bucket.
+    pub fn set_app(&self, app: Arc<App>) {
+        let old = std::mem::replace(&mut *self.app.write(), app.clone());
+        let (s, o) = (&app.settings, &old.settings);
+        if s.max_backend_events_per_second != o.max_backend_events_per_second {
+            *self.backend_limiter.lock() = s.max_backend_events_per_second.map(TokenBucket::new);
+        }
+        if s.max_read_requests_per_second != o.max_read_requests_per_second {
+            *self.read_limiter.lock() = s.max_read_requests_per_second.map(TokenBucket::new);
+        }
+    }
+
+    /// Takes `cost` from the backend event budget; `true` without a limit.
+    pub fn take_backend_events(&self, cost: u32) -> bool {
+        self.backend_limiter
+            .lock()
+            .as_mut()
+            .is_none_or(|l| l.try_take(cost))
+    }
+
+    /// Takes one read request from its budget; `true` without a limit.
+    pub fn take_read_request(&self) -> bool {
+        self.read_limiter
+            .lock()
+            .as_mut()
+            .is_none_or(|l| l.try_take(1))
     }
 
     /// Reserves a connection slot under `max_connections`.
     pub fn try_reserve_connection(&self) -> bool {
-        let max = self.app.settings.max_connections.unwrap_or(u64::MAX);
+        let max = self.app().settings.max_connections.unwrap_or(u64::MAX);
         let prev = self.connection_count.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
             self.connection_count.fetch_sub(1, Ordering::AcqRel);
@@ -67,6 +110,13 @@ impl AppHub {
 
     pub fn connection_count(&self) -> u64 {
         self.connection_count.load(Ordering::Acquire)
+    }
+
+    /// Closes every connection of the app on this node with `kind`'s code.
+    pub fn close_all(&self, kind: ErrorKind) {
+        for c in self.connections.iter() {
+            c.value().close(kind.clone());
+        }
     }
 
     /// Closes this node's connections signed in as `user` (and, with `presence`, those present

@@ -70,13 +70,13 @@ async fn apply_control(state: &ServerState, msg: Control) {
             let Some(hub) = hub_of(state, &app) else {
                 return;
             };
-            if hub.app.settings.watchlist_events {
+            if hub.app().settings.watchlist_events {
                 state.broadcaster.publish_watch(&hub, &user, false);
             }
         }
         Control::ChannelGone { app, channel } => {
             if let Some(hub) = hub_of(state, &app) {
-                state.webhook(&hub.app, WebhookEvent::ChannelVacated { channel });
+                state.webhook(&hub.app(), WebhookEvent::ChannelVacated { channel });
             }
         }
         Control::Replay(replays) => {
@@ -113,7 +113,7 @@ fn member_gone(state: &ServerState, app: &AppId, channel: String, user: String) 
             .publish_member(&hub, &name, MemberChange::Removed(id), frame, None);
     }
     state.webhook(
-        &hub.app,
+        &hub.app(),
         WebhookEvent::MemberRemoved {
             channel,
             user_id: user,

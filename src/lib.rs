@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
+pub mod reload;
 pub mod server;
 pub mod shared_state;
 pub mod state;

@@ -97,6 +97,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(port) = cli.port {
         process_env.push(("RESOUND_SERVER__PORT".into(), port.to_string()));
     }
+    let reload_env = process_env.clone();
     let sources = Sources {
         config_file: cli.config.as_deref(),
         env_file: cli.env_file.as_deref(),
@@ -163,6 +164,15 @@ fn main() -> anyhow::Result<()> {
             info!(app_id = %app.id, key = %app.key.as_str(), "app");
         }
         let server = Server::bind(config).await?;
+        // SIGHUP reads the same sources again (the process environment as it was at start).
+        let (config_file, env_file, env) = (cli.config.clone(), cli.env_file.clone(), reload_env);
+        server.reload_from(Box::new(move || {
+            config::load(&Sources {
+                config_file: config_file.as_deref(),
+                env_file: env_file.as_deref(),
+                process_env: env.clone(),
+            })
+        }));
         if let Some(addr) = server.local_addr() {
             info!(%addr, "listening (WebSocket /app/{{key}}, HTTP API /apps/{{id}})");
         }

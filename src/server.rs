@@ -24,6 +24,7 @@ use crate::http::edge::{Edge, Pending, ShedReason, TimeoutPhase};
 use crate::metrics::Metrics;
 use crate::presence::MemoryPresence;
 use crate::presence::PresenceStore;
+use crate::reload::{Load, Reloader};
 use crate::state::ServerState;
 use crate::tls::{Secure, Tls, TlsError};
 use crate::webhooks::{Journal, WebhookError, Webhooks};
@@ -54,13 +55,16 @@ pub struct Server {
     tls: Option<Arc<Tls>>,
     redis: Option<Arc<RedisBackend>>,
     edge: Arc<Edge>,
+    reloader: Arc<Reloader>,
 }
 
 impl Server {
     /// Builds the state and binds the listeners (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let metrics = Arc::new(Metrics::new(&config.server.metrics_prefix)?);
-        let apps: Arc<dyn AppStore> = Arc::new(StaticAppStore::new(config.apps));
+        let running = crate::reload::outside_apps(&config);
+        let table = Arc::new(StaticAppStore::new(config.apps));
+        let apps: Arc<dyn AppStore> = table.clone();
         let edge = Edge::new(
             config.server.max_pending_connections,
             &metrics.registry,
@@ -131,6 +135,7 @@ impl Server {
             }
             None => None,
         };
+        let reloader = Arc::new(Reloader::new(state.clone(), table, tls.clone(), running));
         Ok(Server {
             state,
             listener,
@@ -138,7 +143,19 @@ impl Server {
             tls,
             redis,
             edge,
+            reloader,
         })
+    }
+
+    /// Where a reload (SIGHUP) reads the configuration again; without it, SIGHUP reloads
+    /// only the TLS certificate.
+    pub fn reload_from(&self, load: Load) {
+        self.reloader.set_load(load);
+    }
+
+    /// The handle that applies a reload (what SIGHUP calls).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -166,8 +183,9 @@ impl Server {
             tls,
             redis,
             edge,
+            reloader,
         } = self;
-        let reloader = tls.clone().map(|t| tokio::spawn(reload_on_sighup(t)));
+        let reloader = tokio::spawn(crate::reload::on_sighup(reloader));
         let sweeper = tokio::spawn(sweep(state.clone()));
         let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
         tokio::pin!(shutdown);
@@ -225,9 +243,7 @@ impl Server {
             redis.leave().await;
         }
         sweeper.abort();
-        if let Some(r) = reloader {
-            r.abort();
-        }
+        reloader.abort();
         if let Some(t) = metrics_task {
             t.abort();
         }
@@ -349,30 +365,6 @@ async fn serve_http<I>(
             edge.timed_out(TimeoutPhase::Header);
         }
         debug!(%peer, error = %e, "http connection ended");
-    }
-}
-
-/// Reloads the certificate on every SIGHUP; open connections are not touched.
-async fn reload_on_sighup(tls: Arc<Tls>) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            warn!("cannot listen for SIGHUP; certificate reload disabled");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            match tls.reload() {
-                Ok(()) => info!("TLS certificate reloaded"),
-                Err(e) => {
-                    warn!(error = %e, "TLS certificate reload failed; keeping the previous one")
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tls;
     }
 }
 

@@ -43,7 +43,7 @@ impl SharedState {
         channel: &str,
     ) -> Option<Result<Counted, ClusterError>> {
         let store = self.store.as_ref()?;
-        Some(store.subscribing(&hub.app.id, channel).await)
+        Some(store.subscribing(&hub.id, channel).await)
     }
 
     /// The cluster-wide count after a subscription the registry took (`sub`): what
@@ -61,7 +61,7 @@ impl SharedState {
     /// Takes back a count `subscribing` made for a subscription the registry did not take.
     pub async fn uncount(&self, hub: &AppHub, channel: &str) {
         if let Some(store) = &self.store {
-            let _ = store.unsubscribed(&hub.app.id, channel, None).await;
+            let _ = store.unsubscribed(&hub.id, channel, None).await;
         }
     }
 
@@ -77,7 +77,7 @@ impl SharedState {
         hold: Option<RemovalHold>,
     ) -> Result<u64, ClusterError> {
         match &self.store {
-            Some(store) => store.unsubscribed(&hub.app.id, channel, hold).await,
+            Some(store) => store.unsubscribed(&hub.id, channel, hold).await,
             None => Ok(removed.count as u64),
         }
     }
@@ -89,7 +89,7 @@ impl SharedState {
         channel: &str,
     ) -> Result<u64, ClusterError> {
         match &self.store {
-            Some(store) => store.subscription_count(&hub.app.id, channel).await,
+            Some(store) => store.subscription_count(&hub.id, channel).await,
             None => Ok(hub.channels.subscription_count(channel) as u64),
         }
     }
@@ -101,7 +101,7 @@ impl SharedState {
         prefix: &str,
     ) -> Result<Vec<(String, u64)>, ClusterError> {
         match &self.store {
-            Some(store) => store.occupied(&hub.app.id, prefix).await,
+            Some(store) => store.occupied(&hub.id, prefix).await,
             None => Ok(hub
                 .channels
                 .occupied(prefix)
@@ -119,7 +119,7 @@ impl SharedState {
         max: Option<u64>,
     ) -> Result<bool, ClusterError> {
         match &self.store {
-            Some(store) => store.open_connection(&hub.app.id, max).await,
+            Some(store) => store.open_connection(&hub.id, max).await,
             None => Ok(true),
         }
     }
@@ -127,7 +127,7 @@ impl SharedState {
     /// Releases what `open_connection` reserved.
     pub async fn close_connection(&self, hub: &AppHub) -> Result<(), ClusterError> {
         match &self.store {
-            Some(store) => store.close_connection(&hub.app.id).await,
+            Some(store) => store.close_connection(&hub.id).await,
             None => Ok(()),
         }
     }
@@ -135,7 +135,7 @@ impl SharedState {
     /// Open connections of the app, cluster-wide.
     pub async fn connections(&self, hub: &AppHub) -> Result<u64, ClusterError> {
         match &self.store {
-            Some(store) => store.connections(&hub.app.id).await,
+            Some(store) => store.connections(&hub.id).await,
             None => Ok(hub.connection_count()),
         }
     }
@@ -151,7 +151,7 @@ impl SharedState {
         frame: &Bytes,
         data: &str,
     ) -> Option<CachedEvent> {
-        let ttl = hub.app.settings.cache_ttl;
+        let ttl = hub.app().settings.cache_ttl;
         match &self.store {
             Some(store) => {
                 let event = SharedEvent {
@@ -159,7 +159,7 @@ impl SharedState {
                     data: Arc::from(data),
                     ttl,
                 };
-                store.store_cache(&hub.app.id, channel, &event).await;
+                store.store_cache(&hub.id, channel, &event).await;
                 None
             }
             None => Some(CachedEvent {
@@ -177,14 +177,11 @@ impl SharedState {
         channel: &str,
     ) -> Result<Option<CachedEvent>, ClusterError> {
         match &self.store {
-            Some(store) => Ok(store
-                .cached(&hub.app.id, channel)
-                .await?
-                .map(|e| CachedEvent {
-                    frame: e.frame,
-                    data: e.data,
-                    expires: Instant::now() + e.ttl,
-                })),
+            Some(store) => Ok(store.cached(&hub.id, channel).await?.map(|e| CachedEvent {
+                frame: e.frame,
+                data: e.data,
+                expires: Instant::now() + e.ttl,
+            })),
             None => Ok(hub.channels.cached(channel)),
         }
     }
@@ -198,7 +195,7 @@ impl SharedState {
         delta: i64,
     ) -> Result<u64, ClusterError> {
         match &self.store {
-            Some(store) => store.signed_in(&hub.app.id, user, delta).await,
+            Some(store) => store.signed_in(&hub.id, user, delta).await,
             None => Ok(hub.users.count(user) as u64),
         }
     }
@@ -206,7 +203,7 @@ impl SharedState {
     /// Which of `users` have a signed-in connection anywhere.
     pub async fn online(&self, hub: &AppHub, users: &[String]) -> Result<Vec<bool>, ClusterError> {
         match &self.store {
-            Some(store) => store.online(&hub.app.id, users).await,
+            Some(store) => store.online(&hub.id, users).await,
             None => Ok(users.iter().map(|u| hub.users.is_online(u)).collect()),
         }
     }
@@ -218,7 +215,7 @@ pub fn snapshot(hubs: &[Arc<AppHub>]) -> NodeSnapshot {
         apps: hubs
             .iter()
             .map(|hub| AppSnapshot {
-                app: hub.app.id.clone(),
+                app: hub.id.clone(),
                 members: hub
                     .channels
                     .presence_members()

@@ -75,6 +75,16 @@ impl ServerState {
             .clone()
     }
 
+    /// The hub of the app `id` if it has one.
+    pub fn existing_hub(&self, id: &AppId) -> Option<Arc<AppHub>> {
+        self.hubs.get(id).map(|h| h.clone())
+    }
+
+    /// Forgets the hub of an app that was removed.
+    pub fn remove_hub(&self, id: &AppId) -> Option<Arc<AppHub>> {
+        self.hubs.remove(id).map(|(_, h)| h)
+    }
+
     pub fn hubs(&self) -> Vec<Arc<AppHub>> {
         self.hubs.iter().map(|h| h.value().clone()).collect()
     }

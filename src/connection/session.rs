@@ -288,11 +288,13 @@ impl Session {
         Ok(member)
     }
 
+    /// Checks a channel or user authentication against the app as it is now, so a secret
+    /// rotated by a reload applies to connections already open.
     fn verify(&self, auth: Option<&str>, to_sign: &str) -> bool {
+        let app = self.hub.app();
         auth.is_some_and(|token| {
-            self.app
-                .secrets_at(std::time::SystemTime::now())
-                .any(|secret| verify_token(self.app.key.as_str(), secret, to_sign, token))
+            app.secrets_at(std::time::SystemTime::now())
+                .any(|secret| verify_token(app.key.as_str(), secret, to_sign, token))
         })
     }
 

@@ -157,7 +157,7 @@ impl ConnectionSlot {
             }
             state.release_node_connection();
             return Err(ErrorKind::OverQuota {
-                close_code: hub.app.settings.over_quota_close_code,
+                close_code: hub.app().settings.over_quota_close_code,
             });
         }
         Ok(ConnectionSlot {
@@ -173,14 +173,14 @@ impl ConnectionSlot {
     /// shared store does not answer, the node's own limits stand alone and the socket is
     /// admitted, counted as the store's resync will record it (so its close is counted too).
     pub async fn reserve_cluster(&mut self) -> Result<(), ErrorKind> {
-        let max = self.hub.app.settings.max_connections;
+        let max = self.hub.app().settings.max_connections;
         match self.state.cluster.open_connection(&self.hub, max).await {
             Ok(true) => {
                 self.counted = true;
                 Ok(())
             }
             Ok(false) => Err(ErrorKind::OverQuota {
-                close_code: self.hub.app.settings.over_quota_close_code,
+                close_code: self.hub.app().settings.over_quota_close_code,
             }),
             Err(e) => {
                 debug!(error = %e, "cluster connection count unavailable");

@@ -31,7 +31,7 @@ fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a st
 }
 
 fn validate(hub: &AppHub, v: &Value, batch: bool) -> Result<Event, ApiError> {
-    let s = &hub.app.settings;
+    let s = &hub.app().settings;
     let obj = v
         .as_object()
         .ok_or_else(|| ApiError::BadRequest("An event must be a JSON object".into()))?;
@@ -136,14 +136,8 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 fn check_backend_quota(hub: &AppHub, events: &[Event]) -> Result<(), ApiError> {
-    let Some(limiter) = &hub.backend_limiter else {
-        return Ok(());
-    };
     let cost: usize = events.iter().map(|e| e.channels.len()).sum();
-    if limiter
-        .lock()
-        .try_take(u32::try_from(cost).unwrap_or(u32::MAX))
-    {
+    if hub.take_backend_events(u32::try_from(cost).unwrap_or(u32::MAX)) {
         Ok(())
     } else {
         hub.metrics.backend_rate_limited.inc();
@@ -177,7 +171,7 @@ async fn info(state: &ServerState, hub: &AppHub, e: &Event) -> Value {
                 "user_count" if c.kind().is_presence() => {
                     let n = state
                         .presence
-                        .members(&hub.app.id, c.as_str())
+                        .members(&hub.id, c.as_str())
                         .await
                         .map_or(0, |m| m.len());
                     attrs.insert("user_count".into(), json!(n));
@@ -221,7 +215,7 @@ pub(super) async fn batch(
         .get("batch")
         .and_then(Value::as_array)
         .ok_or_else(|| ApiError::BadRequest("`batch` must be an array".into()))?;
-    let max = r.hub.app.settings.max_batch_size;
+    let max = r.hub.app().settings.max_batch_size;
     if items.len() > max {
         return Err(ApiError::BadRequest(format!(
             "A batch may hold at most {max} events"

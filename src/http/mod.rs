@@ -240,15 +240,11 @@ async fn signed(
     state.metrics.http_received_bytes.inc_by(body.len() as u64);
     signature::verify_body(&query, &body)?;
     let hub = state.hub(&app);
-    if parts.method == Method::GET {
-        if let Some(limiter) = &hub.read_limiter {
-            if !limiter.lock().try_take(1) {
-                hub.metrics.read_rate_limited.inc();
-                return Err(ApiError::TooManyRequests(
-                    "Read request rate limit exceeded".into(),
-                ));
-            }
-        }
+    if parts.method == Method::GET && !hub.take_read_request() {
+        hub.metrics.read_rate_limited.inc();
+        return Err(ApiError::TooManyRequests(
+            "Read request rate limit exceeded".into(),
+        ));
     }
     Ok((
         parts.method,

@@ -15,6 +15,7 @@ mod hardening_http;
 mod hardening_subscriptions;
 mod http_api;
 mod lifecycle;
+mod reload;
 mod tls;
 mod webhooks;
 

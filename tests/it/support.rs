@@ -206,6 +206,9 @@ impl TestConfig {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: Arc<ServerState>,
+    /// The configuration file it started from, which `reloader` reads again.
+    pub config_path: std::path::PathBuf,
+    pub reloader: Arc<resound::reload::Reloader>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -227,6 +230,14 @@ impl TestServer {
         })
         .expect("config");
         let server = Server::bind(config).await.expect("bind");
+        let reload_path = path.clone();
+        server.reload_from(Box::new(move || {
+            load(&Sources {
+                config_file: Some(&reload_path),
+                ..Sources::default()
+            })
+        }));
+        let reloader = server.reloader();
         let addr = server.local_addr().expect("addr");
         let state = server.state();
         let (tx, rx) = oneshot::channel::<()>();
@@ -236,6 +247,8 @@ impl TestServer {
         TestServer {
             addr,
             state,
+            config_path: path,
+            reloader,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -444,6 +457,21 @@ impl Client {
     /// Reads until the close frame; returns its code.
     pub async fn closed(&mut self) -> Option<u16> {
         closed_code(&mut self.ws).await
+    }
+
+    /// Connects to `url`: `None` when the connection is established, else the code of the
+    /// `pusher:error` the server refused it with.
+    pub async fn try_connect_code(url: &str) -> Option<u16> {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let first = next_json(&mut ws).await.expect("a first message");
+        match first["event"].as_str() {
+            Some("pusher:connection_established") => None,
+            _ => first["data"]["code"]
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok()),
+        }
     }
 }
 

@@ -1,0 +1,207 @@
+//! Live reload (SIGHUP): the configuration is read again from the sources it came from, the
+//! TLS certificate is reloaded, and the apps are replaced without dropping a socket.
+//!
+//! What a reload applies to apps: an added app serves at once; a changed app's definition
+//! (secret, previous secret, limits, switches, webhooks) is what every later read sees —
+//! new connections, HTTP requests and their signatures, channel and user authentication on
+//! connections already open; limits a connection took when it opened (activity timeout,
+//! channels per connection...) stay for that connection. An app that is removed has its
+//! sockets closed with 4001 (`AppNotFound`), a disabled one with 4003 (`AppDisabled`).
+//! Settings outside the apps (listener, scaling, webhook dispatcher...) apply at the next
+//! start; a reload names the ones that changed in the log.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::app::{AppChanges, StaticAppStore};
+use crate::config::{Config, ConfigError};
+use crate::protocol::ErrorKind;
+use crate::state::ServerState;
+use crate::tls::Tls;
+
+/// Reads the configuration again (from the sources the server started with).
+pub type Load = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// Applies a reload to a running server (see the module docs).
+pub struct Reloader {
+    state: Arc<ServerState>,
+    apps: Arc<StaticAppStore>,
+    tls: Option<Arc<Tls>>,
+    load: std::sync::OnceLock<Load>,
+    /// The settings outside the apps the server runs with, as `check-config` shows them.
+    running: parking_lot::Mutex<Value>,
+}
+
+/// What one reload did.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    pub apps: AppChanges,
+    /// Settings that changed but apply only at the next start (`server.port`, ...).
+    pub need_restart: Vec<String>,
+}
+
+impl Reloader {
+    pub(crate) fn new(
+        state: Arc<ServerState>,
+        apps: Arc<StaticAppStore>,
+        tls: Option<Arc<Tls>>,
+        running: Value,
+    ) -> Reloader {
+        Reloader {
+            state,
+            apps,
+            tls,
+            load: std::sync::OnceLock::new(),
+            running: parking_lot::Mutex::new(running),
+        }
+    }
+
+    /// Where a reload reads the configuration from; without it, only the certificate reloads.
+    /// Set once.
+    pub(crate) fn set_load(&self, load: Load) {
+        let _ = self.load.set(load);
+    }
+
+    /// Reloads the certificate, then the configuration. A configuration that does not load
+    /// changes nothing (the error says why).
+    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => info!("TLS certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %e, "TLS certificate reload failed; keeping the previous one")
+                }
+            }
+        }
+        let Some(load) = self.load.get() else {
+            return Ok(Reloaded::default());
+        };
+        let config = load()?;
+        for w in &config.warnings {
+            warn!("{w}");
+        }
+        let now = outside_apps(&config);
+        let need_restart = {
+            let mut running = self.running.lock();
+            let changed = changed_keys(&running, &now);
+            *running = now;
+            changed
+        };
+        if !need_restart.is_empty() {
+            warn!(
+                settings = %need_restart.join(", "),
+                "changed settings apply at the next start, not by a reload"
+            );
+        }
+        let changes = self.apps.replace(config.apps);
+        self.apply(&changes);
+        info!(
+            added = changes.added.len(),
+            changed = changes.changed.len(),
+            removed = changes.removed.len(),
+            "apps reloaded"
+        );
+        Ok(Reloaded {
+            apps: changes,
+            need_restart,
+        })
+    }
+
+    fn apply(&self, changes: &AppChanges) {
+        for app in &changes.added {
+            info!(app_id = %app.id, key = %app.key.as_str(), "app added");
+            self.state.hub(app);
+        }
+        for app in &changes.changed {
+            info!(app_id = %app.id, "app changed");
+            if let Some(hub) = self.state.existing_hub(&app.id) {
+                hub.set_app(app.clone());
+                if !app.settings.enabled {
+                    hub.close_all(ErrorKind::AppDisabled);
+                }
+            }
+        }
+        for app in &changes.removed {
+            info!(app_id = %app.id, "app removed");
+            if let Some(hub) = self.state.remove_hub(&app.id) {
+                hub.close_all(ErrorKind::AppNotFound);
+            }
+        }
+    }
+}
+
+/// The configuration outside the apps, as `check-config` shows it (secrets masked).
+pub(crate) fn outside_apps(config: &Config) -> Value {
+    let mut v = serde_json::to_value(&config.effective).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.remove("apps");
+    }
+    v
+}
+
+/// The dotted names of the settings that differ (two levels deep: `server.port`).
+fn changed_keys(old: &Value, new: &Value) -> Vec<String> {
+    let (Value::Object(o), Value::Object(n)) = (old, new) else {
+        return if old == new {
+            Vec::new()
+        } else {
+            vec!["(all)".into()]
+        };
+    };
+    let mut out = Vec::new();
+    let sections: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+    for section in sections {
+        match (o.get(section), n.get(section)) {
+            (Some(Value::Object(a)), Some(Value::Object(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    if a.get(k) != b.get(k) {
+                        out.push(format!("{section}.{k}"));
+                    }
+                }
+            }
+            (a, b) if a != b => out.push(section.clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Reloads on every SIGHUP.
+pub(crate) async fn on_sighup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            warn!("cannot listen for SIGHUP; reload disabled");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading");
+            if let Err(e) = reloader.reload() {
+                warn!(error = %e, "reload failed; the configuration running stays");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changed_keys_names_each_setting() {
+        let old = json!({"server": {"port": 1, "host": "a"}, "scaling": {"enabled": false}});
+        let new =
+            json!({"server": {"port": 2, "host": "a"}, "scaling": {"enabled": false}, "x": 1});
+        assert_eq!(changed_keys(&old, &new), ["server.port", "x"]);
+        assert!(changed_keys(&old, &old).is_empty());
+    }
+}
