@@ -288,10 +288,23 @@ pub trait AppStore: Send + Sync {
     fn all(&self) -> Vec<Arc<App>>;
 }
 
-/// The apps of the configuration file, indexed by key and id; `replace` swaps in a reloaded
-/// set (readers hold the lock only to clone an `Arc`).
+/// The apps, indexed by key and id: those of the configuration file and, with an app
+/// database, those of its table (`replace` swaps in a new set from one source; readers hold
+/// the lock only to clone an `Arc`). An app of the file wins over a database row with the same
+/// id or key.
 pub struct StaticAppStore {
     table: RwLock<Arc<AppTable>>,
+    /// The apps of each source, as last given (writers serialize on it).
+    sources: parking_lot::Mutex<[Vec<Arc<App>>; 2]>,
+}
+
+/// Where apps come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppSource {
+    /// The configuration file and the environment.
+    File = 0,
+    /// The app database's table (`[app_database]`).
+    Database = 1,
 }
 
 #[derive(Default)]
@@ -302,20 +315,21 @@ struct AppTable {
 }
 
 impl AppTable {
-    fn new(ordered: Vec<Arc<App>>) -> AppTable {
-        let by_key = ordered
-            .iter()
-            .map(|a| (a.key.as_str().to_owned(), a.clone()))
-            .collect();
-        let by_id = ordered
-            .iter()
-            .map(|a| (a.id.as_str().to_owned(), a.clone()))
-            .collect();
-        AppTable {
-            by_key,
-            by_id,
-            ordered,
+    /// The table of `sources` in order; an app whose id or key an earlier one took is left
+    /// out (and returned).
+    fn merge(sources: &[Vec<Arc<App>>]) -> (AppTable, Vec<Arc<App>>) {
+        let mut t = AppTable::default();
+        let mut shadowed = Vec::new();
+        for app in sources.iter().flatten() {
+            if t.by_id.contains_key(app.id.as_str()) || t.by_key.contains_key(app.key.as_str()) {
+                shadowed.push(app.clone());
+                continue;
+            }
+            t.by_id.insert(app.id.as_str().to_owned(), app.clone());
+            t.by_key.insert(app.key.as_str().to_owned(), app.clone());
+            t.ordered.push(app.clone());
         }
+        (t, shadowed)
     }
 }
 
@@ -328,14 +342,24 @@ pub struct AppChanges {
     pub changed: Vec<Arc<App>>,
     /// Apps that are gone.
     pub removed: Vec<Arc<App>>,
+    /// Apps left out because an app of the file (or an earlier row) has their id or key.
+    pub shadowed: Vec<Arc<App>>,
+}
+
+impl AppChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
 }
 
 impl StaticAppStore {
     pub fn new(apps: Vec<App>) -> Self {
+        let file: Vec<Arc<App>> = apps.into_iter().map(Arc::new).collect();
+        let sources = [file, Vec::new()];
+        let (table, _) = AppTable::merge(&sources);
         StaticAppStore {
-            table: RwLock::new(Arc::new(AppTable::new(
-                apps.into_iter().map(Arc::new).collect(),
-            ))),
+            table: RwLock::new(Arc::new(table)),
+            sources: parking_lot::Mutex::new(sources),
         }
     }
 
@@ -343,33 +367,34 @@ impl StaticAppStore {
         self.table.read().clone()
     }
 
-    /// Replaces every app with `apps`; an app whose definition is the same keeps its value.
-    pub fn replace(&self, apps: Vec<App>) -> AppChanges {
+    /// Replaces the apps of `source` with `apps`; an app whose definition is the same keeps
+    /// its value.
+    pub fn replace(&self, source: AppSource, apps: Vec<App>) -> AppChanges {
+        let mut sources = self.sources.lock();
         let old = self.table();
         let mut changes = AppChanges::default();
-        let ordered: Vec<Arc<App>> = apps
+        sources[source as usize] = apps
             .into_iter()
             .map(|app| match old.by_id.get(app.id.as_str()) {
                 Some(was) if **was == app => was.clone(),
-                Some(_) => {
-                    let app = Arc::new(app);
-                    changes.changed.push(app.clone());
-                    app
-                }
-                None => {
-                    let app = Arc::new(app);
-                    changes.added.push(app.clone());
-                    app
-                }
+                _ => Arc::new(app),
             })
             .collect();
-        let table = AppTable::new(ordered);
+        let (table, shadowed) = AppTable::merge(&sources[..]);
+        for app in &table.ordered {
+            match old.by_id.get(app.id.as_str()) {
+                Some(was) if Arc::ptr_eq(was, app) => {}
+                Some(_) => changes.changed.push(app.clone()),
+                None => changes.added.push(app.clone()),
+            }
+        }
         changes.removed = old
             .ordered
             .iter()
             .filter(|a| !table.by_id.contains_key(a.id.as_str()))
             .cloned()
             .collect();
+        changes.shadowed = shadowed;
         *self.table.write() = Arc::new(table);
         changes
     }

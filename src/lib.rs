@@ -2,6 +2,7 @@
 //! API), a drop-in for Laravel Reverb, Soketi and Pusher clients. See `ARCHITECTURE.md`.
 
 pub mod app;
+pub mod app_database;
 pub mod broadcast;
 pub mod channels;
 pub mod cluster;

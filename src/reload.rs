@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::app::{AppChanges, StaticAppStore};
+use crate::app::{AppChanges, AppSource, StaticAppStore};
 use crate::config::{Config, ConfigError};
 use crate::protocol::ErrorKind;
 use crate::state::ServerState;
@@ -95,7 +95,7 @@ impl Reloader {
                 "changed settings apply at the next start, not by a reload"
             );
         }
-        let changes = self.apps.replace(config.apps);
+        let changes = self.apps.replace(AppSource::File, config.apps);
         self.apply(&changes);
         info!(
             added = changes.added.len(),
@@ -109,7 +109,17 @@ impl Reloader {
         })
     }
 
+    /// Replaces the apps of `source` (the app database's refresh) and applies what changed.
+    pub fn apply_source(&self, source: AppSource, apps: Vec<crate::app::App>) -> AppChanges {
+        let changes = self.apps.replace(source, apps);
+        self.apply(&changes);
+        changes
+    }
+
     fn apply(&self, changes: &AppChanges) {
+        for app in &changes.shadowed {
+            warn!(app_id = %app.id, key = %app.key.as_str(), "app left out: another app has its id or key");
+        }
         for app in &changes.added {
             info!(app_id = %app.id, key = %app.key.as_str(), "app added");
             self.state.hub(app);

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::app::{AppStore, StaticAppStore};
+use crate::app_database::AppDatabase;
 use crate::cluster::redis::RedisBackend;
 use crate::cluster::{Adapter, ClusterError, ClusterState, InboundQueues, Local};
 use crate::config::Config;
@@ -45,6 +46,8 @@ pub enum ServerError {
     Cluster(#[from] ClusterError),
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    AppDatabase(#[from] crate::app_database::AppDatabaseError),
 }
 
 /// A server bound to its port(s), not yet serving.
@@ -56,6 +59,7 @@ pub struct Server {
     redis: Option<Arc<RedisBackend>>,
     edge: Arc<Edge>,
     reloader: Arc<Reloader>,
+    app_database: Option<Arc<AppDatabase>>,
 }
 
 impl Server {
@@ -136,6 +140,15 @@ impl Server {
             None => None,
         };
         let reloader = Arc::new(Reloader::new(state.clone(), table, tls.clone(), running));
+        let app_database = match &config.app_database {
+            Some(db) => {
+                let db = Arc::new(AppDatabase::new(db)?);
+                // The table's apps serve from the start when the database answers now.
+                crate::app_database::read_once(&db, &reloader, false).await;
+                Some(db)
+            }
+            None => None,
+        };
         Ok(Server {
             state,
             listener,
@@ -144,6 +157,7 @@ impl Server {
             redis,
             edge,
             reloader,
+            app_database,
         })
     }
 
@@ -184,7 +198,10 @@ impl Server {
             redis,
             edge,
             reloader,
+            app_database,
         } = self;
+        let app_refresh =
+            app_database.map(|db| tokio::spawn(crate::app_database::refresh(db, reloader.clone())));
         let reloader = tokio::spawn(crate::reload::on_sighup(reloader));
         let sweeper = tokio::spawn(sweep(state.clone()));
         let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
@@ -244,6 +261,9 @@ impl Server {
         }
         sweeper.abort();
         reloader.abort();
+        if let Some(t) = app_refresh {
+            t.abort();
+        }
         if let Some(t) = metrics_task {
             t.abort();
         }

@@ -56,6 +56,37 @@ pub struct FileConfig {
     pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub apps: Vec<AppConfig>,
+    #[serde(default)]
+    pub app_database: AppDatabaseConfig,
+}
+
+/// `[app_database]`: apps read from a PostgreSQL or MySQL/MariaDB table besides the file's
+/// (docs/operations.md, "Apps from a database").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppDatabaseConfig {
+    /// `postgres://…` or `mysql://…` (`mariadb://` is taken as `mysql://`); empty: off.
+    pub url: String,
+    /// The table (`[schema.]name`).
+    pub table: String,
+    /// How often the table is read again (ms).
+    pub refresh_ms: u64,
+    /// The most rows read (the rest are left out, and a warning says so).
+    pub max_apps: usize,
+    /// How long one read may take (ms) before it counts as failed.
+    pub timeout_ms: u64,
+}
+
+impl Default for AppDatabaseConfig {
+    fn default() -> Self {
+        AppDatabaseConfig {
+            url: String::new(),
+            table: "resound_apps".into(),
+            refresh_ms: 5_000,
+            max_apps: 100_000,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 /// `[server]`.
@@ -229,6 +260,8 @@ pub struct Config {
     pub scaling: ScalingConfig,
     pub webhooks: DispatcherSettings,
     pub apps: Vec<App>,
+    /// `[app_database]` when its `url` is set.
+    pub app_database: Option<AppDatabaseConfig>,
     /// What `check-config` prints (secrets masked).
     pub effective: FileConfig,
     /// What the operator should know but that does not stop start-up (logged once).
@@ -442,7 +475,8 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
             file.apps.push(app.clone());
         }
     }
-    let embedded = file.apps.is_empty();
+    // With an app database, its apps are the ones served: no embedded default.
+    let embedded = file.apps.is_empty() && file.app_database.url.is_empty();
     if embedded {
         file.apps.push(embedded_app());
     }
@@ -460,6 +494,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     }
     validate_server(&file.server)?;
     validate_scaling(&file.scaling)?;
+    validate_app_database(&file.app_database)?;
     files::check_readable(&file)?;
     let webhooks = file.webhooks.dispatcher();
     webhooks
@@ -502,6 +537,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         }
     }
     effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
+    effective.app_database.url = mask_url_password(&effective.app_database.url);
     for s in effective
         .scaling
         .sentinels
@@ -510,14 +546,22 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     {
         *s = mask_url_password(s);
     }
+    let app_database = (!file.app_database.url.is_empty()).then(|| file.app_database.clone());
     Ok(Config {
         server: file.server,
         scaling: file.scaling,
         webhooks,
         apps,
+        app_database,
         effective,
         warnings,
     })
+}
+
+/// An app of `[[apps]]`'s shape from another source (the app database), checked as the
+/// file's are.
+pub fn app_from_config(a: &AppConfig) -> Result<App, String> {
+    build_app(a, false)
 }
 
 /// The app served when nothing is configured: `app-id`/`app-key`/`app-secret`, client events on.
@@ -583,6 +627,38 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
             "server.metrics_prefix {:?} must be [A-Za-z0-9_]+",
             s.metrics_prefix
         )));
+    }
+    Ok(())
+}
+
+fn validate_app_database(d: &AppDatabaseConfig) -> Result<(), ConfigError> {
+    if d.url.is_empty() {
+        return Ok(());
+    }
+    let scheme = d.url.split("://").next().unwrap_or("");
+    if !["postgres", "postgresql", "mysql", "mariadb"].contains(&scheme) || !d.url.contains("://") {
+        return Err(ConfigError::Invalid(format!(
+            "app_database.url must start with postgres://, postgresql://, mysql:// or mariadb:// (got {:?})",
+            mask_url_password(&d.url)
+        )));
+    }
+    let valid_part = |p: &str| {
+        !p.is_empty()
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !p.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let parts: Vec<&str> = d.table.split('.').collect();
+    if parts.len() > 2 || !parts.iter().all(|p| valid_part(p)) {
+        return Err(ConfigError::Invalid(format!(
+            "app_database.table must be a name or schema.name of letters, digits and _ (got {:?})",
+            d.table
+        )));
+    }
+    if d.refresh_ms < 100 || d.timeout_ms == 0 || d.max_apps == 0 {
+        return Err(ConfigError::Invalid(
+            "app_database: refresh_ms must be at least 100, timeout_ms and max_apps at least 1"
+                .into(),
+        ));
     }
     Ok(())
 }

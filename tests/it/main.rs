@@ -6,6 +6,8 @@
 
 mod support;
 
+mod app_database;
+
 mod channels;
 mod client_events;
 mod connection;
