@@ -1,0 +1,447 @@
+//! pusher-js's HTTP transports (protocol.md 1.9): `xhr_streaming`, `xhr_polling` (`.../xhr`)
+//! and `xhr_send`, under `/pusher/app/{key}/{server}/{session}/`. An HTTP session is a
+//! connection like any other — admitted by the WebSocket's handshake checks, driven by the
+//! same `Session`, drained from the same bounded queue (see `connection::Established`); this
+//! module owns only the bytes: the session table, the framing (`frames`) and the requests.
+//!
+//! Sessions live on the node that created them: in a cluster, the load balancer sends every
+//! request of one session to the same node (hash on the session's path; `docs/operations.md`).
+
+mod frames;
+mod session;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::sync::mpsc;
+use tracing::{debug, Instrument};
+
+use super::edge::EdgeConn;
+use super::error::ApiError;
+use super::{read_body, ws, Body};
+use crate::app::AppId;
+use crate::config::FallbackConfig;
+use crate::connection::handle::ConnHandle;
+use crate::connection::{Admission, Established, Transport};
+use crate::protocol::{ErrorKind, SocketId};
+use crate::state::ServerState;
+use session::{Kind, Receiver, Shared};
+
+/// The longest `{server}/{session}` accepted (pusher-js sends at most 3 + 1 + 8 bytes).
+const MAX_SESSION_ID: usize = 64;
+
+/// What a fallback request asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Op {
+    Streaming,
+    Polling,
+    Send,
+}
+
+impl Op {
+    pub(super) fn parse(s: &str) -> Option<Op> {
+        match s {
+            "xhr_streaming" => Some(Op::Streaming),
+            "xhr" => Some(Op::Polling),
+            "xhr_send" => Some(Op::Send),
+            _ => None,
+        }
+    }
+
+    /// The `endpoint` label of the HTTP metrics.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Op::Streaming => "xhr_streaming",
+            Op::Polling => "xhr_polling",
+            Op::Send => "xhr_send",
+        }
+    }
+}
+
+/// The node's HTTP sessions, by app key and session id, with their count per app
+/// (`server.fallback.max_sessions_per_app`).
+pub struct Sessions {
+    config: FallbackConfig,
+    map: DashMap<String, Arc<Shared>>,
+    per_app: DashMap<AppId, usize>,
+}
+
+impl Sessions {
+    pub fn new(config: &FallbackConfig) -> Sessions {
+        Sessions {
+            config: config.clone(),
+            map: DashMap::new(),
+            per_app: DashMap::new(),
+        }
+    }
+
+    /// HTTP sessions open on this node.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<Shared>> {
+        self.map.get(key).map(|s| s.value().clone())
+    }
+
+    /// Counts a new session of `app` unless the app is at its cap.
+    fn try_count(&self, app: &AppId) -> bool {
+        let mut n = self.per_app.entry(app.clone()).or_insert(0);
+        if *n >= self.config.max_sessions_per_app {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn uncount(&self, app: &AppId) {
+        if let Some(mut n) = self.per_app.get_mut(app) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Forgets an ended session (its task calls this last).
+    fn remove(&self, shared: &Arc<Shared>) {
+        let removed = self
+            .map
+            .remove_if(&shared.key, |_, s| Arc::ptr_eq(s, shared))
+            .is_some();
+        if removed {
+            self.uncount(&shared.app.id);
+        }
+    }
+}
+
+/// Handles one fallback request.
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    state: &Arc<ServerState>,
+    key: &str,
+    session: [&str; 2],
+    op: Op,
+) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut resp = if req.method() == Method::OPTIONS {
+        preflight(req.headers())
+    } else if req.method() != Method::POST {
+        boxed(ApiError::MethodNotAllowed.into_response())
+    } else {
+        let id = format!("{}/{}", session[0], session[1]);
+        if id.len() > MAX_SESSION_ID {
+            boxed(ApiError::BadRequest("Session id too long".into()).into_response())
+        } else {
+            let table_key = format!("{key}/{id}");
+            match op {
+                Op::Send => boxed(
+                    send(req, state, &table_key)
+                        .await
+                        .unwrap_or_else(ApiError::into_response),
+                ),
+                Op::Streaming => receive(req, state, key, table_key, Kind::Streaming).await,
+                Op::Polling => receive(req, state, key, table_key, Kind::Polling).await,
+            }
+        }
+    };
+    cors(resp.headers_mut(), origin);
+    resp
+}
+
+fn boxed(resp: Response<Full<Bytes>>) -> Response<Body> {
+    resp.map(BodyExt::boxed_unsync)
+}
+
+/// CORS for a page on another origin: the origin itself is allowed at the HTTP level; the
+/// app's allowed origins are enforced as for a WebSocket, by the handshake checks (4009
+/// delivered as frames the page can read) and on `xhr_send`.
+fn cors(headers: &mut HeaderMap, origin: Option<HeaderValue>) {
+    let Some(origin) = origin else {
+        return;
+    };
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+fn preflight(req: &HeaderMap) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("OPTIONS, POST"),
+    );
+    let allow_headers = req
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("Content-Type"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    resp
+}
+
+fn frames_response(body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/javascript; charset=UTF-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache, must-revalidate, max-age=0"),
+    );
+    // A proxy must pass a stream's frames on as they come.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+fn full(bytes: Vec<u8>) -> Response<Body> {
+    frames_response(Full::new(Bytes::from(bytes)).boxed_unsync())
+}
+
+/// `xhr_send`: a JSON array of messages for the session, handled in arrival order. 204; 404
+/// for a session this node does not hold (pusher-js ignores it: the receiving request tells
+/// it the session is gone); 400 for a body that is not an array of strings, and the session
+/// goes on.
+async fn send(
+    req: Request<Incoming>,
+    state: &Arc<ServerState>,
+    table_key: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let Some(shared) = state.fallback.get(table_key) else {
+        return Err(ApiError::NotFound("Unknown session".into()));
+    };
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !shared.app.origin_allowed(origin) {
+        return Err(ApiError::Forbidden("Origin not allowed".into()));
+    }
+    let (parts, body) = req.into_parts();
+    if let Some(conn) = parts.extensions.get::<EdgeConn>() {
+        conn.trusted();
+    }
+    let body = read_body(body, state.server.fallback.max_send_bytes, state).await?;
+    state.metrics.http_received_bytes.inc_by(body.len() as u64);
+    let messages = frames::parse_send(&body)
+        .map_err(|_| ApiError::BadRequest("Body must be a JSON array of strings".into()))?;
+    if !messages.is_empty() {
+        let wait = Duration::from_secs(state.server.body_timeout);
+        match tokio::time::timeout(wait, shared.inbound.send(messages)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ApiError::NotFound("Unknown session".into())),
+            Err(_) => {
+                return Err(ApiError::TooManyRequests(
+                    "The session is not keeping up with its messages".into(),
+                ))
+            }
+        }
+    }
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+/// A receiving request: a stream, or one poll. An unknown session is created (the client
+/// is admitted as a WebSocket would be, and reads `o`); a refusal is `o`, the `pusher:error`
+/// and `c[code,reason]`, exactly what a refused socket reads.
+async fn receive(
+    req: Request<Incoming>,
+    state: &Arc<ServerState>,
+    key: &str,
+    table_key: String,
+    kind: Kind,
+) -> Response<Body> {
+    let heartbeat = Duration::from_secs(state.server.fallback.heartbeat_interval);
+    if let Some(shared) = state.fallback.get(&table_key) {
+        if shared.kind != kind {
+            return boxed(
+                ApiError::BadRequest("The session uses another transport".into()).into_response(),
+            );
+        }
+        if let Some(conn) = req.extensions().get::<EdgeConn>() {
+            conn.trusted();
+        }
+        let receiver = shared.attach();
+        return match kind {
+            Kind::Streaming => stream(receiver, frames::prelude(), heartbeat),
+            Kind::Polling => poll(receiver, heartbeat).await,
+        };
+    }
+    match open(&req, state, key, table_key, kind).await {
+        Err(kind_refused) => {
+            state.metrics.refused(kind_refused.code());
+            let mut buf = match kind {
+                Kind::Streaming => frames::prelude(),
+                Kind::Polling => Vec::new(),
+            };
+            buf.extend_from_slice(frames::OPEN);
+            frames::push_close(&mut buf, Some(&kind_refused));
+            full(buf)
+        }
+        Ok(shared) => {
+            let receiver = shared.attach();
+            match kind {
+                Kind::Streaming => {
+                    let mut first = frames::prelude();
+                    first.extend_from_slice(frames::OPEN);
+                    stream(receiver, first, heartbeat)
+                }
+                // The first poll is answered at once: the next one collects
+                // `connection_established`.
+                Kind::Polling => full(frames::OPEN.to_vec()),
+            }
+        }
+    }
+}
+
+/// Creates a session: the WebSocket's handshake checks, the app's session cap, then the
+/// connection (registered, told `connection_established`) and its task.
+async fn open(
+    req: &Request<Incoming>,
+    state: &Arc<ServerState>,
+    key: &str,
+    table_key: String,
+    kind: Kind,
+) -> Result<Arc<Shared>, ErrorKind> {
+    let mut admission = ws::admit(req, key, state);
+    let edge = req.extensions().get::<EdgeConn>();
+    if matches!(admission, Admission::Accepted { .. }) {
+        if let Some(conn) = edge {
+            conn.trusted();
+        }
+    }
+    if let Admission::Accepted { slot, .. } = &mut admission {
+        if let Err(kind) = slot.reserve_cluster().await {
+            admission = Admission::Refused(kind);
+        }
+    }
+    let (app, slot) = match admission {
+        Admission::Refused(kind) => return Err(kind),
+        Admission::Accepted { app, slot } => (app, slot),
+    };
+    if !state.fallback.try_count(&app.id) {
+        slot.release().await;
+        return Err(ErrorKind::OverCapacity);
+    }
+    let mut bounds = state.budgets.queue_bounds();
+    let transport = match kind {
+        Kind::Streaming => Transport::XhrStreaming,
+        Kind::Polling => {
+            bounds.bytes = bounds.bytes.min(state.server.fallback.max_poll_queue_bytes);
+            Transport::XhrPolling
+        }
+    };
+    let (tx, rx) = mpsc::channel(session::INBOUND_BODIES);
+    let socket_id = SocketId::random();
+    let span = tracing::info_span!("connection", app_id = %app.id, socket_id = %socket_id);
+    let hub = slot.hub().clone();
+    // Inserted and opened without an await between: a concurrent request for the same id
+    // finds the session complete, or not at all.
+    let shared = {
+        let entry = state.fallback.map.entry(table_key.clone());
+        match entry {
+            dashmap::Entry::Occupied(occupied) => {
+                let existing = occupied.get().clone();
+                drop(occupied);
+                state.fallback.uncount(&app.id);
+                slot.release().await;
+                return if existing.kind == kind {
+                    Ok(existing)
+                } else {
+                    Err(ErrorKind::WebSocketProtocol)
+                };
+            }
+            dashmap::Entry::Vacant(vacant) => {
+                let conn = ConnHandle::bounded(socket_id, bounds);
+                let shared = Arc::new(Shared::new(table_key, app.clone(), kind, conn, tx));
+                vacant.insert(shared.clone());
+                shared
+            }
+        }
+    };
+    let est = {
+        let _entered = span.enter();
+        Established::open(state.clone(), app, hub, shared.conn.clone(), transport)
+    };
+    let task = session::run(shared.clone(), est, slot, rx, state.clone()).instrument(span);
+    match edge {
+        Some(conn) => drop(conn.edge().spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
+    debug!("http session opened");
+    Ok(shared)
+}
+
+/// One poll: what is queued now, or what arrives within a heartbeat interval, or `h`.
+async fn poll(receiver: Receiver, heartbeat: Duration) -> Response<Body> {
+    match receiver.next(heartbeat).await {
+        Some((buf, taken)) => {
+            receiver.shared.conn.written(taken);
+            full(buf)
+        }
+        // A newer poll took over.
+        None => full(frames::HEARTBEAT.to_vec()),
+    }
+}
+
+struct Streaming {
+    receiver: Receiver,
+    first: Option<Vec<u8>>,
+    /// Taken from the queue for the last chunk: written once hyper asks for the next one.
+    taken: usize,
+    heartbeat: Duration,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        // What the last chunk took no longer counts against the queue's bounds.
+        self.receiver.shared.conn.written(self.taken);
+    }
+}
+
+/// A stream: `first`, then frames as they come, until the close sequence or a newer
+/// request. The response never ends otherwise: pusher-js treats the end of a stream as a
+/// lost connection, and reopens one itself past 256 KiB.
+fn stream(receiver: Receiver, first: Vec<u8>, heartbeat: Duration) -> Response<Body> {
+    let st = Streaming {
+        receiver,
+        first: Some(first),
+        taken: 0,
+        heartbeat,
+    };
+    let chunks = futures_util::stream::unfold(st, |mut st| async move {
+        if let Some(first) = st.first.take() {
+            return Some((Bytes::from(first), st));
+        }
+        let conn = &st.receiver.shared.conn;
+        conn.written(std::mem::take(&mut st.taken));
+        if st.receiver.is_closed() && conn.is_closing() {
+            return None;
+        }
+        let (buf, taken) = st.receiver.next(st.heartbeat).await?;
+        st.taken = taken;
+        Some((Bytes::from(buf), st))
+    });
+    let body = StreamBody::new(futures_util::StreamExt::map(chunks, |b| {
+        Ok::<_, Infallible>(Frame::data(b))
+    }));
+    frames_response(BodyExt::boxed_unsync(body))
+}
