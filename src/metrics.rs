@@ -45,7 +45,7 @@ pub struct Metrics {
     /// `server.max_connections_per_ip`), by limit.
     pub memory_refusals: IntCounter,
     pub per_ip_refusals: IntCounter,
-    /// Open connections on this node by transport (`ws`, `xhr_streaming`, `xhr_polling`);
+    /// Open connections on this node by transport (`ws`, `xhr_streaming`, `xhr_polling`, `sse`);
     /// `connected` counts them all, by app.
     connections_by_transport: IntGaugeVec,
 }
@@ -318,7 +318,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     o(
                         "connections_by_transport",
-                        "Open connections on this node, by transport (ws, xhr_streaming, xhr_polling)"
+                        "Open connections on this node, by transport (ws, xhr_streaming, xhr_polling, sse)"
                     ),
                     &["transport"]
                 )?

@@ -129,6 +129,7 @@ pub enum Transport {
     WebSocket,
     XhrStreaming,
     XhrPolling,
+    EventSource,
 }
 
 impl Transport {
@@ -137,6 +138,7 @@ impl Transport {
             Transport::WebSocket => "ws",
             Transport::XhrStreaming => "xhr_streaming",
             Transport::XhrPolling => "xhr_polling",
+            Transport::EventSource => "sse",
         }
     }
 }

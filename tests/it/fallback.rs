@@ -579,3 +579,193 @@ async fn the_transports_can_be_switched_off() {
     let resp = post(&s.client, &s.url("xhr"), "", None).await;
     assert_eq!(resp.status(), 404);
 }
+
+/// An EventSource-style reader: `event:`/`data:` records from a `text/event-stream` body.
+struct EventStream {
+    body: Incoming,
+    partial: String,
+    records: Vec<(String, Value)>,
+}
+
+impl EventStream {
+    async fn open(server: &TestServer, session: &str, query: &str) -> EventStream {
+        let url = server.url(&format!("/pusher/app/{KEY}/{session}/eventsource?{query}"));
+        let req = http::Request::builder()
+            .method("GET")
+            .uri(url)
+            .header("accept", "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = http().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        EventStream {
+            body: resp.into_body(),
+            partial: String::new(),
+            records: Vec::new(),
+        }
+    }
+
+    /// The next record: (event, data parsed as JSON).
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if !self.records.is_empty() {
+                return self.records.remove(0);
+            }
+            while let Some(end) = self.partial.find("\n\n") {
+                let block: String = self.partial.drain(..end + 2).collect();
+                let mut event = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if !data.is_empty() {
+                    self.records
+                        .push((event, serde_json::from_str(&data).unwrap()));
+                }
+            }
+            if !self.records.is_empty() {
+                continue;
+            }
+            let frame = tokio::time::timeout(WAIT, self.body.frame())
+                .await
+                .expect("record in time")
+                .expect("stream open")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                self.partial.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    }
+
+    async fn next_named(&mut self, name: &str) -> Value {
+        loop {
+            let (event, data) = self.next().await;
+            if event == name {
+                return data;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_event_stream_receives_public_and_private_channel_events() {
+    let server = TestServer::start(&config().toml()).await;
+    let session = session_id();
+    let mut es = EventStream::open(&server, &session, "channels=news,sport").await;
+    let (event, est) = es.next().await;
+    assert_eq!(event, "pusher:connection_established");
+    let sid: SocketId = serde_json::from_str::<Value>(est["data"].as_str().unwrap()).unwrap()
+        ["socket_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for _ in 0..2 {
+        es.next_named("pusher_internal:subscription_succeeded")
+            .await;
+    }
+    server.api().trigger(&["news"], "tick", r#"{"n":1}"#).await;
+    let tick = es.next_named("tick").await;
+    assert_eq!(tick["channel"], "news");
+    assert_eq!(tick["data"], r#"{"n":1}"#);
+
+    // A private channel: the signature from the app's backend, for this stream's socket id.
+    let subscribe = server.url(&format!("/pusher/app/{KEY}/{session}/subscribe"));
+    let client = http();
+    let bad = json!({"channel": "private-mine", "auth": format!("{KEY}:{}", "0".repeat(64))});
+    let resp = post(&client, &subscribe, &bad.to_string(), None).await;
+    assert_eq!(resp.status(), 401, "a bad signature is refused");
+    let none = json!({"channel": "private-mine"});
+    assert_eq!(
+        post(&client, &subscribe, &none.to_string(), None)
+            .await
+            .status(),
+        401
+    );
+    let auth = sign_token(
+        KEY,
+        SECRET,
+        &channel_string_to_sign(sid, "private-mine", None),
+    );
+    let good = json!({"channel": "private-mine", "auth": auth});
+    assert_eq!(
+        post(&client, &subscribe, &good.to_string(), None)
+            .await
+            .status(),
+        204
+    );
+    let ok = es
+        .next_named("pusher_internal:subscription_succeeded")
+        .await;
+    assert_eq!(ok["channel"], "private-mine");
+    server.api().trigger(&["private-mine"], "secret", "s").await;
+    assert_eq!(es.next_named("secret").await["data"], "s");
+    assert_eq!(server.state.metrics.transport_connections("sse"), 1);
+
+    // The stream closed: the session ends with it.
+    drop(es);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.state.metrics.transport_connections("sse") != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session outlived its stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.state.fallback.is_empty());
+}
+
+#[tokio::test]
+async fn a_raw_http_client_reads_the_event_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(&config().toml()).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET /pusher/app/{KEY}/0/rawclient/eventsource?channels=news HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    for needle in [
+        "event: pusher_internal:subscription_succeeded",
+        "event: hello",
+    ] {
+        while !got.contains(needle) {
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+                .await
+                .expect("bytes in time")
+                .unwrap();
+            assert!(n > 0, "stream ended: {got}");
+            got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        if needle.ends_with("succeeded") {
+            server.api().trigger(&["news"], "hello", "world").await;
+        }
+    }
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("content-type: text/event-stream"), "{got}");
+    assert!(
+        got.contains(r#"data: {"event":"hello","channel":"news","data":"world"}"#),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn an_event_stream_for_an_unknown_key_is_refused_with_a_4xx() {
+    let server = TestServer::start(&config().toml()).await;
+    let url = server.url("/pusher/app/nope/0/abc/eventsource?channels=news");
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = http().request(req).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(std::str::from_utf8(&body).unwrap().contains("4001"));
+}

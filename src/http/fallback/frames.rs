@@ -80,6 +80,54 @@ fn push_json_string(buf: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *buf, s);
 }
 
+/// An event stream's heartbeat: a comment line, ignored by EventSource.
+pub const SSE_HEARTBEAT: &[u8] = b": h\n\n";
+
+/// Appends one `event:`/`data:` record per queued message (protocol.md 1.10): `event` is the
+/// message's event name, `data` the whole message (one line: JSON escapes line ends). Returns
+/// the payload bytes taken.
+pub fn push_sse_messages(buf: &mut Vec<u8>, items: impl IntoIterator<Item = Outbound>) -> usize {
+    let mut taken = 0;
+    for item in items {
+        taken += item.len();
+        let Outbound::Text(bytes) = item else {
+            continue;
+        };
+        push_sse_record(buf, &bytes);
+    }
+    taken
+}
+
+fn push_sse_record(buf: &mut Vec<u8>, message: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        event: std::borrow::Cow<'a, str>,
+    }
+    let Ok(named) = serde_json::from_slice::<Named<'_>>(message) else {
+        return;
+    };
+    // An event name with a line end would end the field early: such a name cannot be sent.
+    if named.event.contains(['\n', '\r']) || message.contains(&b'\n') {
+        return;
+    }
+    buf.extend_from_slice(b"event: ");
+    buf.extend_from_slice(named.event.as_bytes());
+    buf.extend_from_slice(b"\ndata: ");
+    buf.extend_from_slice(message);
+    buf.extend_from_slice(b"\n\n");
+}
+
+/// The end of an event stream closed by the server: the `pusher:error` record (4xxx codes,
+/// as a socket gets before its close frame); the response then ends.
+pub fn push_sse_close(buf: &mut Vec<u8>, kind: Option<&ErrorKind>) {
+    if let Some(k) = kind {
+        if k.sends_error_event() {
+            push_sse_record(buf, &message::error(k, None));
+        }
+    }
+}
+
 /// Why an `xhr_send` body was refused (400).
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendError {
@@ -153,6 +201,31 @@ mod tests {
         for bad in [&b""[..], b"{}", b"[1]", b"[\"a\"", b"\xff"] {
             assert_eq!(parse_send(bad), Err(SendError::Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn sse_records_name_the_event_and_carry_the_whole_message() {
+        let mut b = Vec::new();
+        let n = push_sse_messages(
+            &mut b,
+            [
+                text(r#"{"event":"tick","channel":"news","data":"{\"i\":1}"}"#),
+                text(r#"{"event":"pusher:pong","data":"{}"}"#),
+            ],
+        );
+        assert!(n > 0);
+        assert_eq!(
+            std::str::from_utf8(&b).unwrap(),
+            "event: tick\ndata: {\"event\":\"tick\",\"channel\":\"news\",\"data\":\"{\\\"i\\\":1}\"}\n\n\
+             event: pusher:pong\ndata: {\"event\":\"pusher:pong\",\"data\":\"{}\"}\n\n"
+        );
+        let mut b = Vec::new();
+        push_sse_close(&mut b, Some(&ErrorKind::Terminated));
+        let t = String::from_utf8(b).unwrap();
+        assert!(
+            t.starts_with("event: pusher:error\ndata: ") && t.contains("4009"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -29,7 +29,8 @@ use crate::app::AppId;
 use crate::config::FallbackConfig;
 use crate::connection::handle::ConnHandle;
 use crate::connection::{Admission, Established, Transport};
-use crate::protocol::{ErrorKind, SocketId};
+use crate::protocol::auth::{channel_string_to_sign, verify_token};
+use crate::protocol::{ChannelName, ErrorKind, SocketId};
 use crate::state::ServerState;
 use session::{Kind, Receiver, Shared};
 
@@ -42,6 +43,11 @@ pub(super) enum Op {
     Streaming,
     Polling,
     Send,
+    /// `GET .../eventsource`: a Server-Sent Events stream (protocol.md 1.10).
+    EventSource,
+    /// `POST .../subscribe`: a signed subscription for the session, checked before it is
+    /// handed over (so a bad signature is a 401, not a frame on the stream).
+    Subscribe,
 }
 
 impl Op {
@@ -50,6 +56,8 @@ impl Op {
             "xhr_streaming" => Some(Op::Streaming),
             "xhr" => Some(Op::Polling),
             "xhr_send" => Some(Op::Send),
+            "eventsource" => Some(Op::EventSource),
+            "subscribe" => Some(Op::Subscribe),
             _ => None,
         }
     }
@@ -60,6 +68,15 @@ impl Op {
             Op::Streaming => "xhr_streaming",
             Op::Polling => "xhr_polling",
             Op::Send => "xhr_send",
+            Op::EventSource => "eventsource",
+            Op::Subscribe => "subscribe",
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Op::EventSource => Method::GET,
+            _ => Method::POST,
         }
     }
 }
@@ -133,7 +150,7 @@ pub(super) async fn handle(
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut resp = if req.method() == Method::OPTIONS {
         preflight(req.headers())
-    } else if req.method() != Method::POST {
+    } else if req.method() != op.method() {
         boxed(ApiError::MethodNotAllowed.into_response())
     } else {
         let id = format!("{}/{}", session[0], session[1]);
@@ -147,8 +164,14 @@ pub(super) async fn handle(
                         .await
                         .unwrap_or_else(ApiError::into_response),
                 ),
+                Op::Subscribe => boxed(
+                    subscribe(req, state, &table_key)
+                        .await
+                        .unwrap_or_else(ApiError::into_response),
+                ),
                 Op::Streaming => receive(req, state, key, table_key, Kind::Streaming).await,
                 Op::Polling => receive(req, state, key, table_key, Kind::Polling).await,
+                Op::EventSource => receive(req, state, key, table_key, Kind::EventStream).await,
             }
         }
     };
@@ -243,16 +266,7 @@ async fn send(
     let messages = frames::parse_send(&body)
         .map_err(|_| ApiError::BadRequest("Body must be a JSON array of strings".into()))?;
     if !messages.is_empty() {
-        let wait = Duration::from_secs(state.server.body_timeout);
-        match tokio::time::timeout(wait, shared.inbound.send(messages)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ApiError::NotFound("Unknown session".into())),
-            Err(_) => {
-                return Err(ApiError::TooManyRequests(
-                    "The session is not keeping up with its messages".into(),
-                ))
-            }
-        }
+        forward(&shared, state, messages).await?;
     }
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -261,7 +275,8 @@ async fn send(
 
 /// A receiving request: a stream, or one poll. An unknown session is created (the client
 /// is admitted as a WebSocket would be, and reads `o`); a refusal is `o`, the `pusher:error`
-/// and `c[code,reason]`, exactly what a refused socket reads.
+/// and `c[code,reason]`, exactly what a refused socket reads. An event stream is created by
+/// its one request; a refusal is a 403 naming the code (EventSource does not retry it).
 async fn receive(
     req: Request<Incoming>,
     state: &Arc<ServerState>,
@@ -271,9 +286,10 @@ async fn receive(
 ) -> Response<Body> {
     let heartbeat = Duration::from_secs(state.server.fallback.heartbeat_interval);
     if let Some(shared) = state.fallback.get(&table_key) {
-        if shared.kind != kind {
+        if shared.kind != kind || kind == Kind::EventStream {
             return boxed(
-                ApiError::BadRequest("The session uses another transport".into()).into_response(),
+                ApiError::BadRequest("The session is already open with another request".into())
+                    .into_response(),
             );
         }
         if let Some(conn) = req.extensions().get::<EdgeConn>() {
@@ -281,34 +297,136 @@ async fn receive(
         }
         let receiver = shared.attach();
         return match kind {
-            Kind::Streaming => stream(receiver, frames::prelude(), heartbeat),
             Kind::Polling => poll(receiver, heartbeat).await,
+            _ => stream(receiver, frames::prelude(), heartbeat),
         };
     }
     match open(&req, state, key, table_key, kind).await {
-        Err(kind_refused) => {
-            state.metrics.refused(kind_refused.code());
+        Err(refused) => {
+            state.metrics.refused(refused.code());
+            if kind == Kind::EventStream {
+                return boxed(
+                    ApiError::Forbidden(format!("{}: {}", refused.code(), refused.message()))
+                        .into_response(),
+                );
+            }
             let mut buf = match kind {
                 Kind::Streaming => frames::prelude(),
-                Kind::Polling => Vec::new(),
+                _ => Vec::new(),
             };
             buf.extend_from_slice(frames::OPEN);
-            frames::push_close(&mut buf, Some(&kind_refused));
+            frames::push_close(&mut buf, Some(&refused));
             full(buf)
         }
-        Ok(shared) => {
-            let receiver = shared.attach();
-            match kind {
-                Kind::Streaming => {
-                    let mut first = frames::prelude();
+        Ok((receiver, created)) => match kind {
+            Kind::Streaming => {
+                let mut first = frames::prelude();
+                if created {
                     first.extend_from_slice(frames::OPEN);
-                    stream(receiver, first, heartbeat)
                 }
-                // The first poll is answered at once: the next one collects
-                // `connection_established`.
-                Kind::Polling => full(frames::OPEN.to_vec()),
+                stream(receiver, first, heartbeat)
             }
+            // The first poll is answered at once: the next one collects
+            // `connection_established`.
+            Kind::Polling if created => full(frames::OPEN.to_vec()),
+            Kind::Polling => poll(receiver, heartbeat).await,
+            Kind::EventStream => {
+                let channels = super::signature::Query::parse(req.uri().query())
+                    .get("channels")
+                    .map(str::to_string);
+                let subscribes: Vec<String> = channels
+                    .iter()
+                    .flat_map(|c| c.split(','))
+                    .filter(|c| !c.is_empty())
+                    .map(|c| {
+                        serde_json::json!({"event": "pusher:subscribe", "data": {"channel": c}})
+                            .to_string()
+                    })
+                    .collect();
+                // The channel is new and empty: the first message always fits.
+                if !subscribes.is_empty() {
+                    let _ = receiver.shared.inbound.try_send(subscribes);
+                }
+                let mut resp = stream(receiver, Vec::new(), heartbeat);
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                resp
+            }
+        },
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SubscribeBody {
+    channel: String,
+    auth: Option<String>,
+    channel_data: Option<String>,
+}
+
+/// `subscribe`: `{"channel", "auth", "channel_data"}` as pusher-js sends in
+/// `pusher:subscribe`, with `auth` from the app's backend for the session's `socket_id`. The
+/// signature is checked here (401 when wrong) before the subscription is handed to the
+/// session, whose answer (`subscription_succeeded`, or an error) arrives on the stream.
+async fn subscribe(
+    req: Request<Incoming>,
+    state: &Arc<ServerState>,
+    table_key: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let Some(shared) = state.fallback.get(table_key) else {
+        return Err(ApiError::NotFound("Unknown session".into()));
+    };
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !shared.app.origin_allowed(origin) {
+        return Err(ApiError::Forbidden("Origin not allowed".into()));
+    }
+    let body = read_body(req.into_body(), state.server.fallback.max_send_bytes, state).await?;
+    let sub: SubscribeBody = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::BadRequest("Body must be {\"channel\", \"auth\", \"channel_data\"}".into())
+    })?;
+    let name = ChannelName::parse(&sub.channel, shared.app.settings.max_channel_name_length)
+        .map_err(|_| ApiError::BadRequest("Invalid channel name".into()))?;
+    if name.kind().requires_signature() {
+        let to_sign = channel_string_to_sign(
+            shared.conn.socket_id,
+            name.as_str(),
+            sub.channel_data.as_deref(),
+        );
+        let app = &shared.app;
+        let valid = sub.auth.as_deref().is_some_and(|token| {
+            app.secrets_at(std::time::SystemTime::now())
+                .any(|secret| verify_token(app.key.as_str(), secret, &to_sign, token))
+        });
+        if !valid {
+            return Err(ApiError::Unauthorized("Invalid signature".into()));
         }
+    }
+    let msg = serde_json::json!({"event": "pusher:subscribe", "data": {
+        "channel": sub.channel, "auth": sub.auth, "channel_data": sub.channel_data,
+    }});
+    forward(&shared, state, vec![msg.to_string()]).await?;
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+/// Hands messages to the session task, waiting for room at most `server.body_timeout`.
+async fn forward(
+    shared: &Shared,
+    state: &ServerState,
+    messages: Vec<String>,
+) -> Result<(), ApiError> {
+    let wait = Duration::from_secs(state.server.body_timeout);
+    match tokio::time::timeout(wait, shared.inbound.send(messages)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(ApiError::NotFound("Unknown session".into())),
+        Err(_) => Err(ApiError::TooManyRequests(
+            "The session is not keeping up with its messages".into(),
+        )),
     }
 }
 
@@ -320,7 +438,7 @@ async fn open(
     key: &str,
     table_key: String,
     kind: Kind,
-) -> Result<Arc<Shared>, ErrorKind> {
+) -> Result<(Receiver, bool), ErrorKind> {
     let mut admission = ws::admit(req, key, state);
     let edge = req.extensions().get::<EdgeConn>();
     if matches!(admission, Admission::Accepted { .. }) {
@@ -344,6 +462,7 @@ async fn open(
     let mut bounds = state.budgets.queue_bounds();
     let transport = match kind {
         Kind::Streaming => Transport::XhrStreaming,
+        Kind::EventStream => Transport::EventSource,
         Kind::Polling => {
             bounds.bytes = bounds.bytes.min(state.server.fallback.max_poll_queue_bytes);
             Transport::XhrPolling
@@ -363,8 +482,8 @@ async fn open(
                 drop(occupied);
                 state.fallback.uncount(&app.id);
                 slot.release().await;
-                return if existing.kind == kind {
-                    Ok(existing)
+                return if existing.kind == kind && kind != Kind::EventStream {
+                    Ok((existing.attach(), false))
                 } else {
                     Err(ErrorKind::WebSocketProtocol)
                 };
@@ -381,13 +500,15 @@ async fn open(
         let _entered = span.enter();
         Established::open(state.clone(), app, hub, shared.conn.clone(), transport)
     };
+    // Attached before the task runs: a session never starts without its receiving request.
+    let receiver = shared.attach();
     let task = session::run(shared.clone(), est, slot, rx, state.clone()).instrument(span);
     match edge {
         Some(conn) => drop(conn.edge().spawn(task)),
         None => drop(tokio::spawn(task)),
     }
     debug!("http session opened");
-    Ok(shared)
+    Ok((receiver, true))
 }
 
 /// One poll: what is queued now, or what arrives within a heartbeat interval, or `h`.
@@ -428,7 +549,7 @@ fn stream(receiver: Receiver, first: Vec<u8>, heartbeat: Duration) -> Response<B
         heartbeat,
     };
     let chunks = futures_util::stream::unfold(st, |mut st| async move {
-        if let Some(first) = st.first.take() {
+        if let Some(first) = st.first.take().filter(|f| !f.is_empty()) {
             return Some((Bytes::from(first), st));
         }
         let conn = &st.receiver.shared.conn;

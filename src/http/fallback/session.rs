@@ -32,6 +32,8 @@ pub(super) const INBOUND_BODIES: usize = 8;
 pub(super) enum Kind {
     Streaming,
     Polling,
+    /// Server-Sent Events (protocol.md 1.10): one stream for the session's life.
+    EventStream,
 }
 
 struct Attach {
@@ -136,9 +138,14 @@ impl Receiver {
         let deadline = Instant::now() + heartbeat;
         let mut buf = Vec::new();
         loop {
+            let sse = self.shared.kind == Kind::EventStream;
             if conn.is_closing() {
                 // Queued messages are dropped, as a WebSocket's writer drops them.
-                frames::push_close(&mut buf, conn.close_reason().as_ref());
+                if sse {
+                    frames::push_sse_close(&mut buf, conn.close_reason().as_ref());
+                } else {
+                    frames::push_close(&mut buf, conn.close_reason().as_ref());
+                }
                 self.shared.close_sent.store(true, Ordering::Release);
                 self.shared.detached.notify_one();
                 return Some((buf, 0));
@@ -148,7 +155,11 @@ impl Receiver {
             }
             let items = conn.take_queued();
             if !items.is_empty() {
-                let taken = frames::push_messages(&mut buf, items);
+                let taken = if sse {
+                    frames::push_sse_messages(&mut buf, items)
+                } else {
+                    frames::push_messages(&mut buf, items)
+                };
                 if !buf.is_empty() {
                     return Some((buf, taken));
                 }
@@ -159,7 +170,7 @@ impl Receiver {
                 () = conn.queued() => {}
                 () = self.superseded() => return None,
                 () = sleep_until(deadline) => {
-                    buf.extend_from_slice(frames::HEARTBEAT);
+                    buf.extend_from_slice(if sse { frames::SSE_HEARTBEAT } else { frames::HEARTBEAT });
                     return Some((buf, 0));
                 }
             }
@@ -196,7 +207,14 @@ pub(super) async fn run(
     state: Arc<ServerState>,
 ) {
     let conn = shared.conn.clone();
-    let delay = Duration::from_secs(state.server.fallback.disconnect_delay);
+    // An event stream cannot be reopened (EventSource's retry opens a new session): its end
+    // is the client's departure.
+    let delay = match shared.kind {
+        Kind::EventStream => Duration::ZERO,
+        Kind::Streaming | Kind::Polling => {
+            Duration::from_secs(state.server.fallback.disconnect_delay)
+        }
+    };
     let settings = &shared.app.settings;
     let max = settings.max_message_size;
     let mut auth_deadline = settings
