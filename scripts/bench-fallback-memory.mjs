@@ -6,9 +6,14 @@
 //   node scripts/bench-fallback-memory.mjs --url http://127.0.0.1:18200 --pid PID \
 //        --transport ws|xhr_streaming|xhr_polling --connections 2000 [--key app-key]
 //
+// With `--publishes M` (and `--rate R` per second, `--app-id`, `--secret`), the connections then
+// subscribe to one channel and M events published through the HTTP API are timed from publish to
+// arrival (same process, one clock): delivery p50/p99 and losses, for ws and xhr_streaming.
+//
 // Start a fresh server for each transport: RSS figures are only comparable from a clean start.
 // The `ws` package is taken from protocol-tests/node_modules (run `npm ci` there first).
 
+import { createHash, createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
@@ -49,6 +54,30 @@ function post(p, until) {
   });
 }
 
+const CHANNEL = 'bench-fanout';
+const latencies = [];
+const onMessage = (msg) => {
+  if (msg.event === 'tick') latencies.push(performance.now() - JSON.parse(msg.data).t);
+  if (msg.event === 'pusher_internal:subscription_succeeded') subscribed += 1;
+};
+let subscribed = 0;
+const sessions = [];
+
+/** Feeds a stream's lines (`a[...]` frames) to `onMessage`. */
+function streamLines(res) {
+  let partial = '';
+  res.setEncoding('utf8');
+  res.on('data', (d) => {
+    partial += d;
+    let end;
+    while ((end = partial.indexOf('\n')) !== -1) {
+      const line = partial.slice(0, end);
+      partial = partial.slice(end + 1);
+      if (line[0] === 'a') for (const m of JSON.parse(line.slice(1))) onMessage(JSON.parse(m));
+    }
+  });
+}
+
 async function open(i) {
   const base = `/pusher/app/${key}/${i % 1000}/${`m${i}`.padStart(8, '0')}`;
   if (transport === 'ws') {
@@ -57,10 +86,29 @@ async function open(i) {
       ws.once('message', resolve);
       ws.once('error', reject);
     });
+    ws.on('message', (d) => onMessage(JSON.parse(d)));
+    sessions.push({ subscribe: (m) => ws.send(m) });
     return;
   }
   if (transport === 'xhr_streaming') {
-    await post(`${base}/xhr_streaming?protocol=7`, 'connection_established');
+    await new Promise((resolve, reject) => {
+      const req = http.request({ host: url.hostname, port: url.port, path: `${base}/xhr_streaming?protocol=7`, method: 'POST', agent }, (res) => {
+        res.once('data', resolve);
+        streamLines(res);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    sessions.push({
+      subscribe: (m) =>
+        new Promise((resolve) => {
+          const req = http.request({ host: url.hostname, port: url.port, path: `${base}/xhr_send`, method: 'POST', agent }, (res) => {
+            res.resume();
+            res.on('end', resolve);
+          });
+          req.end(JSON.stringify([m]));
+        }),
+    });
     return;
   }
   await post(`${base}/xhr?protocol=7`); // o
@@ -86,4 +134,45 @@ console.log(
     open_seconds: (Date.now() - started) / 1000,
   }),
 );
+const publishes = Number(args.publishes ?? 0);
+if (publishes > 0) {
+  const appId = args['app-id'] ?? 'app-id';
+  const secret = args.secret ?? 'app-secret';
+  const sub = JSON.stringify({ event: 'pusher:subscribe', data: { channel: CHANNEL } });
+  for (let i = 0; i < sessions.length; i += 100) await Promise.all(sessions.slice(i, i + 100).map((s) => s.subscribe(sub)));
+  const deadline = Date.now() + 20000;
+  while (subscribed < n && Date.now() < deadline) await sleep(50);
+  const publish = (t) => {
+    const body = JSON.stringify({ name: 'tick', channel: CHANNEL, data: JSON.stringify({ t }) });
+    const p = `/apps/${appId}/events`;
+    const q = `auth_key=${key}&auth_timestamp=${Math.floor(Date.now() / 1000)}&auth_version=1.0&body_md5=${createHash('md5').update(body).digest('hex')}`;
+    const sig = createHmac('sha256', secret).update(`POST\n${p}\n${q}`).digest('hex');
+    return new Promise((resolve) => {
+      const req = http.request({ host: url.hostname, port: url.port, path: `${p}?${q}&auth_signature=${sig}`, method: 'POST', headers: { 'content-type': 'application/json' } }, (res) => {
+        res.resume();
+        res.on('end', resolve);
+      });
+      req.end(body);
+    });
+  };
+  const every = 1000 / Number(args.rate ?? 10);
+  for (let i = 0; i < publishes; i += 1) {
+    publish(performance.now());
+    await sleep(every);
+  }
+  await sleep(3000);
+  const sorted = [...latencies].sort((a, b) => a - b);
+  const q = (x) => Number((sorted[Math.min(sorted.length - 1, Math.floor(x * sorted.length))] ?? NaN).toFixed(2));
+  console.log(
+    JSON.stringify({
+      transport,
+      subscribed,
+      expected: publishes * n,
+      delivered: latencies.length,
+      p50_ms: q(0.5),
+      p99_ms: q(0.99),
+      max_ms: Number(sorted.at(-1)?.toFixed(2)),
+    }),
+  );
+}
 process.exit(0);
