@@ -185,16 +185,13 @@ fn boxed(resp: Response<Full<Bytes>>) -> Response<Body> {
 
 /// CORS for a page on another origin: the origin itself is allowed at the HTTP level; the
 /// app's allowed origins are enforced as for a WebSocket, by the handshake checks (4009
-/// delivered as frames the page can read) and on `xhr_send`.
+/// delivered as frames the page can read) and on `xhr_send`. No credentials: nothing here
+/// reads cookies.
 fn cors(headers: &mut HeaderMap, origin: Option<HeaderValue>) {
     let Some(origin) = origin else {
         return;
     };
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        HeaderValue::from_static("true"),
-    );
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
@@ -204,7 +201,7 @@ fn preflight(req: &HeaderMap) -> Response<Body> {
     let h = resp.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("OPTIONS, POST"),
+        HeaderValue::from_static("OPTIONS, GET, POST"),
     );
     let allow_headers = req
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
@@ -405,9 +402,15 @@ async fn subscribe(
             return Err(ApiError::Unauthorized("Invalid signature".into()));
         }
     }
-    let msg = serde_json::json!({"event": "pusher:subscribe", "data": {
-        "channel": sub.channel, "auth": sub.auth, "channel_data": sub.channel_data,
-    }});
+    let mut data = serde_json::Map::new();
+    data.insert("channel".into(), sub.channel.into());
+    if let Some(auth) = sub.auth {
+        data.insert("auth".into(), auth.into());
+    }
+    if let Some(channel_data) = sub.channel_data {
+        data.insert("channel_data".into(), channel_data.into());
+    }
+    let msg = serde_json::json!({"event": "pusher:subscribe", "data": data});
     forward(&shared, state, vec![msg.to_string()]).await?;
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
