@@ -703,6 +703,18 @@ async fn an_event_stream_receives_public_and_private_channel_events() {
         .next_named("pusher_internal:subscription_succeeded")
         .await;
     assert_eq!(ok["channel"], "private-mine");
+    // A public channel needs no signature.
+    let public = json!({"channel": "later"});
+    assert_eq!(
+        post(&client, &subscribe, &public.to_string(), None)
+            .await
+            .status(),
+        204
+    );
+    let ok = es
+        .next_named("pusher_internal:subscription_succeeded")
+        .await;
+    assert_eq!(ok["channel"], "later");
     server.api().trigger(&["private-mine"], "secret", "s").await;
     assert_eq!(es.next_named("secret").await["data"], "s");
     assert_eq!(server.state.metrics.transport_connections("sse"), 1);
@@ -768,4 +780,42 @@ async fn an_event_stream_for_an_unknown_key_is_refused_with_a_4xx() {
     assert_eq!(resp.status(), 403);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(std::str::from_utf8(&body).unwrap().contains("4001"));
+}
+
+#[tokio::test]
+async fn http_sessions_count_against_the_apps_connection_quota() {
+    let server = TestServer::start(&config().app_setting("max_connections", 1).toml()).await;
+    let mut first = Session::streaming(&server).await;
+    let mut second = Session::new(&server, KEY);
+    let (_, frames) = second.poll_frames().await;
+    assert!(
+        matches!(frames.last(), Some(Frame::Close(4004, _))),
+        "{frames:?}"
+    );
+    first.assert_alive().await;
+    // The session's departure gives its slot back.
+    first.stream = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut third = Session::new(&server, KEY);
+        if third.poll_frames().await.1 == [Frame::Open] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_draining_server_closes_streams_with_4200() {
+    let mut server = TestServer::start(&config().toml()).await;
+    let mut s = Session::streaming(&server).await;
+    let stop = tokio::spawn(async move {
+        server.stop().await;
+    });
+    assert_eq!(s.close_frame().await.0, 4200);
+    stop.await.unwrap();
 }
