@@ -11,6 +11,7 @@ mod frames;
 mod session;
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -342,7 +343,12 @@ async fn receive(
                     .collect();
                 // The channel is new and empty: the first message always fits.
                 if !subscribes.is_empty() {
-                    let _ = receiver.shared.inbound.try_send(subscribes);
+                    let len: usize = subscribes.iter().map(String::len).sum();
+                    let shared = &receiver.shared;
+                    shared.inbound_bytes.fetch_add(len, Ordering::AcqRel);
+                    if shared.inbound.try_send(subscribes).is_err() {
+                        shared.inbound_bytes.fetch_sub(len, Ordering::AcqRel);
+                    }
                 }
                 let mut resp = stream(receiver, Vec::new(), heartbeat);
                 resp.headers_mut().insert(
@@ -417,19 +423,32 @@ async fn subscribe(
     Ok(resp)
 }
 
-/// Hands messages to the session task, waiting for room at most `server.body_timeout`.
+/// Hands messages to the session task: 429 when what waits for it would exceed twice
+/// `max_send_bytes` (one body always gets through an empty queue), or when no room frees
+/// within `server.body_timeout`.
 async fn forward(
     shared: &Shared,
     state: &ServerState,
     messages: Vec<String>,
 ) -> Result<(), ApiError> {
+    let busy =
+        || ApiError::TooManyRequests("The session is not keeping up with its messages".into());
+    let len: usize = messages.iter().map(String::len).sum();
+    let limit = state.server.fallback.max_send_bytes * session::INBOUND_BODIES_BYTES;
+    let before = shared.inbound_bytes.fetch_add(len, Ordering::AcqRel);
+    if before > 0 && before + len > limit {
+        shared.inbound_bytes.fetch_sub(len, Ordering::AcqRel);
+        return Err(busy());
+    }
     let wait = Duration::from_secs(state.server.body_timeout);
-    match tokio::time::timeout(wait, shared.inbound.send(messages)).await {
+    let sent = tokio::time::timeout(wait, shared.inbound.send(messages)).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        shared.inbound_bytes.fetch_sub(len, Ordering::AcqRel);
+    }
+    match sent {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(ApiError::NotFound("Unknown session".into())),
-        Err(_) => Err(ApiError::TooManyRequests(
-            "The session is not keeping up with its messages".into(),
-        )),
+        Err(_) => Err(busy()),
     }
 }
 

@@ -8,7 +8,7 @@
 //! receiving request has been open for `disconnect_delay`; or when the server closes it, and
 //! then the close sequence waits (for at most the same delay) for a request to carry it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +24,11 @@ use crate::connection::{ConnectionSlot, Established};
 use crate::protocol::ErrorKind;
 use crate::state::ServerState;
 
-/// Bodies of `xhr_send` waiting for the session task: each at most `max_send_bytes`.
+/// Bodies of `xhr_send` waiting for the session task: at most this many, and at most
+/// [`INBOUND_BODIES_BYTES`] times `max_send_bytes` in bytes.
 pub(super) const INBOUND_BODIES: usize = 8;
+/// What the waiting bodies may hold together, in units of `server.fallback.max_send_bytes`.
+pub(super) const INBOUND_BODIES_BYTES: usize = 2;
 
 /// Which receiving requests the session answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,8 @@ pub(super) struct Shared {
     pub kind: Kind,
     pub conn: ConnRef,
     pub inbound: mpsc::Sender<Vec<String>>,
+    /// Bytes of the messages in `inbound` (counted by `forward` before sending).
+    pub inbound_bytes: AtomicUsize,
     attach: Mutex<Attach>,
     /// Wakes the session task when a receiving request ends or carried the close.
     detached: Notify,
@@ -74,6 +79,7 @@ impl Shared {
             kind,
             conn,
             inbound,
+            inbound_bytes: AtomicUsize::new(0),
             attach: Mutex::new(Attach {
                 generation: 0,
                 open: false,
@@ -229,6 +235,8 @@ pub(super) async fn run(
             batch = inbound.recv() => {
                 // The sender lives in `shared`: the channel never closes while we run.
                 let Some(batch) = batch else { break };
+                let held: usize = batch.iter().map(String::len).sum();
+                shared.inbound_bytes.fetch_sub(held, Ordering::AcqRel);
                 for msg in batch {
                     if conn.is_closing() {
                         break;
