@@ -45,6 +45,9 @@ pub struct Metrics {
     /// `server.max_connections_per_ip`), by limit.
     pub memory_refusals: IntCounter,
     pub per_ip_refusals: IntCounter,
+    /// Open connections on this node by transport (`ws`, `xhr_streaming`, `xhr_polling`, `sse`);
+    /// `connected` counts them all, by app.
+    connections_by_transport: IntGaugeVec,
 }
 
 /// Handles of one app, resolved once.
@@ -310,6 +313,16 @@ impl Metrics {
                     "Bytes of the node's outbound budget reserved by connections with long queues"
                 ))?
             ),
+            connections_by_transport: register!(
+                registry,
+                IntGaugeVec::new(
+                    o(
+                        "connections_by_transport",
+                        "Open connections on this node, by transport (ws, xhr_streaming, xhr_polling, sse)"
+                    ),
+                    &["transport"]
+                )?
+            ),
             partial_budget_disconnects: budget_disconnects.with_label_values(&["partial_messages"]),
             memory_refusals: admission_refusals.with_label_values(&["memory"]),
             per_ip_refusals: admission_refusals.with_label_values(&["per_ip"]),
@@ -318,6 +331,20 @@ impl Metrics {
             prefix: prefix.to_string(),
         };
         Ok(m)
+    }
+
+    /// A connection over `transport` opened (`delta` 1) or ended (-1).
+    pub fn transport_connected(&self, transport: &str, delta: i64) {
+        self.connections_by_transport
+            .with_label_values(&[transport])
+            .add(delta);
+    }
+
+    /// Open connections over `transport` on this node.
+    pub fn transport_connections(&self, transport: &str) -> i64 {
+        self.connections_by_transport
+            .with_label_values(&[transport])
+            .get()
     }
 
     /// Handles for one app.

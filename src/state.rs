@@ -30,6 +30,8 @@ pub struct ServerState {
     pub webhooks: Webhooks,
     /// Node-wide memory budgets of the connections.
     pub budgets: crate::connection::Budgets,
+    /// The node's HTTP fallback sessions (pusher-js's `xhr_streaming` and `xhr_polling`).
+    pub fallback: crate::http::FallbackSessions,
     draining: AtomicBool,
     node_connections: AtomicU64,
 }
@@ -48,6 +50,7 @@ impl ServerState {
         let cluster = Arc::new(SharedState::new(shared));
         let broadcaster = Broadcaster::new(adapter.clone(), cluster.clone(), metrics.clone());
         let budgets = crate::connection::Budgets::new(&server, &metrics);
+        let fallback = crate::http::FallbackSessions::new(&server.fallback);
         ServerState {
             server,
             apps,
@@ -59,6 +62,7 @@ impl ServerState {
             metrics,
             webhooks,
             budgets,
+            fallback,
             draining: AtomicBool::new(false),
             node_connections: AtomicU64::new(0),
         }

@@ -20,19 +20,41 @@ const item = (list, text) => {
 $('origin').textContent = location.origin;
 $('key').textContent = params.get('key');
 
+// blockWebSocket=1: the network drops WebSocket upgrades (as some proxies do): every socket
+// fails at once. pusher-js keeps its default transport list and must fall back to HTTP.
+const blockWebSocket = params.get('blockWebSocket') === '1';
+if (blockWebSocket) {
+  window.WebSocket = class BlockedWebSocket {
+    constructor() {
+      this.readyState = 0;
+      setTimeout(() => {
+        this.readyState = 3;
+        if (this.onerror) this.onerror(new Event('error'));
+        if (this.onclose) this.onclose({ code: 1006, reason: '', wasClean: false });
+      }, 10);
+    }
+    send() {}
+    close() {}
+  };
+}
+
 window.Echo = new Echo({
   broadcaster: 'reverb',
   key: params.get('key'),
   wsHost: params.get('wsHost'),
   wsPort: Number(params.get('wsPort')),
   wssPort: Number(params.get('wsPort')),
+  httpHost: params.get('wsHost'),
+  httpPort: Number(params.get('wsPort')),
+  httpsPort: Number(params.get('wsPort')),
   forceTLS: params.get('tls') === '1',
-  enabledTransports: ['ws', 'wss'],
+  ...(blockWebSocket ? {} : { enabledTransports: ['ws', 'wss'] }),
 });
 
 const connection = window.Echo.connector.pusher.connection;
 connection.bind('state_change', ({ current }) => {
   pt.states.push(current);
+  if (current === 'connected') pt.transport = connection.connection?.transport?.name;
   $('state').textContent = current;
   $('state').className = current;
   $('socket').textContent = connection.socket_id ?? '-';

@@ -28,6 +28,9 @@ function connectionOptions(i) {
     wsHost: n.host,
     wsPort: n.port,
     wssPort: n.port,
+    httpHost: n.host,
+    httpPort: n.port,
+    httpsPort: n.port,
     forceTLS: n.tls,
     enabledTransports: ['ws', 'wss'],
     cluster: '',
@@ -146,7 +149,8 @@ export function subscribed(client, channelName, ms = 4000) {
 /**
  * Laravel Echo with the Reverb broadcaster, authorized the way a Laravel app's
  * /broadcasting/auth answers (presence: string user_id, user_info from the user model).
- * opts: node, user ({id, name}) for presence channels, badAuth (hand out invalid signatures).
+ * opts: node, user ({id, name}) for presence channels, badAuth (hand out invalid signatures),
+ * options (pusher-js options over the defaults, e.g. enabledTransports).
  */
 export async function echo(app = APPS.main, opts = {}) {
   const { default: Echo } = await import('laravel-echo');
@@ -171,6 +175,7 @@ export async function echo(app = APPS.main, opts = {}) {
         }
       },
     }),
+    ...(opts.options ?? {}),
   });
   const pusher = instance.connector.pusher;
   live.add(pusher);

@@ -2,7 +2,9 @@
 // whose script imports pusher-js and laravel-echo (bundled here with esbuild), served from
 // 127.0.0.1 so the WebSocket carries a real Origin. Echo authorizes through the page server's
 // /broadcasting/auth, the test publishes with the Node server SDK, the page must show the events.
-// The origin-restricted app must refuse the page unless it is served from an allowed host.
+// The origin-restricted app must refuse the page unless it is served from an allowed host. With
+// the page's WebSocket blocked, Echo must connect through pusher-js's HTTP fallback (a cross-origin
+// XHR: CORS) and show an event.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -146,4 +148,34 @@ test('browser: page served from allowed.example connects to the origin-restricte
     throw new Error(`event not shown on the allowed-origin page: ${JSON.stringify(await pt())}`);
   });
   await page.screenshot({ path: path.join(artifacts, 'browser-origin-allowed.png') });
+});
+
+test('browser: with WebSockets blocked, Echo falls back to pusher-js\'s HTTP transport and shows a triggered event', async () => {
+  const pub = uniq('news.');
+  await page.goto(pageUrl('127.0.0.1', APPS.main, { public: pub, blockWebSocket: '1' }), { timeout: 10000 });
+  await page
+    .waitForFunction(() => window.__pt && window.__pt.subscribed.length === 1, null, { timeout: 20000 })
+    .catch(async () => {
+      throw new Error(`the page did not connect over HTTP with WebSockets blocked: ${JSON.stringify(await pt())}`);
+    });
+  const { transport } = await pt();
+  assert.match(String(transport), /^xhr_(streaming|polling)$/, `expected an HTTP transport, got ${transport}`);
+  await serverSdk(APPS.main).trigger(pub, 'Published', { title: 'Over HTTP' });
+  await page.waitForFunction(() => window.__pt.events.length === 1, null, { timeout: 5000 }).catch(async () => {
+    throw new Error(`event not shown on the page connected over HTTP: ${JSON.stringify(await pt())}`);
+  });
+  const text = await page.textContent('#events');
+  assert.ok(text.includes('Over HTTP'), 'the event text is visible on the page');
+  await page.screenshot({ path: path.join(artifacts, 'browser-http-fallback.png') });
+});
+
+test('browser: with WebSockets blocked, a page from a host not in allowed_origins is refused over HTTP (4009)', async () => {
+  await page.goto(pageUrl('127.0.0.1', APPS.origin, { public: uniq('news.'), blockWebSocket: '1' }), { timeout: 10000 });
+  const refused = await page
+    .waitForFunction(() => window.__pt && JSON.stringify(window.__pt.errors).includes('4009'), null, { timeout: 20000 })
+    .then(() => true)
+    .catch(() => false);
+  const state = await pt();
+  assert.ok(refused, `the HTTP fallback from a disallowed Origin did not read 4009: ${JSON.stringify(state)}`);
+  assert.ok(!state.states.includes('connected'), `a page from a disallowed Origin connected over HTTP: ${JSON.stringify(state)}`);
 });

@@ -3,7 +3,7 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { APPS, node, eventually } from '../lib/env.mjs';
+import { APPS, node, eventually, uniq } from '../lib/env.mjs';
 import { RawSocket, ev, errorData, closeAllRaw } from '../lib/raw.mjs';
 
 after(closeAllRaw);
@@ -212,12 +212,25 @@ test('plain HTTP GET on the WebSocket route without upgrade is refused with a 4x
   assert.equal(up.status, 200, 'server must keep serving after a non-upgrade request to /app/{key}');
 });
 
-test('pusher-js HTTP fallback paths are not served (404)', async () => {
-  const res = await fetch(`${node(0).httpBase}/pusher/app/${APPS.main.key}/123/abc/xhr_streaming`, {
+test('pusher-js HTTP fallback paths are served: a stream opens with the prelude, then `o` (1.9)', async () => {
+  const ctl = new AbortController();
+  const t = setTimeout(() => ctl.abort(), 3000);
+  const res = await fetch(`${node(0).httpBase}/pusher/app/${APPS.main.key}/123/${uniq('s')}/xhr_streaming?protocol=7`, {
     method: 'POST',
-    signal: AbortSignal.timeout(3000),
+    signal: ctl.signal,
   });
-  assert.equal(res.status, 404, `HTTP fallback transport path must get 404, got ${res.status}`);
+  assert.equal(res.status, 200, `the xhr_streaming path must answer 200, got ${res.status}`);
+  const reader = res.body.getReader();
+  let text = '';
+  while (!text.includes('\no\n')) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += Buffer.from(value).toString('utf8');
+  }
+  ctl.abort();
+  clearTimeout(t);
+  assert.ok(text.startsWith('h'.repeat(2048) + '\n'), 'a stream starts with a 2048-byte prelude line');
+  assert.ok(text.includes('\no\n'), `the open frame must follow the prelude, got ${JSON.stringify(text.slice(2049, 2100))}`);
 });
 
 test('silent client is pinged after activity_timeout and dropped with 4201, not before activity_timeout + pong_timeout', async () => {

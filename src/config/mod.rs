@@ -136,6 +136,43 @@ pub struct ServerConfig {
     /// Accepted connections that have neither upgraded to a WebSocket nor passed a signature
     /// check; at the cap the oldest of them is closed to admit a new one.
     pub max_pending_connections: usize,
+    /// `[server.fallback]`: pusher-js's HTTP transports.
+    pub fallback: FallbackConfig,
+}
+
+/// `[server.fallback]`: pusher-js's HTTP transports (`xhr_streaming`, `xhr_polling`) under
+/// `/pusher/app/{key}/...` (protocol.md 1.9).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    /// Serve the HTTP transports at all (404 when off).
+    pub enabled: bool,
+    /// Seconds between heartbeat frames on a stream; a poll is answered after this long
+    /// when nothing arrives.
+    pub heartbeat_interval: u64,
+    /// Seconds a session lives with no receiving request open (a stream closed and not
+    /// reopened, no poll): then it ends as a closed socket does.
+    pub disconnect_delay: u64,
+    /// HTTP sessions one app may hold on this node; beyond, new ones are refused with 4100.
+    pub max_sessions_per_app: usize,
+    /// Bytes of one `xhr_send` body (413 above).
+    pub max_send_bytes: usize,
+    /// Bytes a polling session may hold queued between polls; beyond, it is closed as a slow
+    /// consumer (4100).
+    pub max_poll_queue_bytes: usize,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            enabled: true,
+            heartbeat_interval: 25,
+            disconnect_delay: 10,
+            max_sessions_per_app: 10_000,
+            max_send_bytes: 64 * 1024,
+            max_poll_queue_bytes: 256 * 1024,
+        }
+    }
 }
 
 /// `[server.tls]`.
@@ -169,6 +206,7 @@ impl Default for ServerConfig {
             header_timeout: 10,
             body_timeout: 10,
             max_pending_connections: 4096,
+            fallback: FallbackConfig::default(),
         }
     }
 }
@@ -616,6 +654,20 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::Invalid(
             "server.max_pending_connections must be > 0".into(),
         ));
+    }
+    let f = &s.fallback;
+    for (key, v) in [
+        ("heartbeat_interval", f.heartbeat_interval),
+        ("disconnect_delay", f.disconnect_delay),
+        ("max_sessions_per_app", f.max_sessions_per_app as u64),
+        ("max_send_bytes", f.max_send_bytes as u64),
+        ("max_poll_queue_bytes", f.max_poll_queue_bytes as u64),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "server.fallback.{key} must be > 0"
+            )));
+        }
     }
     if s.metrics_prefix.is_empty()
         || !s

@@ -254,7 +254,7 @@ impl ConnHandle {
 
     /// The writer wrote `n` payload bytes of what it took: they no longer count against the
     /// bounds.
-    pub(super) fn written(&self, n: usize) {
+    pub(crate) fn written(&self, n: usize) {
         let mut q = self.queue.lock();
         q.bytes = q.bytes.saturating_sub(n);
         q.release_unneeded(self.node_budget.as_deref());
@@ -268,14 +268,15 @@ impl ConnHandle {
     }
 
     /// Completes when something was queued since the last `take_queued`, or the connection
-    /// is closing. For the writer task only (one waker slot).
-    pub(super) async fn queued(&self) {
+    /// is closing. For the writer task only (one waker slot): the WebSocket writer, or the one
+    /// HTTP fallback request draining the queue at a time.
+    pub(crate) async fn queued(&self) {
         self.writer_wait(true).await;
     }
 
     /// Completes when the connection is closing. For the writer task only: it shares the
     /// waker slot with `queued`, and neither takes a lock (the cancellation token would).
-    pub(super) async fn closing(&self) {
+    pub(crate) async fn closing(&self) {
         self.writer_wait(false).await;
     }
 
@@ -293,7 +294,7 @@ impl ConnHandle {
     }
 
     /// Refuses further frames (the writer is gone) and gives back what the queue reserved.
-    pub(super) fn close_queue(&self) {
+    pub(crate) fn close_queue(&self) {
         let mut q = self.queue.lock();
         q.closed = true;
         q.items.clear();
@@ -330,11 +331,11 @@ impl ConnHandle {
     }
 
     /// The client closed the TCP connection: nothing more can be written to it.
-    pub(super) fn mark_peer_gone(&self) {
+    pub(crate) fn mark_peer_gone(&self) {
         self.peer_gone.store(true, Ordering::Release);
     }
 
-    pub(super) fn is_peer_gone(&self) -> bool {
+    pub(crate) fn is_peer_gone(&self) -> bool {
         self.peer_gone.load(Ordering::Acquire)
     }
 

@@ -5,6 +5,10 @@
 //! Lifecycle: handshake result → `connection_established` (or `pusher:error` + close) → read
 //! loop with the liveness timer → on any end, the session leaves every channel and the writer
 //! sends the close frame.
+//!
+//! The seam for other transports is [`Established`]: registration, `connection_established`,
+//! the `Session` and the departure are the same for every transport; a transport only moves
+//! bytes (complete messages in, the `ConnHandle`'s queue out).
 
 pub(crate) mod frames;
 pub mod handle;
@@ -28,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{message, ErrorKind, SocketId};
 use crate::state::ServerState;
 use frames::{Frame, FrameError, OpCode, PartialBudget, PartialHold};
-use handle::{ConnHandle, Outbound, OutboundBudget, QueueBounds};
+use handle::{ConnHandle, ConnRef, Outbound, OutboundBudget, QueueBounds};
 use session::Session;
 pub use slot::{ConnectionSlot, MemoryWatch, PerIp};
 
@@ -76,6 +80,11 @@ impl Budgets {
         }
     }
 
+    /// The bounds of one connection's outbound queue, with the node's budget.
+    pub fn queue_bounds(&self) -> QueueBounds {
+        self.queue.clone()
+    }
+
     /// Bytes of `server.outbound_node_bytes` reserved now by connections with long queues.
     pub fn outbound_reserved_bytes(&self) -> usize {
         self.queue.node.as_ref().map_or(0, |n| n.reserved())
@@ -115,6 +124,102 @@ enum Step {
     Closed,
 }
 
+/// Which transport carries a connection's bytes (the `transport` label of its metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    XhrStreaming,
+    XhrPolling,
+    EventSource,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws",
+            Transport::XhrStreaming => "xhr_streaming",
+            Transport::XhrPolling => "xhr_polling",
+            Transport::EventSource => "sse",
+        }
+    }
+}
+
+/// An admitted connection, whichever transport carries it: registered in its app's hub and
+/// counted, told `connection_established`, its messages handled by the one `Session`. The
+/// transport hands it complete text messages and drains `conn()`; `finish` is the departure
+/// (every channel left: `member_removed`, webhooks, counts) and must be awaited once.
+pub struct Established {
+    session: Session,
+    conn: ConnRef,
+    hub: Arc<AppHub>,
+    transport: Transport,
+}
+
+impl Established {
+    /// Registers `conn` and enqueues `connection_established` (protocol.md 1.3).
+    pub fn open(
+        state: Arc<ServerState>,
+        app: Arc<App>,
+        hub: Arc<AppHub>,
+        conn: ConnRef,
+        transport: Transport,
+    ) -> Established {
+        let socket_id = conn.socket_id;
+        hub.connections.insert(socket_id, conn.clone());
+        hub.metrics.connected.inc();
+        hub.metrics.new_connections.inc();
+        state.metrics.transport_connected(transport.label(), 1);
+        conn.deliver(&message::connection_established(
+            socket_id,
+            app.settings.activity_timeout.as_secs(),
+        ));
+        debug!(transport = transport.label(), "connected");
+        let session = Session::new(state, app, hub.clone(), conn.clone());
+        Established {
+            session,
+            conn,
+            hub,
+            transport,
+        }
+    }
+
+    pub fn conn(&self) -> &ConnRef {
+        &self.conn
+    }
+
+    /// Signed in, or subscribed to a channel that needed a signature.
+    pub fn is_authorized(&self) -> bool {
+        self.session.is_authorized()
+    }
+
+    /// Handles one complete text message (valid UTF-8: the transport checked it).
+    pub async fn handle(&mut self, payload: &[u8]) {
+        // Boxed so an idle connection's task does not carry the handler's state.
+        Box::pin(self.session.handle(payload)).await;
+    }
+
+    /// The departure: leaves every channel, unregisters, stops the transport's tasks and
+    /// counts the close code. Returns the reason the connection closed with, if any.
+    pub async fn finish(mut self, state: &ServerState) -> Option<ErrorKind> {
+        self.session.leave_all().await;
+        let hub = &self.hub;
+        hub.connections.remove(&self.conn.socket_id);
+        hub.metrics.connected.dec();
+        state
+            .metrics
+            .transport_connected(self.transport.label(), -1);
+        // Make sure the transport stops even when the client left on its own.
+        self.conn.stop();
+        let reason = self.conn.close_reason();
+        if reason == Some(ErrorKind::SlowConsumer) {
+            hub.metrics.slow_consumers.inc();
+        }
+        hub.metrics
+            .disconnected(reason.as_ref().map_or(1000, ErrorKind::code));
+        reason
+    }
+}
+
 async fn serve(
     io: Io,
     socket_id: SocketId,
@@ -129,16 +234,13 @@ async fn serve(
         // poll is measurable at high fan-out. It logs nothing.
         tokio::spawn(writer::run(write_half, conn.clone(), hub.metrics.clone()));
 
-    hub.connections.insert(socket_id, conn.clone());
-    hub.metrics.connected.inc();
-    hub.metrics.new_connections.inc();
-    conn.deliver(&message::connection_established(
-        socket_id,
-        app.settings.activity_timeout.as_secs(),
-    ));
-    debug!("connected");
-
-    let mut session = Session::new(state.clone(), app.clone(), hub.clone(), conn.clone());
+    let mut session = Established::open(
+        state.clone(),
+        app.clone(),
+        hub.clone(),
+        conn.clone(),
+        Transport::WebSocket,
+    );
     let settings = &app.settings;
     let max = settings.max_message_size;
     let mut deadline = Instant::now() + settings.ping_interval;
@@ -268,24 +370,13 @@ async fn serve(
             conn.close(ErrorKind::InvalidPayload);
             break;
         }
-        // Boxed so an idle connection's task does not carry the handler's state.
-        Box::pin(session.handle(&payload)).await;
+        session.handle(&payload).await;
         if conn.is_closing() {
             break;
         }
     }
 
-    session.leave_all().await;
-    hub.connections.remove(&socket_id);
-    hub.metrics.connected.dec();
-    // Make sure the writer stops even when the client left on its own.
-    conn.stop();
-    let reason = conn.close_reason();
-    if reason == Some(ErrorKind::SlowConsumer) {
-        hub.metrics.slow_consumers.inc();
-    }
-    hub.metrics
-        .disconnected(reason.as_ref().map_or(1000, ErrorKind::code));
+    let reason = session.finish(&state).await;
     // The writer sends the close frame; give it a bounded time.
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     debug!(

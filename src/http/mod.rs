@@ -5,6 +5,7 @@ mod channels;
 pub mod edge;
 mod error;
 mod events;
+mod fallback;
 mod health;
 pub(crate) mod signature;
 mod users;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
@@ -25,6 +27,11 @@ use crate::state::ServerState;
 use edge::{EdgeConn, TimeoutPhase};
 use error::json_response;
 pub use error::ApiError;
+
+/// A response body: complete (`Full`), or a stream (the HTTP fallback's `xhr_streaming`).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+pub use fallback::Sessions as FallbackSessions;
 
 /// The TCP peer of the connection a request arrived on (a request extension).
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +56,12 @@ enum Route<'a> {
     Metrics,
     WebSocket {
         key: &'a str,
+    },
+    /// pusher-js's HTTP transports (protocol.md 1.9): `/pusher/app/{key}/{server}/{session}/{op}`.
+    Fallback {
+        key: &'a str,
+        session: [&'a str; 2],
+        op: fallback::Op,
     },
     Api {
         app_id: &'a str,
@@ -105,6 +118,18 @@ fn route(path: &str) -> Route<'_> {
         ["ready"] => Route::Ready,
         ["metrics"] => Route::Metrics,
         ["app", key] if !key.is_empty() => Route::WebSocket { key },
+        ["pusher", "app", key, server, session, op] | ["app", key, server, session, op]
+            if !key.is_empty() && !server.is_empty() && !session.is_empty() =>
+        {
+            match fallback::Op::parse(op) {
+                Some(op) => Route::Fallback {
+                    key,
+                    session: [server, session],
+                    op,
+                },
+                None => Route::NotFound,
+            }
+        }
         ["apps", app_id, rest @ ..] if !app_id.is_empty() => {
             let endpoint = match rest {
                 ["events"] => Endpoint::Events,
@@ -127,7 +152,7 @@ fn route(path: &str) -> Route<'_> {
 pub async fn handle(
     req: Request<Incoming>,
     state: Arc<ServerState>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let raw_path = req.uri().path().to_string();
     let prefix = state.server.path.clone();
@@ -144,7 +169,20 @@ pub async fn handle(
         Route::Up => ("up", Ok(health::up())),
         Route::Ready => ("ready", Ok(health::ready(&state))),
         Route::Metrics => ("metrics", Ok(health::metrics(&state))),
-        Route::WebSocket { key } => return Ok(ws::upgrade(req, key, state).await),
+        Route::WebSocket { key } => {
+            return Ok(ws::upgrade(req, key, state)
+                .await
+                .map(BodyExt::boxed_unsync))
+        }
+        Route::Fallback { key, session, op } => {
+            if !state.server.fallback.enabled {
+                ("not_found", Err(ApiError::NotFound("Not found".into())))
+            } else {
+                let resp = fallback::handle(req, &state, key, session, op).await;
+                state.metrics.http_call(op.label(), &resp.status());
+                return Ok(resp);
+            }
+        }
         Route::Api { app_id, endpoint } => (
             endpoint.label(),
             api(req, &state, app_id, &endpoint, &raw_path, &path).await,
@@ -165,7 +203,7 @@ pub async fn handle(
     if let Some(len) = http_body::Body::size_hint(resp.body()).exact() {
         state.metrics.http_transmitted_bytes.inc_by(len);
     }
-    Ok(resp)
+    Ok(resp.map(BodyExt::boxed_unsync))
 }
 
 fn plain(text: &'static str) -> Response<Full<Bytes>> {
@@ -358,6 +396,22 @@ mod tests {
         ));
         assert!(matches!(route("/up"), Route::Up));
         assert!(matches!(route("/pusher/app/key/xhr"), Route::NotFound));
+        assert!(matches!(
+            route("/pusher/app/key/123/abcdefgh/xhr_streaming"),
+            Route::Fallback {
+                key: "key",
+                session: ["123", "abcdefgh"],
+                op: fallback::Op::Streaming
+            }
+        ));
+        assert!(matches!(
+            route("/app/key/1/a/xhr_send"),
+            Route::Fallback {
+                op: fallback::Op::Send,
+                ..
+            }
+        ));
+        assert!(matches!(route("/pusher/app/key/1/a/nope"), Route::NotFound));
         assert!(matches!(route("/app/"), Route::NotFound));
     }
 }

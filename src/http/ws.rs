@@ -19,7 +19,7 @@ use crate::connection::{self, Admission, ConnectionSlot};
 use crate::protocol::ErrorKind;
 use crate::state::ServerState;
 
-fn admit(req: &Request<Incoming>, key: &str, state: &Arc<ServerState>) -> Admission {
+pub(super) fn admit(req: &Request<Incoming>, key: &str, state: &Arc<ServerState>) -> Admission {
     if state.is_draining() {
         return Admission::Refused(ErrorKind::ShuttingDown);
     }

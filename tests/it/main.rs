@@ -12,6 +12,7 @@ mod channels;
 mod client_events;
 mod connection;
 mod deploy;
+mod fallback;
 mod hardening_connections;
 mod hardening_http;
 mod hardening_subscriptions;
