@@ -11,9 +11,11 @@ use crate::app::{App, AppId, AppStore};
 use crate::broadcast::Broadcaster;
 use crate::channels::users::{UserRegistry, WatcherRegistry};
 use crate::channels::ChannelRegistry;
-use crate::cluster::{Adapter, ClusterState};
+use crate::cluster::{Adapter, ClusterState, SharedKeys};
 use crate::config::ServerConfig;
 use crate::connection::handle::ConnRef;
+use crate::history::ChannelHistory;
+use crate::idempotency::{Idempotency, KeyStore};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::presence::PresenceStore;
 use crate::protocol::{ErrorKind, SocketId};
@@ -32,10 +34,15 @@ pub struct AppHub {
     pub metrics: AppMetrics,
     pub backend_limiter: Option<Mutex<TokenBucket>>,
     pub read_limiter: Option<Mutex<TokenBucket>>,
+    /// Idempotency keys of the HTTP API on a single node (a cluster keeps them in its store).
+    pub idempotency: KeyStore,
+    /// The histories of the app's channels that keep one (protocol.md 11.2); `None` when the
+    /// app keeps none, or in a cluster (not kept there yet).
+    pub history: Option<ChannelHistory>,
 }
 
 impl AppHub {
-    fn new(app: Arc<App>, metrics: &Metrics) -> AppHub {
+    fn new(app: Arc<App>, metrics: &Metrics, clustered: bool) -> AppHub {
         let m = metrics.app(app.id.as_str());
         AppHub {
             channels: ChannelRegistry::new(m.clone()),
@@ -52,6 +59,17 @@ impl AppHub {
                 .settings
                 .max_read_requests_per_second
                 .map(|r| Mutex::new(TokenBucket::new(r))),
+            idempotency: KeyStore::new(
+                app.settings.idempotency_max_keys,
+                app.settings.idempotency_max_bytes,
+                metrics.idempotency_evictions.clone(),
+            ),
+            history: app
+                .settings
+                .history
+                .clone()
+                .filter(|_| !clustered)
+                .map(ChannelHistory::new),
             app,
         }
     }
@@ -98,6 +116,8 @@ pub struct ServerState {
     pub cluster: Arc<SharedState>,
     pub adapter: Arc<dyn Adapter>,
     pub broadcaster: Broadcaster,
+    /// Idempotency keys of the HTTP API (cluster-wide with a shared store).
+    pub idempotency: Idempotency,
     pub metrics: Arc<Metrics>,
     pub webhooks: Webhooks,
     /// Node-wide memory budgets of the connections.
@@ -113,6 +133,7 @@ impl ServerState {
         apps: Arc<dyn AppStore>,
         presence: Arc<dyn PresenceStore>,
         shared: Option<Arc<dyn ClusterState>>,
+        keys: Option<Arc<dyn SharedKeys>>,
         adapter: Arc<dyn Adapter>,
         metrics: Arc<Metrics>,
         webhooks: Webhooks,
@@ -120,6 +141,7 @@ impl ServerState {
         let cluster = Arc::new(SharedState::new(shared));
         let broadcaster = Broadcaster::new(adapter.clone(), cluster.clone(), metrics.clone());
         let budgets = crate::connection::Budgets::new(&server, &metrics);
+        let idempotency = Idempotency::new(keys, metrics.idempotent_replays.clone());
         ServerState {
             server,
             apps,
@@ -128,6 +150,7 @@ impl ServerState {
             cluster,
             adapter,
             broadcaster,
+            idempotency,
             metrics,
             webhooks,
             budgets,
@@ -143,7 +166,10 @@ impl ServerState {
         }
         self.hubs
             .entry(app.id.clone())
-            .or_insert_with(|| Arc::new(AppHub::new(app.clone(), &self.metrics)))
+            .or_insert_with(|| {
+                let clustered = self.cluster.store().is_some();
+                Arc::new(AppHub::new(app.clone(), &self.metrics, clustered))
+            })
             .clone()
     }
 
@@ -226,6 +252,7 @@ pub(crate) fn test_node(
         server,
         Arc::new(StaticAppStore::new(Vec::new())),
         presence,
+        None,
         None,
         adapter,
         metrics,
