@@ -152,7 +152,7 @@ impl ChannelHistory {
                 dropped += k.frame.len();
             }
         }
-        logs.bytes = logs.bytes + positioned.len() - dropped;
+        logs.bytes = (logs.bytes + positioned.len()).saturating_sub(dropped);
         logs.order.push_back((channel.to_string(), seq));
         while logs.bytes > self.settings.max_bytes {
             if !logs.drop_oldest() {
@@ -253,7 +253,7 @@ impl ChannelHistory {
                     }
                     let size = k.frame.len();
                     log.events.pop_front();
-                    logs.bytes -= size;
+                    logs.bytes = logs.bytes.saturating_sub(size);
                     logs.order.pop_front();
                 }
                 // Already dropped by the count bound.
@@ -272,7 +272,7 @@ impl ChannelHistory {
             keep
         });
         if logs.channels.len() != before {
-            logs.bytes -= freed;
+            logs.bytes = logs.bytes.saturating_sub(freed);
         }
     }
 }
@@ -286,7 +286,7 @@ impl Logs {
             };
             if log.events.front().is_some_and(|k| k.seq == seq) {
                 if let Some(k) = log.events.pop_front() {
-                    self.bytes -= k.frame.len();
+                    self.bytes = self.bytes.saturating_sub(k.frame.len());
                 }
                 return true;
             }
