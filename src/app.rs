@@ -106,9 +106,50 @@ pub struct AppSettings {
     pub max_backend_events_per_second: Option<u32>,
     /// Signed GET requests per second; `None` = unlimited.
     pub max_read_requests_per_second: Option<u32>,
+    /// How long an HTTP API idempotency key is remembered after its answer (zero: keys
+    /// are ignored).
+    pub idempotency_window: Duration,
+    /// Keys remembered per app on one node; the oldest is forgotten first above it.
+    pub idempotency_max_keys: usize,
+    /// Bytes the remembered keys and answers of an app may hold on one node.
+    pub idempotency_max_bytes: usize,
+    /// Channels whose events are kept for resuming clients; `None`: no history.
+    pub history: Option<HistorySettings>,
     /// A secret being rotated out: still accepted for channel tokens, sign-in and API
     /// signatures until its deadline, so backends can move to the new one one by one.
     pub previous_secret: Option<PreviousSecret>,
+}
+
+/// Which channels of an app keep their events for resuming clients, and the bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistorySettings {
+    /// Channel name patterns; `*` matches any run of characters.
+    pub channels: Vec<String>,
+    /// Events kept per channel (oldest dropped first).
+    pub max_events: usize,
+    /// How long an event is kept.
+    pub ttl: Duration,
+    /// Bytes all of the app's histories hold on one node (oldest event of the app dropped
+    /// first).
+    pub max_bytes: usize,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings {
+            channels: Vec::new(),
+            max_events: 100,
+            ttl: Duration::from_secs(120),
+            max_bytes: 8 << 20,
+        }
+    }
+}
+
+impl HistorySettings {
+    /// Whether `channel` keeps a history.
+    pub fn covers(&self, channel: &str) -> bool {
+        self.channels.iter().any(|p| glob(p, channel))
+    }
 }
 
 /// The secret an app had before, and until when it is accepted.
@@ -156,6 +197,10 @@ impl Default for AppSettings {
             terminate_presence_members: false,
             max_backend_events_per_second: None,
             max_read_requests_per_second: None,
+            idempotency_window: Duration::from_secs(300),
+            idempotency_max_keys: 10_000,
+            idempotency_max_bytes: 4 << 20,
+            history: None,
             previous_secret: None,
         }
     }
@@ -255,8 +300,13 @@ fn origin_host(origin: &str) -> Option<&str> {
 
 /// `*` matches any run of characters; case-insensitive (host names).
 fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
-    let t: Vec<char> = text.to_ascii_lowercase().chars().collect();
+    glob(&pattern.to_ascii_lowercase(), &text.to_ascii_lowercase())
+}
+
+/// `text` matches `pattern`, where `*` stands for any run of characters; case-sensitive.
+fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0usize, 0usize);
     let (mut star, mut mark) = (None::<usize>, 0usize);
     while ti < t.len() {

@@ -2,7 +2,9 @@
 //! frame encoded once, `except`) is delivered to this node's sockets — a channel's subscribers,
 //! a user's connections for `#server-to-user-`, a user's watchers — and handed to the adapter
 //! for the other nodes; what arrives from them is delivered by `deliver_local` too. API events,
-//! client events, presence events and watchlist events all go through it.
+//! client events, presence events and watchlist events all go through it. An event on a
+//! channel with history (protocol.md 11.2) is given its position here, once, as it is
+//! delivered (`ChannelRegistry::publish_recorded`).
 
 use std::sync::Arc;
 
@@ -71,6 +73,24 @@ impl Broadcaster {
         cache: Option<CachedEvent>,
     ) -> Fanout {
         let p = Publication::event(target_of(channel), frame, except);
+        let history = hub
+            .history
+            .as_ref()
+            .filter(|h| matches!(p.target, Target::Channel(_)) && h.covers(channel.as_str()));
+        if let Some(history) = history {
+            // Recorded once, by the node the event was published on; everyone, here and on
+            // other nodes, gets the frame with its position.
+            let (fanout, frame) = hub.channels.publish_recorded(channel, &p, history, cache);
+            #[allow(clippy::cast_precision_loss)]
+            self.metrics.fanout_size.observe(fanout.delivered as f64);
+            if self.adapter.has_peers() {
+                self.adapter.publish(RemoteEvent {
+                    app: hub.id.clone(),
+                    publication: Publication { frame, ..p },
+                });
+            }
+            return fanout;
+        }
         let cache = cache.map(|c| (channel, c));
         self.publish(hub, p, cache)
     }

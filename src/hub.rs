@@ -13,6 +13,8 @@ use crate::channels::ChannelRegistry;
 use crate::connection::handle::ConnRef;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::protocol::{ErrorKind, SocketId};
+use crate::history::ChannelHistory;
+use crate::idempotency::KeyStore;
 use crate::ratelimit::TokenBucket;
 
 /// One app's state on this node.
@@ -31,10 +33,17 @@ pub struct AppHub {
     backend_limiter: Mutex<Option<TokenBucket>>,
     /// `max_read_requests_per_second`, when set.
     read_limiter: Mutex<Option<TokenBucket>>,
+    /// Idempotency keys of the HTTP API on a single node (a cluster keeps them in its store).
+    /// Sized when the hub is made: a reload does not resize it.
+    pub idempotency: KeyStore,
+    /// The histories of the app's channels that keep one (protocol.md 11.2); `None` when the
+    /// app keeps none, or in a cluster (not kept there yet). Made with the hub: a reload does
+    /// not change which channels keep one.
+    pub history: Option<ChannelHistory>,
 }
 
 impl AppHub {
-    pub(crate) fn new(app: Arc<App>, metrics: &Metrics) -> AppHub {
+    pub(crate) fn new(app: Arc<App>, metrics: &Metrics, clustered: bool) -> AppHub {
         let m = metrics.app(app.id.as_str());
         AppHub {
             id: app.id.clone(),
@@ -54,6 +63,17 @@ impl AppHub {
                     .max_read_requests_per_second
                     .map(TokenBucket::new),
             ),
+            idempotency: KeyStore::new(
+                app.settings.idempotency_max_keys,
+                app.settings.idempotency_max_bytes,
+                metrics.idempotency_evictions.clone(),
+            ),
+            history: app
+                .settings
+                .history
+                .clone()
+                .filter(|_| !clustered)
+                .map(ChannelHistory::new),
             app: RwLock::new(app),
         }
     }

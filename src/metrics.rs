@@ -48,6 +48,10 @@ pub struct Metrics {
     /// Open connections on this node by transport (`ws`, `xhr_streaming`, `xhr_polling`, `sse`);
     /// `connected` counts them all, by app.
     connections_by_transport: IntGaugeVec,
+    /// HTTP API requests (or batch events) answered from a remembered idempotency key.
+    pub idempotent_replays: IntCounter,
+    /// Idempotency keys forgotten before their window ended (a node's store was full).
+    pub idempotency_evictions: IntCounter,
 }
 
 /// Handles of one app, resolved once.
@@ -326,6 +330,20 @@ impl Metrics {
             partial_budget_disconnects: budget_disconnects.with_label_values(&["partial_messages"]),
             memory_refusals: admission_refusals.with_label_values(&["memory"]),
             per_ip_refusals: admission_refusals.with_label_values(&["per_ip"]),
+            idempotent_replays: register!(
+                registry,
+                IntCounter::with_opts(o(
+                    "idempotent_replays_total",
+                    "HTTP API publishes answered from a remembered idempotency key (nothing published again)"
+                ))?
+            ),
+            idempotency_evictions: register!(
+                registry,
+                IntCounter::with_opts(o(
+                    "idempotency_evictions_total",
+                    "Idempotency keys forgotten before their window ended because a node's store was full"
+                ))?
+            ),
             outbound_budget_disconnects: budget_disconnects.with_label_values(&["outbound_bytes"]),
             registry,
             prefix: prefix.to_string(),

@@ -8,9 +8,10 @@ use dashmap::DashMap;
 
 use crate::app::{App, AppId, AppStore};
 use crate::broadcast::Broadcaster;
-use crate::cluster::{Adapter, ClusterState};
+use crate::cluster::{Adapter, ClusterState, SharedKeys};
 use crate::config::ServerConfig;
 use crate::hub::AppHub;
+use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::presence::PresenceStore;
 use crate::protocol::ErrorKind;
@@ -26,6 +27,8 @@ pub struct ServerState {
     pub cluster: Arc<SharedState>,
     pub adapter: Arc<dyn Adapter>,
     pub broadcaster: Broadcaster,
+    /// Idempotency keys of the HTTP API (cluster-wide with a shared store).
+    pub idempotency: Idempotency,
     pub metrics: Arc<Metrics>,
     pub webhooks: Webhooks,
     /// Node-wide memory budgets of the connections.
@@ -43,6 +46,7 @@ impl ServerState {
         apps: Arc<dyn AppStore>,
         presence: Arc<dyn PresenceStore>,
         shared: Option<Arc<dyn ClusterState>>,
+        keys: Option<Arc<dyn SharedKeys>>,
         adapter: Arc<dyn Adapter>,
         metrics: Arc<Metrics>,
         webhooks: Webhooks,
@@ -50,6 +54,7 @@ impl ServerState {
         let cluster = Arc::new(SharedState::new(shared));
         let broadcaster = Broadcaster::new(adapter.clone(), cluster.clone(), metrics.clone());
         let budgets = crate::connection::Budgets::new(&server, &metrics);
+        let idempotency = Idempotency::new(keys, metrics.idempotent_replays.clone());
         let fallback = crate::http::FallbackSessions::new(&server.fallback);
         ServerState {
             server,
@@ -59,6 +64,7 @@ impl ServerState {
             cluster,
             adapter,
             broadcaster,
+            idempotency,
             metrics,
             webhooks,
             budgets,
@@ -75,7 +81,10 @@ impl ServerState {
         }
         self.hubs
             .entry(app.id.clone())
-            .or_insert_with(|| Arc::new(AppHub::new(app.clone(), &self.metrics)))
+            .or_insert_with(|| {
+                let clustered = self.cluster.store().is_some();
+                Arc::new(AppHub::new(app.clone(), &self.metrics, clustered))
+            })
             .clone()
     }
 
@@ -168,6 +177,7 @@ pub(crate) fn test_node(
         server,
         Arc::new(StaticAppStore::new(Vec::new())),
         presence,
+        None,
         None,
         adapter,
         metrics,

@@ -17,6 +17,7 @@ fn reencode(m: &ClientMessage) -> String {
             channel,
             auth,
             channel_data,
+            resume,
         } => {
             let mut d = Map::new();
             d.insert("channel".into(), s(channel));
@@ -25,6 +26,17 @@ fn reencode(m: &ClientMessage) -> String {
             }
             if let Some(c) = channel_data {
                 d.insert("channel_data".into(), s(c));
+            }
+            if let Some(r) = resume {
+                let mut m = Map::new();
+                if let Some(p) = &r.position {
+                    m.insert("epoch".into(), s(&p.epoch));
+                    m.insert("offset".into(), json!(p.offset));
+                }
+                if let Some(id) = r.socket_id {
+                    m.insert("socket_id".into(), s(&id.to_string()));
+                }
+                d.insert("resound_resume".into(), Value::Object(m));
             }
             json!({"event": "pusher:subscribe", "data": d}).to_string()
         }

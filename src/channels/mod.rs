@@ -33,7 +33,9 @@ use dashmap::DashMap;
 
 use crate::cluster::{Kind, Publication, Target};
 use crate::connection::handle::{ConnRef, Delivery};
+use crate::history::{ChannelHistory, Failure};
 use crate::metrics::AppMetrics;
+use crate::protocol::resume::{self, Resume};
 use crate::protocol::{
     message, ChannelKind, ChannelName, MemberChange, PresenceMember, SocketId, UserId,
 };
@@ -222,6 +224,13 @@ pub struct Joined<'a> {
     pub presence: Option<(PresenceMember, &'a [PresenceMember])>,
 }
 
+/// A subscription that asks to resume a channel's history (protocol.md 11.2).
+pub struct Resuming<'a> {
+    /// The app's histories on this node; `None`: it keeps none (every resume fails).
+    pub history: Option<&'a ChannelHistory>,
+    pub from: &'a Resume,
+}
+
 /// The result of a subscribe.
 #[derive(Debug, Clone, Copy)]
 pub struct Subscribed {
@@ -280,6 +289,23 @@ impl ChannelRegistry {
         shared_cache: Option<&CachedEvent>,
         joined: Option<Joined<'_>>,
     ) -> Option<Subscribed> {
+        self.subscribe_with(channel, conn, succeeded, shared_cache, joined, None)
+    }
+
+    /// `subscribe`, resuming the channel's history (protocol.md 11.2) when `resuming` says
+    /// so: the events the client missed, then `resound:recovery`, are enqueued after
+    /// `subscription_succeeded` under the same lock that records and delivers the channel's
+    /// events (`publish_recorded`), so a replay and the live events after it neither overlap
+    /// nor leave a gap.
+    pub fn subscribe_with(
+        &self,
+        channel: &ChannelName,
+        conn: &ConnRef,
+        succeeded: &Bytes,
+        shared_cache: Option<&CachedEvent>,
+        joined: Option<Joined<'_>>,
+        resuming: Option<Resuming<'_>>,
+    ) -> Option<Subscribed> {
         let mut entry = self.channels.entry(channel.clone()).or_default();
         if entry.subscribers.contains_key(&conn.socket_id) {
             if joined.is_some() {
@@ -330,6 +356,21 @@ impl ChannelRegistry {
                 }
             }
             entry.settle_view(conn.socket_id, view);
+        }
+        if let Some(r) = resuming {
+            let name = channel.as_str();
+            let recovery = match r.history.filter(|h| h.covers(name)) {
+                Some(h) => {
+                    let replay = h.replay(name, r.from, Instant::now());
+                    for f in &replay.frames {
+                        conn.deliver(f);
+                    }
+                    let outcome = replay.outcome.map_err(Failure::as_str);
+                    resume::recovery(name, outcome, replay.position.as_ref())
+                }
+                None => resume::recovery(name, Err(Failure::NoHistory.as_str()), None),
+            };
+            conn.deliver(&recovery);
         }
         if mark.is_some() {
             entry.end_join();
@@ -433,6 +474,42 @@ impl ChannelRegistry {
             }
         }
         fanout
+    }
+
+    /// Delivers an event on a channel with history (`channel`, the target of `p`) after
+    /// giving it its position in `history`, all under the channel's lock (see
+    /// `subscribe_with`); `cache` as in `publish`. Returns the fan-out and the frame with its
+    /// position (what every recipient got).
+    pub fn publish_recorded(
+        &self,
+        channel: &ChannelName,
+        p: &Publication,
+        history: &ChannelHistory,
+        cache: Option<CachedEvent>,
+    ) -> (Fanout, Bytes) {
+        let mut fanout = Fanout::default();
+        let mut entry = self.channels.entry(channel.clone()).or_default();
+        let frame = history.record(channel.as_str(), &p.frame, p.except, Instant::now());
+        match cache {
+            Some(cached) => {
+                entry.cache = Some(CachedEvent {
+                    frame: frame.clone(),
+                    ..cached
+                });
+            }
+            None if channel.kind().is_cache() && message::is_cacheable(&frame) => {
+                entry.note_latest(&frame);
+            }
+            None => {}
+        }
+        deliver_all(&entry.subscribers, &frame, p.except, &mut fanout);
+        let empty = entry.subscribers.is_empty();
+        drop(entry);
+        if empty {
+            let now = Instant::now();
+            self.channels.remove_if(channel, |_, c| c.disposable(now));
+        }
+        (fanout, frame)
     }
 
     pub fn subscription_count(&self, channel: &str) -> usize {

@@ -280,6 +280,54 @@ pub trait ClusterState: Send + Sync {
     ) -> Result<Resynced, ClusterError>;
 }
 
+/// What claiming an idempotency key found (see `SharedKeys`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free and is now held by this request: publish, then `complete` or
+    /// `release` it.
+    New,
+    /// A request with this key and fingerprint was answered within the window: its answer.
+    Done(Bytes),
+    /// A request with this key is still being handled.
+    InProgress,
+    /// The key was used for a different request (another fingerprint).
+    Mismatch,
+}
+
+/// Idempotency keys of the HTTP API, shared by every node (protocol.md 11.1). A key is held
+/// while its request is handled (`PENDING` at most), then remembered with the request's
+/// answer for the app's window.
+#[async_trait]
+pub trait SharedKeys: Send + Sync {
+    /// Takes `key` for a request with `fingerprint`, or says what holds it.
+    async fn claim_key(
+        &self,
+        app: &AppId,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Claim, ClusterError>;
+    /// Remembers the answer of the request that claimed `key`, for `window`.
+    async fn complete_key(
+        &self,
+        app: &AppId,
+        key: &str,
+        fingerprint: &str,
+        answer: &Bytes,
+        window: Duration,
+    ) -> Result<(), ClusterError>;
+    /// Frees a claimed `key` whose request failed (a retry may then publish).
+    async fn release_key(
+        &self,
+        app: &AppId,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<(), ClusterError>;
+}
+
+/// How long a claimed key is held while its request is handled: a node that dies meanwhile
+/// leaves it held no longer than this.
+pub const PENDING: Duration = Duration::from_secs(30);
+
 /// One node, no peers: nothing crosses.
 #[derive(Debug, Default)]
 pub struct Local;

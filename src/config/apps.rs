@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy, PreviousSecret};
+use crate::app::{
+    App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy, HistorySettings, PreviousSecret,
+};
 use crate::webhooks::{redact_url, AppWebhooks, WebhookKind, WebhookTarget};
 
 /// `[[apps]]`. Unset options take the defaults of protocol.md 7.7 (or Reverb's, for an app defined by
@@ -57,6 +59,20 @@ pub struct AppConfig {
     pub terminate_presence_members: Option<bool>,
     pub max_backend_events_per_second: Option<u32>,
     pub max_read_requests_per_second: Option<u32>,
+    /// Seconds an idempotency key of the HTTP API is remembered (0: keys are ignored).
+    pub idempotency_window: Option<u64>,
+    /// Idempotency keys remembered per app on one node (oldest forgotten first above it).
+    pub idempotency_max_keys: Option<usize>,
+    /// Bytes the remembered keys and answers may hold per app on one node.
+    pub idempotency_max_bytes: Option<usize>,
+    /// Channel name patterns (`*` wildcard) whose events are kept for resuming clients.
+    pub history_channels: Option<Vec<String>>,
+    /// Events kept per channel with history.
+    pub history_max_events: Option<usize>,
+    /// Seconds an event is kept in a channel's history.
+    pub history_ttl: Option<u64>,
+    /// Bytes the histories of an app's channels may hold in total (oldest dropped first).
+    pub history_max_bytes: Option<usize>,
     /// The secret being rotated out, accepted until `previous_secret_until`.
     pub previous_secret: Option<String>,
     /// When the previous secret stops being accepted: RFC 3339 in UTC
@@ -295,6 +311,16 @@ pub(super) fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, Str
             .unwrap_or(d.terminate_presence_members),
         max_backend_events_per_second: a.max_backend_events_per_second,
         max_read_requests_per_second: a.max_read_requests_per_second,
+        idempotency_window: secs(a.idempotency_window, d.idempotency_window),
+        idempotency_max_keys: positive(
+            "idempotency_max_keys",
+            a.idempotency_max_keys.unwrap_or(d.idempotency_max_keys),
+        )?,
+        idempotency_max_bytes: positive(
+            "idempotency_max_bytes",
+            a.idempotency_max_bytes.unwrap_or(d.idempotency_max_bytes),
+        )?,
+        history: history(a, &d)?,
         previous_secret: previous_secret(a)?,
     };
     let webhooks = build_webhooks(a)?;
@@ -305,6 +331,27 @@ pub(super) fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, Str
         settings,
         webhooks,
     })
+}
+
+/// The channels with history and their bounds; `None` unless `history_channels` names some.
+fn history(a: &AppConfig, d: &AppSettings) -> Result<Option<HistorySettings>, String> {
+    let Some(patterns) = a.history_channels.as_ref().filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    if patterns.iter().any(String::is_empty) {
+        return Err("history_channels: a pattern must not be empty".into());
+    }
+    let base = d.history.clone().unwrap_or_default();
+    let s = HistorySettings {
+        channels: patterns.clone(),
+        max_events: a.history_max_events.unwrap_or(base.max_events),
+        ttl: secs(a.history_ttl, base.ttl),
+        max_bytes: a.history_max_bytes.unwrap_or(base.max_bytes),
+    };
+    if s.max_events == 0 || s.ttl.is_zero() || s.max_bytes == 0 {
+        return Err("history_max_events, history_ttl and history_max_bytes must be > 0".into());
+    }
+    Ok(Some(s))
 }
 
 fn build_webhooks(a: &AppConfig) -> Result<Option<Arc<AppWebhooks>>, String> {

@@ -16,6 +16,7 @@ use crate::connection::handle::ConnRef;
 use crate::hub::AppHub;
 use crate::protocol::auth::{channel_string_to_sign, signin_string_to_sign, verify_token};
 use crate::protocol::presence::{parse_channel_data, parse_user_data};
+use crate::protocol::resume::Resume;
 use crate::protocol::{
     message, ChannelKind, ChannelName, ClientMessage, ErrorKind, PresenceMember, UserId,
 };
@@ -117,9 +118,15 @@ impl Session {
                 channel,
                 auth,
                 channel_data,
+                resume,
             } => {
-                self.subscribe(&channel, auth.as_deref(), channel_data.as_deref())
-                    .await
+                self.subscribe(
+                    &channel,
+                    auth.as_deref(),
+                    channel_data.as_deref(),
+                    resume.as_ref(),
+                )
+                .await
             }
             ClientMessage::Unsubscribe { channel } => {
                 if let Ok(name) = ChannelName::parse(&channel, usize::MAX) {
@@ -159,6 +166,7 @@ impl Session {
         channel: &str,
         auth: Option<&str>,
         channel_data: Option<&str>,
+        resume: Option<&Resume>,
     ) -> Result<(), Refusal> {
         let name = ChannelName::parse(channel, self.app.settings.max_channel_name_length)
             .map_err(|_| Refusal::on(ErrorKind::InvalidChannelName, channel))?;
@@ -217,7 +225,7 @@ impl Session {
         }
 
         self.membership
-            .join(&name, member)
+            .join_resuming(&name, member, resume)
             .await
             .map_err(|e| match e {
                 JoinError::PresenceFull => {

@@ -1,6 +1,11 @@
 //! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events` (protocol.md 5.4–5.6.2). Every event is
 //! validated before any is published; publishing goes through the broadcaster and the reply
 //! never waits for the fan-out.
+//!
+//! Idempotency keys (protocol.md 11.1) are found here — the `Idempotency-Key` (or
+//! `X-Idempotency-Key`) header, the body's `idempotency_key`, and a batch item's — and
+//! checked through `ServerState::idempotency` once the request is valid: a remembered key is
+//! answered with the first answer, byte for byte, and publishes nothing.
 
 use bytes::Bytes;
 use http::Response;
@@ -9,6 +14,8 @@ use serde_json::{json, Map, Value};
 
 use super::{ok_json, ApiError, ApiRequest};
 use crate::hub::AppHub;
+use crate::cluster::Claim;
+use crate::protocol::auth::md5_hex;
 use crate::protocol::socket_id::is_valid_socket_id;
 use crate::protocol::{ChannelName, SocketId};
 use crate::state::ServerState;
@@ -20,6 +27,129 @@ struct Event {
     channels: Vec<ChannelName>,
     socket_id: Option<String>,
     info: Vec<String>,
+    /// The item's `idempotency_key`, with the fingerprint of the item.
+    key: Option<Keyed>,
+}
+
+/// An idempotency key and the fingerprint of what it was sent with.
+struct Keyed {
+    key: String,
+    fingerprint: String,
+}
+
+/// The longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 128;
+
+/// The headers that carry a request's idempotency key.
+const KEY_HEADERS: [&str; 2] = ["idempotency-key", "x-idempotency-key"];
+
+fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!(
+            "An idempotency key is 1 to {MAX_KEY_LEN} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The request's idempotency key from its headers, and `body_key` (the one event's
+/// `idempotency_key` of `/events`); where several are given they must agree. `None` when the
+/// app's window is zero (keys are ignored).
+fn request_key(
+    r: &ApiRequest,
+    body_key: Option<&Keyed>,
+    route: &str,
+) -> Result<Option<Keyed>, ApiError> {
+    let mut found: Option<&str> = body_key.map(|k| k.key.as_str());
+    for name in KEY_HEADERS {
+        for v in r.headers.get_all(name) {
+            let v = v.to_str().map_err(|_| {
+                ApiError::BadRequest("The idempotency key header must be ASCII".into())
+            })?;
+            check_key(v)?;
+            if found.is_some_and(|f| f != v) {
+                return Err(ApiError::BadRequest(
+                    "The request carries two different idempotency keys".into(),
+                ));
+            }
+            found = Some(v);
+        }
+    }
+    if r.app.settings.idempotency_window.is_zero() {
+        return Ok(None);
+    }
+    Ok(found.map(|key| {
+        let mut signed = Vec::with_capacity(route.len() + 1 + r.body.len());
+        signed.extend_from_slice(route.as_bytes());
+        signed.push(b'\n');
+        signed.extend_from_slice(&r.body);
+        Keyed {
+            key: key.to_string(),
+            fingerprint: md5_hex(&signed),
+        }
+    }))
+}
+
+/// Claims `k`: `Some(answer)` when a request with it was answered within the window.
+async fn claim(state: &ServerState, hub: &AppHub, k: &Keyed) -> Result<Option<Bytes>, ApiError> {
+    match state.idempotency.claim(hub, &k.key, &k.fingerprint).await {
+        Ok(Claim::New) => Ok(None),
+        Ok(Claim::Done(answer)) => Ok(Some(answer)),
+        Ok(Claim::InProgress) => Err(ApiError::Conflict(
+            "A request with this idempotency key is in progress".into(),
+        )),
+        Ok(Claim::Mismatch) => Err(ApiError::Conflict(
+            "This idempotency key was used for a different request".into(),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency key not checked: cluster backend failed");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+/// A 200 answer with `body` (the JSON of a first answer, or of one remembered for a key).
+fn answer(body: Bytes, replayed: bool) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if replayed {
+        h.insert(
+            "idempotent-replayed",
+            http::HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+/// Ends a keyed request: its answer is remembered under `key`, or on failure the key is
+/// freed so that a retry publishes.
+async fn finish(
+    state: &ServerState,
+    hub: &AppHub,
+    key: Option<Keyed>,
+    result: Result<Value, ApiError>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let Some(k) = key else {
+        return result.map(|v| ok_json(&v));
+    };
+    match result {
+        Ok(v) => {
+            let body = Bytes::from(serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec()));
+            state
+                .idempotency
+                .complete(hub, &k.key, &k.fingerprint, &body)
+                .await;
+            Ok(answer(body, false))
+        }
+        Err(e) => {
+            state.idempotency.release(hub, &k.key, &k.fingerprint).await;
+            Err(e)
+        }
+    }
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
@@ -121,12 +251,23 @@ fn validate(hub: &AppHub, v: &Value, batch: bool) -> Result<Event, ApiError> {
                 .collect()
         })
         .unwrap_or_default();
+    let key = match str_field(obj, "idempotency_key")? {
+        Some(k) => {
+            check_key(k)?;
+            Some(Keyed {
+                key: k.to_string(),
+                fingerprint: md5_hex(v.to_string().as_bytes()),
+            })
+        }
+        None => None,
+    };
     Ok(Event {
         name: name.to_string(),
         data,
         channels,
         socket_id,
         info,
+        key,
     })
 }
 
@@ -196,14 +337,22 @@ pub(super) async fn trigger(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let v = parse_body(&r.body)?;
     let e = validate(&r.hub, &v, false)?;
-    check_backend_quota(&r.hub, std::slice::from_ref(&e))?;
-    publish(state, &r.hub, &e).await;
-    if e.info.is_empty() {
-        return Ok(ok_json(&json!({})));
+    let key = request_key(r, e.key.as_ref(), "events")?;
+    if let Some(k) = &key {
+        if let Some(first) = claim(state, &r.hub, k).await? {
+            return Ok(answer(first, true));
+        }
     }
-    Ok(ok_json(
-        &json!({ "channels": info(state, &r.hub, &e).await }),
-    ))
+    let result = async {
+        check_backend_quota(&r.hub, std::slice::from_ref(&e))?;
+        publish(state, &r.hub, &e).await;
+        if e.info.is_empty() {
+            return Ok(json!({}));
+        }
+        Ok(json!({ "channels": info(state, &r.hub, &e).await }))
+    }
+    .await;
+    finish(state, &r.hub, key, result).await
 }
 
 pub(super) async fn batch(
@@ -240,20 +389,79 @@ pub(super) async fn batch(
     if let Some(e) = first_error {
         return Err(e);
     }
-    check_backend_quota(&r.hub, &events)?;
-    for e in &events {
-        publish(state, &r.hub, e).await;
+    let key = request_key(r, None, "batch_events")?;
+    if let Some(k) = &key {
+        if let Some(first) = claim(state, &r.hub, k).await? {
+            return Ok(answer(first, true));
+        }
+    }
+    let result = publish_batch(state, &r.hub, &events).await;
+    finish(state, &r.hub, key, result).await
+}
+
+/// Publishes a validated batch (but the events whose own key was seen within the window)
+/// and builds its answer.
+async fn publish_batch(
+    state: &ServerState,
+    hub: &AppHub,
+    events: &[Event],
+) -> Result<Value, ApiError> {
+    check_backend_quota(hub, events)?;
+    // Claim every item's key first, so that a conflict publishes nothing.
+    let keyed = !hub.app().settings.idempotency_window.is_zero();
+    let mut claimed: Vec<&Keyed> = Vec::new();
+    let mut skip = vec![false; events.len()];
+    for (i, e) in events.iter().enumerate() {
+        let Some(k) = e.key.as_ref().filter(|_| keyed) else {
+            continue;
+        };
+        let refused = match state.idempotency.claim(hub, &k.key, &k.fingerprint).await {
+            Ok(Claim::New) => {
+                claimed.push(k);
+                None
+            }
+            // Published by an earlier request, or being published by another one.
+            Ok(Claim::Done(_) | Claim::InProgress) => {
+                skip[i] = true;
+                None
+            }
+            Ok(Claim::Mismatch) => Some(ApiError::Conflict(format!(
+                "batch[{i}]: this idempotency key was used for a different event"
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency key not checked: cluster backend failed");
+                Some(ApiError::Unavailable)
+            }
+        };
+        if let Some(err) = refused {
+            for k in claimed {
+                state.idempotency.release(hub, &k.key, &k.fingerprint).await;
+            }
+            return Err(err);
+        }
+    }
+    for (e, skipped) in events.iter().zip(&skip) {
+        if !skipped {
+            publish(state, hub, e).await;
+        }
+    }
+    let done = Bytes::from_static(b"{}");
+    for k in claimed {
+        state
+            .idempotency
+            .complete(hub, &k.key, &k.fingerprint, &done)
+            .await;
     }
     if events.iter().all(|e| e.info.is_empty()) {
-        return Ok(ok_json(&json!({})));
+        return Ok(json!({}));
     }
     let mut out = Vec::with_capacity(events.len());
-    for e in &events {
+    for e in events {
         if e.info.is_empty() {
             out.push(json!({}));
         } else {
             // One channel per item: its attributes directly.
-            let channels = info(state, &r.hub, e).await;
+            let channels = info(state, hub, e).await;
             let attrs = channels
                 .as_object()
                 .and_then(|m| m.values().next().cloned())
@@ -261,5 +469,5 @@ pub(super) async fn batch(
             out.push(attrs);
         }
     }
-    Ok(ok_json(&json!({ "batch": out })))
+    Ok(json!({ "batch": out }))
 }

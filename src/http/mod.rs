@@ -44,6 +44,7 @@ pub(crate) struct ApiRequest {
     pub app: Arc<App>,
     pub hub: Arc<AppHub>,
     pub query: Query,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -290,6 +291,7 @@ async fn signed(
             app,
             hub,
             query,
+            headers: parts.headers,
             body,
         },
     ))

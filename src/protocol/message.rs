@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use super::codes::ErrorKind;
 use super::presence::json_string;
+use super::resume::Resume;
 use super::SocketId;
 
 /// A message from a client, after the envelope rules of protocol.md 1.5.
@@ -21,6 +22,8 @@ pub enum ClientMessage {
         auth: Option<String>,
         /// The exact `channel_data` string received (presence).
         channel_data: Option<String>,
+        /// `resound_resume`: the client asks to resume the channel's history (protocol.md 11.2).
+        resume: Option<Resume>,
     },
     Unsubscribe {
         channel: String,
@@ -51,13 +54,15 @@ impl PartialEq for ClientMessage {
                     channel: a,
                     auth: b,
                     channel_data: c,
+                    resume: d,
                 },
                 M::Subscribe {
                     channel: x,
                     auth: y,
                     channel_data: z,
+                    resume: w,
                 },
-            ) => a == x && b == y && c == z,
+            ) => a == x && b == y && c == z && d == w,
             (M::Unsubscribe { channel: a }, M::Unsubscribe { channel: b }) => a == b,
             (
                 M::Signin {
@@ -120,6 +125,7 @@ struct SubscribeData {
     channel: Option<serde_json::Value>,
     auth: Option<serde_json::Value>,
     channel_data: Option<serde_json::Value>,
+    resound_resume: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +183,7 @@ impl ClientMessage {
                     channel,
                     auth: string_field(d.auth),
                     channel_data,
+                    resume: d.resound_resume.as_ref().and_then(Resume::parse),
                 })
             }
             "pusher:unsubscribe" => {

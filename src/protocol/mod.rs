@@ -9,6 +9,7 @@ pub mod channel;
 pub mod codes;
 pub mod message;
 pub mod presence;
+pub mod resume;
 pub mod socket_id;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};

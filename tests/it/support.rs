@@ -520,6 +520,7 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub text: String,
+    pub headers: http::HeaderMap,
 }
 
 pub fn now() -> u64 {
@@ -545,6 +546,11 @@ impl Api {
     }
 
     pub async fn post(&self, rest: &str, body: &Value) -> Reply {
+        self.post_with(rest, body, &[]).await
+    }
+
+    /// A signed POST with extra request `headers`.
+    pub async fn post_with(&self, rest: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
         let body = body.to_string();
         let path = self.path(rest);
         let q = signed_query(
@@ -556,7 +562,13 @@ impl Api {
             Some(body.as_bytes()),
             &[],
         );
-        raw_request("POST", &format!("{}{}?{}", self.base, path, q), body).await
+        request_with(
+            "POST",
+            &format!("{}{}?{}", self.base, path, q),
+            body,
+            headers,
+        )
+        .await
     }
 
     pub async fn get(&self, rest: &str, extra: &[(&str, &str)]) -> Reply {
@@ -597,22 +609,38 @@ impl Api {
 }
 
 pub async fn raw_request(method: &str, url: &str, body: String) -> Reply {
+    request_with(method, url, body, &[]).await
+}
+
+/// A request with extra `headers`; `Reply::headers` has the answer's.
+pub async fn request_with(
+    method: &str,
+    url: &str,
+    body: String,
+    headers: &[(&str, &str)],
+) -> Reply {
     let client: HttpClient<_, Full<bytes::Bytes>> =
         HttpClient::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(Full::new(bytes::Bytes::from(body)))
         .expect("request");
     let resp = client.request(req).await.expect("http request");
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     let text = String::from_utf8_lossy(&bytes).to_string();
     Reply {
         status,
         body: serde_json::from_str(&text).unwrap_or(Value::Null),
         text,
+        headers,
     }
 }
 

@@ -24,6 +24,7 @@
 //! | `P:hold:m:{app}:{channel}\n{user}` | string | token of a held `member_removed` |
 //! | `P:node:{id}:wh` | stream | the node's webhook journal (`journal.rs`) |
 //! | `P:wh` | set | node ids that have a webhook journal |
+//! | `P:idem:{app}:{key}` | string | an HTTP API idempotency key: `p\n{fingerprint}` while handled, `d\n{fingerprint}\n{answer}` after, with a TTL |
 
 use crate::app::AppId;
 use crate::cluster::Target;
@@ -198,6 +199,11 @@ impl Keys {
         self.node(node, "wh")
     }
 
+    /// `P:idem:{app}:{key}`: an idempotency key of the HTTP API.
+    pub(super) fn idempotency(&self, app: &str, key: &str) -> String {
+        self.key(&format!("idem:{app}:{key}"))
+    }
+
     /// `P:wh`: the nodes that have a journal.
     pub(super) fn journals(&self) -> String {
         self.key("wh")
@@ -238,6 +244,7 @@ mod tests {
         assert_eq!(Keys::presence_entry("a", "ch", "u"), "a\nch\nu");
         assert_eq!(k.journal(7), "{P}:node:7:wh");
         assert_eq!(k.journals(), "{P}:wh");
+        assert_eq!(k.idempotency("a", "k-1"), "{P}:idem:a:k-1");
         assert_eq!(
             k.tally(Tally::Subscriptions, 7, "a", "ch"),
             TallyKeys {

@@ -128,6 +128,23 @@ redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[3])
 return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[3])
 ";
 
+/// Claims an idempotency key. KEYS: the key (`Keys::idempotency`). ARGV: the pending value
+/// (`p\n{fingerprint}`), its lifetime (ms). Returns `{0, ""}` when the key was free (now held),
+/// else `{1, value}` with what holds it.
+const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {0, ''}
+";
+
+/// Frees a claimed idempotency key if it still holds this request's pending value (ARGV[1]).
+/// Returns 1 when it was freed.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 /// The scripts, loaded once (by hash, then by source when Redis does not know them).
 pub(super) struct Scripts {
     pub wire: Script,
@@ -139,6 +156,8 @@ pub(super) struct Scripts {
     pub settle: Script,
     pub open: Script,
     pub adopt: Script,
+    pub claim: Script,
+    pub release: Script,
 }
 
 impl Scripts {
@@ -153,6 +172,8 @@ impl Scripts {
             settle: Script::new(SETTLE),
             open: Script::new(OPEN),
             adopt: Script::new(super::journal::ADOPT),
+            claim: Script::new(CLAIM),
+            release: Script::new(RELEASE),
         }
     }
 }
@@ -539,6 +560,43 @@ mod tests {
         assert!(!exists);
         let owners: Vec<u64> = f.conn.smembers(f.keys.journals()).await.expect("SMEMBERS");
         assert!(owners.is_empty());
+        f.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_claimed_once_and_released_only_by_its_claimer() {
+        let f = fixture().await;
+        let key = f.keys.idempotency("app", "k");
+        let claim = |value: &'static str| {
+            let mut inv = f.scripts.claim.prepare_invoke();
+            inv.key(&key).arg(value).arg(30_000);
+            inv
+        };
+        let (held, _): (i64, Vec<u8>) = claim("p\nf1")
+            .invoke_async(&mut f.conn.clone())
+            .await
+            .expect("CLAIM");
+        assert_eq!(held, 0, "a free key is taken");
+        let (held, value): (i64, Vec<u8>) = claim("p\nf2")
+            .invoke_async(&mut f.conn.clone())
+            .await
+            .expect("CLAIM");
+        assert_eq!((held, value.as_slice()), (1, b"p\nf1".as_slice()));
+        let release = |value: &'static str| {
+            let mut inv = f.scripts.release.prepare_invoke();
+            inv.key(&key).arg(value);
+            inv
+        };
+        let freed: i64 = release("p\nf2")
+            .invoke_async(&mut f.conn.clone())
+            .await
+            .expect("RELEASE");
+        assert_eq!(freed, 0, "another request's claim stays");
+        let freed: i64 = release("p\nf1")
+            .invoke_async(&mut f.conn.clone())
+            .await
+            .expect("RELEASE");
+        assert_eq!(freed, 1);
         f.cleanup().await;
     }
 }

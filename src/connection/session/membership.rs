@@ -22,12 +22,13 @@ use tracing::warn;
 
 use crate::app::{App, AppId};
 use crate::broadcast::target_of;
-use crate::channels::Joined;
+use crate::channels::{Joined, Resuming};
 use crate::cluster::{Adapter, ClusterError, Counted, Target};
 use crate::connection::handle::ConnRef;
 use crate::hub::AppHub;
 use crate::presence::Join;
 use crate::protocol::presence::{roster_json, SignedInUser};
+use crate::protocol::resume::Resume;
 use crate::protocol::{message, ChannelName, MemberChange, PresenceMember, UserId};
 use crate::shared_state::SharedState;
 use crate::state::ServerState;
@@ -126,15 +127,27 @@ impl Membership {
         }
     }
 
-    /// Joins an authorised channel (as `member` on a presence channel): takes this node's
-    /// interest in it, the presence membership and the cluster-wide count, then adds the
-    /// subscription to the registry, which enqueues `subscription_succeeded` (and a cache
-    /// channel's cached event); then announces the join. On a refusal, everything taken is
-    /// given back and nothing was sent.
+    /// `join_resuming` without a resume.
+    #[cfg(test)]
     pub(super) async fn join(
         &mut self,
         name: &ChannelName,
         member: Option<PresenceMember>,
+    ) -> Result<(), JoinError> {
+        self.join_resuming(name, member, None).await
+    }
+
+    /// Joins an authorised channel (as `member` on a presence channel): takes this node's
+    /// interest in it, the presence membership and the cluster-wide count, then adds the
+    /// subscription to the registry, which enqueues `subscription_succeeded` (and a cache
+    /// channel's cached event, and with `resume` the events the client missed and
+    /// `resound:recovery`, protocol.md 11.2); then announces the join. On a refusal,
+    /// everything taken is given back and nothing was sent.
+    pub(super) async fn join_resuming(
+        &mut self,
+        name: &ChannelName,
+        member: Option<PresenceMember>,
+        resume: Option<&Resume>,
     ) -> Result<(), JoinError> {
         let kind = name.kind();
         // From here on, events published on any node reach this one. For presence, before
@@ -206,12 +219,17 @@ impl Membership {
             mark: p.finish(),
             presence: member.clone().map(|m| (m, roster)),
         });
-        let Some(sub) = self.hub.channels.subscribe(
+        let resuming = resume.map(|from| Resuming {
+            history: self.hub.history.as_ref(),
+            from,
+        });
+        let Some(sub) = self.hub.channels.subscribe_with(
             name,
             &self.conn,
             &succeeded,
             shared_cache.as_ref(),
             joined,
+            resuming,
         ) else {
             slot.undo().await;
             interest.release().await;
