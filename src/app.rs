@@ -107,6 +107,9 @@ pub struct AppSettings {
     /// A secret being rotated out: still accepted for channel tokens, sign-in and API
     /// signatures until its deadline, so backends can move to the new one one by one.
     pub previous_secret: Option<PreviousSecret>,
+    /// `permessage-deflate` is accepted, and broadcast frames of at least this many bytes are
+    /// compressed for the sockets that negotiated it; none: the extension is declined.
+    pub deflate_threshold: Option<usize>,
 }
 
 /// The secret an app had before, and until when it is accepted.
@@ -155,6 +158,7 @@ impl Default for AppSettings {
             max_backend_events_per_second: None,
             max_read_requests_per_second: None,
             previous_secret: None,
+            deflate_threshold: Some(512),
         }
     }
 }

@@ -3,6 +3,11 @@
 //! a user's connections for `#server-to-user-`, a user's watchers — and handed to the adapter
 //! for the other nodes; what arrives from them is delivered by `deliver_local` too. API events,
 //! client events, presence events and watchlist events all go through it.
+//!
+//! An event frame is compressed for the sockets that negotiated `permessage-deflate` at most
+//! once per node, by the registry that delivers it (`connection::deflate::SharedFrame`), so a
+//! frame from another node is compressed once here too. Member and watchlist events are small
+//! and always go plain.
 
 use std::sync::Arc;
 
@@ -10,6 +15,7 @@ use bytes::Bytes;
 
 use crate::channels::{CachedEvent, Fanout};
 use crate::cluster::{Adapter, Kind, Publication, RemoteEvent, Target};
+use crate::connection::deflate::SharedFrame;
 use crate::metrics::Metrics;
 use crate::protocol::{message, ChannelName, MemberChange, SocketId};
 use crate::shared_state::SharedState;
@@ -127,10 +133,13 @@ impl Broadcaster {
         p: &Publication,
         cache: Option<(&ChannelName, CachedEvent)>,
     ) -> Fanout {
+        let deflate = hub.deflate.as_ref();
         let fanout = match &p.target {
-            Target::Channel(_) => hub.channels.publish(p, cache),
+            Target::Channel(_) => hub.channels.publish(p, deflate, cache),
             Target::User(user) => Fanout {
-                delivered: hub.users.deliver(user, &p.frame, p.except),
+                delivered: hub
+                    .users
+                    .deliver(user, &SharedFrame::new(&p.frame, deflate), p.except),
                 overflowed: 0,
             },
             Target::Watchers(user) => Fanout {

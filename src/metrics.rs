@@ -7,6 +7,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::connection::deflate::CompressionMetrics;
 use crate::protocol::ChannelKind;
 
 /// Every metric of the server.
@@ -45,6 +46,8 @@ pub struct Metrics {
     /// `server.max_connections_per_ip`), by limit.
     pub memory_refusals: IntCounter,
     pub per_ip_refusals: IntCounter,
+    /// Broadcast frames compressed for `permessage-deflate` sockets (once per frame).
+    pub compression: CompressionMetrics,
 }
 
 /// Handles of one app, resolved once.
@@ -314,6 +317,43 @@ impl Metrics {
             memory_refusals: admission_refusals.with_label_values(&["memory"]),
             per_ip_refusals: admission_refusals.with_label_values(&["per_ip"]),
             outbound_budget_disconnects: budget_disconnects.with_label_values(&["outbound_bytes"]),
+            compression: CompressionMetrics {
+                input_bytes: register!(
+                    registry,
+                    IntCounter::with_opts(o(
+                        "compression_input_bytes_total",
+                        "Bytes of broadcast frames compressed for permessage-deflate sockets, before compression"
+                    ))?
+                ),
+                output_bytes: register!(
+                    registry,
+                    IntCounter::with_opts(o(
+                        "compression_output_bytes_total",
+                        "Bytes of the same frames after compression"
+                    ))?
+                ),
+                frames: register!(
+                    registry,
+                    IntCounter::with_opts(o(
+                        "compressed_frames_total",
+                        "Broadcast frames compressed (once each, however many sockets they reach)"
+                    ))?
+                ),
+                seconds: register!(
+                    registry,
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "compression_duration_seconds",
+                            "Time spent compressing one broadcast frame"
+                        )
+                        .namespace(prefix.to_string())
+                        .buckets(vec![
+                            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+                            0.005, 0.025
+                        ])
+                    )?
+                ),
+            },
             registry,
             prefix: prefix.to_string(),
         };

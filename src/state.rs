@@ -13,6 +13,7 @@ use crate::channels::users::{UserRegistry, WatcherRegistry};
 use crate::channels::ChannelRegistry;
 use crate::cluster::{Adapter, ClusterState};
 use crate::config::ServerConfig;
+use crate::connection::deflate::DeflatePolicy;
 use crate::connection::handle::ConnRef;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::presence::PresenceStore;
@@ -30,6 +31,9 @@ pub struct AppHub {
     pub connections: DashMap<SocketId, ConnRef>,
     connection_count: AtomicU64,
     pub metrics: AppMetrics,
+    /// How broadcasts are compressed for sockets that negotiated `permessage-deflate`; none
+    /// when the app has compression off (the extension is then declined).
+    pub deflate: Option<DeflatePolicy>,
     pub backend_limiter: Option<Mutex<TokenBucket>>,
     pub read_limiter: Option<Mutex<TokenBucket>>,
 }
@@ -44,6 +48,13 @@ impl AppHub {
             connections: DashMap::new(),
             connection_count: AtomicU64::new(0),
             metrics: m,
+            deflate: app
+                .settings
+                .deflate_threshold
+                .map(|threshold| DeflatePolicy {
+                    threshold,
+                    metrics: metrics.compression.clone(),
+                }),
             backend_limiter: app
                 .settings
                 .max_backend_events_per_second

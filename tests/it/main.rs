@@ -8,6 +8,7 @@ mod support;
 
 mod channels;
 mod client_events;
+mod compression;
 mod connection;
 mod deploy;
 mod hardening_connections;
