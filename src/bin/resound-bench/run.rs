@@ -39,6 +39,8 @@ pub struct Setup {
     pub connect_timeout: Duration,
     pub drain: Duration,
     pub server_pid: Option<u32>,
+    /// Share of the subscriber connections that offer permessage-deflate.
+    pub deflate_share: f64,
 }
 
 /// Client-event publishers on their own worker (`fanout --via client-events`).
@@ -247,6 +249,7 @@ pub async fn run(setup: &Setup, workload: &Workload) -> Result<Outcome> {
                 s
             }),
             count_deliveries: true,
+            deflate_share: setup.deflate_share,
             storm,
             drain_ms,
             deadline_ms: millis(deadline),
@@ -269,6 +272,7 @@ pub async fn run(setup: &Setup, workload: &Workload) -> Result<Outcome> {
             source_ips: setup.source_ips.iter().rev().copied().collect(),
             sender: Some(sender),
             count_deliveries: false,
+            deflate_share: 0.0,
             storm: None,
             drain_ms,
             deadline_ms: millis(deadline),
@@ -450,7 +454,7 @@ async fn probe_accepts(
         let started = now_ns();
         let attempt = tokio::time::timeout(limit, async {
             let (mut reader, _writer) =
-                wsclient::connect(&target, Ipv4Addr::LOCALHOST, false).await?;
+                wsclient::connect(&target, Ipv4Addr::LOCALHOST, false, false).await?;
             loop {
                 match wsclient::next(&mut reader).await? {
                     Incoming::Text(text) => {
