@@ -9,7 +9,7 @@
 //! Not owned: setting and reading RSV1 (`frames.rs`, `writer.rs`), which connections
 //! negotiated (`ConnHandle`), the threshold per app (`AppSettings::deflate_threshold`).
 //!
-//! The compressor and inflater states (zlib-rs: about 270 KiB and 40 KiB) are kept one per
+//! The compressor and inflater states (zlib-rs: a few hundred KiB and about 40 KiB) are kept one per
 //! worker thread and reset before each message: with no context takeover they carry nothing
 //! from one message to the next, and an idle connection owns none.
 
@@ -129,8 +129,9 @@ thread_local! {
 }
 
 /// The payload of a compressed message carrying `plain` (raw deflate, sync-flushed, its
-/// empty-block tail removed), independent of any message before it.
-pub fn deflate(plain: &[u8]) -> Bytes {
+/// empty-block tail removed), independent of any message before it; `None` if the compressor
+/// fails (it does not on memory input; the frame then goes uncompressed).
+pub fn deflate(plain: &[u8]) -> Option<Bytes> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         c.reset();
@@ -139,10 +140,7 @@ pub fn deflate(plain: &[u8]) -> Bytes {
         loop {
             let consumed = usize::try_from(c.total_in()).unwrap_or(plain.len());
             let rest = plain.get(consumed..).unwrap_or_default();
-            // Sync flush into memory cannot fail: only a stream error (a bad state) could.
-            if c.compress_vec(rest, &mut out, FlushCompress::Sync).is_err() {
-                break;
-            }
+            c.compress_vec(rest, &mut out, FlushCompress::Sync).ok()?;
             // The flush is complete once everything is in and there was room to spare.
             if usize::try_from(c.total_in()).ok() == Some(plain.len()) && out.len() < out.capacity()
             {
@@ -153,7 +151,7 @@ pub fn deflate(plain: &[u8]) -> Bytes {
         if out.ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
         }
-        Bytes::from(out)
+        Some(Bytes::from(out))
     })
 }
 
@@ -262,7 +260,7 @@ impl<'a> SharedFrame<'a> {
         self.deflated
             .get_or_init(|| {
                 let started = Instant::now();
-                let z = deflate(self.plain);
+                let z = deflate(self.plain)?;
                 let m = &policy.metrics;
                 m.seconds.observe(started.elapsed().as_secs_f64());
                 m.frames.inc();
@@ -364,7 +362,7 @@ mod tests {
     fn a_compressed_message_inflates_to_the_original_without_the_tail() {
         for len in [1usize, 200, 4096, 100_000] {
             let plain = json(len.max(10));
-            let z = deflate(&plain);
+            let z = deflate(&plain).unwrap();
             assert!(!z.ends_with(&TAIL), "the tail is removed");
             if len >= 4096 {
                 assert!(z.len() * 3 < plain.len(), "{len}: {} bytes", z.len());
@@ -384,7 +382,7 @@ mod tests {
     #[test]
     fn a_deflate_bomb_is_refused_at_the_limit_having_held_no_more() {
         // 10 MB of zeros compress to about 10 KB.
-        let z = deflate(&vec![0u8; 10_000_000]);
+        let z = deflate(&vec![0u8; 10_000_000]).unwrap();
         assert!(z.len() < 20_000);
         let (budget, mut hold) = new_hold();
         let r = inflate(&z, 65_536, &mut hold);
@@ -398,7 +396,7 @@ mod tests {
             budget.held()
         );
         // Exactly at the limit is fine.
-        let z = deflate(&vec![b'a'; 65_536]);
+        let z = deflate(&vec![b'a'; 65_536]).unwrap();
         let (_, mut hold) = new_hold();
         assert_eq!(inflate(&z, 65_536, &mut hold).unwrap().len(), 65_536);
     }

@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_compressed_message_is_one_final_text_frame_with_rsv1() {
-        let z = super::super::deflate::deflate(&[b'x'; 1000]);
+        let z = super::super::deflate::deflate(&[b'x'; 1000]).unwrap();
         let mut b = Vec::new();
         encode_frame_with(&mut b, OP_TEXT, RSV1, &z);
         assert_eq!(b[0], 0xC1, "FIN, RSV1, text");
