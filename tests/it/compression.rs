@@ -313,3 +313,27 @@ async fn an_unsatisfiable_offer_is_declined_and_the_next_one_accepted() {
     .await;
     assert_eq!(ws.extensions.as_deref(), Some(ANSWER));
 }
+
+#[tokio::test]
+async fn a_frame_from_another_node_is_compressed_once_by_the_node_that_delivers_it() {
+    use crate::cluster_support::{cluster_config, listening_pair, prefix, REDIS};
+    let (a, b, mut plain) = listening_pair(&cluster_config(&prefix(), REDIS, "")).await;
+    let mut zipped = RawWs::established(&b, Some("permessage-deflate")).await;
+    zipped.subscribe("live").await;
+    let data = dashboard(4096);
+    assert_eq!(
+        a.api().trigger(&["live"], "update", &data).await.status,
+        200
+    );
+    assert_eq!(plain.recv_event("update").await["data"], data.as_str());
+    let f = zipped.frame().await;
+    assert_eq!(f.first, 0xC1, "FIN, RSV1, text: {:#x}", f.first);
+    let got: Value = serde_json::from_slice(&inflate(&f.payload)).expect("json");
+    assert_eq!(got["data"], data.as_str());
+    assert_eq!(b.state.metrics.compression.frames.get(), 1);
+    assert_eq!(
+        a.state.metrics.compression.frames.get(),
+        0,
+        "the publishing node has no subscriber to compress for"
+    );
+}
