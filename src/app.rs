@@ -118,6 +118,9 @@ pub struct AppSettings {
     /// A secret being rotated out: still accepted for channel tokens, sign-in and API
     /// signatures until its deadline, so backends can move to the new one one by one.
     pub previous_secret: Option<PreviousSecret>,
+    /// `permessage-deflate` is accepted, and broadcast frames of at least this many bytes are
+    /// compressed for the sockets that negotiated it; none: the extension is declined.
+    pub deflate_threshold: Option<usize>,
 }
 
 /// Which channels of an app keep their events for resuming clients, and the bounds.
@@ -202,6 +205,7 @@ impl Default for AppSettings {
             idempotency_max_bytes: 4 << 20,
             history: None,
             previous_secret: None,
+            deflate_threshold: Some(512),
         }
     }
 }

@@ -5,6 +5,12 @@
 //! client events, presence events and watchlist events all go through it. An event on a
 //! channel with history (protocol.md 11.2) is given its position here, once, as it is
 //! delivered (`ChannelRegistry::publish_recorded`).
+//! client events, presence events and watchlist events all go through it.
+//!
+//! An event frame is compressed for the sockets that negotiated `permessage-deflate` at most
+//! once per node, by the registry that delivers it (`connection::deflate::SharedFrame`), so a
+//! frame from another node is compressed once here too. Member and watchlist events are small
+//! and always go plain.
 
 use std::sync::Arc;
 
@@ -12,6 +18,7 @@ use bytes::Bytes;
 
 use crate::channels::{CachedEvent, Fanout};
 use crate::cluster::{Adapter, Kind, Publication, RemoteEvent, Target};
+use crate::connection::deflate::SharedFrame;
 use crate::hub::AppHub;
 use crate::metrics::Metrics;
 use crate::protocol::{message, ChannelName, MemberChange, SocketId};
@@ -80,7 +87,9 @@ impl Broadcaster {
         if let Some(history) = history {
             // Recorded once, by the node the event was published on; everyone, here and on
             // other nodes, gets the frame with its position.
-            let (fanout, frame) = hub.channels.publish_recorded(channel, &p, history, cache);
+            let (fanout, frame) =
+                hub.channels
+                    .publish_recorded(channel, &p, history, hub.deflate.as_ref(), cache);
             #[allow(clippy::cast_precision_loss)]
             self.metrics.fanout_size.observe(fanout.delivered as f64);
             if self.adapter.has_peers() {
@@ -147,10 +156,13 @@ impl Broadcaster {
         p: &Publication,
         cache: Option<(&ChannelName, CachedEvent)>,
     ) -> Fanout {
+        let deflate = hub.deflate.as_ref();
         let fanout = match &p.target {
-            Target::Channel(_) => hub.channels.publish(p, cache),
+            Target::Channel(_) => hub.channels.publish(p, deflate, cache),
             Target::User(user) => Fanout {
-                delivered: hub.users.deliver(user, &p.frame, p.except),
+                delivered: hub
+                    .users
+                    .deliver(user, &SharedFrame::new(&p.frame, deflate), p.except),
                 overflowed: 0,
             },
             Target::Watchers(user) => Fanout {

@@ -10,11 +10,12 @@ use parking_lot::{Mutex, RwLock};
 use crate::app::{App, AppId};
 use crate::channels::users::{UserRegistry, WatcherRegistry};
 use crate::channels::ChannelRegistry;
+use crate::connection::deflate::DeflatePolicy;
 use crate::connection::handle::ConnRef;
-use crate::metrics::{AppMetrics, Metrics};
-use crate::protocol::{ErrorKind, SocketId};
 use crate::history::ChannelHistory;
 use crate::idempotency::KeyStore;
+use crate::metrics::{AppMetrics, Metrics};
+use crate::protocol::{ErrorKind, SocketId};
 use crate::ratelimit::TokenBucket;
 
 /// One app's state on this node.
@@ -29,6 +30,10 @@ pub struct AppHub {
     pub connections: DashMap<SocketId, ConnRef>,
     connection_count: AtomicU64,
     pub metrics: AppMetrics,
+    /// How broadcasts are compressed for sockets that negotiated `permessage-deflate`; none
+    /// when the app has compression off (the extension is then declined). Made with the hub:
+    /// a reload does not change it.
+    pub deflate: Option<DeflatePolicy>,
     /// `max_backend_events_per_second`, when set.
     backend_limiter: Mutex<Option<TokenBucket>>,
     /// `max_read_requests_per_second`, when set.
@@ -53,6 +58,13 @@ impl AppHub {
             connections: DashMap::new(),
             connection_count: AtomicU64::new(0),
             metrics: m,
+            deflate: app
+                .settings
+                .deflate_threshold
+                .map(|threshold| DeflatePolicy {
+                    threshold,
+                    metrics: metrics.compression.clone(),
+                }),
             backend_limiter: Mutex::new(
                 app.settings
                     .max_backend_events_per_second

@@ -7,6 +7,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::connection::deflate::CompressionMetrics;
 use crate::protocol::ChannelKind;
 
 /// Every metric of the server.
@@ -52,6 +53,8 @@ pub struct Metrics {
     pub idempotent_replays: IntCounter,
     /// Idempotency keys forgotten before their window ended (a node's store was full).
     pub idempotency_evictions: IntCounter,
+    /// Broadcast frames compressed for `permessage-deflate` sockets (once per frame).
+    pub compression: CompressionMetrics,
 }
 
 /// Handles of one app, resolved once.
@@ -345,6 +348,43 @@ impl Metrics {
                 ))?
             ),
             outbound_budget_disconnects: budget_disconnects.with_label_values(&["outbound_bytes"]),
+            compression: CompressionMetrics {
+                input_bytes: register!(
+                    registry,
+                    IntCounter::with_opts(o(
+                        "compression_input_bytes_total",
+                        "Bytes of broadcast frames compressed for permessage-deflate sockets, before compression"
+                    ))?
+                ),
+                output_bytes: register!(
+                    registry,
+                    IntCounter::with_opts(o(
+                        "compression_output_bytes_total",
+                        "Bytes of the same frames after compression"
+                    ))?
+                ),
+                frames: register!(
+                    registry,
+                    IntCounter::with_opts(o(
+                        "compressed_frames_total",
+                        "Broadcast frames compressed (once each, however many sockets they reach)"
+                    ))?
+                ),
+                seconds: register!(
+                    registry,
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "compression_duration_seconds",
+                            "Time spent compressing one broadcast frame"
+                        )
+                        .namespace(prefix.to_string())
+                        .buckets(vec![
+                            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+                            0.005, 0.025
+                        ])
+                    )?
+                ),
+            },
             registry,
             prefix: prefix.to_string(),
         };

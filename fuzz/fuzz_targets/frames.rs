@@ -161,7 +161,7 @@ fuzz_target!(|data: &[u8]| {
         let before = LIVE.load(Ordering::Relaxed);
         PEAK.store(before, Ordering::Relaxed);
         let result = {
-            let mut fut = pin!(read_frame(&mut reader, max, &mut hold));
+            let mut fut = pin!(read_frame(&mut reader, max, false, &mut hold));
             match fut.as_mut().poll(&mut cx) {
                 Poll::Ready(r) => r,
                 Poll::Pending => panic!("a reader that never pends left read_frame pending"),

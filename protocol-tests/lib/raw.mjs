@@ -24,7 +24,8 @@ export class RawSocket {
   /**
    * Open a WebSocket to /app/{key}. Does not wait for anything; see `connect` for that.
    * opts: node (index), query (string, or null for none), origin, headers, path (full override),
-   * autoPong (answer Ping control frames, default true), answerPings (answer pusher:ping).
+   * autoPong (answer Ping control frames, default true), answerPings (answer pusher:ping),
+   * deflate (offer permessage-deflate: true, or ws's options object; default: no offer).
    */
   constructor(app, opts = {}) {
     const n = node(opts.node ?? 0);
@@ -42,7 +43,7 @@ export class RawSocket {
     this.ws = new WebSocket(this.url, {
       origin: opts.origin,
       headers: opts.headers,
-      perMessageDeflate: false,
+      perMessageDeflate: opts.deflate ?? false,
       handshakeTimeout: 5000,
       autoPong: opts.autoPong ?? true,
     });
@@ -104,6 +105,16 @@ export class RawSocket {
         w.resolve(msg);
       }
     }
+  }
+
+  /** Bytes read from the TCP socket so far (frame headers included). */
+  bytesRead() {
+    return this.ws._socket ? this.ws._socket.bytesRead : 0;
+  }
+
+  /** The extensions the server accepted, by name, comma-separated ("" when none). */
+  get extensions() {
+    return this.ws.extensions;
   }
 
   /** Index to pass as `since` to `seen`/`expectNone`. */

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::cluster::{Kind, Publication, Target};
+use crate::connection::deflate::{DeflatePolicy, SharedFrame};
 use crate::connection::handle::{ConnRef, Delivery};
 use crate::history::{ChannelHistory, Failure};
 use crate::metrics::AppMetrics;
@@ -435,7 +436,15 @@ impl ChannelRegistry {
     /// cache channel's event published on this node, with its name) is remembered first, even
     /// with no subscribers. Remote publications are looked up by name, never parsed again: a
     /// channel without local subscribers costs one map lookup.
-    pub fn publish(&self, p: &Publication, cache: Option<(&ChannelName, CachedEvent)>) -> Fanout {
+    ///
+    /// An event frame at or above `deflate`'s threshold is compressed once, when the first
+    /// subscriber that negotiated `permessage-deflate` is reached, and shared by all of them.
+    pub fn publish(
+        &self,
+        p: &Publication,
+        deflate: Option<&DeflatePolicy>,
+        cache: Option<(&ChannelName, CachedEvent)>,
+    ) -> Fanout {
         let mut fanout = Fanout::default();
         let Target::Channel(channel) = &p.target else {
             return fanout;
@@ -448,11 +457,12 @@ impl ChannelRegistry {
             return fanout;
         }
         let (frame, except) = (&p.frame, p.except);
+        let shared = SharedFrame::new(frame, deflate);
         match cache {
             Some((name, cached)) => {
                 let mut entry = self.channels.entry(name.clone()).or_default();
                 entry.cache = Some(cached);
-                deliver_all(&entry.subscribers, frame, except, &mut fanout);
+                deliver_all(&entry.subscribers, &shared, except, &mut fanout);
             }
             None => {
                 let Some(entry) = self.channels.get(channel) else {
@@ -462,14 +472,14 @@ impl ChannelRegistry {
                     && entry.key().kind().is_cache()
                     && message::is_cacheable(frame))
                 {
-                    deliver_all(&entry.subscribers, frame, except, &mut fanout);
+                    deliver_all(&entry.subscribers, &shared, except, &mut fanout);
                     return fanout;
                 }
                 // A join is reading the shared cached event: the write lock, to note this one.
                 drop(entry);
                 if let Some(mut entry) = self.channels.get_mut(channel) {
                     entry.note_latest(frame);
-                    deliver_all(&entry.subscribers, frame, except, &mut fanout);
+                    deliver_all(&entry.subscribers, &shared, except, &mut fanout);
                 }
             }
         }
@@ -485,6 +495,7 @@ impl ChannelRegistry {
         channel: &ChannelName,
         p: &Publication,
         history: &ChannelHistory,
+        deflate: Option<&DeflatePolicy>,
         cache: Option<CachedEvent>,
     ) -> (Fanout, Bytes) {
         let mut fanout = Fanout::default();
@@ -502,7 +513,12 @@ impl ChannelRegistry {
             }
             None => {}
         }
-        deliver_all(&entry.subscribers, &frame, p.except, &mut fanout);
+        deliver_all(
+            &entry.subscribers,
+            &SharedFrame::new(&frame, deflate),
+            p.except,
+            &mut fanout,
+        );
         let empty = entry.subscribers.is_empty();
         drop(entry);
         if empty {
@@ -580,7 +596,7 @@ impl ChannelRegistry {
 
 fn deliver_all(
     subscribers: &HashMap<SocketId, Subscriber>,
-    frame: &Bytes,
+    frame: &SharedFrame<'_>,
     except: Option<SocketId>,
     fanout: &mut Fanout,
 ) {
@@ -588,7 +604,7 @@ fn deliver_all(
         if Some(*id) == except {
             continue;
         }
-        count(sub.conn.deliver(frame), fanout);
+        count(sub.conn.deliver_shared(frame), fanout);
     }
 }
 

@@ -32,13 +32,14 @@ fn succeeded_comes_before_cached_event_and_later_events() {
     // Published with nobody subscribed: still cached.
     let f = r.publish(
         &at(&ch, Bytes::from_static(b"cached"), None),
+        None,
         Some((&ch, cached)),
     );
     assert_eq!(f.delivered, 0);
     let conn = ConnHandle::new(SocketId::from_parts(1, 1), 8);
     let s = r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None);
     assert!(s.is_some_and(|s| s.occupied && s.cache_hit));
-    r.publish(&at(&ch, Bytes::from_static(b"live"), None), None);
+    r.publish(&at(&ch, Bytes::from_static(b"live"), None), None, None);
     let mut q = conn.take_queued();
     assert_eq!(&text(q.pop_front())[..], b"ok");
     assert_eq!(&text(q.pop_front())[..], b"cached");
@@ -63,7 +64,11 @@ fn exclusion_and_occupancy_transitions() {
         "duplicate subscribe"
     );
     let _ = (a.take_queued(), b.take_queued());
-    let f = r.publish(&at(&ch, Bytes::from_static(b"ev"), Some(a.socket_id)), None);
+    let f = r.publish(
+        &at(&ch, Bytes::from_static(b"ev"), Some(a.socket_id)),
+        None,
+        None,
+    );
     assert_eq!(f.delivered, 1);
     assert!(a.take_queued().is_empty());
     assert_eq!(&text(b.take_queued().pop_front())[..], b"ev");
@@ -147,28 +152,28 @@ fn member_events_reach_only_the_subscribers_whose_roster_they_change() {
     let (r, ch, a, b) = presence_room();
     let mark = r.begin_join(&ch);
     join(&r, &a, "a", &["a"], mark);
-    r.publish(&add(&ch, "a", Some(a.socket_id)), None);
+    r.publish(&add(&ch, "a", Some(a.socket_id)), None, None);
     // b's roster already lists c, whose member_added is still on its way from another
     // node; a's does not.
     let mark = r.begin_join(&ch);
     join(&r, &b, "b", &["a", "b", "c"], mark);
-    r.publish(&add(&ch, "b", Some(b.socket_id)), None);
+    r.publish(&add(&ch, "b", Some(b.socket_id)), None, None);
     let _ = (frames(&a), frames(&b));
-    let f = r.publish(&add(&ch, "c", None), None);
+    let f = r.publish(&add(&ch, "c", None), None, None);
     assert_eq!(f.delivered, 1);
     assert_eq!(frames(&a), vec![added("c")]);
     assert!(frames(&b).is_empty(), "b was told of c twice");
     // Said again (a resync), it reaches nobody.
-    assert_eq!(r.publish(&add(&ch, "c", None), None).delivered, 0);
+    assert_eq!(r.publish(&add(&ch, "c", None), None, None).delivered, 0);
     // A removal of someone nobody lists reaches nobody; of c, everybody.
-    assert_eq!(r.publish(&rem(&ch, "zed", None), None).delivered, 0);
-    assert_eq!(r.publish(&rem(&ch, "c", None), None).delivered, 2);
-    assert_eq!(r.publish(&rem(&ch, "c", None), None).delivered, 0);
+    assert_eq!(r.publish(&rem(&ch, "zed", None), None, None).delivered, 0);
+    assert_eq!(r.publish(&rem(&ch, "c", None), None, None).delivered, 2);
+    assert_eq!(r.publish(&rem(&ch, "c", None), None, None).delivered, 0);
     // Other events on a presence channel reach everyone as before.
     let ev =
         Bytes::from_static(br#"{"event":"client-typing","channel":"presence-room","data":"{}"}"#);
     assert_eq!(
-        r.publish(&at(&ch, ev.clone(), Some(a.socket_id)), None)
+        r.publish(&at(&ch, ev.clone(), Some(a.socket_id)), None, None)
             .delivered,
         1
     );
@@ -182,8 +187,8 @@ fn member_events_that_arrive_while_a_roster_is_read_are_replayed_where_it_lacks_
     let _ = frames(&a);
     // b's join begins; while its roster is read, y joins and x leaves elsewhere.
     let mark = r.begin_join(&ch);
-    r.publish(&add(&ch, "y", None), None);
-    r.publish(&rem(&ch, "x", None), None);
+    r.publish(&add(&ch, "y", None), None, None);
+    r.publish(&rem(&ch, "x", None), None, None);
     assert_eq!(frames(&a), vec![added("y"), removed("x")]);
     // The roster was read before both changes: b is told of both, after its roster.
     join(&r, &b, "b", &["a", "x", "b"], mark);
@@ -192,13 +197,13 @@ fn member_events_that_arrive_while_a_roster_is_read_are_replayed_where_it_lacks_
         vec![Bytes::from_static(b"ok"), added("y"), removed("x")]
     );
     // From then on b is in step: nothing more about x or y.
-    assert_eq!(r.publish(&rem(&ch, "x", None), None).delivered, 0);
-    assert_eq!(r.publish(&add(&ch, "y", None), None).delivered, 0);
+    assert_eq!(r.publish(&rem(&ch, "x", None), None, None).delivered, 0);
+    assert_eq!(r.publish(&add(&ch, "y", None), None, None).delivered, 0);
 
     // A roster read after the changes shows them already: nothing is replayed.
     let c = ConnHandle::new(SocketId::from_parts(3, 3), 16);
     let mark = r.begin_join(&ch);
-    r.publish(&add(&ch, "z", None), None);
+    r.publish(&add(&ch, "z", None), None, None);
     join(&r, &c, "c", &["a", "b", "c", "y", "z"], mark);
     assert_eq!(frames(&c), vec![Bytes::from_static(b"ok")]);
 }
@@ -231,7 +236,7 @@ fn a_cache_event_that_arrives_while_the_shared_one_is_read_is_the_one_a_joiner_g
     // event and a count are never cached.
     let b = ConnHandle::new(SocketId::from_parts(2, 2), 16);
     let mark = r.begin_join(&ch);
-    r.publish(&at(&ch, event("2"), None), None);
+    r.publish(&at(&ch, event("2"), None), None, None);
     let typing =
         serde_json::value::RawValue::from_string("{}".into()).unwrap_or_else(|e| panic!("{e}"));
     r.publish(
@@ -241,13 +246,18 @@ fn a_cache_event_that_arrives_while_the_shared_one_is_read_is_the_one_a_joiner_g
             None,
         ),
         None,
+        None,
     );
-    r.publish(&at(&ch, subscription_count("cache-ticker", 2), None), None);
+    r.publish(
+        &at(&ch, subscription_count("cache-ticker", 2), None),
+        None,
+        None,
+    );
     assert!(join(&b, &shared("1"), mark).is_some());
     assert_eq!(frames(&b), vec![ok.clone(), event("2")]);
     // Events from before a join began are the shared read's business.
     let c = ConnHandle::new(SocketId::from_parts(3, 3), 16);
-    r.publish(&at(&ch, event("3"), None), None);
+    r.publish(&at(&ch, event("3"), None), None, None);
     let mark = r.begin_join(&ch);
     assert!(join(&c, &shared("3"), mark).is_some());
     assert_eq!(frames(&c), vec![ok.clone(), event("3")]);
@@ -259,7 +269,7 @@ fn a_join_that_ends_without_a_subscription_leaves_nothing_behind() {
     let r = registry();
     let ch = name("presence-room");
     r.begin_join(&ch);
-    r.publish(&add(&ch, "y", None), None);
+    r.publish(&add(&ch, "y", None), None, None);
     assert_eq!(r.channels.get(&ch).map(|c| c.recent.len()), Some(1));
     r.abandon_join(&ch);
     assert!(r.channels.get(&ch).is_none());
@@ -287,7 +297,7 @@ fn a_full_queue_closes_only_that_connection() {
     let mut overflowed = 0;
     for _ in 0..10 {
         overflowed += r
-            .publish(&at(&ch, Bytes::from_static(b"ev"), None), None)
+            .publish(&at(&ch, Bytes::from_static(b"ev"), None), None, None)
             .overflowed;
         let _ = fast.take_queued();
     }

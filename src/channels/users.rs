@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use dashmap::DashMap;
 
+use crate::connection::deflate::SharedFrame;
 use crate::connection::handle::{ConnRef, Delivery};
 use crate::protocol::{ErrorKind, SocketId, UserId};
 
@@ -37,15 +38,16 @@ impl UserRegistry {
         last
     }
 
-    /// Delivers `frame` to every connection signed in as `user` (subscribed or not).
-    pub fn deliver(&self, user: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+    /// Delivers `frame` to every connection signed in as `user` (subscribed or not),
+    /// compressed for those that negotiated `permessage-deflate` when it is large enough.
+    pub fn deliver(&self, user: &str, frame: &SharedFrame<'_>, except: Option<SocketId>) -> usize {
         let Some(conns) = self.users.get(user) else {
             return 0;
         };
         conns
             .iter()
             .filter(|c| Some(c.socket_id) != except)
-            .filter(|c| c.deliver(frame) == Delivery::Queued)
+            .filter(|c| c.deliver_shared(frame) == Delivery::Queued)
             .count()
     }
 

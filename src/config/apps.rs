@@ -82,6 +82,10 @@ pub struct AppConfig {
     pub webhook_batch_window_ms: Option<u64>,
     pub webhook_batch_max_events: Option<usize>,
     pub webhook_removal_delay: Option<u64>,
+    /// Overrides `server.compression` for this app.
+    pub compression: Option<super::Compression>,
+    /// Overrides `server.compression_threshold` for this app.
+    pub compression_threshold: Option<usize>,
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -156,6 +160,16 @@ fn utc_time(text: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// The app's compression threshold (`AppSettings::deflate_threshold`): its own keys, else
+/// the server's; none when compression is off.
+pub(super) fn deflate_threshold(a: &AppConfig, server: &super::ServerConfig) -> Option<usize> {
+    let on = a.compression.unwrap_or(server.compression) == super::Compression::On;
+    on.then(|| {
+        a.compression_threshold
+            .unwrap_or(server.compression_threshold)
+    })
+}
+
 pub(super) fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, String> {
     if a.id.is_empty() || a.key.is_empty() || a.secret.is_empty() {
         return Err("id, key and secret must be non-empty".into());
@@ -225,6 +239,9 @@ pub(super) fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, Str
         }
     };
     let settings = AppSettings {
+        // The server's setting applies unless the app overrides it: see `deflate_threshold`,
+        // applied by `load`.
+        deflate_threshold: d.deflate_threshold,
         enabled: a.enabled.unwrap_or(d.enabled),
         tls_only: a.tls_only.unwrap_or(d.tls_only),
         allowed_origins,

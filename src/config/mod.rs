@@ -138,6 +138,20 @@ pub struct ServerConfig {
     pub max_pending_connections: usize,
     /// `[server.fallback]`: pusher-js's HTTP transports.
     pub fallback: FallbackConfig,
+    /// `permessage-deflate` for the clients that offer it (each app may override it).
+    pub compression: Compression,
+    /// Frames of at least this many bytes are compressed; smaller ones go as they are.
+    pub compression_threshold: usize,
+}
+
+/// `server.compression` and an app's `compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Accept `permessage-deflate` offers; compress each large broadcast once per node.
+    On,
+    /// Decline the extension: every client is served uncompressed.
+    Off,
 }
 
 /// `[server.fallback]`: pusher-js's HTTP transports (`xhr_streaming`, `xhr_polling`) under
@@ -207,6 +221,8 @@ impl Default for ServerConfig {
             body_timeout: 10,
             max_pending_connections: 4096,
             fallback: FallbackConfig::default(),
+            compression: Compression::On,
+            compression_threshold: 512,
         }
     }
 }
@@ -543,8 +559,9 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let mut seen_ids = std::collections::HashSet::new();
     for (i, a) in file.apps.iter().enumerate() {
         let is_reverb = reverb_app.as_ref().is_some_and(|r| r.id == a.id);
-        let app = build_app(a, is_reverb)
+        let mut app = build_app(a, is_reverb)
             .map_err(|m| ConfigError::Invalid(format!("apps[{i}] (id {:?}): {m}", a.id)))?;
+        app.settings.deflate_threshold = apps::deflate_threshold(a, &file.server);
         if !seen_keys.insert(a.key.clone()) {
             return Err(ConfigError::Invalid(format!(
                 "apps[{i}]: duplicate key {:?}",

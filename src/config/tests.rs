@@ -577,3 +577,37 @@ fn an_env_value_with_a_backslash_after_a_non_ascii_character_is_text() {
     assert_eq!(env_value(r#""/a\tb""#), Value::from("/a\tb".to_string()));
     assert_eq!(env_value("true"), Value::from(true));
 }
+
+#[test]
+fn compression_is_on_by_default_and_each_app_may_override_the_server() {
+    let c = load_ok(&Sources::default());
+    assert_eq!(c.apps[0].settings.deflate_threshold, Some(512));
+    let path = temp_file(
+        "compression.toml",
+        "[server]\ncompression = \"off\"\ncompression_threshold = 1024\n\
+         [[apps]]\nid = \"1\"\nkey = \"a\"\nsecret = \"s\"\n\
+         [[apps]]\nid = \"2\"\nkey = \"b\"\nsecret = \"s\"\ncompression = \"on\"\n\
+         [[apps]]\nid = \"3\"\nkey = \"c\"\nsecret = \"s\"\ncompression = \"on\"\ncompression_threshold = 0\n",
+    );
+    let c = load_ok(&Sources {
+        config_file: Some(&path),
+        ..Sources::default()
+    });
+    let thresholds: Vec<_> = c
+        .apps
+        .iter()
+        .map(|a| a.settings.deflate_threshold)
+        .collect();
+    assert_eq!(thresholds, [None, Some(1024), Some(0)]);
+    let c = load_ok(&Sources {
+        process_env: env(&[("RESOUND_SERVER__COMPRESSION", "off")]),
+        ..Sources::default()
+    });
+    assert_eq!(c.apps[0].settings.deflate_threshold, None);
+    let path = temp_file("compression-bad.toml", "[server]\ncompression = \"gzip\"\n");
+    let err = load_err(&Sources {
+        config_file: Some(&path),
+        ..Sources::default()
+    });
+    assert!(err.contains("compression"), "{err}");
+}

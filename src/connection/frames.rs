@@ -94,7 +94,7 @@ impl PartialHold {
 
     /// Holds `n` more bytes; refused (and counted) when the part beyond the allowance would
     /// exceed the node's budget.
-    fn grow(&mut self, n: usize) -> Result<(), FrameError> {
+    pub(super) fn grow(&mut self, n: usize) -> Result<(), FrameError> {
         let grown = self.bytes.saturating_add(n);
         let over = grown.saturating_sub(FREE_PARTIAL_BYTES)
             - self.bytes.saturating_sub(FREE_PARTIAL_BYTES);
@@ -165,6 +165,8 @@ impl OpCode {
 pub struct Frame {
     pub fin: bool,
     pub opcode: OpCode,
+    /// RSV1: the first frame of a message compressed with `permessage-deflate`.
+    pub compressed: bool,
     pub payload: Bytes,
 }
 
@@ -193,22 +195,33 @@ pub struct Head {
     pub fin: bool,
     pub opcode: OpCode,
     pub masked: bool,
+    /// RSV1, allowed only on the first frame of a data message and only with `permessage-deflate`
+    /// negotiated (RFC 7692 6).
+    pub compressed: bool,
     /// 0..=125, or 126/127 when a 2- or 8-byte length follows.
     pub len7: u8,
 }
 
-/// Parses the first two header bytes of a client frame.
-pub fn parse_head(b: [u8; 2]) -> Result<Head, FrameError> {
-    if b[0] & 0x70 != 0 {
+/// Parses the first two header bytes of a client frame; `deflate`: the connection negotiated
+/// `permessage-deflate`, so RSV1 may mark a compressed message.
+pub fn parse_head(b: [u8; 2], deflate: bool) -> Result<Head, FrameError> {
+    let rsv1 = b[0] & 0x40 != 0;
+    if b[0] & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(FrameError::Protocol(
             "reserved bits set (no extension was negotiated)",
         ));
     }
     let opcode = OpCode::from_u8(b[0] & 0x0F).ok_or(FrameError::Protocol("unknown opcode"))?;
+    if rsv1 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(FrameError::Protocol(
+            "RSV1 is set only on the first frame of a data message",
+        ));
+    }
     let head = Head {
         fin: b[0] & 0x80 != 0,
         opcode,
         masked: b[1] & 0x80 != 0,
+        compressed: rsv1,
         len7: b[1] & 0x7F,
     };
     if !head.masked {
@@ -232,15 +245,16 @@ fn io(e: std::io::Error) -> FrameError {
 
 /// Reads one frame; a payload longer than `max` is refused before it is read. The payload
 /// buffer is charged to `hold` as it grows (and stays charged: the caller lowers the charge
-/// once it has handled or moved the payload).
+/// once it has handled or moved the payload). `deflate`: RSV1 may be set (see [`parse_head`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
+    deflate: bool,
     hold: &mut PartialHold,
 ) -> Result<Frame, FrameError> {
     let mut two = [0u8; 2];
     r.read_exact(&mut two).await.map_err(io)?;
-    let head = parse_head(two)?;
+    let head = parse_head(two, deflate)?;
     let len: u64 = match head.len7 {
         126 => {
             let mut b = [0u8; 2];
@@ -285,6 +299,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Frame {
         fin: head.fin,
         opcode: head.opcode,
+        compressed: head.compressed,
         payload: Bytes::from(payload),
     })
 }
@@ -335,7 +350,7 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let bytes = client_frame(true, 0x1, &payload);
             let mut hold = hold();
-            let f = read_frame(&mut &bytes[..], 100_000, &mut hold)
+            let f = read_frame(&mut &bytes[..], 100_000, false, &mut hold)
                 .await
                 .unwrap_or_else(|e| panic!("{len}: {e}"));
             assert_eq!(f.opcode, OpCode::Text);
@@ -346,36 +361,82 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_compressed_frame_is_read_as_such_once_the_extension_is_negotiated() {
+        let bytes = client_frame(false, 0x41, b"abc");
+        let f = read_frame(&mut &bytes[..], 100, true, &mut hold())
+            .await
+            .unwrap();
+        assert!(f.compressed && !f.fin);
+        assert_eq!(&f.payload[..], b"abc");
+        assert!(matches!(
+            read_frame(&mut &bytes[..], 100, false, &mut hold()).await,
+            Err(FrameError::Protocol(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn refuses_oversized_frames_before_reading_them() {
         let bytes = client_frame(true, 0x1, &[b'x'; 2000]);
         assert!(matches!(
-            read_frame(&mut &bytes[..2 + 2], 1000, &mut hold()).await,
+            read_frame(&mut &bytes[..2 + 2], 1000, false, &mut hold()).await,
             Err(FrameError::TooBig(2000))
         ));
     }
 
     #[test]
     fn protocol_violations() {
-        assert!(parse_head([0x81, 0x05]).is_err(), "unmasked");
-        assert!(parse_head([0xC1, 0x85]).is_err(), "rsv1 without extension");
-        assert!(parse_head([0x83, 0x85]).is_err(), "reserved opcode");
-        assert!(parse_head([0x09, 0x80]).is_err(), "fragmented ping");
-        assert!(parse_head([0x89, 0xFE]).is_err(), "ping over 125 bytes");
+        assert!(parse_head([0x81, 0x05], false).is_err(), "unmasked");
+        assert!(
+            parse_head([0xC1, 0x85], false).is_err(),
+            "rsv1 without extension"
+        );
+        assert!(parse_head([0x83, 0x85], false).is_err(), "reserved opcode");
+        assert!(parse_head([0x09, 0x80], false).is_err(), "fragmented ping");
+        assert!(
+            parse_head([0x89, 0xFE], false).is_err(),
+            "ping over 125 bytes"
+        );
         assert_eq!(
-            parse_head([0x01, 0x85]).ok(),
+            parse_head([0x01, 0x85], false).ok(),
             Some(Head {
                 fin: false,
                 opcode: OpCode::Text,
                 masked: true,
+                compressed: false,
                 len7: 5
             })
+        );
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_where_rfc_7692_allows_it() {
+        let first = parse_head([0x41, 0x85], true).unwrap();
+        assert!(
+            first.compressed && !first.fin,
+            "first fragment of a compressed message"
+        );
+        assert!(parse_head([0xC2, 0x85], true).unwrap().compressed, "binary");
+        assert!(parse_head([0x80, 0x85], true).is_ok_and(|h| !h.compressed));
+        assert!(
+            parse_head([0xC0, 0x85], true).is_err(),
+            "rsv1 on a continuation"
+        );
+        assert!(parse_head([0xC9, 0x80], true).is_err(), "rsv1 on a ping");
+        assert!(parse_head([0xC8, 0x80], true).is_err(), "rsv1 on a close");
+        assert!(
+            parse_head([0xA1, 0x85], true).is_err(),
+            "rsv2 is never ours"
+        );
+        assert!(
+            parse_head([0x91, 0x85], true).is_err(),
+            "rsv3 is never ours"
         );
     }
 
     #[tokio::test]
     async fn eof_is_not_an_error_to_report() {
         assert!(matches!(
-            read_frame(&mut &[0x81u8][..], 10, &mut hold()).await,
+            read_frame(&mut &[0x81u8][..], 10, false, &mut hold()).await,
             Err(FrameError::Eof)
         ));
     }
@@ -389,7 +450,7 @@ mod tests {
         // The 14-byte header and mask, then 10 bytes of a 60,000-byte payload.
         client.write_all(&frame[..4 + 4 + 10]).await.unwrap();
         {
-            let read = read_frame(&mut server, 100_000, &mut hold);
+            let read = read_frame(&mut server, 100_000, false, &mut hold);
             tokio::pin!(read);
             assert!(futures_util::poll!(read.as_mut()).is_pending());
         }
@@ -423,13 +484,13 @@ mod tests {
         let budget = budget(2_000);
         let mut first = PartialHold::new(budget.clone());
         let bytes = client_frame(true, 0x1, &[b'x'; 6_000]);
-        read_frame(&mut &bytes[..], 100_000, &mut first)
+        read_frame(&mut &bytes[..], 100_000, false, &mut first)
             .await
             .unwrap();
         assert_eq!(budget.charged(), 6_000 - FREE_PARTIAL_BYTES);
         let mut second = PartialHold::new(budget.clone());
         assert!(matches!(
-            read_frame(&mut &bytes[..], 100_000, &mut second).await,
+            read_frame(&mut &bytes[..], 100_000, false, &mut second).await,
             Err(FrameError::OverBudget)
         ));
         assert_eq!(budget.refused.get(), 1);
@@ -442,7 +503,7 @@ mod tests {
         // Small messages need no budget, even when it is spent.
         let small = client_frame(true, 0x1, &[b'x'; 1_000]);
         let mut third = PartialHold::new(budget.clone());
-        read_frame(&mut &small[..], 100_000, &mut third)
+        read_frame(&mut &small[..], 100_000, false, &mut third)
             .await
             .unwrap();
         first.lower_to(0);

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use prometheus::{IntCounter, IntGauge};
 use tokio_util::sync::CancellationToken;
 
+use super::deflate::SharedFrame;
 use crate::protocol::{ErrorKind, SocketId, UserId};
 
 /// A frame waiting in a connection's outbound queue.
@@ -25,6 +26,8 @@ use crate::protocol::{ErrorKind, SocketId, UserId};
 pub enum Outbound {
     /// A complete JSON message, sent as one text frame.
     Text(Bytes),
+    /// A JSON message compressed with `permessage-deflate`, sent as one text frame with RSV1.
+    Deflated(Bytes),
     /// The answer to a WebSocket Ping.
     Pong(Bytes),
 }
@@ -33,7 +36,7 @@ impl Outbound {
     /// Payload bytes, as the queue's byte bound counts them.
     pub fn len(&self) -> usize {
         match self {
-            Outbound::Text(b) | Outbound::Pong(b) => b.len(),
+            Outbound::Text(b) | Outbound::Deflated(b) | Outbound::Pong(b) => b.len(),
         }
     }
 
@@ -154,6 +157,8 @@ pub struct ConnHandle {
     closing: AtomicBool,
     /// The client already closed its side (EOF): no close frame is sent back.
     peer_gone: AtomicBool,
+    /// The connection negotiated `permessage-deflate`: shared frames go out compressed.
+    deflate: AtomicBool,
     cancel: CancellationToken,
     /// The signed-in user (protocol.md 3.5), for `terminate_connections` and `#server-to-user-`.
     signed_in: Mutex<Option<UserId>>,
@@ -198,6 +203,7 @@ impl ConnHandle {
             close_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
             peer_gone: AtomicBool::new(false),
+            deflate: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             signed_in: Mutex::new(None),
             presence_users: Mutex::new(Vec::new()),
@@ -211,6 +217,24 @@ impl ConnHandle {
     /// allowance, needs more.
     pub fn deliver(&self, frame: &Bytes) -> Delivery {
         self.enqueue(Outbound::Text(frame.clone()))
+    }
+
+    /// Marks the connection as having negotiated `permessage-deflate`, before it is shared:
+    /// [`ConnHandle::deliver_shared`] then enqueues the compressed form of large frames.
+    pub fn accept_deflate(&self) {
+        self.deflate.store(true, Ordering::Release);
+    }
+
+    /// Enqueues a broadcast frame as [`ConnHandle::deliver`] does: compressed (made once for
+    /// every subscriber, on the first that asks) for a connection that negotiated
+    /// `permessage-deflate` when the frame is large enough, as it is otherwise.
+    pub fn deliver_shared(&self, frame: &SharedFrame<'_>) -> Delivery {
+        if self.deflate.load(Ordering::Relaxed) {
+            if let Some(z) = frame.deflated() {
+                return self.enqueue(Outbound::Deflated(z.clone()));
+            }
+        }
+        self.deliver(frame.plain())
     }
 
     pub fn enqueue(&self, out: Outbound) -> Delivery {

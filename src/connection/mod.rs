@@ -10,6 +10,7 @@
 //! the `Session` and the departure are the same for every transport; a transport only moves
 //! bytes (complete messages in, the `ConnHandle`'s queue out).
 
+pub mod deflate;
 pub(crate) mod frames;
 pub mod handle;
 mod session;
@@ -102,15 +103,16 @@ impl Budgets {
     }
 }
 
-/// Runs one WebSocket connection to completion.
-pub async fn run(io: Io, admission: Admission, state: Arc<ServerState>) {
+/// Runs one WebSocket connection to completion; `deflate`: the handshake negotiated
+/// `permessage-deflate` (see `deflate::negotiate`).
+pub async fn run(io: Io, admission: Admission, deflate: bool, state: Arc<ServerState>) {
     match admission {
         Admission::Refused(kind) => writer::refuse(io, &kind).await,
         Admission::Accepted { app, slot } => {
             let socket_id = SocketId::random();
             let span = tracing::info_span!("connection", app_id = %app.id, socket_id = %socket_id);
             async move {
-                serve(io, socket_id, app, slot.hub().clone(), state).await;
+                serve(io, socket_id, deflate, app, slot.hub().clone(), state).await;
                 slot.release().await;
             }
             .instrument(span)
@@ -223,11 +225,15 @@ impl Established {
 async fn serve(
     io: Io,
     socket_id: SocketId,
+    deflate: bool,
     app: Arc<App>,
     hub: Arc<AppHub>,
     state: Arc<ServerState>,
 ) {
     let conn = ConnHandle::bounded(socket_id, state.budgets.queue.clone());
+    if deflate {
+        conn.accept_deflate();
+    }
     let (mut reader, write_half) = tokio::io::split(io);
     let writer =
         // Not instrumented: the writer is polled once per delivery, and entering a span on every
@@ -248,7 +254,8 @@ async fn serve(
     let mut auth_deadline = settings
         .require_authorization
         .then(|| Instant::now() + settings.authorization_timeout);
-    let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+    // A message being assembled: its opcode, whether it is compressed, the bytes so far.
+    let mut fragments: Option<(OpCode, bool, Vec<u8>)> = None;
     // The bytes of messages not yet handled, charged to the node's budget as they arrive.
     let mut hold = PartialHold::new(state.budgets.partial.clone());
     // Registered with the token once for the connection's life (see writer.rs).
@@ -257,9 +264,9 @@ async fn serve(
 
     loop {
         // What the previous message held is handled or dropped; fragments are still held.
-        hold.lower_to(fragments.as_ref().map_or(0, |(_, buf)| buf.capacity()));
+        hold.lower_to(fragments.as_ref().map_or(0, |(_, _, buf)| buf.capacity()));
         let step = {
-            let read = frames::read_frame(&mut reader, max, &mut hold);
+            let read = frames::read_frame(&mut reader, max, deflate, &mut hold);
             tokio::pin!(read);
             loop {
                 tokio::select! {
@@ -331,14 +338,14 @@ async fn serve(
                     break;
                 }
                 if frame.fin {
-                    Some((frame.opcode, frame.payload))
+                    Some((frame.opcode, frame.compressed, frame.payload))
                 } else {
-                    fragments = Some((frame.opcode, Vec::from(frame.payload)));
+                    fragments = Some((frame.opcode, frame.compressed, Vec::from(frame.payload)));
                     None
                 }
             }
             OpCode::Continuation => {
-                let Some((first, mut buf)) = fragments.take() else {
+                let Some((first, compressed, mut buf)) = fragments.take() else {
                     conn.close(ErrorKind::WebSocketProtocol);
                     break;
                 };
@@ -351,15 +358,32 @@ async fn serve(
                 buf.reserve_exact(frame.payload.len());
                 buf.extend_from_slice(&frame.payload);
                 if frame.fin {
-                    Some((first, Bytes::from(buf)))
+                    Some((first, compressed, Bytes::from(buf)))
                 } else {
-                    fragments = Some((first, buf));
+                    fragments = Some((first, compressed, buf));
                     None
                 }
             }
         };
-        let Some((opcode, payload)) = complete else {
+        let Some((opcode, compressed, payload)) = complete else {
             continue;
+        };
+        // The message limit applies to what the message inflates to (RFC 7692 7.2.2).
+        let payload = if compressed {
+            match deflate::inflate(&payload, max, &mut hold) {
+                Ok(p) => p,
+                Err(e) => {
+                    debug!(error = %e, "inflating a message failed");
+                    conn.close(match e {
+                        FrameError::OverBudget => ErrorKind::OverCapacity,
+                        FrameError::TooBig(_) => ErrorKind::MessageTooBig,
+                        _ => ErrorKind::WebSocketProtocol,
+                    });
+                    break;
+                }
+            }
+        } else {
+            payload
         };
         hub.metrics.ws_messages_received.inc();
         if opcode == OpCode::Binary {

@@ -24,9 +24,18 @@ const BATCH_BYTES: usize = 64 * 1024;
 const KEEP_BUFFER: usize = 16 * 1024;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// RSV1 in a frame's first byte: the message is compressed (`permessage-deflate`, RFC 7692 6).
+const RSV1: u8 = 0x40;
+
 /// Appends one unmasked, final frame.
 pub(crate) fn encode_frame(buf: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    buf.push(0x80 | opcode);
+    encode_frame_with(buf, opcode, 0, payload);
+}
+
+/// Appends one unmasked, final frame with the reserved bits `rsv` set. Server messages are
+/// never fragmented, so RSV1 always goes on the message's first (and only) frame.
+fn encode_frame_with(buf: &mut Vec<u8>, opcode: u8, rsv: u8, payload: &[u8]) {
+    buf.push(0x80 | rsv | opcode);
     let len = payload.len();
     if len < 126 {
         buf.push(len as u8);
@@ -74,6 +83,11 @@ fn push(buf: &mut Vec<u8>, out: Outbound, metrics: &AppMetrics) -> usize {
             metrics.ws_messages_sent.inc();
             metrics.socket_transmitted_bytes.inc_by(b.len() as u64);
             encode_frame(buf, OP_TEXT, &b);
+        }
+        Outbound::Deflated(b) => {
+            metrics.ws_messages_sent.inc();
+            metrics.socket_transmitted_bytes.inc_by(b.len() as u64);
+            encode_frame_with(buf, OP_TEXT, RSV1, &b);
         }
         Outbound::Pong(b) => encode_frame(buf, OP_PONG, &b),
     }
@@ -168,6 +182,16 @@ mod tests {
         encode_frame(&mut b, OP_TEXT, &vec![b'x'; 70_000]);
         assert_eq!(b[1], 127);
         assert_eq!(b.len(), 70_000 + 10);
+    }
+
+    #[test]
+    fn a_compressed_message_is_one_final_text_frame_with_rsv1() {
+        let z = super::super::deflate::deflate(&[b'x'; 1000]).unwrap();
+        let mut b = Vec::new();
+        encode_frame_with(&mut b, OP_TEXT, RSV1, &z);
+        assert_eq!(b[0], 0xC1, "FIN, RSV1, text");
+        assert_eq!(usize::from(b[1]), z.len());
+        assert_eq!(&b[2..], &z[..]);
     }
 
     #[test]

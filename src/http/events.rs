@@ -13,8 +13,8 @@ use http_body_util::Full;
 use serde_json::{json, Map, Value};
 
 use super::{ok_json, ApiError, ApiRequest};
-use crate::hub::AppHub;
 use crate::cluster::Claim;
+use crate::hub::AppHub;
 use crate::protocol::auth::md5_hex;
 use crate::protocol::socket_id::is_valid_socket_id;
 use crate::protocol::{ChannelName, SocketId};

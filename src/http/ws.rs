@@ -1,6 +1,8 @@
 //! The WebSocket endpoint `GET /app/{key}`: the handshake checks of protocol.md 1.2 in order, then the
 //! upgrade. A refused connection is still upgraded so the client reads `pusher:error` and the
-//! close code (pusher-js decides whether to retry from them).
+//! close code (pusher-js decides whether to retry from them). An admitted client's
+//! `permessage-deflate` offer is answered here (`connection::deflate::negotiate`) when its app
+//! has compression on.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use super::edge::EdgeConn;
 use super::error::ApiError;
 use super::signature::Query;
 use super::Peer;
-use crate::connection::{self, Admission, ConnectionSlot};
+use crate::connection::{self, deflate, Admission, ConnectionSlot};
 use crate::protocol::ErrorKind;
 use crate::state::ServerState;
 
@@ -103,7 +105,18 @@ pub(super) async fn upgrade(
     if let Admission::Refused(kind) = &admission {
         state.metrics.refused(kind.code());
     }
-    let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let extensions = match &admission {
+        Admission::Accepted { app, .. } if app.settings.deflate_threshold.is_some() => {
+            deflate::negotiate(
+                req.headers()
+                    .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            )
+        }
+        _ => None,
+    };
+    let (mut response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
             if let Admission::Accepted { slot, .. } = admission {
@@ -114,9 +127,16 @@ pub(super) async fn upgrade(
                 .into_response();
         }
     };
+    if let Some(answer) = extensions {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            header::HeaderValue::from_static(answer),
+        );
+    }
+    let deflate = extensions.is_some();
     let task = async move {
         match fut.await {
-            Ok(ws) => connection::run(ws.into_inner(), admission, state).await,
+            Ok(ws) => connection::run(ws.into_inner(), admission, deflate, state).await,
             Err(e) => {
                 debug!(error = %e, "upgrade failed");
                 if let Admission::Accepted { slot, .. } = admission {

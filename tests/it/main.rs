@@ -10,6 +10,7 @@ mod app_database;
 
 mod channels;
 mod client_events;
+mod compression;
 mod connection;
 mod deploy;
 mod fallback;

@@ -83,6 +83,10 @@ pub struct CommonArgs {
     /// Start the built-in baseline server and run against it instead of --url.
     #[arg(long)]
     pub baseline: bool,
+    /// Share of the subscriber connections (0 to 1) that offer permessage-deflate and inflate
+    /// what arrives compressed.
+    #[arg(long, default_value_t = 0.0)]
+    pub deflate_share: f64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -291,6 +295,7 @@ impl CommonArgs {
             connect_timeout: seconds(self.connect_timeout, "--connect-timeout")?,
             drain: seconds(self.drain, "--drain")?,
             server_pid: self.server_pid,
+            deflate_share: self.deflate_share.clamp(0.0, 1.0),
         })
     }
 

@@ -86,4 +86,13 @@ pub fn add_rss(report: &mut Report, outcome: &run::Outcome) {
     if let Some(per) = outcome.rss_per_conn_kib() {
         report.result("server_rss_per_conn_kib", round3(per));
     }
+    if let Some(cpu) = outcome.server_cpu {
+        report.result("server_cpu_s", round3(cpu.as_secs_f64()));
+        let deliveries = outcome.totals.deliveries;
+        if deliveries > 0 {
+            #[allow(clippy::cast_precision_loss)]
+            let per = cpu.as_secs_f64() * 1e9 / deliveries as f64;
+            report.result("server_cpu_ns_per_delivery", round3(per));
+        }
+    }
 }

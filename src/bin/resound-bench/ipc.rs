@@ -122,6 +122,9 @@ pub struct JobSpec {
     pub sender: Option<SenderSpec>,
     /// Publishers only send: they neither count deliveries nor report loss.
     pub count_deliveries: bool,
+    /// Share of the connections that offer permessage-deflate (spread evenly by index).
+    #[serde(default)]
+    pub deflate_share: f64,
     pub storm: Option<StormSpec>,
     /// How long to wait after `finish` for deliveries to stop arriving.
     pub drain_ms: u64,

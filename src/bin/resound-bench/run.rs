@@ -18,7 +18,7 @@ use crate::ipc::{
 };
 use crate::payload::{self, now_ns, Control};
 use crate::publish::{self, HttpOutcome, HttpPlan};
-use crate::report::rss_kib;
+use crate::report::{cpu_time, rss_kib};
 use crate::stats::{Latency, LatencySummary};
 use crate::wsclient::{self, Incoming};
 
@@ -39,6 +39,8 @@ pub struct Setup {
     pub connect_timeout: Duration,
     pub drain: Duration,
     pub server_pid: Option<u32>,
+    /// Share of the subscriber connections that offer permessage-deflate.
+    pub deflate_share: f64,
 }
 
 /// Client-event publishers on their own worker (`fanout --via client-events`).
@@ -115,6 +117,9 @@ pub struct Outcome {
     pub rss_before_kib: Option<u64>,
     pub rss_connected_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// The server's CPU time (user + system) from the start of publishing until every
+    /// delivery was drained, when a server pid was given.
+    pub server_cpu: Option<Duration>,
     pub window: Duration,
     pub http: Option<HttpOutcome>,
     /// Client events sent (typing and client-event publishers).
@@ -247,6 +252,7 @@ pub async fn run(setup: &Setup, workload: &Workload) -> Result<Outcome> {
                 s
             }),
             count_deliveries: true,
+            deflate_share: setup.deflate_share,
             storm,
             drain_ms,
             deadline_ms: millis(deadline),
@@ -269,6 +275,7 @@ pub async fn run(setup: &Setup, workload: &Workload) -> Result<Outcome> {
             source_ips: setup.source_ips.iter().rev().copied().collect(),
             sender: Some(sender),
             count_deliveries: false,
+            deflate_share: 0.0,
             storm: None,
             drain_ms,
             deadline_ms: millis(deadline),
@@ -314,11 +321,13 @@ pub async fn run(setup: &Setup, workload: &Workload) -> Result<Outcome> {
 
     let channel_count = usize::try_from(workload.channels.total).unwrap_or(0);
     let mut expected = vec![0u64; channel_count];
+    let mut cpu_start = None;
     if workload.hold {
         sleep(workload.duration).await;
     } else {
         fleet.send_to(&all, &Command::Start).await?;
         let window_start = now_ns();
+        cpu_start = setup.server_pid.and_then(cpu_time);
         let (stop_tx, stop_rx) = watch::channel(false);
         let http_task = workload.http.clone().map(|plan| {
             let duration = if workload.storm.is_some() {
@@ -402,6 +411,9 @@ pub async fn run(setup: &Setup, workload: &Workload) -> Result<Outcome> {
         )
         .await?;
     outcome.rss_after_kib = setup.server_pid.and_then(rss_kib);
+    if let (Some(start), Some(end)) = (cpu_start, setup.server_pid.and_then(cpu_time)) {
+        outcome.server_cpu = Some(end.saturating_sub(start));
+    }
     fleet.close().await;
     merge_results(&mut outcome, &results);
     Ok(outcome)
@@ -450,7 +462,7 @@ async fn probe_accepts(
         let started = now_ns();
         let attempt = tokio::time::timeout(limit, async {
             let (mut reader, _writer) =
-                wsclient::connect(&target, Ipv4Addr::LOCALHOST, false).await?;
+                wsclient::connect(&target, Ipv4Addr::LOCALHOST, false, false).await?;
             loop {
                 match wsclient::next(&mut reader).await? {
                     Incoming::Text(text) => {

@@ -444,7 +444,9 @@ async fn establish(worker: &Worker, conn: &Conn) -> Result<Session> {
     let job = &worker.job;
     let zero_linger = conn.storm && job.storm.as_ref().map(|s| s.close) == Some(CloseMode::Rst);
     let source = wsclient::source_for(&job.source_ips, conn.index);
-    let (mut reader, mut writer) = wsclient::connect(&job.target, source, zero_linger).await?;
+    let deflate = wsclient::offers_deflate(job.deflate_share, conn.index);
+    let (mut reader, mut writer) =
+        wsclient::connect(&job.target, source, zero_linger, deflate).await?;
     let (socket_id, established_ns) = loop {
         match wsclient::next(&mut reader)
             .await
@@ -846,6 +848,7 @@ mod tests {
                 duration_ms: 1,
             }),
             count_deliveries: true,
+            deflate_share: 0.0,
             storm: storm.then_some(crate::ipc::StormSpec {
                 steady: 1,
                 close: CloseMode::Fin,

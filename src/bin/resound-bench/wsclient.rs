@@ -12,6 +12,7 @@ use bytes::{Buf, BytesMut};
 use fastwebsockets::{
     FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite,
 };
+use flate2::{Decompress, FlushDecompress};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
@@ -26,36 +27,146 @@ use crate::ipc::TargetSpec;
 const MAX_HEAD: usize = 16 * 1024;
 
 /// A reader that first yields bytes already read past the HTTP response head (the server may
-/// send its first WebSocket frame in the same segment as the `101`).
+/// send its first WebSocket frame in the same segment as the `101`). On a connection that
+/// negotiated permessage-deflate it also inflates: fastwebsockets refuses frames with RSV1, so
+/// every compressed frame is rewritten into the plain frame it stands for before the frame
+/// reader sees it.
 pub struct Prefixed<R> {
     prefix: BytesMut,
     inner: R,
+    inflate: Option<Box<Inflating>>,
+}
+
+/// Frames not yet complete, and the inflater (reset per message: the server takes no context
+/// over).
+struct Inflating {
+    raw: BytesMut,
+    inflater: Decompress,
+}
+
+impl Inflating {
+    /// Moves the first complete frame of `raw` into `out`, inflated when RSV1 marks it; false
+    /// when no frame is complete yet.
+    fn next_frame(&mut self, out: &mut BytesMut) -> io::Result<bool> {
+        let Some(&[first, second]) = self.raw.get(..2) else {
+            return Ok(false);
+        };
+        let (head, len) = match second & 0x7F {
+            126 => match self.raw.get(2..4) {
+                Some(b) => (4, u64::from(u16::from_be_bytes([b[0], b[1]]))),
+                None => return Ok(false),
+            },
+            127 => match self.raw.get(2..10) {
+                Some(b) => {
+                    let mut len = [0u8; 8];
+                    len.copy_from_slice(b);
+                    (10, u64::from_be_bytes(len))
+                }
+                None => return Ok(false),
+            },
+            n => (2, u64::from(n)),
+        };
+        let len = usize::try_from(len).map_err(|_| io::Error::other("frame too long"))?;
+        if self.raw.len() < head + len {
+            return Ok(false);
+        }
+        let frame = self.raw.split_to(head + len);
+        if first & 0x40 == 0 {
+            out.extend_from_slice(&frame);
+            return Ok(true);
+        }
+        let mut z = frame[head..].to_vec();
+        z.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        self.inflater.reset(false);
+        let mut plain = Vec::with_capacity(z.len() * 8);
+        loop {
+            let consumed = usize::try_from(self.inflater.total_in()).unwrap_or(z.len());
+            self.inflater
+                .decompress_vec(
+                    &z[consumed.min(z.len())..],
+                    &mut plain,
+                    FlushDecompress::Sync,
+                )
+                .map_err(io::Error::other)?;
+            let done = usize::try_from(self.inflater.total_in()).ok() == Some(z.len());
+            if done && plain.len() < plain.capacity() {
+                break;
+            }
+            plain.reserve(plain.capacity().max(1024));
+        }
+        out.extend_from_slice(&[first & !0x40]);
+        match plain.len() {
+            n if n < 126 => out.extend_from_slice(&[n as u8]),
+            n if n <= 0xFFFF => {
+                out.extend_from_slice(&[126]);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.extend_from_slice(&[127]);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&plain);
+        Ok(true)
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+        let this = self.get_mut();
+        loop {
+            if !this.prefix.is_empty() {
+                let n = this.prefix.len().min(buf.remaining());
+                buf.put_slice(&this.prefix[..n]);
+                this.prefix.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            let Some(z) = this.inflate.as_mut() else {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            };
+            if z.next_frame(&mut this.prefix)? {
+                continue;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    // End of stream: hand over what is left so the frame reader sees it end.
+                    let rest = z.raw.split();
+                    if rest.is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    this.prefix = rest;
+                }
+                Poll::Ready(Ok(())) => z.raw.extend_from_slice(read.filled()),
+                other => return other,
+            }
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
+}
+
+/// Whether connection `index` offers permessage-deflate, for a `share` of them spread evenly.
+pub fn offers_deflate(share: f64, index: u64) -> bool {
+    #[allow(clippy::cast_precision_loss)]
+    let at = |i: u64| (i as f64 * share).floor();
+    at(index + 1) > at(index)
 }
 
 pub type Reader = FragmentCollectorRead<Prefixed<OwnedReadHalf>>;
 pub type Writer = WebSocketWrite<OwnedWriteHalf>;
 
 /// Opens a WebSocket to `/app/{key}` on the target from `source` (port chosen by the kernel).
+/// With `deflate`, the upgrade offers permessage-deflate and compressed frames are inflated on
+/// the way in.
 pub async fn connect(
     target: &TargetSpec,
     source: Ipv4Addr,
     zero_linger: bool,
+    deflate: bool,
 ) -> Result<(Reader, Writer)> {
     let socket = TcpSocket::new_v4().context("socket")?;
     socket
@@ -75,13 +186,18 @@ pub async fn connect(
          Upgrade: websocket\r\n\
          Connection: Upgrade\r\n\
          Sec-WebSocket-Key: {}\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Version: 13\r\n{}\r\n",
         target.prefix,
         target.key,
         env!("CARGO_PKG_VERSION"),
         target.ip,
         target.port,
         fastwebsockets::handshake::generate_key(),
+        if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        },
     );
     stream
         .write_all(request.as_bytes())
@@ -111,10 +227,24 @@ pub async fn connect(
     }
 
     let (read, write) = stream.into_split();
+    let accepted = deflate
+        && String::from_utf8_lossy(&head)
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions: permessage-deflate");
+    let (prefix, inflate) = if accepted {
+        let z = Inflating {
+            raw: buf,
+            inflater: Decompress::new(false),
+        };
+        (BytesMut::new(), Some(Box::new(z)))
+    } else {
+        (buf, None)
+    };
     let (mut reader, mut writer) = fastwebsockets::after_handshake_split(
         Prefixed {
-            prefix: buf,
+            prefix,
             inner: read,
+            inflate,
         },
         write,
         Role::Client,
@@ -175,4 +305,44 @@ pub fn source_for(sources: &[Ipv4Addr], index: u64) -> Ipv4Addr {
     }
     let i = usize::try_from(index % sources.len() as u64).unwrap_or(0);
     sources.get(i).copied().unwrap_or(Ipv4Addr::LOCALHOST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_of_connections_offers_deflate_spread_evenly() {
+        let picked: Vec<bool> = (0..6).map(|i| offers_deflate(0.5, i)).collect();
+        assert_eq!(picked, [false, true, false, true, false, true]);
+        assert!((0..100).all(|i| !offers_deflate(0.0, i)));
+        assert!((0..100).all(|i| offers_deflate(1.0, i)));
+    }
+
+    #[test]
+    fn compressed_frames_are_rewritten_as_the_plain_frames_they_stand_for() {
+        let text = "{\"event\":\"x\",\"data\":\"".to_string() + &"abc".repeat(500) + "\"}";
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut z = Vec::with_capacity(4096);
+        c.compress_vec(text.as_bytes(), &mut z, flate2::FlushCompress::Sync)
+            .unwrap();
+        z.truncate(z.len() - 4);
+        let mut raw = BytesMut::new();
+        raw.extend_from_slice(&[0xC1, z.len() as u8]);
+        raw.extend_from_slice(&z);
+        raw.extend_from_slice(&[0x81, 2, b'{', b'}']);
+        let mut inflating = Inflating {
+            raw: raw.split_to(raw.len() - 1),
+            inflater: Decompress::new(false),
+        };
+        let mut out = BytesMut::new();
+        assert!(inflating.next_frame(&mut out).unwrap());
+        assert_eq!(&out[..4], &[0x81, 126, 0x05, 0xF3]);
+        assert_eq!(&out[4..], text.as_bytes());
+        assert!(!inflating.next_frame(&mut out).unwrap(), "incomplete");
+        inflating.raw.extend_from_slice(b"}");
+        out.clear();
+        assert!(inflating.next_frame(&mut out).unwrap());
+        assert_eq!(&out[..], &[0x81, 2, b'{', b'}']);
+    }
 }

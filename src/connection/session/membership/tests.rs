@@ -345,7 +345,7 @@ async fn a_cache_channel_sends_cache_miss_after_success_or_the_cached_event() {
         expires: std::time::Instant::now() + Duration::from_secs(60),
     };
     let p = Publication::event(Target::Channel(prices.to_string()), frame, None);
-    w.hub.channels.publish(&p, Some((&prices, cached)));
+    w.hub.channels.publish(&p, None, Some((&prices, cached)));
     let (mut b, b_conn) = w.member();
     b.join(&prices, None)
         .await
