@@ -400,7 +400,8 @@ async fn serve(
         }
     }
 
-    let reason = session.finish(&state).await;
+    // Boxed, as a message's handling is: an idle connection's task does not carry the departure.
+    let reason = Box::pin(session.finish(&state)).await;
     // The writer sends the close frame; give it a bounded time.
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     debug!(
