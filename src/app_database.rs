@@ -110,49 +110,35 @@ impl AppDatabase {
     async fn rows(&self) -> Result<Vec<AppRow>, sqlx::Error> {
         // The table name was checked by the configuration (letters, digits, `_`, one dot).
         let limit = self.max_apps.saturating_add(1);
+        let sql = |text_type: &str| {
+            format!(
+                "SELECT id, app_key, secret, enabled, CAST(settings AS {text_type}) AS settings \
+                 FROM {} ORDER BY id LIMIT {limit}",
+                self.table
+            )
+        };
+        // One query, read the same way from either driver's row type.
+        macro_rules! read {
+            ($pool:expr, $sql:expr) => {
+                sqlx::query(&$sql)
+                    .fetch_all($pool)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(AppRow {
+                            id: r.try_get("id")?,
+                            key: r.try_get("app_key")?,
+                            secret: r.try_get("secret")?,
+                            enabled: r.try_get("enabled")?,
+                            settings: r.try_get("settings")?,
+                        })
+                    })
+                    .collect()
+            };
+        }
         match &self.pool {
-            Pool::Postgres(pool) => {
-                let sql = format!(
-                    "SELECT id, app_key, secret, enabled, CAST(settings AS TEXT) AS settings \
-                     FROM {} ORDER BY id LIMIT {limit}",
-                    self.table
-                );
-                sqlx::query(&sql)
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        Ok(AppRow {
-                            id: r.try_get("id")?,
-                            key: r.try_get("app_key")?,
-                            secret: r.try_get("secret")?,
-                            enabled: r.try_get("enabled")?,
-                            settings: r.try_get("settings")?,
-                        })
-                    })
-                    .collect()
-            }
-            Pool::MySql(pool) => {
-                let sql = format!(
-                    "SELECT id, app_key, secret, enabled, CAST(settings AS CHAR) AS settings \
-                     FROM {} ORDER BY id LIMIT {limit}",
-                    self.table
-                );
-                sqlx::query(&sql)
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        Ok(AppRow {
-                            id: r.try_get("id")?,
-                            key: r.try_get("app_key")?,
-                            secret: r.try_get("secret")?,
-                            enabled: r.try_get("enabled")?,
-                            settings: r.try_get("settings")?,
-                        })
-                    })
-                    .collect()
-            }
+            Pool::Postgres(pool) => read!(pool, sql("TEXT")),
+            Pool::MySql(pool) => read!(pool, sql("CHAR")),
         }
     }
 }
