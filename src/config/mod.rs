@@ -362,12 +362,36 @@ impl Provider for Vars {
     }
 }
 
+/// Levels in a `RESOUND_A__B__C` name (the deepest setting has four).
+const MAX_ENV_KEY_DEPTH: usize = 8;
+
+/// Nesting of brackets and braces in one environment value (a list of tables needs two).
+const MAX_ENV_VALUE_NESTING: usize = 32;
+
 /// An environment value as figment reads one (`true`, `42`, `["a", "b"]`), else the text
 /// itself. figment 0.10's unescaping of a quoted string slices it by character index
 /// (`value/escape.rs`), which panics when a non-ASCII character comes before a backslash; such
 /// a value is taken as text without asking figment. (Found by `fuzz/`'s `config` target.)
+///
+/// figment's parser also recurses once per `[` or `{` with no bound, so a value nested deeper
+/// than any setting can be (`MAX_ENV_VALUE_NESTING`) is taken as text too, and the setting it
+/// names refuses it with an ordinary error instead of the parser running out of stack.
 fn env_value(raw: &str) -> Value {
     if !raw.is_ascii() && raw.contains('\\') {
+        return Value::from(raw.to_string());
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in raw.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_ENV_VALUE_NESTING {
         return Value::from(raw.to_string());
     }
     raw.parse().unwrap_or_else(|_| Value::from(raw.to_string()))
@@ -486,19 +510,26 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
             entries: reverb,
         });
     }
-    let resound: Vec<(String, String, String)> = env
-        .iter()
-        .filter_map(|(k, v)| {
-            let rest = k.strip_prefix("RESOUND_")?;
-            // Only `RESOUND_<SECTION>__<KEY>` is configuration; `RESOUND_LOG` and other
-            // single-word names belong to tools.
-            if !rest.contains("__") {
-                return None;
-            }
-            let key = rest.to_ascii_lowercase().replace("__", ".");
-            Some((key, v.clone(), k.clone()))
-        })
-        .collect();
+    let mut resound: Vec<(String, String, String)> = Vec::new();
+    for (k, v) in &env {
+        let Some(rest) = k.strip_prefix("RESOUND_") else {
+            continue;
+        };
+        // Only `RESOUND_<SECTION>__<KEY>` is configuration; `RESOUND_LOG` and other
+        // single-word names belong to tools.
+        if !rest.contains("__") {
+            continue;
+        }
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        // No setting is deeper than a few levels; a deeper name is refused before anything
+        // recurses over it.
+        if key.split('.').count() > MAX_ENV_KEY_DEPTH {
+            return Err(ConfigError::Invalid(format!(
+                "{k}: no setting is nested more than {MAX_ENV_KEY_DEPTH} levels deep"
+            )));
+        }
+        resound.push((key, v.clone(), k.clone()));
+    }
     if !resound.is_empty() {
         figment = figment.merge(Vars {
             name: "environment variable".into(),

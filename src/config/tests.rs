@@ -611,3 +611,36 @@ fn compression_is_on_by_default_and_each_app_may_override_the_server() {
     });
     assert!(err.contains("compression"), "{err}");
 }
+
+#[test]
+fn deeply_nested_environment_values_and_names_are_refused_not_recursed_into() {
+    // figment's value parser recurses once per bracket: 200,000 of them ran a fuzzer's process
+    // out of stack. Such a value is text, which the setting then refuses by name.
+    let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+    let e = load_err(&Sources {
+        process_env: env(&[("RESOUND_SERVER__PORT", &deep)]),
+        ..Default::default()
+    });
+    assert!(
+        e.to_lowercase().contains("server__port") || e.contains("server.port"),
+        "{e}"
+    );
+    let e = load_err(&Sources {
+        process_env: env(&[("RESOUND_SERVER__HEADER_TIMEOUT", &"{".repeat(100_000))]),
+        ..Default::default()
+    });
+    assert!(e.to_lowercase().contains("header_timeout"), "{e}");
+    // A name with thousands of levels is refused before it is turned into nested tables.
+    let name = format!("RESOUND_SERVER{}", "__X".repeat(50_000));
+    let e = load_err(&Sources {
+        process_env: env(&[(name.as_str(), "1")]),
+        ..Default::default()
+    });
+    assert!(e.contains("nested more than"), "{e}");
+    // Ordinary nesting still reads as before.
+    let c = load_ok(&Sources {
+        process_env: env(&[("RESOUND_SERVER__PORT", "7001")]),
+        ..Default::default()
+    });
+    assert_eq!(c.server.port, 7001);
+}
