@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use serde_json::{Map, Value};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -29,6 +30,59 @@ pub enum AppDatabaseError {
     Query(#[from] sqlx::Error),
     #[error("app database: no answer within {0:?}")]
     Timeout(Duration),
+    #[error("app database metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// `{prefix}_app_database_*`: how reading the table goes, for alerts on a database that stopped
+/// answering (the node keeps serving the apps it read last, so nothing else would show it).
+struct ReadMetrics {
+    /// Reads by outcome (`ok`, `error`).
+    reads: IntCounterVec,
+    read_seconds: Histogram,
+    /// Apps the last good read found.
+    apps: IntGauge,
+    /// Unix time of the last good read.
+    last_success: Gauge,
+    /// What reads changed in the store, by kind (`added`, `changed`, `removed`).
+    changes: IntCounterVec,
+}
+
+impl ReadMetrics {
+    fn new(prefix: &str) -> Result<ReadMetrics, prometheus::Error> {
+        let name = |n: &str| format!("{prefix}_app_database_{n}");
+        Ok(ReadMetrics {
+            reads: IntCounterVec::new(
+                Opts::new(name("reads_total"), "Reads of the app table, by outcome"),
+                &["outcome"],
+            )?,
+            read_seconds: Histogram::with_opts(
+                HistogramOpts::new(name("read_seconds"), "Time one read of the app table took")
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            )?,
+            apps: IntGauge::new(name("apps"), "Apps found by the last good read")?,
+            last_success: Gauge::new(
+                name("last_success_timestamp_seconds"),
+                "Unix time of the last good read of the app table",
+            )?,
+            changes: IntCounterVec::new(
+                Opts::new(
+                    name("changes_total"),
+                    "Apps added, changed or removed by reads",
+                ),
+                &["kind"],
+            )?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.reads.clone()))?;
+        registry.register(Box::new(self.read_seconds.clone()))?;
+        registry.register(Box::new(self.apps.clone()))?;
+        registry.register(Box::new(self.last_success.clone()))?;
+        registry.register(Box::new(self.changes.clone()))?;
+        Ok(())
+    }
 }
 
 enum Pool {
@@ -43,6 +97,7 @@ pub struct AppDatabase {
     max_apps: usize,
     timeout: Duration,
     refresh: Duration,
+    metrics: ReadMetrics,
 }
 
 /// One row, before it is checked.
@@ -56,8 +111,12 @@ struct AppRow {
 
 impl AppDatabase {
     /// A pool that connects on first use (so a database that is down at start-up does not
-    /// stop the server: the file's apps serve meanwhile).
-    pub fn new(config: &AppDatabaseConfig) -> Result<AppDatabase, AppDatabaseError> {
+    /// stop the server: the file's apps serve meanwhile). Its metrics are named with
+    /// `metrics_prefix` and count once `register_metrics` has put them in a registry.
+    pub fn new(
+        config: &AppDatabaseConfig,
+        metrics_prefix: &str,
+    ) -> Result<AppDatabase, AppDatabaseError> {
         let timeout = Duration::from_millis(config.timeout_ms);
         let url = config.url.replacen("mariadb://", "mysql://", 1);
         let pool = if url.starts_with("mysql://") {
@@ -81,7 +140,13 @@ impl AppDatabase {
             max_apps: config.max_apps,
             timeout,
             refresh: Duration::from_millis(config.refresh_ms),
+            metrics: ReadMetrics::new(metrics_prefix)?,
         })
+    }
+
+    /// Puts the `{prefix}_app_database_*` metrics in `registry` (the node's `/metrics`).
+    pub fn register_metrics(&self, registry: &Registry) -> Result<(), AppDatabaseError> {
+        Ok(self.metrics.register(registry)?)
     }
 
     /// Reads every app of the table (at most `max_apps`).
@@ -182,15 +247,36 @@ pub async fn refresh(db: Arc<AppDatabase>, reloader: Arc<Reloader>) {
 
 /// One read of the table applied to the store; returns whether it failed.
 pub async fn read_once(db: &AppDatabase, reloader: &Reloader, was_failing: bool) -> bool {
-    match db.load().await {
+    let started = std::time::Instant::now();
+    let read = db.load().await;
+    let m = &db.metrics;
+    m.read_seconds.observe(started.elapsed().as_secs_f64());
+    match read {
         Ok(apps) => {
             if was_failing {
                 info!("app database answering again");
             }
-            reloader.apply_source(AppSource::Database, apps);
+            m.reads.with_label_values(&["ok"]).inc();
+            m.apps.set(i64::try_from(apps.len()).unwrap_or(i64::MAX));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            m.last_success.set(now);
+            let changes = reloader.apply_source(AppSource::Database, apps);
+            for (kind, n) in [
+                ("added", changes.added.len()),
+                ("changed", changes.changed.len()),
+                ("removed", changes.removed.len()),
+            ] {
+                m.changes
+                    .with_label_values(&[kind])
+                    .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+            }
             false
         }
         Err(e) => {
+            m.reads.with_label_values(&["error"]).inc();
             if !was_failing {
                 warn!(error = %e, "reading the app database failed; the apps read before keep serving");
             }

@@ -165,6 +165,14 @@ fn main() -> anyhow::Result<()> {
         }
         let server = Server::bind(config).await?;
         // SIGHUP reads the same sources again (the process environment as it was at start).
+        // With `server.watch_config_ms`, an edit of these files reloads too.
+        server.reloader().watch(
+            cli.config
+                .iter()
+                .chain(cli.env_file.iter())
+                .cloned()
+                .collect(),
+        );
         let (config_file, env_file, env) = (cli.config.clone(), cli.env_file.clone(), reload_env);
         server.reload_from(Box::new(move || {
             config::load(&Sources {

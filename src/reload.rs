@@ -10,7 +10,9 @@
 //! Settings outside the apps (listener, scaling, webhook dispatcher...) apply at the next
 //! start; a reload names the ones that changed in the log.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tracing::{info, warn};
@@ -30,6 +32,8 @@ pub struct Reloader {
     apps: Arc<StaticAppStore>,
     tls: Option<Arc<Tls>>,
     load: std::sync::OnceLock<Load>,
+    /// The files `watch_files` checks for a change (the configuration and `.env` files).
+    watched: std::sync::OnceLock<Vec<PathBuf>>,
     /// The settings outside the apps the server runs with, as `check-config` shows them.
     running: parking_lot::Mutex<Value>,
 }
@@ -54,6 +58,7 @@ impl Reloader {
             apps,
             tls,
             load: std::sync::OnceLock::new(),
+            watched: std::sync::OnceLock::new(),
             running: parking_lot::Mutex::new(running),
         }
     }
@@ -62,6 +67,11 @@ impl Reloader {
     /// Set once.
     pub(crate) fn set_load(&self, load: Load) {
         let _ = self.load.set(load);
+    }
+
+    /// The files whose change reloads (with `server.watch_config_ms`). Set once.
+    pub fn watch(&self, paths: Vec<PathBuf>) {
+        let _ = self.watched.set(paths);
     }
 
     /// Reloads the certificate, then the configuration. A configuration that does not load
@@ -213,5 +223,69 @@ mod tests {
             json!({"server": {"port": 2, "host": "a"}, "scaling": {"enabled": false}, "x": 1});
         assert_eq!(changed_keys(&old, &new), ["server.port", "x"]);
         assert!(changed_keys(&old, &old).is_empty());
+    }
+}
+
+/// What a watched file looks like: a change of any part is an edit (an editor that saves by
+/// renaming a new file over the old one changes the inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+async fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = tokio::fs::metadata(path).await.ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Stamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode,
+    })
+}
+
+async fn stamps(paths: &[PathBuf]) -> Vec<Option<Stamp>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        out.push(stamp(p).await);
+    }
+    out
+}
+
+/// Checks the watched files every `every` and reloads once a change has settled (the files
+/// look the same at two checks in a row, so a file caught half-written is not read). A file
+/// that disappears is waited for; a reload that fails keeps the running configuration, like
+/// SIGHUP.
+pub(crate) async fn watch_files(reloader: Arc<Reloader>, every: Duration) {
+    let Some(paths) = reloader.watched.get().cloned().filter(|p| !p.is_empty()) else {
+        return;
+    };
+    info!(files = ?paths, every_ms = every.as_millis() as u64, "watching the configuration for changes");
+    let mut seen = stamps(&paths).await;
+    let mut pending: Option<Vec<Option<Stamp>>> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = stamps(&paths).await;
+        if now == seen {
+            pending = None;
+            continue;
+        }
+        if now.iter().any(Option::is_none) || pending.as_ref() != Some(&now) {
+            pending = Some(now);
+            continue;
+        }
+        seen = now;
+        pending = None;
+        info!("configuration file changed: reloading");
+        if let Err(e) = reloader.reload() {
+            warn!(error = %e, "reload failed; the configuration running stays");
+        }
     }
 }

@@ -60,6 +60,8 @@ pub struct Server {
     edge: Arc<Edge>,
     reloader: Arc<Reloader>,
     app_database: Option<Arc<AppDatabase>>,
+    /// `server.watch_config_ms`, when on.
+    watch_every: Option<std::time::Duration>,
 }
 
 impl Server {
@@ -149,13 +151,16 @@ impl Server {
         let reloader = Arc::new(Reloader::new(state.clone(), table, tls.clone(), running));
         let app_database = match &config.app_database {
             Some(db) => {
-                let db = Arc::new(AppDatabase::new(db)?);
+                let db = Arc::new(AppDatabase::new(db, &config.server.metrics_prefix)?);
+                db.register_metrics(&state.metrics.registry)?;
                 // The table's apps serve from the start when the database answers now.
                 crate::app_database::read_once(&db, &reloader, false).await;
                 Some(db)
             }
             None => None,
         };
+        let watch_every = (config.server.watch_config_ms > 0)
+            .then(|| std::time::Duration::from_millis(config.server.watch_config_ms));
         Ok(Server {
             state,
             listener,
@@ -165,6 +170,7 @@ impl Server {
             edge,
             reloader,
             app_database,
+            watch_every,
         })
     }
 
@@ -206,9 +212,12 @@ impl Server {
             edge,
             reloader,
             app_database,
+            watch_every,
         } = self;
         let app_refresh =
             app_database.map(|db| tokio::spawn(crate::app_database::refresh(db, reloader.clone())));
+        let watcher = watch_every
+            .map(|every| tokio::spawn(crate::reload::watch_files(reloader.clone(), every)));
         let reloader = tokio::spawn(crate::reload::on_sighup(reloader));
         let sweeper = tokio::spawn(sweep(state.clone()));
         let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
@@ -268,7 +277,7 @@ impl Server {
         }
         sweeper.abort();
         reloader.abort();
-        if let Some(t) = app_refresh {
+        for t in [app_refresh, watcher].into_iter().flatten() {
             t.abort();
         }
         if let Some(t) = metrics_task {

@@ -136,6 +136,9 @@ pub struct ServerConfig {
     /// Accepted connections that have neither upgraded to a WebSocket nor passed a signature
     /// check; at the cap the oldest of them is closed to admit a new one.
     pub max_pending_connections: usize,
+    /// Milliseconds between checks of the configuration file (and `--env-file`) for a
+    /// change, which then reloads like SIGHUP; 0: only SIGHUP reloads.
+    pub watch_config_ms: u64,
     /// `[server.fallback]`: pusher-js's HTTP transports.
     pub fallback: FallbackConfig,
     /// `permessage-deflate` for the clients that offer it (each app may override it).
@@ -220,6 +223,7 @@ impl Default for ServerConfig {
             header_timeout: 10,
             body_timeout: 10,
             max_pending_connections: 4096,
+            watch_config_ms: 0,
             fallback: FallbackConfig::default(),
             compression: Compression::On,
             compression_threshold: 512,

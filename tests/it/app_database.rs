@@ -58,6 +58,16 @@ fn api(server: &TestServer, id: &str, key: &str, secret: &str) -> Api {
     }
 }
 
+/// The value of one series in the node's `/metrics` (0 when it is not there).
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let text = raw_request("GET", &server.url("/metrics"), String::new())
+        .await
+        .text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn apps_follow_the_table(url: &str, schema: &str) {
     let table = format!(
         "resound_apps_it_{}",
@@ -131,10 +141,25 @@ async fn apps_follow_the_table(url: &str, schema: &str) {
     assert_eq!(c.closed().await, Some(4003), "a disabled app's socket");
     until_connect(&a, "db-key-c", Some(4003)).await;
 
-    // The table cannot be read: the apps read before keep serving.
+    // The table cannot be read: the apps read before keep serving, and /metrics shows the
+    // failing reads (what an alert watches) while the last good read's figures stay.
+    let errors_before = metric(&a, "resound_app_database_reads_total{outcome=\"error\"}").await;
+    assert!(metric(&a, "resound_app_database_reads_total{outcome=\"ok\"}").await >= 1.0);
+    assert_eq!(metric(&a, "resound_app_database_apps").await, 2.0);
+    assert!(metric(&a, "resound_app_database_changes_total{kind=\"added\"}").await >= 1.0);
     let away = format!("{table}_away");
     exec(url, &format!("ALTER TABLE {table} RENAME TO {away}")).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&a, "resound_app_database_reads_total{outcome=\"error\"}").await
+        < errors_before + 2.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "failed reads not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&a, "resound_app_database_apps").await, 2.0);
     until_connect(&a, "db-key-a", None).await;
     on_a.assert_alive("a socket during the outage").await;
     exec(url, &format!("ALTER TABLE {away} RENAME TO {table}")).await;

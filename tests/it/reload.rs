@@ -156,10 +156,18 @@ async fn a_reload_changes_apps_without_dropping_sockets() {
     server.stop().await;
 }
 
-/// SIGHUP to the real binary reloads its configuration file: an app added to the file
-/// accepts connections, and the socket open before stays connected.
-#[tokio::test]
-async fn sighup_reloads_the_binary_without_dropping_sockets() {
+/// How a test makes the running binary read its configuration file again.
+#[derive(Clone, Copy)]
+enum Trigger {
+    Sighup,
+    /// `server.watch_config_ms`: the edit alone.
+    Watch,
+}
+
+/// The real binary reloads its configuration file (on SIGHUP, or by itself when it watches
+/// the file): an app added to the file accepts connections, and the socket open before stays
+/// connected.
+async fn the_binary_reloads(trigger: Trigger) {
     let dir = std::env::temp_dir().join(format!(
         "resound-reload-{}-{}",
         std::process::id(),
@@ -167,7 +175,11 @@ async fn sighup_reloads_the_binary_without_dropping_sockets() {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("resound.toml");
-    std::fs::write(&path, format!("{HEAD}{}", app(APP_ID, KEY, SECRET, ""))).expect("write");
+    let head = match trigger {
+        Trigger::Sighup => HEAD.to_string(),
+        Trigger::Watch => format!("{HEAD}watch_config_ms = 100\n"),
+    };
+    std::fs::write(&path, format!("{head}{}", app(APP_ID, KEY, SECRET, ""))).expect("write");
     let mut child = Command::new(env!("CARGO_BIN_EXE_resound"))
         .arg("--config")
         .arg(&path)
@@ -197,20 +209,27 @@ async fn sighup_reloads_the_binary_without_dropping_sockets() {
 
     let mut kept = Client::connect(&ws(KEY)).await;
     assert_eq!(Client::try_connect_code(&ws("late-key")).await, Some(4001));
+    if let Trigger::Watch = trigger {
+        // Nothing changed yet: a watching server must not reload on its own.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(Client::try_connect_code(&ws("late-key")).await, Some(4001));
+    }
     std::fs::write(
         &path,
         format!(
-            "{HEAD}{}{}",
+            "{head}{}{}",
             app(APP_ID, KEY, SECRET, ""),
             app("5005", "late-key", "late-secret", "")
         ),
     )
     .expect("write");
-    let hup = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(hup.success());
+    if let Trigger::Sighup = trigger {
+        let hup = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(hup.success());
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         match Client::try_connect_code(&ws("late-key")).await {
@@ -218,14 +237,26 @@ async fn sighup_reloads_the_binary_without_dropping_sockets() {
             Some(code) => {
                 assert!(
                     tokio::time::Instant::now() < deadline,
-                    "still refused with {code} after SIGHUP"
+                    "still refused with {code} after the reload"
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
-    kept.assert_alive("the socket open before SIGHUP").await;
+    kept.assert_alive("the socket open before the reload").await;
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGHUP to the real binary reloads its configuration file.
+#[tokio::test]
+async fn sighup_reloads_the_binary_without_dropping_sockets() {
+    the_binary_reloads(Trigger::Sighup).await;
+}
+
+/// With `server.watch_config_ms`, saving the configuration file is enough.
+#[tokio::test]
+async fn an_edited_configuration_file_reloads_a_watching_binary() {
+    the_binary_reloads(Trigger::Watch).await;
 }
