@@ -431,16 +431,26 @@ async fn forward(
     state: &ServerState,
     messages: Vec<String>,
 ) -> Result<(), ApiError> {
+    let limit = state.server.fallback.max_send_bytes * session::INBOUND_BODIES_BYTES;
+    let wait = Duration::from_secs(state.server.body_timeout);
+    hand_over(shared, limit, wait, messages).await
+}
+
+/// `forward` with its bounds given: `limit` bytes waiting, `wait` for room in the queue.
+async fn hand_over(
+    shared: &Shared,
+    limit: usize,
+    wait: Duration,
+    messages: Vec<String>,
+) -> Result<(), ApiError> {
     let busy =
         || ApiError::TooManyRequests("The session is not keeping up with its messages".into());
     let len: usize = messages.iter().map(String::len).sum();
-    let limit = state.server.fallback.max_send_bytes * session::INBOUND_BODIES_BYTES;
     let before = shared.inbound_bytes.fetch_add(len, Ordering::AcqRel);
     if before > 0 && before + len > limit {
         shared.inbound_bytes.fetch_sub(len, Ordering::AcqRel);
         return Err(busy());
     }
-    let wait = Duration::from_secs(state.server.body_timeout);
     let sent = tokio::time::timeout(wait, shared.inbound.send(messages)).await;
     if !matches!(sent, Ok(Ok(()))) {
         shared.inbound_bytes.fetch_sub(len, Ordering::AcqRel);
@@ -587,4 +597,86 @@ fn stream(receiver: Receiver, first: Vec<u8>, heartbeat: Duration) -> Response<B
         Ok::<_, Infallible>(Frame::data(b))
     }));
     frames_response(BodyExt::boxed_unsync(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::session::{Kind, Shared, INBOUND_BODIES};
+    use super::{hand_over, ApiError};
+    use crate::app::{App, AppId, AppKey, AppSecret, AppSettings};
+    use crate::connection::handle::ConnHandle;
+    use crate::protocol::SocketId;
+
+    fn shared() -> (Shared, mpsc::Receiver<Vec<String>>) {
+        let app = App {
+            id: AppId(Arc::from("1")),
+            key: AppKey(Arc::from("k")),
+            secret: AppSecret(Arc::from("s")),
+            settings: AppSettings::default(),
+            webhooks: None,
+        };
+        let (tx, rx) = mpsc::channel(INBOUND_BODIES);
+        let conn = ConnHandle::new(SocketId::random(), 16);
+        (
+            Shared::new("k".into(), Arc::new(app), Kind::Polling, conn, tx),
+            rx,
+        )
+    }
+
+    fn body(n: usize) -> Vec<String> {
+        vec!["x".repeat(n)]
+    }
+
+    /// A session whose task does not keep up: what waits is bounded in bytes (429 beyond it,
+    /// one body always admitted into an empty queue), in bodies (429 after `wait`), and
+    /// taking the waiting bodies makes room again.
+    #[tokio::test]
+    async fn messages_waiting_for_a_slow_session_are_bounded_and_refused_with_429() {
+        let (s, mut rx) = shared();
+        let wait = Duration::from_millis(50);
+        let too_many = |r: Result<(), ApiError>| matches!(r, Err(ApiError::TooManyRequests(_)));
+
+        // Larger than the limit, but the queue is empty: admitted.
+        assert!(hand_over(&s, 2000, wait, body(3000)).await.is_ok());
+        assert!(too_many(hand_over(&s, 2000, wait, body(10)).await));
+        assert_eq!(
+            s.inbound_bytes.load(Ordering::Acquire),
+            3000,
+            "a refusal holds nothing"
+        );
+
+        // The task takes it (as `session::run` does): room again, up to the byte limit.
+        let taken: usize = rx.recv().await.into_iter().flatten().map(|m| m.len()).sum();
+        s.inbound_bytes.fetch_sub(taken, Ordering::AcqRel);
+        assert!(hand_over(&s, 2000, wait, body(1500)).await.is_ok());
+        assert!(hand_over(&s, 2000, wait, body(500)).await.is_ok());
+        assert!(too_many(hand_over(&s, 2000, wait, body(1)).await));
+
+        // Small bodies fill the queue's slots; the next waits `wait`, then is refused.
+        let (s, _rx) = shared();
+        for _ in 0..INBOUND_BODIES {
+            assert!(hand_over(&s, 1 << 20, wait, body(1)).await.is_ok());
+        }
+        let started = tokio::time::Instant::now();
+        assert!(too_many(hand_over(&s, 1 << 20, wait, body(1)).await));
+        assert!(started.elapsed() >= wait);
+        assert_eq!(s.inbound_bytes.load(Ordering::Acquire), INBOUND_BODIES);
+    }
+
+    /// A session that ended (its task dropped the receiver) answers 404, as pusher-js expects
+    /// of an unknown session.
+    #[tokio::test]
+    async fn a_session_whose_task_ended_is_unknown() {
+        let (s, rx) = shared();
+        drop(rx);
+        let r = hand_over(&s, 1000, Duration::from_millis(50), body(5)).await;
+        assert!(matches!(r, Err(ApiError::NotFound(_))));
+        assert_eq!(s.inbound_bytes.load(Ordering::Acquire), 0);
+    }
 }
