@@ -4,11 +4,12 @@
 
 import Echo from 'laravel-echo';
 import Pusher from 'pusher-js';
+import { enableRecovery } from '../../clients/recovery/dist/index.js';
 
 window.Pusher = Pusher;
 
 const params = new URLSearchParams(location.search);
-const pt = { states: [], errors: [], events: [], subscribed: [] };
+const pt = { states: [], errors: [], events: [], subscribed: [], recovery: [] };
 window.__pt = pt;
 
 const $ = (id) => document.getElementById(id);
@@ -50,6 +51,13 @@ window.Echo = new Echo({
   forceTLS: params.get('tls') === '1',
   ...(blockWebSocket ? {} : { enabledTransports: ['ws', 'wss'] }),
 });
+
+// recover=1: the recovery helper (clients/recovery), one line, as an app would enable it.
+if (params.get('recover') === '1') {
+  enableRecovery(window.Echo.connector.pusher)
+    .on('recovered', (e) => pt.recovery.push({ recovered: e }))
+    .on('failed', (e) => pt.recovery.push({ failed: e }));
+}
 
 const connection = window.Echo.connector.pusher.connection;
 connection.bind('state_change', ({ current }) => {

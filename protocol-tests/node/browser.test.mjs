@@ -14,9 +14,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import { chromium } from 'playwright-core';
-import { APPS, node, serverSdk, uniq } from '../lib/env.mjs';
+import { APPS, URLS, node, serverSdk, uniq } from '../lib/env.mjs';
 import { pusherJs, connected, subscribed, closeAllClients } from '../lib/clients.mjs';
 import { startPageServer } from '../browser/server.mjs';
+import { cuttingProxy } from '../lib/proxy.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
@@ -75,8 +76,7 @@ after(async () => {
   if (work) await rm(work, { recursive: true, force: true });
 });
 
-function pageUrl(host, app, extra = {}) {
-  const n = node(1);
+function pageUrl(host, app, extra = {}, n = node(1)) {
   const q = new URLSearchParams({ key: app.key, wsHost: n.host, wsPort: String(n.port), tls: n.tls ? '1' : '0', ...extra });
   return `http://${host}:${pageServer.port}/?${q}`;
 }
@@ -178,4 +178,47 @@ test('browser: with WebSockets blocked, a page from a host not in allowed_origin
   const state = await pt();
   assert.ok(refused, `the HTTP fallback from a disallowed Origin did not read 4009: ${JSON.stringify(state)}`);
   assert.ok(!state.states.includes('connected'), `a page from a disallowed Origin connected over HTTP: ${JSON.stringify(state)}`);
+});
+
+test('browser: a page that goes offline and online again gets the events it missed (recovery helper)', {
+  skip: URLS.length > 1 || node(1).tls ? 'histories are kept on one node, over ws://' : false,
+}, async () => {
+  // The page reaches the node through a proxy: taking the browser offline does not end a
+  // WebSocket that is already open, so the proxy drops it while the browser is offline.
+  const proxy = await cuttingProxy(node(1));
+  const channel = uniq('recover-page-');
+  const url = pageUrl('127.0.0.1', APPS.recover, { public: channel, recover: '1' }, { ...node(1), port: proxy.port });
+  await page.goto(url, { timeout: 10000 });
+  await page.waitForFunction(() => window.__pt && window.__pt.subscribed.length === 1, null, { timeout: 8000 }).catch(async () => {
+    throw new Error(`the page did not subscribe: ${JSON.stringify(await pt())}`);
+  });
+  const sdk = serverSdk(APPS.recover);
+  const publish = async (from, to) => {
+    for (let i = from; i < to; i++) await sdk.trigger(channel, 'Published', { n: i });
+  };
+  await publish(0, 3);
+  await page.waitForFunction(() => window.__pt.events.length === 3, null, { timeout: 5000 });
+
+  await context.setOffline(true);
+  proxy.down();
+  await page.waitForFunction(() => window.__pt.states.at(-1) !== 'connected', null, { timeout: 10000 }).catch(async () => {
+    throw new Error(`the page did not notice it was offline: ${JSON.stringify(await pt())}`);
+  });
+  await publish(3, 13); // missed while offline
+  await page.screenshot({ path: path.join(artifacts, 'browser-recovery-offline.png') });
+  proxy.up();
+  await context.setOffline(false);
+
+  await page.waitForFunction(() => window.__pt.recovery.length > 0, null, { timeout: 15000 }).catch(async () => {
+    throw new Error(`no recovery after coming back online: ${JSON.stringify(await pt())}`);
+  });
+  await publish(13, 14);
+  await page.waitForFunction(() => window.__pt.events.length >= 14, null, { timeout: 5000 }).catch(async () => {
+    throw new Error(`the page did not get every event: ${JSON.stringify(await pt())}`);
+  });
+  const { events, recovery, states } = await pt();
+  assert.deepEqual(recovery, [{ recovered: { channel, count: 10 } }], JSON.stringify(states));
+  assert.deepEqual(events.map((e) => e.data.n), Array.from({ length: 14 }, (_, i) => i), 'every event once, in order');
+  await page.screenshot({ path: path.join(artifacts, 'browser-recovery-online.png') });
+  proxy.close();
 });
