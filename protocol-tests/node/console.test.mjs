@@ -128,6 +128,8 @@ test('console: shows a connection, a subscription, an API event and a client eve
   await serverSdk(APP).trigger(channel, 'order-shipped', { order: 42 });
   await row('api_event', [channel, 'order-shipped', '"order":42']);
 
+  await page.screenshot({ path: path.join(artifacts, 'console-live.png'), fullPage: true });
+
   // The filters: another channel's rows are hidden, this channel's stay.
   const other = uniq('news.');
   await serverSdk(APP).trigger(other, 'elsewhere', { n: 1 });
@@ -139,7 +141,7 @@ test('console: shows a connection, a subscription, an API event and a client eve
   await page.fill('#filter-event', 'order-shipped');
   const events = await page.$$eval('#log-body tr:not(.hidden)', (trs) => trs.map((tr) => tr.dataset.event));
   assert.deepEqual(events, ['order-shipped']);
-  await page.screenshot({ path: path.join(artifacts, 'console-live.png'), fullPage: true });
+  await page.screenshot({ path: path.join(artifacts, 'console-filtered.png'), fullPage: true });
   await page.fill('#filter-channel', '');
   await page.fill('#filter-event', '');
 });
@@ -161,4 +163,25 @@ test('console: the event creator delivers to a pusher-js client', async (t) => {
   assert.equal(await page.textContent('#creator-result'), 'sent');
   await row('api_event', [channel, 'made-in-console', '[console]']);
   await page.screenshot({ path: path.join(artifacts, 'console-creator.png'), fullPage: true });
+});
+
+test('console: a burst is sampled and the page says how many entries were skipped', async (t) => {
+  if (absent) return t.skip(absent);
+  await signIn(TOKEN);
+  await page.waitForSelector('#status.live', { timeout: 5000 });
+  // 5 × 100 channels: 500 entries at once, above the 200 a viewer is sent per second.
+  const sdk = serverSdk(APP);
+  const prefix = uniq('burst.');
+  for (let round = 0; round < 5; round++) {
+    const channels = Array.from({ length: 100 }, (_, i) => `${prefix}-${round}-${i}`);
+    const resp = await sdk.trigger(channels, 'tick', { round });
+    assert.equal(resp.status, 200);
+  }
+  await page.waitForSelector('#sampling:not([hidden])', { timeout: 5000 });
+  const text = await page.textContent('#sampling');
+  const skipped = Number(/(\d+) entries skipped/.exec(text)?.[1]);
+  assert.ok(skipped > 0 && skipped < 500, text);
+  const rows = await page.$$eval('#log-body tr', (trs) => trs.filter((tr) => tr.dataset.kind === 'api_event').length);
+  assert.ok(rows > 0 && rows + skipped <= 500, `${rows} rows shown, ${skipped} skipped`);
+  await page.screenshot({ path: path.join(artifacts, 'console-sampling.png') });
 });
