@@ -10,6 +10,7 @@
 //! anyone down: the publisher never waits. It owns no delivery, no socket and no state of the
 //! app; it is not a record (nothing is kept once every viewer has read it).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -112,39 +113,69 @@ pub fn clip(data: &str) -> (String, bool) {
     (data[..end].to_string(), true)
 }
 
+/// One app's feed: the channel and the count of its viewers.
+#[derive(Debug)]
+struct Feed {
+    tx: broadcast::Sender<Arc<Record>>,
+    /// Open `Watch`es. Kept apart from the channel's own count, which takes a lock to read:
+    /// the paths that record read this on every event.
+    viewers: AtomicUsize,
+}
+
 /// One app's feed. Cloning shares it.
 #[derive(Debug, Clone, Default)]
-pub struct Tap(Option<broadcast::Sender<Arc<Record>>>);
+pub struct Tap(Option<Arc<Feed>>);
+
+/// A viewer of one app's feed, from when it was made; counted until dropped.
+#[derive(Debug)]
+pub struct Watch {
+    pub rx: broadcast::Receiver<Arc<Record>>,
+    feed: Arc<Feed>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.feed.viewers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Tap {
-    /// True when a console is watching: callers that must gather more than they hold (a
-    /// webhook report) check it first.
+    /// True when a console is watching: one atomic load (nothing at all with the console
+    /// off).
     pub fn watched(&self) -> bool {
-        self.0.as_ref().is_some_and(|s| s.receiver_count() > 0)
+        self.0
+            .as_ref()
+            .is_some_and(|f| f.viewers.load(Ordering::Acquire) > 0)
     }
 
     /// Sends the entry `make` builds, if anyone is watching (else `make` is not called).
     /// Never blocks; the oldest entry a slow viewer has not read is overwritten.
     pub fn record(&self, make: impl FnOnce() -> Entry) {
-        let Some(tx) = &self.0 else {
+        let Some(feed) = &self.0 else {
             return;
         };
-        if tx.receiver_count() == 0 {
+        if feed.viewers.load(Ordering::Acquire) == 0 {
             return;
         }
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         // An error means the last viewer left since the check: nothing to do.
-        let _ = tx.send(Arc::new(Record {
+        let _ = feed.tx.send(Arc::new(Record {
             time_ms,
             entry: make(),
         }));
     }
 
     /// A new viewer of this feed, from now on; `None` when the console is off.
-    pub fn subscribe(&self) -> Option<broadcast::Receiver<Arc<Record>>> {
-        self.0.as_ref().map(broadcast::Sender::subscribe)
+    pub fn subscribe(&self) -> Option<Watch> {
+        let feed = self.0.as_ref()?;
+        let rx = feed.tx.subscribe();
+        feed.viewers.fetch_add(1, Ordering::AcqRel);
+        Some(Watch {
+            rx,
+            feed: feed.clone(),
+        })
     }
 }
 
@@ -183,7 +214,12 @@ impl Taps {
         }
         self.apps
             .entry(id.to_string())
-            .or_insert_with(|| Tap(Some(broadcast::channel(capacity).0)))
+            .or_insert_with(|| {
+                Tap(Some(Arc::new(Feed {
+                    tx: broadcast::channel(capacity).0,
+                    viewers: AtomicUsize::new(0),
+                })))
+            })
             .clone()
     }
 }
@@ -235,16 +271,19 @@ mod tests {
     fn a_viewer_that_falls_behind_is_told_how_many_it_missed() {
         let taps = Taps::new(4);
         let tap = taps.tap("1");
-        let mut rx = tap.subscribe().unwrap();
+        let mut watch = tap.subscribe().unwrap();
         assert!(taps.tap("1").watched(), "the same feed for the same app");
         for n in 0..10 {
             tap.record(|| opened(n));
         }
         assert!(matches!(
-            rx.try_recv(),
+            watch.rx.try_recv(),
             Err(broadcast::error::TryRecvError::Lagged(6))
         ));
-        assert_eq!(rx.try_recv().unwrap().entry, opened(6));
+        assert_eq!(watch.rx.try_recv().unwrap().entry, opened(6));
+        drop(watch);
+        assert!(!tap.watched(), "no viewer once the watch is dropped");
+        tap.record(|| panic!("built after the viewer left"));
     }
 
     #[test]

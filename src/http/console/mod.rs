@@ -42,7 +42,7 @@ use crate::app::App;
 use crate::config::ConsoleConfig;
 use crate::ratelimit::TokenBucket;
 use crate::state::ServerState;
-use crate::tap::Record;
+use crate::tap::Watch;
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/console.js");
@@ -321,7 +321,7 @@ impl Drop for ViewerSlot {
 
 /// One open feed.
 struct Viewer {
-    rx: broadcast::Receiver<Arc<Record>>,
+    watch: Watch,
     rate: TokenBucket,
     /// Entries not sent since the last `skipped` record.
     skipped: u64,
@@ -357,7 +357,7 @@ impl Viewer {
         }
         loop {
             tokio::select! {
-                r = self.rx.recv() => match r {
+                r = self.watch.rx.recv() => match r {
                     Ok(record) => {
                         if self.rate.try_take(1) {
                             let mut out = self.skipped_record();
@@ -395,7 +395,7 @@ fn stream(
     let hub = state.hub(app);
     let slot = ViewerSlot::take(&console.viewers, console.config.max_viewers)
         .ok_or_else(|| ApiError::TooManyRequests("Too many console viewers".into()))?;
-    let rx = hub
+    let watch = hub
         .tap
         .subscribe()
         .ok_or_else(|| ApiError::NotFound("Not found".into()))?;
@@ -408,7 +408,7 @@ fn stream(
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let viewer = Viewer {
-        rx,
+        watch,
         rate: TokenBucket::new(per_second),
         skipped: 0,
         first: Some(Bytes::from(ready)),
