@@ -380,3 +380,31 @@ async fn a_burst_is_sampled_and_the_feed_says_how_many_entries_it_skipped() {
     feed.until("subscribed", |r| r["channel"] == "after-burst")
         .await;
 }
+
+#[tokio::test]
+async fn on_the_main_listener_the_console_follows_the_route_prefix() {
+    let server = TestServer::start(
+        &console_config()
+            .server_setting("path", "/reverb")
+            .toml()
+            .replace("[console]\n", "[console]\non_main_listener = true\n"),
+    )
+    .await;
+    let bare = get(&server.url("/reverb/console"), &[]).await;
+    assert_eq!(bare.status, 301);
+    assert_eq!(bare.headers["location"], "/reverb/console/");
+    assert_eq!(get(&server.url("/reverb/console/"), &[]).await.status, 200);
+    let signed = request_with(
+        "POST",
+        &server.url("/reverb/console/session"),
+        json!({"app_id": APP_ID, "token": TOKEN}).to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(signed.status, 204);
+    let cookie = signed.headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("Path=/reverb/console;"), "{cookie}");
+    let stream = server.url(&format!("/reverb/console/apps/{APP_ID}/stream"));
+    assert_eq!(get(&stream, &[]).await.status, 401);
+    Feed::open(&stream, &format!("Bearer {TOKEN}")).await;
+}
