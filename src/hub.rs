@@ -17,6 +17,7 @@ use crate::idempotency::KeyStore;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::protocol::{ErrorKind, SocketId};
 use crate::ratelimit::TokenBucket;
+use crate::tap::Tap;
 
 /// One app's state on this node.
 pub struct AppHub {
@@ -45,10 +46,12 @@ pub struct AppHub {
     /// app keeps none, or in a cluster (not kept there yet). Made with the hub: a reload does
     /// not change which channels keep one.
     pub history: Option<ChannelHistory>,
+    /// The app's live feed for the debug console (carries nothing unless one is watching).
+    pub tap: Tap,
 }
 
 impl AppHub {
-    pub(crate) fn new(app: Arc<App>, metrics: &Metrics, clustered: bool) -> AppHub {
+    pub(crate) fn new(app: Arc<App>, metrics: &Metrics, clustered: bool, tap: Tap) -> AppHub {
         let m = metrics.app(app.id.as_str());
         AppHub {
             id: app.id.clone(),
@@ -86,6 +89,7 @@ impl AppHub {
                 .clone()
                 .filter(|_| !clustered)
                 .map(ChannelHistory::new),
+            tap,
             app: RwLock::new(app),
         }
     }

@@ -55,6 +55,7 @@ pub struct Server {
     state: Arc<ServerState>,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    console_listener: Option<TcpListener>,
     tls: Option<Arc<Tls>>,
     redis: Option<Arc<RedisBackend>>,
     edge: Arc<Edge>,
@@ -115,6 +116,7 @@ impl Server {
             adapter,
             metrics,
             webhooks,
+            config.console.clone(),
         ));
         if let Some(queues) = inbound {
             tokio::spawn(crate::inbound::apply(state.clone(), queues));
@@ -148,6 +150,17 @@ impl Server {
             }
             None => None,
         };
+        let console_listener = match &state.console {
+            Some(c) if !c.on_main_listener() => {
+                let addr = c.listen().to_string();
+                Some(
+                    listen(&addr)
+                        .await
+                        .map_err(|source| ServerError::Bind { addr, source })?,
+                )
+            }
+            _ => None,
+        };
         let reloader = Arc::new(Reloader::new(state.clone(), table, tls.clone(), running));
         let app_database = match &config.app_database {
             Some(db) => {
@@ -165,6 +178,7 @@ impl Server {
             state,
             listener,
             metrics_listener,
+            console_listener,
             tls,
             redis,
             edge,
@@ -195,6 +209,13 @@ impl Server {
             .and_then(|l| l.local_addr().ok())
     }
 
+    /// Where the debug console listens, when it has a listener of its own.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn state(&self) -> Arc<ServerState> {
         self.state.clone()
     }
@@ -207,6 +228,7 @@ impl Server {
             state,
             listener,
             metrics_listener,
+            console_listener,
             tls,
             redis,
             edge,
@@ -221,6 +243,7 @@ impl Server {
         let reloader = tokio::spawn(crate::reload::on_sighup(reloader));
         let sweeper = tokio::spawn(sweep(state.clone()));
         let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
+        let console_task = console_listener.map(|l| tokio::spawn(serve_console(l, state.clone())));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -281,6 +304,9 @@ impl Server {
             t.abort();
         }
         if let Some(t) = metrics_task {
+            t.abort();
+        }
+        if let Some(t) = console_task {
             t.abort();
         }
         info!("stopped");
@@ -420,6 +446,42 @@ async fn sweep(state: Arc<ServerState>) {
         for hub in state.hubs() {
             hub.channels.sweep_expired();
         }
+    }
+}
+
+/// Connections the console's listener serves at once; beyond, a new one is closed at once.
+const CONSOLE_CONNECTIONS: usize = 64;
+
+/// The debug console's own listener (`console.listen`), with the main port's header read
+/// timeout. Its streams end when the server stops (the task and its connections are
+/// dropped).
+async fn serve_console(listener: TcpListener, state: Arc<ServerState>) {
+    let open = Arc::new(tokio::sync::Semaphore::new(CONSOLE_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            continue;
+        };
+        // Reap the finished ones so the set holds only open connections.
+        while connections.try_join_next().is_some() {}
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            debug!(%peer, "console connection refused: too many open");
+            continue;
+        };
+        let state = state.clone();
+        let header_timeout = Duration::from_secs(state.server.header_timeout);
+        connections.spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                crate::http::handle_console(req, state.clone())
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 

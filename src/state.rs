@@ -9,13 +9,14 @@ use dashmap::DashMap;
 use crate::app::{App, AppId, AppStore};
 use crate::broadcast::Broadcaster;
 use crate::cluster::{Adapter, ClusterState, SharedKeys};
-use crate::config::ServerConfig;
+use crate::config::{ConsoleConfig, ServerConfig};
 use crate::hub::AppHub;
 use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::presence::PresenceStore;
 use crate::protocol::ErrorKind;
 use crate::shared_state::SharedState;
+use crate::tap::Taps;
 use crate::webhooks::{RemovalHold, WebhookEvent, Webhooks};
 
 pub struct ServerState {
@@ -35,6 +36,11 @@ pub struct ServerState {
     pub budgets: crate::connection::Budgets,
     /// The node's HTTP fallback sessions (pusher-js's `xhr_streaming` and `xhr_polling`).
     pub fallback: crate::http::FallbackSessions,
+    /// Every app's live feed for the debug console (`Taps::off` when it is off); also the
+    /// webhooks' delivery watcher.
+    pub taps: Arc<Taps>,
+    /// The debug console, when enabled.
+    pub console: Option<crate::http::Console>,
     draining: AtomicBool,
     node_connections: AtomicU64,
 }
@@ -50,12 +56,20 @@ impl ServerState {
         adapter: Arc<dyn Adapter>,
         metrics: Arc<Metrics>,
         webhooks: Webhooks,
+        console: Option<ConsoleConfig>,
     ) -> ServerState {
         let cluster = Arc::new(SharedState::new(shared));
         let broadcaster = Broadcaster::new(adapter.clone(), cluster.clone(), metrics.clone());
         let budgets = crate::connection::Budgets::new(&server, &metrics);
         let idempotency = Idempotency::new(keys, metrics.idempotent_replays.clone());
         let fallback = crate::http::FallbackSessions::new(&server.fallback);
+        let taps = Arc::new(match &console {
+            Some(c) => Taps::new(c.buffer),
+            None => Taps::off(),
+        });
+        if console.is_some() {
+            webhooks.watch(taps.clone());
+        }
         ServerState {
             server,
             apps,
@@ -69,6 +83,8 @@ impl ServerState {
             webhooks,
             budgets,
             fallback,
+            taps,
+            console: console.map(crate::http::Console::new),
             draining: AtomicBool::new(false),
             node_connections: AtomicU64::new(0),
         }
@@ -83,7 +99,8 @@ impl ServerState {
             .entry(app.id.clone())
             .or_insert_with(|| {
                 let clustered = self.cluster.store().is_some();
-                Arc::new(AppHub::new(app.clone(), &self.metrics, clustered))
+                let tap = self.taps.tap(app.id.as_str());
+                Arc::new(AppHub::new(app.clone(), &self.metrics, clustered, tap))
             })
             .clone()
     }
@@ -182,6 +199,7 @@ pub(crate) fn test_node(
         adapter,
         metrics,
         hooks,
+        None,
     ));
     let hub = state.hub(&app);
     (state, app, hub)

@@ -50,6 +50,7 @@ export const APPS = {
   quiet: { id: '1000010', key: 'pt-quiet-key', secret: 'pt-quiet-secret' },
   hooks: { id: '1000011', key: 'pt-hooks-key', secret: 'pt-hooks-secret', removalDelay: 1, webhookPort: 29613 },
   recover: { id: '1000013', key: 'pt-recover-key', secret: 'pt-recover-secret', historyMaxEvents: 20 },
+  console: { id: '1000014', key: 'pt-console-key', secret: 'pt-console-secret' },
 };
 
 /** 32 bytes 0x00..0x1f, the master key of protocol.md 8.4. */

@@ -58,6 +58,44 @@ pub struct FileConfig {
     pub apps: Vec<AppConfig>,
     #[serde(default)]
     pub app_database: AppDatabaseConfig,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the live debug console (docs/operations.md, "Debug console"). Off by default;
+/// on its own listener unless `on_main_listener` asks for the public one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// `host:port` of the console's own listener (not used with `on_main_listener`).
+    pub listen: String,
+    /// Serve the console under `/console` on the main listener instead of its own.
+    pub on_main_listener: bool,
+    /// The admin token, which opens every app; empty: each app opens with its own secret only.
+    pub token: String,
+    /// Entries one viewer is sent per second at most; beyond, entries are skipped and the
+    /// stream says how many.
+    pub max_entries_per_second: u32,
+    /// Entries kept per app for a viewer that reads slowly; older ones are skipped (and
+    /// counted) when it falls further behind.
+    pub buffer: usize,
+    /// Viewers of the whole node at once (503 beyond).
+    pub max_viewers: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: false,
+            listen: "127.0.0.1:9601".into(),
+            on_main_listener: false,
+            token: String::new(),
+            max_entries_per_second: 200,
+            buffer: 256,
+            max_viewers: 16,
+        }
+    }
 }
 
 /// `[app_database]`: apps read from a PostgreSQL or MySQL/MariaDB table besides the file's
@@ -320,6 +358,8 @@ pub struct Config {
     pub apps: Vec<App>,
     /// `[app_database]` when its `url` is set.
     pub app_database: Option<AppDatabaseConfig>,
+    /// `[console]` when enabled.
+    pub console: Option<ConsoleConfig>,
     /// What `check-config` prints (secrets masked).
     pub effective: FileConfig,
     /// What the operator should know but that does not stop start-up (logged once).
@@ -584,6 +624,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     validate_server(&file.server)?;
     validate_scaling(&file.scaling)?;
     validate_app_database(&file.app_database)?;
+    validate_console(&file.console)?;
     files::check_readable(&file)?;
     let webhooks = file.webhooks.dispatcher();
     webhooks
@@ -628,6 +669,9 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     }
     effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
     effective.app_database.url = mask_url_password(&effective.app_database.url);
+    if !effective.console.token.is_empty() {
+        effective.console.token = "***".into();
+    }
     for s in effective
         .scaling
         .sentinels
@@ -637,12 +681,14 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         *s = mask_url_password(s);
     }
     let app_database = (!file.app_database.url.is_empty()).then(|| file.app_database.clone());
+    let console = file.console.enabled.then(|| file.console.clone());
     Ok(Config {
         server: file.server,
         scaling: file.scaling,
         webhooks,
         apps,
         app_database,
+        console,
         effective,
         warnings,
     })
@@ -731,6 +777,36 @@ fn validate_server(s: &ServerConfig) -> Result<(), ConfigError> {
             "server.metrics_prefix {:?} must be [A-Za-z0-9_]+",
             s.metrics_prefix
         )));
+    }
+    Ok(())
+}
+
+/// The shortest admin token accepted: it opens every app's live traffic.
+const MIN_CONSOLE_TOKEN: usize = 16;
+
+fn validate_console(c: &ConsoleConfig) -> Result<(), ConfigError> {
+    if !c.enabled {
+        return Ok(());
+    }
+    if !c.token.is_empty() && c.token.chars().count() < MIN_CONSOLE_TOKEN {
+        return Err(ConfigError::Invalid(format!(
+            "console.token must be at least {MIN_CONSOLE_TOKEN} characters (or empty: each app's secret opens its own console)"
+        )));
+    }
+    if !c.on_main_listener
+        && c.listen
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(ConfigError::Invalid(format!(
+            "console.listen {:?} must be host:port (e.g. \"127.0.0.1:9601\")",
+            c.listen
+        )));
+    }
+    if c.max_entries_per_second == 0 || c.buffer == 0 || c.max_viewers == 0 {
+        return Err(ConfigError::Invalid(
+            "console: max_entries_per_second, buffer and max_viewers must be at least 1".into(),
+        ));
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ use crate::hub::AppHub;
 use crate::metrics::Metrics;
 use crate::protocol::{message, ErrorKind, SocketId};
 use crate::state::ServerState;
+use crate::tap::Entry;
 use frames::{Frame, FrameError, OpCode, PartialBudget, PartialHold};
 use handle::{ConnHandle, ConnRef, Outbound, OutboundBudget, QueueBounds};
 use session::Session;
@@ -176,6 +177,10 @@ impl Established {
             app.settings.activity_timeout.as_secs(),
         ));
         debug!(transport = transport.label(), "connected");
+        hub.tap.record(|| Entry::ConnectionOpened {
+            socket_id: socket_id.to_string(),
+            transport: transport.label(),
+        });
         let session = Session::new(state, app, hub.clone(), conn.clone());
         Established {
             session,
@@ -216,8 +221,12 @@ impl Established {
         if reason == Some(ErrorKind::SlowConsumer) {
             hub.metrics.slow_consumers.inc();
         }
-        hub.metrics
-            .disconnected(reason.as_ref().map_or(1000, ErrorKind::code));
+        let code = reason.as_ref().map_or(1000, ErrorKind::code);
+        hub.metrics.disconnected(code);
+        hub.tap.record(|| Entry::ConnectionClosed {
+            socket_id: self.conn.socket_id.to_string(),
+            code,
+        });
         reason
     }
 }

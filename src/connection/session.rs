@@ -22,6 +22,7 @@ use crate::protocol::{
 };
 use crate::ratelimit::TokenBucket;
 use crate::state::ServerState;
+use crate::tap::{self, Entry};
 use crate::webhooks::WebhookEvent;
 use membership::{JoinError, Membership, SignIn};
 
@@ -402,6 +403,23 @@ impl Session {
             Some(self.conn.socket_id),
             None,
         );
+        self.hub.tap.record(|| {
+            // A string is shown as its text, anything else as its JSON.
+            let text = match data {
+                None => String::new(),
+                Some(raw) => serde_json::from_str::<String>(raw.get())
+                    .unwrap_or_else(|_| raw.get().to_string()),
+            };
+            let (data, data_truncated) = tap::clip(&text);
+            Entry::ClientEvent {
+                channel: channel.to_string(),
+                event: event.to_string(),
+                data,
+                data_truncated,
+                socket_id: self.conn.socket_id.to_string(),
+                user_id: user_id.as_ref().map(ToString::to_string),
+            }
+        });
         if self.app.webhooks.is_some() {
             let data = match data {
                 None => String::new(),

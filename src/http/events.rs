@@ -19,6 +19,7 @@ use crate::protocol::auth::md5_hex;
 use crate::protocol::socket_id::is_valid_socket_id;
 use crate::protocol::{ChannelName, SocketId};
 use crate::state::ServerState;
+use crate::tap::{self, Entry, Source};
 
 /// One validated event.
 struct Event {
@@ -288,12 +289,22 @@ fn check_backend_quota(hub: &AppHub, events: &[Event]) -> Result<(), ApiError> {
     }
 }
 
-async fn publish(state: &ServerState, hub: &AppHub, e: &Event) {
+async fn publish(state: &ServerState, hub: &AppHub, e: &Event, source: Source) {
     let except = e
         .socket_id
         .as_deref()
         .and_then(|s| s.parse::<SocketId>().ok());
     for c in &e.channels {
+        hub.tap.record(|| {
+            let (data, data_truncated) = tap::clip(&e.data);
+            Entry::ApiEvent {
+                channel: c.to_string(),
+                event: e.name.clone(),
+                data,
+                data_truncated,
+                source,
+            }
+        });
         state
             .broadcaster
             .publish_event(hub, c, &e.name, &e.data, except)
@@ -345,7 +356,7 @@ pub(super) async fn trigger(
     }
     let result = async {
         check_backend_quota(&r.hub, std::slice::from_ref(&e))?;
-        publish(state, &r.hub, &e).await;
+        publish(state, &r.hub, &e, Source::Api).await;
         if e.info.is_empty() {
             return Ok(json!({}));
         }
@@ -353,6 +364,20 @@ pub(super) async fn trigger(
     }
     .await;
     finish(state, &r.hub, key, result).await
+}
+
+/// Publishes one event from the debug console's event creator: validated and published as
+/// `POST /events` does (the app's limits and backend quota included), without idempotency
+/// keys or `info`.
+pub(super) async fn trigger_from_console(
+    state: &ServerState,
+    hub: &AppHub,
+    event: &Value,
+) -> Result<(), ApiError> {
+    let e = validate(hub, event, false)?;
+    check_backend_quota(hub, std::slice::from_ref(&e))?;
+    publish(state, hub, &e, Source::Console).await;
+    Ok(())
 }
 
 pub(super) async fn batch(
@@ -442,7 +467,7 @@ async fn publish_batch(
     }
     for (e, skipped) in events.iter().zip(&skip) {
         if !skipped {
-            publish(state, hub, e).await;
+            publish(state, hub, e, Source::Api).await;
         }
     }
     let done = Bytes::from_static(b"{}");

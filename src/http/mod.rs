@@ -2,6 +2,7 @@
 //! health and metrics. Every route works at the root and under the configured prefix.
 
 mod channels;
+pub mod console;
 pub mod edge;
 mod error;
 mod events;
@@ -31,6 +32,7 @@ pub use error::ApiError;
 /// A response body: complete (`Full`), or a stream (the HTTP fallback's `xhr_streaming`).
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+pub use console::Console;
 pub use fallback::Sessions as FallbackSessions;
 
 /// The TCP peer of the connection a request arrived on (a request extension).
@@ -165,6 +167,18 @@ pub async fn handle(
             .unwrap_or(raw_path.as_str()),
     }
     .to_string();
+    if state.console.as_ref().is_some_and(|c| c.on_main_listener())
+        && console::is_console_path(&path)
+    {
+        let base = if raw_path.len() > path.len() {
+            format!("{prefix}/console")
+        } else {
+            "/console".to_string()
+        };
+        let resp = console::handle(req, &state, &path, &base).await;
+        state.metrics.http_call("console", &resp.status());
+        return Ok(resp);
+    }
     let (endpoint, result) = match route(&path) {
         Route::Root => ("root", Ok(plain("OK"))),
         Route::Up => ("up", Ok(health::up())),
@@ -205,6 +219,32 @@ pub async fn handle(
         state.metrics.http_transmitted_bytes.inc_by(len);
     }
     Ok(resp.map(BodyExt::boxed_unsync))
+}
+
+/// Handles one request on the console's own listener (`console.listen`): the console's
+/// routes, and `/` sends the browser to it; nothing of the Pusher API is served there.
+pub async fn handle_console(
+    req: Request<Incoming>,
+    state: Arc<ServerState>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = if console::is_console_path(&path) {
+        console::handle(req, &state, &path, "/console").await
+    } else if path == "/" {
+        let mut r = Response::new(Full::new(Bytes::new()).boxed_unsync());
+        *r.status_mut() = http::StatusCode::FOUND;
+        r.headers_mut().insert(
+            http::header::LOCATION,
+            http::HeaderValue::from_static("/console/"),
+        );
+        r
+    } else {
+        ApiError::NotFound("Not found".into())
+            .into_response()
+            .map(BodyExt::boxed_unsync)
+    };
+    state.metrics.http_call("console", &resp.status());
+    Ok(resp)
 }
 
 fn plain(text: &'static str) -> Response<Full<Bytes>> {

@@ -71,6 +71,8 @@ pub(crate) struct Delivery {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) policy: DeliveryPolicy,
     pub(crate) journal: Option<Arc<dyn Journal>>,
+    /// Who hears how each request ended (the debug console), if anyone.
+    pub(crate) watch: std::sync::OnceLock<Arc<dyn super::DeliveryWatch>>,
 }
 
 impl Delivery {
@@ -626,6 +628,15 @@ async fn send(
         Err(err) => {
             metrics.failed.inc();
             tracing::error!(app_id = %app_id, host = %endpoint.host, error = %err, "webhook request could not be built");
+            report(
+                &delivery,
+                &job,
+                &endpoint,
+                "not_built",
+                None,
+                0,
+                Some(err.to_string()),
+            );
             return job.journal;
         }
     };
@@ -633,11 +644,24 @@ async fn send(
     match outcome {
         Outcome::Delivered { attempts } => {
             tracing::debug!(app_id = %app_id, host = %endpoint.host, events = request.events, attempts, "webhook delivered");
+            report(
+                &delivery,
+                &job,
+                &endpoint,
+                "delivered",
+                None,
+                attempts,
+                None,
+            );
         }
         Outcome::Rejected { status, attempts } => {
             if let Some(held_back) = warn.allow() {
                 tracing::warn!(app_id = %app_id, host = %endpoint.host, status = status.as_u16(), events = request.events, attempts, held_back, "webhook rejected by receiver; not retried");
             }
+            let status = Some(status.as_u16());
+            report(
+                &delivery, &job, &endpoint, "rejected", status, attempts, None,
+            );
         }
         Outcome::Exhausted {
             last_failure,
@@ -646,9 +670,44 @@ async fn send(
             if let Some(held_back) = warn.allow() {
                 tracing::warn!(app_id = %app_id, host = %endpoint.host, failure = %last_failure, events = request.events, attempts, held_back, "webhook given up after its retry window");
             }
+            let failure = Some(last_failure);
+            report(
+                &delivery, &job, &endpoint, "gave_up", None, attempts, failure,
+            );
         }
     }
     job.journal
+}
+
+/// Tells the delivery watcher, if one is set and watching the app, how `job` ended.
+fn report(
+    delivery: &Delivery,
+    job: &Job,
+    endpoint: &Endpoint,
+    outcome: &'static str,
+    status: Option<u16>,
+    attempts: u32,
+    failure: Option<String>,
+) {
+    let Some(watch) = delivery.watch.get() else {
+        return;
+    };
+    if !watch.watching(&job.app.app_id) {
+        return;
+    }
+    watch.finished(super::DeliveryReport {
+        app_id: job.app.app_id.clone(),
+        host: endpoint.host.clone(),
+        events: job
+            .events
+            .iter()
+            .map(|e| format!("{}:{}", e.kind(), e.channel()))
+            .collect(),
+        outcome,
+        status,
+        attempts,
+        failure,
+    });
 }
 
 #[cfg(test)]

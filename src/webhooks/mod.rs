@@ -34,6 +34,7 @@ mod event;
 mod gate;
 mod journal;
 mod metrics;
+mod observer;
 mod payload;
 mod transport;
 
@@ -63,6 +64,7 @@ pub use error::WebhookError;
 pub use event::{WebhookEvent, WebhookKind};
 pub use gate::{CACHE_MISS_WINDOW, SUBSCRIPTION_COUNT_BUSY, SUBSCRIPTION_COUNT_INTERVAL};
 pub use journal::{Journal, JournalEntry, JournalId, MemoryJournal, Replay};
+pub use observer::{DeliveryReport, DeliveryWatch};
 
 /// A `channel_vacated` or `member_removed` held cluster-wide for the removal delay: the
 /// transition's script leaves a marker holding `token` (for `ttl`, longer than the delay), a
@@ -275,6 +277,7 @@ impl Webhooks {
                 transport,
                 policy: DeliveryPolicy::from_settings(&settings),
                 journal,
+                watch: std::sync::OnceLock::new(),
             }),
             metrics,
             apps: RwLock::new(HashMap::new()),
@@ -284,6 +287,11 @@ impl Webhooks {
         Ok(Webhooks {
             shared: Arc::new(shared),
         })
+    }
+
+    /// Tells `watch` how every request ends from now on (the first watcher set stays).
+    pub fn watch(&self, watch: Arc<dyn DeliveryWatch>) {
+        let _ = self.shared.delivery.watch.set(watch);
     }
 
     /// Queues `event` for `app`. Never blocks or awaits, and may be called from any thread.

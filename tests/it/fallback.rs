@@ -584,18 +584,29 @@ async fn the_transports_can_be_switched_off() {
 struct EventStream {
     body: Incoming,
     partial: String,
-    records: Vec<(String, Value)>,
+    records: Vec<(String, Value, Option<String>)>,
 }
 
 impl EventStream {
     async fn open(server: &TestServer, session: &str, query: &str) -> EventStream {
+        EventStream::open_with(server, session, query, &[]).await
+    }
+
+    async fn open_with(
+        server: &TestServer,
+        session: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> EventStream {
         let url = server.url(&format!("/pusher/app/{KEY}/{session}/eventsource?{query}"));
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method("GET")
             .uri(url)
-            .header("accept", "text/event-stream")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+            .header("accept", "text/event-stream");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
         let resp = http().request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -608,6 +619,12 @@ impl EventStream {
 
     /// The next record: (event, data parsed as JSON).
     async fn next(&mut self) -> (String, Value) {
+        let (event, data, _) = self.next_with_id().await;
+        (event, data)
+    }
+
+    /// The next record with its `id:`, if it has one.
+    async fn next_with_id(&mut self) -> (String, Value, Option<String>) {
         loop {
             if !self.records.is_empty() {
                 return self.records.remove(0);
@@ -616,8 +633,11 @@ impl EventStream {
                 let block: String = self.partial.drain(..end + 2).collect();
                 let mut event = String::from("message");
                 let mut data = String::new();
+                let mut id = None;
                 for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event: ") {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
                         event = v.to_string();
                     } else if let Some(v) = line.strip_prefix("data: ") {
                         data.push_str(v);
@@ -625,7 +645,7 @@ impl EventStream {
                 }
                 if !data.is_empty() {
                     self.records
-                        .push((event, serde_json::from_str(&data).unwrap()));
+                        .push((event, serde_json::from_str(&data).unwrap(), id));
                 }
             }
             if !self.records.is_empty() {
@@ -818,4 +838,84 @@ async fn a_draining_server_closes_streams_with_4200() {
     });
     assert_eq!(s.close_frame().await.0, 4200);
     stop.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_stream_resumes_its_history_channels_from_last_event_id() {
+    let server = TestServer::start(
+        &config()
+            .app_setting("history_channels", vec!["chat-*"])
+            .toml(),
+    )
+    .await;
+    let mut es = EventStream::open(&server, &session_id(), "channels=chat-1,news").await;
+    for _ in 0..2 {
+        es.next_named("pusher_internal:subscription_succeeded")
+            .await;
+    }
+    let api = server.api();
+    api.trigger(&["news"], "plain", "p").await;
+    let (event, _, id) = es.next_with_id().await;
+    assert_eq!((event.as_str(), id), ("plain", None), "no history, no id");
+    let mut last_id = None;
+    for n in 1..=2 {
+        api.trigger(&["chat-1"], "msg", &n.to_string()).await;
+        let (event, data, id) = es.next_with_id().await;
+        assert_eq!(event, "msg");
+        let id = id.expect("a history event carries an id");
+        let ids: Value = serde_json::from_str(&id).unwrap();
+        assert_eq!(
+            ids["positions"]["chat-1"], data["resound_position"],
+            "the id carries the event's position"
+        );
+        last_id = Some(id);
+    }
+    drop(es);
+    // Missed while no stream was open.
+    for n in 3..=4 {
+        api.trigger(&["chat-1"], "msg", &n.to_string()).await;
+    }
+    let last_id = last_id.unwrap();
+    let mut es = EventStream::open_with(
+        &server,
+        &session_id(),
+        "channels=chat-1,news",
+        &[("last-event-id", &last_id)],
+    )
+    .await;
+    let mut chat = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while chat.last().map(|(e, _): &(String, Value)| e.as_str()) != Some("resound:recovery") {
+        assert!(tokio::time::Instant::now() < deadline, "{chat:?}");
+        let (event, data) = es.next().await;
+        if data["channel"] == "chat-1" {
+            chat.push((event, data));
+        }
+    }
+    let names: Vec<&str> = chat.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "pusher_internal:subscription_succeeded",
+            "msg",
+            "msg",
+            "resound:recovery"
+        ]
+    );
+    assert_eq!(chat[1].1["data"], "3");
+    assert_eq!(chat[2].1["data"], "4");
+    let recovery: Value = serde_json::from_str(chat[3].1["data"].as_str().unwrap()).unwrap();
+    assert_eq!(recovery["status"], "recovered");
+    assert_eq!(recovery["recovered"], 2);
+    // Live events go on, with ids that carry the position on.
+    api.trigger(&["chat-1"], "msg", "5").await;
+    let (data, id) = loop {
+        let (event, data, id) = es.next_with_id().await;
+        if event == "msg" {
+            break (data, id);
+        }
+    };
+    assert_eq!(data["data"], "5");
+    let ids: Value = serde_json::from_str(&id.expect("an id")).unwrap();
+    assert_eq!(ids["positions"]["chat-1"], data["resound_position"]);
 }

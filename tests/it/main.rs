@@ -12,6 +12,7 @@ mod channels;
 mod client_events;
 mod compression;
 mod connection;
+mod console;
 mod deploy;
 mod fallback;
 mod hardening_connections;

@@ -205,6 +205,8 @@ impl TestConfig {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The debug console's own listener, when it has one.
+    pub console_addr: Option<SocketAddr>,
     pub state: Arc<ServerState>,
     /// The configuration file it started from, which `reloader` reads again.
     pub config_path: std::path::PathBuf,
@@ -239,6 +241,7 @@ impl TestServer {
         }));
         let reloader = server.reloader();
         let addr = server.local_addr().expect("addr");
+        let console_addr = server.console_addr();
         let state = server.state();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
@@ -246,6 +249,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            console_addr,
             state,
             config_path: path,
             reloader,

@@ -32,6 +32,7 @@ use crate::protocol::resume::Resume;
 use crate::protocol::{message, ChannelName, MemberChange, PresenceMember, UserId};
 use crate::shared_state::SharedState;
 use crate::state::ServerState;
+use crate::tap::Entry;
 use crate::webhooks::WebhookEvent;
 
 /// Why a join was refused after it was authorised.
@@ -236,6 +237,10 @@ impl Membership {
             return Ok(());
         };
         let counted = slot.keep();
+        self.hub.tap.record(|| Entry::Subscribed {
+            channel: name.to_string(),
+            socket_id: self.conn.socket_id.to_string(),
+        });
         self.channels.insert(
             name.clone(),
             Subscription {
@@ -263,6 +268,10 @@ impl Membership {
         if let (Some(m), Some((first, member_rejoined, _))) = (&member, &presence) {
             self.conn.add_presence_user(&m.user_id);
             if *first {
+                self.hub.tap.record(|| Entry::MemberAdded {
+                    channel: name.to_string(),
+                    user_id: m.user_id.to_string(),
+                });
                 let frame = message::member_added(
                     name.as_str(),
                     m.user_id.as_str(),
@@ -306,6 +315,10 @@ impl Membership {
         let Some(sub) = self.channels.remove(name) else {
             return;
         };
+        self.hub.tap.record(|| Entry::Unsubscribed {
+            channel: name.to_string(),
+            socket_id: self.conn.socket_id.to_string(),
+        });
         let removed = self.hub.channels.unsubscribe(name, self.conn.socket_id);
         sub.interest.release().await;
         if let Some(u) = removed {
@@ -343,6 +356,10 @@ impl Membership {
                 .await;
             match last {
                 Ok(true) => {
+                    self.hub.tap.record(|| Entry::MemberRemoved {
+                        channel: name.to_string(),
+                        user_id: user.to_string(),
+                    });
                     let frame = message::member_removed(name.as_str(), user.as_str());
                     self.state.broadcaster.publish_member(
                         &self.hub,

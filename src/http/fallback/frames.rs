@@ -83,26 +83,59 @@ fn push_json_string(buf: &mut Vec<u8>, s: &str) {
 /// An event stream's heartbeat: a comment line, ignored by EventSource.
 pub const SSE_HEARTBEAT: &[u8] = b": h\n\n";
 
+/// A position in a channel's history (protocol.md 11.2).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// What an event stream's `id:` carries (protocol.md 1.10, 11.2): the stream's `socket_id`
+/// and the last position of each of its channels with history, so that the `Last-Event-ID`
+/// EventSource sends when it reconnects resumes every one of them, not only the channel of
+/// the last event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamPositions {
+    pub socket_id: String,
+    pub positions: std::collections::BTreeMap<String, Position>,
+}
+
+impl StreamPositions {
+    /// Reads a `Last-Event-ID` this server wrote; `None` for anything else.
+    pub fn parse(last_event_id: &str) -> Option<StreamPositions> {
+        serde_json::from_str(last_event_id).ok()
+    }
+}
+
 /// Appends one `event:`/`data:` record per queued message (protocol.md 1.10): `event` is the
-/// message's event name, `data` the whole message (one line: JSON escapes line ends). Returns
+/// message's event name, `data` the whole message (one line: JSON escapes line ends); an event
+/// with a `resound_position` also updates `positions` and carries them as its `id:`. Returns
 /// the payload bytes taken.
-pub fn push_sse_messages(buf: &mut Vec<u8>, items: impl IntoIterator<Item = Outbound>) -> usize {
+pub fn push_sse_messages(
+    buf: &mut Vec<u8>,
+    items: impl IntoIterator<Item = Outbound>,
+    positions: &mut StreamPositions,
+) -> usize {
     let mut taken = 0;
     for item in items {
         taken += item.len();
         let Outbound::Text(bytes) = item else {
             continue;
         };
-        push_sse_record(buf, &bytes);
+        push_sse_record(buf, &bytes, Some(&mut *positions));
     }
     taken
 }
 
-fn push_sse_record(buf: &mut Vec<u8>, message: &[u8]) {
+fn push_sse_record(buf: &mut Vec<u8>, message: &[u8], positions: Option<&mut StreamPositions>) {
     #[derive(serde::Deserialize)]
     struct Named<'a> {
         #[serde(borrow)]
         event: std::borrow::Cow<'a, str>,
+        #[serde(borrow, default)]
+        channel: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        resound_position: Option<Position>,
     }
     let Ok(named) = serde_json::from_slice::<Named<'_>>(message) else {
         return;
@@ -110,6 +143,17 @@ fn push_sse_record(buf: &mut Vec<u8>, message: &[u8]) {
     // An event name with a line end would end the field early: such a name cannot be sent.
     if named.event.contains(['\n', '\r']) || message.contains(&b'\n') {
         return;
+    }
+    if let (Some(positions), Some(channel), Some(at)) =
+        (positions, named.channel, named.resound_position)
+    {
+        positions.positions.insert(channel.into_owned(), at);
+        // JSON has no raw line end or NUL, which would end or void the field.
+        if let Ok(id) = serde_json::to_vec(&*positions) {
+            buf.extend_from_slice(b"id: ");
+            buf.extend_from_slice(&id);
+            buf.push(b'\n');
+        }
     }
     buf.extend_from_slice(b"event: ");
     buf.extend_from_slice(named.event.as_bytes());
@@ -123,7 +167,7 @@ fn push_sse_record(buf: &mut Vec<u8>, message: &[u8]) {
 pub fn push_sse_close(buf: &mut Vec<u8>, kind: Option<&ErrorKind>) {
     if let Some(k) = kind {
         if k.sends_error_event() {
-            push_sse_record(buf, &message::error(k, None));
+            push_sse_record(buf, &message::error(k, None), None);
         }
     }
 }
@@ -212,6 +256,7 @@ mod tests {
                 text(r#"{"event":"tick","channel":"news","data":"{\"i\":1}"}"#),
                 text(r#"{"event":"pusher:pong","data":"{}"}"#),
             ],
+            &mut StreamPositions::default(),
         );
         assert!(n > 0);
         assert_eq!(

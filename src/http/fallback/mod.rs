@@ -332,15 +332,38 @@ async fn receive(
                 let channels = super::signature::Query::parse(req.uri().query())
                     .get("channels")
                     .map(str::to_string);
+                // EventSource's reconnection: the `id:` it last read names the previous
+                // stream and where each of its channels with history was (protocol.md 11.2).
+                let resumed = req
+                    .headers()
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(frames::StreamPositions::parse);
+                let mut kept = frames::StreamPositions {
+                    socket_id: receiver.shared.conn.socket_id.to_string(),
+                    ..frames::StreamPositions::default()
+                };
                 let subscribes: Vec<String> = channels
                     .iter()
                     .flat_map(|c| c.split(','))
                     .filter(|c| !c.is_empty())
                     .map(|c| {
-                        serde_json::json!({"event": "pusher:subscribe", "data": {"channel": c}})
-                            .to_string()
+                        let mut data = serde_json::json!({"channel": c});
+                        if let Some(r) = &resumed {
+                            if let Some(at) = r.positions.get(c) {
+                                data["resound_resume"] = serde_json::json!({
+                                    "epoch": at.epoch,
+                                    "offset": at.offset,
+                                    "socket_id": r.socket_id,
+                                });
+                                // Carried on until the channel's next event moves it.
+                                kept.positions.insert(c.to_string(), at.clone());
+                            }
+                        }
+                        serde_json::json!({"event": "pusher:subscribe", "data": data}).to_string()
                     })
                     .collect();
+                *receiver.shared.positions.lock() = kept;
                 // The channel is new and empty: the first message always fits.
                 if !subscribes.is_empty() {
                     let len: usize = subscribes.iter().map(String::len).sum();

@@ -63,6 +63,9 @@ pub(super) struct Shared {
     /// Wakes a receiving request that a newer one replaced.
     superseded: Notify,
     close_sent: AtomicBool,
+    /// An event stream's positions, written as each history event's `id:` (only its one
+    /// receiving request touches them, never across an await).
+    pub positions: Mutex<frames::StreamPositions>,
 }
 
 impl Shared {
@@ -88,6 +91,7 @@ impl Shared {
             detached: Notify::new(),
             superseded: Notify::new(),
             close_sent: AtomicBool::new(false),
+            positions: Mutex::new(frames::StreamPositions::default()),
         }
     }
 
@@ -162,7 +166,7 @@ impl Receiver {
             let items = conn.take_queued();
             if !items.is_empty() {
                 let taken = if sse {
-                    frames::push_sse_messages(&mut buf, items)
+                    frames::push_sse_messages(&mut buf, items, &mut self.shared.positions.lock())
                 } else {
                     frames::push_messages(&mut buf, items)
                 };
