@@ -160,6 +160,9 @@ test('console: the event creator delivers to a pusher-js client', async (t) => {
   await page.fill('#new-data', '{"hello":"from the console"}');
   await page.click('#creator-form button[type=submit]');
   assert.deepEqual(await got, { hello: 'from the console' });
+  // The event can reach the subscriber before the page has read the answer to its POST
+  // (through another node it often does): wait for the page to say so.
+  await page.waitForFunction(() => document.querySelector('#creator-result')?.textContent !== '', null, { timeout: 5000 });
   assert.equal(await page.textContent('#creator-result'), 'sent');
   await row('api_event', [channel, 'made-in-console', '[console]']);
   await page.screenshot({ path: path.join(artifacts, 'console-creator.png'), fullPage: true });
