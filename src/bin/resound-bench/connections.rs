@@ -72,7 +72,8 @@ pub fn workers(setup: &Setup, connections: u64) -> usize {
         .unwrap_or_else(|| run::default_workers(connections))
 }
 
-/// Server memory rows, when a server pid was given.
+/// Server cost rows, when a server pid was given: memory (before, connected, at the end, per
+/// connection) and user + system CPU over the send window, per delivery and per publish.
 pub fn add_rss(report: &mut Report, outcome: &run::Outcome) {
     if let Some(before) = outcome.rss_before_kib {
         report.result("server_rss_before_kib", before);
@@ -93,6 +94,13 @@ pub fn add_rss(report: &mut Report, outcome: &run::Outcome) {
             #[allow(clippy::cast_precision_loss)]
             let per = cpu.as_secs_f64() * 1e9 / deliveries as f64;
             report.result("server_cpu_ns_per_delivery", round3(per));
+        }
+        // A publish: an event sent by a client or accepted by the HTTP API.
+        let publishes = outcome.client_sent + outcome.http.as_ref().map_or(0, |h| h.ok());
+        if publishes > 0 {
+            #[allow(clippy::cast_precision_loss)]
+            let per = cpu.as_secs_f64() * 1e6 / publishes as f64;
+            report.result("server_cpu_us_per_publish", round3(per));
         }
     }
 }
