@@ -6,6 +6,7 @@
 //
 //   node scripts/bench-memory.mjs --url http://127.0.0.1:18200 --pid PID \
 //        [--connections 10000] [--inflight 256] [--channels 1000] [--cycles 2] [--key app-key]
+//        [--hold 0] [--settle 3]
 //
 // Prints one JSON line per cycle: rss before, connected, after close (bytes), per-connection
 // growth in KiB and the retained growth after the close as a share of the first "before".
@@ -28,6 +29,10 @@ const url = new URL(args.url ?? 'http://127.0.0.1:18200');
 const pid = Number(args.pid);
 const n = Number(args.connections ?? 10000);
 const inflight = Number(args.inflight ?? 256);
+// Seconds to keep the sockets open after the reading (to inspect the server), and to wait
+// after they closed before the last reading.
+const hold = Number(args.hold ?? 0);
+const settle = Number(args.settle ?? 3);
 const channels = Number(args.channels ?? 1000);
 const cycles = Number(args.cycles ?? 2);
 const key = args.key ?? 'app-key';
@@ -73,6 +78,7 @@ for (let cycle = 1; cycle <= cycles; cycle++) {
   const openSeconds = (performance.now() - t0) / 1000;
   await sleep(2000);
   const connected = rss();
+  await sleep(hold * 1000);
   await Promise.all(
     sockets.map(
       (ws) =>
@@ -82,7 +88,7 @@ for (let cycle = 1; cycle <= cycles; cycle++) {
         }),
     ),
   );
-  await sleep(3000);
+  await sleep(settle * 1000);
   const after = rss();
   console.log(
     JSON.stringify({

@@ -15,7 +15,6 @@
 //! It renders no wire error and checks no signature or limit: the session authorises, calls,
 //! and answers a `JoinError`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tracing::warn;
@@ -34,6 +33,9 @@ use crate::shared_state::SharedState;
 use crate::state::ServerState;
 use crate::tap::Entry;
 use crate::webhooks::WebhookEvent;
+
+mod subscriptions;
+use subscriptions::Subscriptions;
 
 /// Why a join was refused after it was authorised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +77,7 @@ pub(super) struct Membership {
     app: Arc<App>,
     hub: Arc<AppHub>,
     conn: ConnRef,
-    channels: HashMap<ChannelName, Subscription>,
+    channels: Subscriptions<Subscription>,
     signed_in: Option<SignedIn>,
 }
 
@@ -91,7 +93,7 @@ impl Membership {
             app,
             hub,
             conn,
-            channels: HashMap::new(),
+            channels: Subscriptions::new(),
             signed_in: None,
         }
     }
@@ -385,7 +387,7 @@ impl Membership {
 
     /// Leaves every channel and signs out: the connection ended (protocol.md 2.5).
     pub(super) async fn leave_all(&mut self) {
-        let names: Vec<ChannelName> = self.channels.keys().cloned().collect();
+        let names = self.channels.names();
         for name in names {
             self.leave(&name).await;
         }

@@ -525,7 +525,8 @@ async fn open(
     };
     let (tx, rx) = mpsc::channel(session::INBOUND_BODIES);
     let socket_id = SocketId::random();
-    let span = tracing::info_span!("connection", app_id = %app.id, socket_id = %socket_id);
+    // Debug-level, as for a WebSocket (`connection::run`).
+    let span = tracing::debug_span!("connection", app_id = %app.id, socket_id = %socket_id);
     let hub = slot.hub().clone();
     // Inserted and opened without an await between: a concurrent request for the same id
     // finds the session complete, or not at all.

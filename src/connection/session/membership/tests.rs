@@ -2,6 +2,7 @@
 //! every interest, presence stores that fail or report a held removal, a loopback webhook
 //! receiver.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
