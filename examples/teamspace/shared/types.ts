@@ -18,6 +18,8 @@ export interface MemberInfo {
 }
 
 export type ConversationKind = 'room' | 'dm'
+/** Public rooms are open to everyone; private rooms are invite-only: members invite others. */
+export type RoomVisibility = 'public' | 'private'
 
 export interface Conversation {
   id: number
@@ -31,6 +33,14 @@ export interface Conversation {
   peer?: MemberInfo
   lastMessageId: number
   unread: number
+  /** Rooms: public or private (invite-only). Direct messages are always private. */
+  visibility: RoomVisibility
+}
+
+/** The members of a private room (`GET /api/rooms/{id}/members`, `room.members` event). */
+export interface RoomMembers {
+  conversationId: number
+  members: MemberInfo[]
 }
 
 export interface Attachment {
@@ -76,7 +86,7 @@ export interface SearchHit {
 
 export interface AppNotification {
   id: number
-  kind: 'mention'
+  kind: 'mention' | 'invite'
   title: string
   body: string
   conversationId: number | null
@@ -144,6 +154,11 @@ export const EVENTS = {
   /** Sent to one user through `sendToUser`. */
   notification: 'notification',
   conversationActivity: 'conversation.activity',
+  /** Sent to one user: they were added to (or removed from) a private room. */
+  roomInvited: 'room.invited',
+  roomRemoved: 'room.removed',
+  /** On a private room's channel: its member list changed. */
+  roomMembers: 'room.members',
 } as const
 
 export interface RoomActivity {
