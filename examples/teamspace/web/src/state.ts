@@ -120,17 +120,25 @@ export function clearUnread(conversationId: number): void {
 function bumpUnread(activity: RoomActivity): void {
   const c = conversation(activity.conversationId)
   if (!c) {
-    void refreshConversations()
+    // A conversation new to this tab (a first direct message): the list brings its unread count.
+    void refreshConversations().then(() => {
+      const fresh = conversation(activity.conversationId)
+      if (fresh && activity.authorId !== me().id) notifyActivity(fresh)
+    }).catch(() => {})
     return
   }
   c.lastMessageId = Math.max(c.lastMessageId, activity.messageId)
   const visible = app.viewing.conversationId === c.id && app.viewing.atBottom && document.visibilityState === 'visible'
   if (activity.authorId !== me().id && !visible) {
     c.unread += 1
-    // Direct messages reach a background tab as a system notification too.
-    if (c.kind === 'dm' && document.visibilityState !== 'visible') {
-      void notifyOutside(`New message from ${c.name}`, 'Open Teamspace to read it.', links.chat(c.id), `dm-${c.id}`)
-    }
+    notifyActivity(c)
+  }
+}
+
+/** Direct messages reach a background tab as a system notification too. */
+function notifyActivity(c: Conversation): void {
+  if (c.kind === 'dm' && document.visibilityState !== 'visible') {
+    void notifyOutside(`New message from ${c.name}`, 'Open Teamspace to read it.', links.chat(c.id), `dm-${c.id}`)
   }
 }
 
