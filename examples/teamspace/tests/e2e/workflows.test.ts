@@ -156,6 +156,8 @@ describe('team workflows', () => {
     assert.equal(await message(frank, 'Answer lost on the way back').count(), 1)
     assert.equal(await historyCount(frank, 'general', 'Answer lost on the way back'), 1)
     await gina.unroute('**/api/conversations/*/messages')
+    // pusher-js retried over ws:// only: no wss:// attempt for the page's CSP to refuse.
+    assert.deepEqual(people.gina!.errors.filter((e) => /Content Security Policy|Refused to connect/.test(e)), [])
   })
 
   test('notifications reach a background tab through the service worker', async () => {
@@ -213,6 +215,28 @@ describe('team workflows', () => {
     assert.equal(await gina.locator('[data-testid=message][data-state=failed]').filter({ hasText: name }).count(), 0)
     assert.equal(failures, 2)
     await gina.unroute('**/api/conversations/*/files')
+  })
+
+  test('the banner shows when the very first connection fails; signing out leaves no errors', async () => {
+    const ivy = await person(browser, 'ivy')
+    people.ivy = ivy
+    // Every WebSocket to Resound is refused, from the first attempt on.
+    await ivy.context.routeWebSocket(/\/app\//, (ws) => void ws.close({ code: 1006 }))
+    await ivy.page.goto(BASE)
+    await ivy.page.getByLabel('Your name').fill('ivy')
+    await ivy.page.getByRole('button', { name: 'Continue' }).click()
+    await ivy.page.getByTestId('connection-banner').filter({ hasText: 'Cannot reach the live server' }).waitFor({ timeout: 15_000 })
+    await shot(ivy.page, 'first-connection-failed')
+    await ivy.context.close()
+    delete people.ivy
+
+    const jo = await person(browser, 'jo')
+    people.jo = jo
+    await signIn(jo.page, 'jo')
+    await jo.page.getByRole('button', { name: 'Sign out' }).click()
+    await jo.page.getByLabel('Your name').waitFor()
+    await new Promise((r) => setTimeout(r, 500))
+    assert.deepEqual(jo.errors, [], 'no errors in the console when signing out')
   })
 
   test('the backend refuses to start on a port that is in use, and says so', async () => {
