@@ -235,13 +235,12 @@ export function createApp(deps: Deps): express.Express {
     res.status(added ? 201 : 200).json({ conversationId: id, members: store.roomMembers(id) })
   })
 
-  // Leave (your own id) or remove someone else; the last member leaving leaves the room empty.
+  // Leaving: members remove themselves (nobody removes others in this example).
   api.delete('/rooms/:id/members/:userId', async (req, res) => {
     const id = privateRoomParam(req, res)
-    const userId = intParam(req.params.userId)
-    const user = userId === null ? null : store.getMember(userId)
-    if (!user || !store.isMember(id, user.id)) throw new HttpError(404, 'Not a member of this room.')
-    await chat.removeFromRoom(id, user)
+    const me = authOf(res).user
+    if (intParam(req.params.userId) !== me.id) throw new HttpError(403, 'You can only take yourself out of a room.')
+    await chat.removeFromRoom(id, me)
     res.status(204).end()
   })
 
@@ -269,7 +268,10 @@ export function createApp(deps: Deps): express.Express {
     // The message id chosen by the sender: the body's clientId or an Idempotency-Key header.
     const clientId = checkClientId(req.body?.clientId ?? req.header('idempotency-key'))
     const earlier = chat.alreadyPosted(user, clientId)
-    if (earlier) return void res.status(200).json(earlier)
+    if (earlier) {
+      if (earlier.conversationId !== conversation.id) throw new HttpError(409, 'That message id was already used for another message.')
+      return void res.status(200).json(earlier)
+    }
     chat.admit(user, body.value)
     const message = await chat.postMessage(user, conversation.id, { body: body.value, clientId }, socketIdOf(req))
     res.status(201).json(message)
@@ -294,7 +296,10 @@ export function createApp(deps: Deps): express.Express {
       const user = authOf(res).user
       const clientId = checkClientId(req.header('x-client-id'))
       const earlier = chat.alreadyPosted(user, clientId)
-      if (earlier) return void res.status(200).json(earlier)
+      if (earlier) {
+        if (earlier.conversationId !== conversation.id) throw new HttpError(409, 'That message id was already used for another message.')
+        return void res.status(200).json(earlier)
+      }
       chat.admit(user, caption)
       const stored = files.save(bytes, check.ext)
       store.addFile({ id: stored.id, conversationId: conversation.id, userId: user.id, name: check.name, type: check.type, size: bytes.length, storedAs: stored.storedAs })

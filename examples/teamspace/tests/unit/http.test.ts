@@ -165,7 +165,8 @@ describe('HTTP API', () => {
     assert.equal(carolsView.unread, 0)
     assert.equal((await authFor(bob, room.channel)).status, 403)
 
-    // Carol leaves: refused again.
+    // Nobody removes someone else; carol leaves by herself and is refused again.
+    assert.equal((await fetch(`${base}/api/rooms/${room.id}/members/${carol.id}`, { method: 'DELETE', headers: h(alice) })).status, 403)
     assert.equal((await fetch(`${base}/api/rooms/${room.id}/members/${carol.id}`, { method: 'DELETE', headers: h(carol) })).status, 204)
     assert.equal((await authFor(carol, room.channel)).status, 403)
     assert.ok(!(await listOf(carol)).includes(room.id))
@@ -185,6 +186,8 @@ describe('HTTP API', () => {
     assert.equal(viaHeader.status, 201)
     assert.equal((await post('by header', undefined, { 'Idempotency-Key': 'retry-2' })).status, 200)
     assert.equal(store.history(3).messages.filter((m) => m.body === 'only once please').length, 1)
+    const elsewhere = await fetch(`${base}/api/conversations/1/messages`, { method: 'POST', headers: h, body: JSON.stringify({ body: 'x', clientId: 'retry-1' }) })
+    assert.equal(elsewhere.status, 409, 'an id already used in another conversation')
 
     const links = await post('see http://a.example http://b.example http://c.example')
     assert.equal(links.status, 422)
