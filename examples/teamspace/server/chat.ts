@@ -4,6 +4,7 @@
 //! publish, and a publish that fails is logged, never undone: browsers catch up from the REST
 //! history when they reconnect.
 
+import crypto from 'node:crypto'
 import type Pusher from 'pusher'
 import {
   EVENTS, type AppNotification, type Message, type MemberInfo, type Receipt, type RoomActivity, type RoomMembers,
@@ -27,9 +28,16 @@ export class PostRefused extends Error {
   }
 }
 
+/** Extra fields Resound reads on a publish (protocol.md 11.1); the SDK sends them as given. */
+type Keyed<T> = T & { idempotency_key: string }
+
 export class Chat {
   /** Messages posted since the dashboard last asked (see takeMessageCount). */
   private messagesSinceTick = 0
+  /** Makes this process's idempotency keys its own (message ids restart with a new database). */
+  private readonly keyPrefix = `ts-${crypto.randomBytes(6).toString('base64url')}`
+  /** Delay before the one retry of a keyed publish. */
+  retryDelayMs = 300
 
   constructor(
     private readonly store: Store,
@@ -71,6 +79,22 @@ export class Chat {
   }
 
   /**
+   * A publish carrying idempotency keys, tried twice: when the first attempt fails (a timeout,
+   * a 5xx) it may still have been delivered, and Resound answers the retry without publishing
+   * again (protocol.md 11.1). Browsers that missed it anyway catch up from the history.
+   */
+  private async publishKeyed(what: string, send: () => Promise<unknown>): Promise<void> {
+    try {
+      await send()
+      return
+    } catch (err) {
+      this.log.warn('publish failed; retrying once with the same key', { what, error: (err as Error).message })
+    }
+    await new Promise((r) => setTimeout(r, this.retryDelayMs))
+    await this.publish(what, send)
+  }
+
+  /**
    * Stores a message (text already validated; the word filter is applied here) and publishes
    * it to everyone in the conversation but the sender's own socket (`toOthers`): the sender
    * shows the copy this returns.
@@ -89,22 +113,28 @@ export class Chat {
     const activity: RoomActivity = { conversationId, messageId: message.id, authorId: author.id }
     const exclude = socketId ? { socket_id: socketId } : {}
 
+    const key = `${this.keyPrefix}-message-${message.id}`
+    const keyed = (params: Pusher.TriggerParams, k = key) => ({ ...params, idempotency_key: k }) as Keyed<Pusher.TriggerParams>
+
     if (row.kind === 'room' && row.visibility !== 'public') {
       // A private room's unread hints go to its members only, never to the lobby.
-      await this.publish('message', () => this.pusher.trigger(channel, EVENTS.messageSent, message, exclude))
+      await this.publishKeyed('message', () => this.pusher.trigger(channel, EVENTS.messageSent, message, keyed(exclude)))
       for (const member of this.store.roomMembers(conversationId)) {
         if (member.id === author.id) continue
         await this.publish('room activity', () => this.pusher.sendToUser(String(member.id), EVENTS.conversationActivity, activity))
       }
     } else if (row.kind === 'room') {
-      // One signed request for both: the message to the room, the unread hint to everyone else.
-      await this.publish('message', () => this.pusher.triggerBatch([
-        { channel, name: EVENTS.messageSent, data: message, ...exclude },
-        { channel: LOBBY_CHANNEL, name: EVENTS.roomActivity, data: activity, ...exclude },
-      ]))
+      // One signed request for both: the message to the room, the unread hint to everyone else;
+      // each item has its own key, so a retry publishes only what the first attempt did not.
+      const batch: Array<Keyed<Pusher.BatchEvent>> = [
+        { channel, name: EVENTS.messageSent, data: message, ...exclude, idempotency_key: key },
+        { channel: LOBBY_CHANNEL, name: EVENTS.roomActivity, data: activity, ...exclude, idempotency_key: `${key}-activity` },
+      ]
+      // triggerBatch serialises `data` in place: give each attempt its own copy.
+      await this.publishKeyed('message', () => this.pusher.triggerBatch(batch.map((e) => ({ ...e }))))
     } else {
       const peer = row.user_a === author.id ? row.user_b! : row.user_a!
-      await this.publish('message', () => this.pusher.trigger(channel, EVENTS.messageSent, message, exclude))
+      await this.publishKeyed('message', () => this.pusher.trigger(channel, EVENTS.messageSent, message, keyed(exclude)))
       await this.publish('dm activity', () => this.pusher.sendToUser(String(peer), EVENTS.conversationActivity, activity))
     }
     await this.notifyMentions(author, message)
