@@ -104,7 +104,8 @@ describe('layouts from phone to desktop', () => {
         await eventually(async () => (await p.getByTestId('members').boundingBox())?.x === vp.width - (await p.getByTestId('members').boundingBox())!.width, 'the members drawer to slide in')
         await reachable(p, p.getByTestId(`member-viewer${vp.width}`), 'my entry in the member list')
         await shot(p, `${tag}-03-members`)
-        await p.getByTestId('scrim').click({ position: { x: 10, y: vp.height / 2 } })
+        await reachable(p, p.getByTestId('close-panel'), 'the drawer’s close button')
+        await p.getByTestId('close-panel').click()
         await p.getByTestId('scrim').waitFor({ state: 'detached' })
       } else {
         await reachable(p, p.getByTestId(`member-viewer${vp.width}`), 'my entry in the member list')

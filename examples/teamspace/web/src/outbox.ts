@@ -78,6 +78,12 @@ export function enqueue(conversationId: number, body: string, author: MemberInfo
   return item
 }
 
+/** Drops the queue (signing out). */
+export function clearOutbox(): void {
+  outbox.items = []
+  if (storageKey) localStorage.removeItem(storageKey)
+}
+
 export function retry(clientId: string): void {
   const item = outbox.items.find((i) => i.clientId === clientId)
   if (!item) return

@@ -8,7 +8,7 @@ import {
   type RoomActivity, type RoomVisibility, type Session, type User, type UserStatus,
 } from '../../shared/types'
 import { api, configureApi } from './api'
-import { kick, onFailed, startOutbox } from './outbox'
+import { clearOutbox, kick, onFailed, startOutbox } from './outbox'
 import { notifyOutside, startNotifications } from './notify'
 import { connect, disconnect, getEcho, onReconnect, pusherOf } from './realtime'
 import { links, navigate, route } from './router'
@@ -239,6 +239,8 @@ export async function signOut(): Promise<void> {
   // Disconnect first: the backend closes this user's sockets, and pusher-js would otherwise
   // try to reconnect and re-authenticate with a session that no longer exists.
   disconnect()
+  // Messages still queued are not sent later on someone else's behalf from this browser.
+  clearOutbox()
   await api.signOut().catch(() => {})
   location.replace('/')
 }
