@@ -114,6 +114,18 @@ describe('team workflows', () => {
     await spammer.getByTestId('composer').press('Enter')
     await spammer.locator('[data-testid=message][data-state=failed]').getByTestId('failed').filter({ hasText: 'at most 2 links' }).waitFor()
     await shot(spammer, 'spam-refused')
+
+    // A burst typed in the app: what is over the flood limit is held back, explained, then sent.
+    const quick = await join('quick-typist')
+    for (let i = 1; i <= 11; i++) {
+      await quick.getByTestId('composer').fill(`burst message ${i}`)
+      await quick.getByTestId('composer').press('Enter')
+    }
+    await quick.locator('[data-testid=message][data-state=queued]').getByTestId('queued').filter({ hasText: 'Sending too fast' }).first().waitFor()
+    await shot(quick, 'spam-flood-held-back')
+    await eventually(async () => (await quick.locator('[data-testid=message][data-state=sent]').filter({ hasText: /burst message \d+/ }).count()) === 11,
+      'all eleven to be sent', 20_000)
+    for (const i of [1, 9, 11]) assert.equal(await historyCount(quick, 'general', `burst message ${i}`), 1)
   })
 
   test('offline queue: a message sent while offline is delivered once when the connection is back', async () => {

@@ -13,6 +13,7 @@ import { randomId } from './format'
 export const MAX_ITEMS = 200
 export const MAX_BYTES = 256 * 1024
 const MAX_RATE_RETRIES = 5
+export const WAITING = 'Waiting for the connection; it will be sent once you are back'
 
 export interface OutItem {
   clientId: string
@@ -68,9 +69,12 @@ export function enqueue(conversationId: number, body: string, author: MemberInfo
   if (outbox.items.length >= MAX_ITEMS || bytes() + body.length * 2 > MAX_BYTES) {
     return 'Too many messages are waiting to be sent. Wait for the connection to come back.'
   }
+  // Order is kept: behind other unsent messages, this one waits its turn.
+  const behind = outbox.items.some((i) => i.state !== 'failed')
   const item: OutItem = {
     clientId: randomId(), conversationId, body, author, createdAt: Date.now(),
-    state: navigator.onLine ? 'sending' : 'queued', note: navigator.onLine ? '' : 'Waiting for the connection', attempts: 0,
+    state: navigator.onLine && !behind ? 'sending' : 'queued',
+    note: !navigator.onLine ? WAITING : behind ? 'Queued behind the messages before it' : '', attempts: 0,
   }
   outbox.items.push(item)
   save()
@@ -118,7 +122,7 @@ async function flush(): Promise<void> {
     if (!item) return
     if (!navigator.onLine) {
       item.state = 'queued'
-      item.note = 'Waiting for the connection'
+      item.note = WAITING
       return // the `online` event kicks again
     }
     item.state = 'sending'
@@ -135,16 +139,17 @@ async function flush(): Promise<void> {
       if (e.status === 0 || e.status >= 500) {
         // No answer (or the server failed): try again later with the same id; never twice stored.
         item.state = 'queued'
-        item.note = e.status === 0 ? 'Waiting for the connection' : 'The server had a problem; trying again'
+        item.note = e.status === 0 ? WAITING : 'The server had a problem; trying again shortly'
         save()
         retryTimer = setTimeout(() => kick(), backoff)
         backoff = Math.min(backoff * 2, 30_000)
         return
       }
       if (e.status === 429 && item.attempts < MAX_RATE_RETRIES) {
+        const wait = Math.max(1000, e.retryAfterMs ?? 1000)
         item.state = 'queued'
-        item.note = `${e.message}`
-        await sleep(Math.max(1000, e.retryAfterMs ?? 1000))
+        item.note = `Sending too fast: held back, sending again in ${Math.ceil(wait / 1000)} s`
+        await sleep(wait)
         continue
       }
       item.state = 'failed'
