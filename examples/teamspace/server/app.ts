@@ -199,11 +199,18 @@ export function createApp(deps: Deps): express.Express {
     return id
   }
 
-  /** A private room the user is a member of, else 404 (or 422 for a public room). */
-  const privateRoomParam = (req: Request, res: Response): number => {
-    const id = roomParam(req, res)
-    if (store.getConversationRow(id)?.visibility !== 'private') throw new HttpError(422, 'Public rooms are open to everyone; only private rooms have members.')
-    return id
+  /**
+   * A members-only room (private or invite-only) for the members routes: its members may do
+   * anything there; anyone may read the member list of an invite-only room (it is listed, and
+   * its members are whom to ask); otherwise 404, or 422 for a public room.
+   */
+  const memberRoomParam = (req: Request, res: Response, readOnly = false): number => {
+    const id = intParam(req.params.id)
+    const row = id === null ? null : store.getConversationRow(id)
+    if (!row || row.kind !== 'room') throw new HttpError(404, 'No such room.')
+    if (row.visibility === 'public') throw new HttpError(422, 'Public rooms are open to everyone; only private and invite-only rooms have members.')
+    if (store.isMember(row.id, authOf(res).user.id) || (readOnly && row.visibility === 'invite')) return row.id
+    throw new HttpError(404, 'No such room.')
   }
 
   api.get('/users', (_req, res) => void res.json(store.listUsers()))
@@ -216,19 +223,20 @@ export function createApp(deps: Deps): express.Express {
     const name = checkRoomName(req.body?.name)
     if (!name.ok) throw new HttpError(422, name.error)
     if (store.roomExists(name.value)) throw new HttpError(409, `#${name.value} already exists.`)
-    const visibility = req.body?.visibility === 'private' ? 'private' : 'public'
+    const asked = req.body?.visibility
+    const visibility = asked === 'private' || asked === 'invite' ? asked : 'public'
     const id = await chat.createRoom(name.value, checkTopic(req.body?.topic), socketIdOf(req), visibility, authOf(res).user)
     res.status(201).json(store.conversationFor(authOf(res).user.id, id))
   })
 
   api.get('/rooms/:id/members', (req, res) => {
-    const id = privateRoomParam(req, res)
+    const id = memberRoomParam(req, res, true)
     res.json({ conversationId: id, members: store.roomMembers(id) })
   })
 
-  // Any member of a private room may add someone (invite-only: nobody joins by themselves).
+  // Any member may add someone (nobody joins a members-only room by themselves).
   api.post('/rooms/:id/members', async (req, res) => {
-    const id = privateRoomParam(req, res)
+    const id = memberRoomParam(req, res)
     const invitee = typeof req.body?.userId === 'number' ? store.getMember(req.body.userId) : null
     if (!invitee) throw new HttpError(422, 'Pick someone to add.')
     const added = await chat.invite(authOf(res).user, id, invitee)
@@ -237,7 +245,7 @@ export function createApp(deps: Deps): express.Express {
 
   // Leaving: members remove themselves (nobody removes others in this example).
   api.delete('/rooms/:id/members/:userId', async (req, res) => {
-    const id = privateRoomParam(req, res)
+    const id = memberRoomParam(req, res)
     const me = authOf(res).user
     if (intParam(req.params.userId) !== me.id) throw new HttpError(403, 'You can only take yourself out of a room.')
     await chat.removeFromRoom(id, me)

@@ -188,10 +188,10 @@ export class Chat {
       this.pusher.trigger(boardChannelFor(roomId), EVENTS.boardCleared, { by }, socketId ? { socket_id: socketId } : {}))
   }
 
-  /** A new room; only a public one is announced on the lobby. */
+  /** A new room; public and invite-only ones are announced on the lobby, private ones are not. */
   async createRoom(name: string, topic: string, socketId: string | undefined, visibility: RoomVisibility = 'public', creator: MemberInfo | null = null): Promise<number> {
     const id = this.store.createRoom(name, topic, visibility, creator?.id ?? null)
-    if (visibility === 'public') {
+    if (visibility !== 'private') {
       await this.publish('room created', () =>
         this.pusher.trigger(LOBBY_CHANNEL, EVENTS.roomCreated, { id, name, topic }, socketId ? { socket_id: socketId } : {}))
     }

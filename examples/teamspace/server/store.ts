@@ -281,8 +281,8 @@ export class Store {
   }
 
   /**
-   * Public rooms are open to every signed-in user; a private room only to its members; a direct
-   * message only to its two participants.
+   * Public rooms are open to every signed-in user; private and invite-only rooms only to their
+   * members; a direct message only to its two participants.
    */
   canAccess(userId: number, conversationId: number): boolean {
     const row = this.getConversationRow(conversationId)
@@ -341,13 +341,17 @@ export class Store {
         COALESCE((SELECT MAX(id) FROM messages m WHERE m.conversation_id = c.id), 0) AS last_message_id,
         (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id AND m.user_id != @user
            AND m.id > COALESCE((SELECT message_id FROM receipts r WHERE r.conversation_id = c.id AND r.user_id = @user), 0)) AS unread
+        , ${READABLE} AS joined
       FROM conversations c
-      WHERE ${READABLE}
-      ORDER BY c.kind DESC, c.id`).all({ user: userId }) as Array<ConversationRow & { last_message_id: number; unread: number }>
+      WHERE ${READABLE} OR (c.kind = 'room' AND c.visibility = 'invite')
+      ORDER BY c.kind DESC, c.id`).all({ user: userId }) as Array<ConversationRow & { last_message_id: number; unread: number; joined: number }>
     return rows.map((r) => {
+      // A locked invite-only room shows its name and topic, nothing of its activity.
+      const joined = r.joined === 1
       const base = {
         id: r.id, kind: r.kind, topic: r.topic, channel: channelFor(r.kind, r.id),
-        lastMessageId: r.last_message_id, unread: r.unread, visibility: r.kind === 'room' ? r.visibility : 'private' as const,
+        lastMessageId: joined ? r.last_message_id : 0, unread: joined ? r.unread : 0,
+        visibility: r.kind === 'room' ? r.visibility : 'private' as const, joined,
       }
       if (r.kind === 'room') return { ...base, name: r.name }
       const peer = this.getMember(r.user_a === userId ? r.user_b! : r.user_a!)!
@@ -355,13 +359,13 @@ export class Store {
     })
   }
 
-  /** A new room; a private one starts with its creator as the only member. */
+  /** A new room; a private or invite-only one starts with its creator as the only member. */
   createRoom(name: string, topic: string, visibility: RoomVisibility = 'public', creatorId: number | null = null): number {
     const create = this.db.transaction(() => {
       const info = this.db.prepare(`INSERT INTO conversations (kind, name, topic, visibility, created_at) VALUES ('room', ?, ?, ?, ?)`)
         .run(name, topic, visibility, this.now())
       const id = Number(info.lastInsertRowid)
-      if (visibility === 'private' && creatorId !== null) this.addMember(id, creatorId, null)
+      if (visibility !== 'public' && creatorId !== null) this.addMember(id, creatorId, null)
       return id
     })
     return create()

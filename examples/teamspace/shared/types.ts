@@ -18,8 +18,12 @@ export interface MemberInfo {
 }
 
 export type ConversationKind = 'room' | 'dm'
-/** Public rooms are open to everyone; private rooms are invite-only: members invite others. */
-export type RoomVisibility = 'public' | 'private'
+/**
+ * Public rooms are open to everyone. The other two are for members only, and only a member can
+ * add someone: a private room is hidden from everyone else; an invite-only room is listed for
+ * everyone (name, topic, members) but locked until a member adds you.
+ */
+export type RoomVisibility = 'public' | 'private' | 'invite'
 
 export interface Conversation {
   id: number
@@ -33,8 +37,10 @@ export interface Conversation {
   peer?: MemberInfo
   lastMessageId: number
   unread: number
-  /** Rooms: public or private (invite-only). Direct messages are always private. */
+  /** Rooms: public, private or invite-only. Direct messages are always private. */
   visibility: RoomVisibility
+  /** False for an invite-only room this user is not a member of (listed, but locked). */
+  joined: boolean
 }
 
 /** The members of a private room (`GET /api/rooms/{id}/members`, `room.members` event). */

@@ -54,7 +54,7 @@ describe('team workflows', () => {
     const frank = page('frank'), gina = page('gina')
     await frank.getByRole('button', { name: 'New room' }).click()
     await frank.getByPlaceholder('room-name').fill('skunkworks')
-    await frank.getByTestId('new-room-private').check()
+    await frank.getByTestId('new-room-visibility').selectOption('private')
     await frank.getByPlaceholder('room-name').press('Enter')
     await frank.getByTestId('view-title').filter({ hasText: 'skunkworks' }).waitFor()
     await frank.getByTestId('room-member-frank').waitFor()
@@ -88,6 +88,31 @@ describe('team workflows', () => {
     await gina.getByTestId('room-skunkworks').waitFor({ state: 'detached' })
     await frank.getByTestId('room-member-gina').waitFor({ state: 'detached' })
     assert.equal(await authStatus(gina, `presence-room.${id}`), 403)
+  })
+
+  test('invite-only rooms: listed for everyone, locked until a member adds you', async () => {
+    const frank = page('frank'), gina = page('gina')
+    await frank.getByRole('button', { name: 'New room' }).click()
+    await frank.getByPlaceholder('room-name').fill('roadmap')
+    await frank.getByTestId('new-room-visibility').selectOption('invite')
+    await frank.getByPlaceholder('room-name').press('Enter')
+    await frank.getByTestId('view-title').filter({ hasText: 'roadmap' }).waitFor()
+    await send(frank, 'Q3: ship the mobile layout.')
+
+    // Gina sees it listed (room.created on the lobby), opens it, and finds it locked.
+    await gina.getByTestId('room-roadmap').click()
+    await gina.getByTestId('locked-room').filter({ hasText: 'roadmap is invite-only' }).waitFor()
+    await gina.getByTestId('ask-frank').waitFor()
+    assert.equal(await message(gina, 'Q3: ship').count(), 0)
+    const id = await conversationId(gina, 'roadmap')
+    assert.equal(await authStatus(gina, `presence-room.${id}`), 403)
+    await shot(gina, 'invite-only-locked')
+
+    // Frank adds her: the locked view becomes the room, with its history.
+    await frank.getByTestId('invite-select').selectOption({ label: 'gina' })
+    await frank.getByTestId('invite-button').click()
+    await message(gina, 'Q3: ship the mobile layout.').waitFor()
+    await gina.getByTestId('room-member-frank').waitFor()
   })
 
   test('spam limits: 40 identical posts in a burst are cut to two; the sender is told why', async () => {

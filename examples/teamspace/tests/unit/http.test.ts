@@ -172,6 +172,31 @@ describe('HTTP API', () => {
     assert.ok(!(await listOf(carol)).includes(room.id))
   })
 
+  test('invite-only rooms: listed for everyone but locked; members add people', async () => {
+    const alice = await signIn('alice')
+    const carol = await signIn('carol')
+    const h = (u: { cookie: string; csrf: string }) => ({ Cookie: u.cookie, 'X-CSRF-TOKEN': u.csrf, 'Content-Type': 'application/json' })
+    const room = (await (await fetch(`${base}/api/rooms`, { method: 'POST', headers: h(alice), body: JSON.stringify({ name: 'roadmap', visibility: 'invite' }) })).json()) as { id: number; channel: string; joined: boolean }
+    assert.equal(room.joined, true)
+    await fetch(`${base}/api/conversations/${room.id}/messages`, { method: 'POST', headers: h(alice), body: JSON.stringify({ body: 'q3 secret plan' }) })
+    const listed = ((await (await fetch(`${base}/api/conversations`, { headers: { Cookie: carol.cookie } })).json()) as Array<{ id: number; joined: boolean; unread: number; lastMessageId: number; visibility: string }>)
+      .find((c) => c.id === room.id)
+    assert.deepEqual({ joined: listed?.joined, unread: listed?.unread, last: listed?.lastMessageId, visibility: listed?.visibility }, { joined: false, unread: 0, last: 0, visibility: 'invite' })
+    assert.equal((await fetch(`${base}/api/conversations/${room.id}/messages`, { headers: { Cookie: carol.cookie } })).status, 404)
+    assert.equal(((await (await fetch(`${base}/api/search?q=secret`, { headers: { Cookie: carol.cookie } })).json()) as unknown[]).length, 0)
+    const auth = await fetch(`${base}/broadcasting/auth`, {
+      method: 'POST', headers: { Cookie: carol.cookie, 'X-CSRF-TOKEN': carol.csrf, 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: `socket_id=1.2&channel_name=${room.channel}`,
+    })
+    assert.equal(auth.status, 403)
+    // She can see whom to ask, but cannot add herself.
+    const members = (await (await fetch(`${base}/api/rooms/${room.id}/members`, { headers: { Cookie: carol.cookie } })).json()) as { members: Array<{ name: string }> }
+    assert.deepEqual(members.members.map((m) => m.name), ['alice'])
+    assert.equal((await fetch(`${base}/api/rooms/${room.id}/members`, { method: 'POST', headers: h(carol), body: JSON.stringify({ userId: carol.id }) })).status, 404)
+    assert.equal((await fetch(`${base}/api/rooms/${room.id}/members`, { method: 'POST', headers: h(alice), body: JSON.stringify({ userId: carol.id }) })).status, 201)
+    assert.equal((await fetch(`${base}/api/conversations/${room.id}/messages`, { headers: { Cookie: carol.cookie } })).status, 200)
+  })
+
   test('posting is idempotent on the client id; spam rules refuse floods, duplicates and links', async () => {
     const erin = await signIn('erin')
     const h = { Cookie: erin.cookie, 'X-CSRF-TOKEN': erin.csrf, 'Content-Type': 'application/json' }

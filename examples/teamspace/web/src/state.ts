@@ -150,16 +150,23 @@ function receiveNotification(n: AppNotification): void {
 }
 
 function receiveInvite(c: Conversation | null): void {
-  if (c && !conversation(c.id)) app.conversations.push(c)
+  if (!c) return
+  // A locked invite-only room already listed becomes the room itself.
+  const i = app.conversations.findIndex((x) => x.id === c.id)
+  if (i >= 0) app.conversations[i] = c
+  else app.conversations.push(c)
 }
 
 function receiveRemoval({ conversationId }: { conversationId: number }): void {
+  const gone = conversation(conversationId)
   app.conversations = app.conversations.filter((c) => c.id !== conversationId)
   const r = route.current
   if ((r.name === 'chat' || r.name === 'board') && r.id === conversationId) {
     const first = rooms()[0]
     navigate(first ? links.chat(first.id) : links.dashboard())
   }
+  // An invite-only room stays listed, locked.
+  if (gone?.visibility === 'invite') void refreshConversations().catch(() => {})
 }
 
 function subscribeLobby(): void {
