@@ -5,7 +5,8 @@
 //! Channels of the app:
 //!   presence-lobby        everyone signed in: the online list and app-wide events (new rooms)
 //!   presence-room.{id}    a room: its member list, messages, receipts, typing whispers
-//!                         (a private room: members only, checked here on every subscription)
+//!                         (private and invite-only rooms: members only, checked here on
+//!                         every subscription)
 //!   private-dm.{id}       a direct conversation: only its two participants
 //!   private-board.{id}    the whiteboard of room {id}: stroke and cursor whispers
 //!   dashboard             public: the live figures, one event a second
@@ -63,7 +64,7 @@ export class ChannelAuthorizer {
         return true
       case 'room':
       case 'board':
-        // Public rooms: everyone; private rooms: their members only.
+        // Public rooms: everyone; private and invite-only rooms: their members only.
         return this.store.getConversationRow(ref.id)?.kind === 'room' && this.store.canAccess(user.id, ref.id)
       case 'dm': {
         const row = this.store.getConversationRow(ref.id)

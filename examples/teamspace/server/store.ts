@@ -1,7 +1,8 @@
-//! The SQLite store: users and sessions, conversations (rooms and direct messages), messages
-//! with full-text search, read receipts, uploaded files, whiteboard strokes, notifications and
-//! the presence records kept from webhooks. All access is synchronous (better-sqlite3); it owns
-//! no networking and triggers nothing: callers publish after a write succeeds.
+//! The SQLite store: users and sessions, conversations (rooms with their members, and direct
+//! messages), messages with full-text search, read receipts, uploaded files, whiteboard strokes,
+//! notifications and the presence records kept from webhooks. All access is synchronous
+//! (better-sqlite3); it owns no networking and triggers nothing: callers publish after a write
+//! succeeds.
 
 import Database from 'better-sqlite3'
 import crypto from 'node:crypto'
