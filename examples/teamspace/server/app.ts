@@ -9,7 +9,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import type Pusher from 'pusher'
 import type { ClientConfig, Conversation, MemberInfo, Session } from '../shared/types.js'
 import { ChannelAuthorizer, isSocketId } from './channels.js'
-import type { Chat, Logger } from './chat.js'
+import { PostRefused, type Chat, type Logger } from './chat.js'
 import type { Config } from './config.js'
 import type { Dashboard } from './dashboard.js'
 import type { Store } from './store.js'
@@ -190,10 +190,27 @@ export function createApp(deps: Deps): express.Express {
     return conversation
   }
 
-  const roomParam = (req: Request): number => {
+  /** A room (public, or private with this user as a member), else 404. */
+  const roomParam = (req: Request, res: Response): number => {
     const id = intParam(req.params.id)
-    if (id === null || store.getConversationRow(id)?.kind !== 'room') throw new HttpError(404, 'No such board.')
+    if (id === null || store.getConversationRow(id)?.kind !== 'room' || !store.canAccess(authOf(res).user.id, id)) {
+      throw new HttpError(404, 'No such room.')
+    }
     return id
+  }
+
+  /**
+   * A members-only room (private or invite-only) for the members routes: its members may do
+   * anything there; anyone may read the member list of an invite-only room (it is listed, and
+   * its members are whom to ask); otherwise 404, or 422 for a public room.
+   */
+  const memberRoomParam = (req: Request, res: Response, readOnly = false): number => {
+    const id = intParam(req.params.id)
+    const row = id === null ? null : store.getConversationRow(id)
+    if (!row || row.kind !== 'room') throw new HttpError(404, 'No such room.')
+    if (row.visibility === 'public') throw new HttpError(422, 'Public rooms are open to everyone; only private and invite-only rooms have members.')
+    if (store.isMember(row.id, authOf(res).user.id) || (readOnly && row.visibility === 'invite')) return row.id
+    throw new HttpError(404, 'No such room.')
   }
 
   api.get('/users', (_req, res) => void res.json(store.listUsers()))
@@ -206,8 +223,33 @@ export function createApp(deps: Deps): express.Express {
     const name = checkRoomName(req.body?.name)
     if (!name.ok) throw new HttpError(422, name.error)
     if (store.roomExists(name.value)) throw new HttpError(409, `#${name.value} already exists.`)
-    const id = await chat.createRoom(name.value, checkTopic(req.body?.topic), socketIdOf(req))
+    const asked = req.body?.visibility
+    const visibility = asked === 'private' || asked === 'invite' ? asked : 'public'
+    const id = await chat.createRoom(name.value, checkTopic(req.body?.topic), socketIdOf(req), visibility, authOf(res).user)
     res.status(201).json(store.conversationFor(authOf(res).user.id, id))
+  })
+
+  api.get('/rooms/:id/members', (req, res) => {
+    const id = memberRoomParam(req, res, true)
+    res.json({ conversationId: id, members: store.roomMembers(id) })
+  })
+
+  // Any member may add someone (nobody joins a members-only room by themselves).
+  api.post('/rooms/:id/members', async (req, res) => {
+    const id = memberRoomParam(req, res)
+    const invitee = typeof req.body?.userId === 'number' ? store.getMember(req.body.userId) : null
+    if (!invitee) throw new HttpError(422, 'Pick someone to add.')
+    const added = await chat.invite(authOf(res).user, id, invitee)
+    res.status(added ? 201 : 200).json({ conversationId: id, members: store.roomMembers(id) })
+  })
+
+  // Leaving: members remove themselves (nobody removes others in this example).
+  api.delete('/rooms/:id/members/:userId', async (req, res) => {
+    const id = memberRoomParam(req, res)
+    const me = authOf(res).user
+    if (intParam(req.params.userId) !== me.id) throw new HttpError(403, 'You can only take yourself out of a room.')
+    await chat.removeFromRoom(id, me)
+    res.status(204).end()
   })
 
   api.post('/dms', (req, res) => {
@@ -230,8 +272,16 @@ export function createApp(deps: Deps): express.Express {
     const conversation = conversationParam(req, res)
     const body = checkMessageBody(req.body?.body)
     if (!body.ok) throw new HttpError(422, body.error)
-    const message = await chat.postMessage(authOf(res).user, conversation.id,
-      { body: body.value, clientId: checkClientId(req.body?.clientId) }, socketIdOf(req))
+    const user = authOf(res).user
+    // The message id chosen by the sender: the body's clientId or an Idempotency-Key header.
+    const clientId = checkClientId(req.body?.clientId ?? req.header('idempotency-key'))
+    const earlier = chat.alreadyPosted(user, clientId)
+    if (earlier) {
+      if (earlier.conversationId !== conversation.id) throw new HttpError(409, 'That message id was already used for another message.')
+      return void res.status(200).json(earlier)
+    }
+    chat.admit(user, body.value)
+    const message = await chat.postMessage(user, conversation.id, { body: body.value, clientId }, socketIdOf(req))
     res.status(201).json(message)
   })
 
@@ -252,10 +302,17 @@ export function createApp(deps: Deps): express.Express {
         if (c.ok) caption = c.value
       } catch { /* no caption */ }
       const user = authOf(res).user
+      const clientId = checkClientId(req.header('x-client-id'))
+      const earlier = chat.alreadyPosted(user, clientId)
+      if (earlier) {
+        if (earlier.conversationId !== conversation.id) throw new HttpError(409, 'That message id was already used for another message.')
+        return void res.status(200).json(earlier)
+      }
+      chat.admit(user, caption)
       const stored = files.save(bytes, check.ext)
       store.addFile({ id: stored.id, conversationId: conversation.id, userId: user.id, name: check.name, type: check.type, size: bytes.length, storedAs: stored.storedAs })
       const message = await chat.postMessage(user, conversation.id,
-        { body: caption, clientId: checkClientId(req.header('x-client-id')), fileId: stored.id }, socketIdOf(req))
+        { body: caption, clientId, fileId: stored.id }, socketIdOf(req))
       res.status(201).json(message)
     })
 
@@ -274,10 +331,10 @@ export function createApp(deps: Deps): express.Express {
     res.json(store.search(authOf(res).user.id, q))
   })
 
-  api.get('/boards/:id/strokes', (req, res) => void res.json(store.strokes(roomParam(req))))
+  api.get('/boards/:id/strokes', (req, res) => void res.json(store.strokes(roomParam(req, res))))
 
   api.post('/boards/:id/strokes', async (req, res) => {
-    const roomId = roomParam(req)
+    const roomId = roomParam(req, res)
     const stroke = checkStroke(req.body, authOf(res).user.id)
     if (!stroke.ok) throw new HttpError(422, stroke.error)
     const created = await chat.saveStroke(roomId, stroke.value, socketIdOf(req))
@@ -285,7 +342,7 @@ export function createApp(deps: Deps): express.Express {
   })
 
   api.delete('/boards/:id/strokes', async (req, res) => {
-    await chat.clearBoard(authOf(res).user, roomParam(req), socketIdOf(req))
+    await chat.clearBoard(authOf(res).user, roomParam(req, res), socketIdOf(req))
     res.status(204).end()
   })
 
@@ -330,6 +387,12 @@ export function createApp(deps: Deps): express.Express {
   // One place where errors become responses; internal causes are logged, not sent.
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
     if (err instanceof HttpError) return void res.status(err.status).json({ error: err.message })
+    if (err instanceof PostRefused) {
+      const { reason, retryAfterMs, error } = err.verdict
+      const status = reason === 'flood' ? 429 : 422
+      if (retryAfterMs > 0) res.setHeader('Retry-After', String(Math.ceil(retryAfterMs / 1000)))
+      return void res.status(status).json({ error, reason, retryAfterMs })
+    }
     const status = (err as { status?: number }).status
     if (typeof status === 'number' && status >= 400 && status < 500) {
       const message = status === 413 ? `That is too large (the limit is ${Math.floor(config.maxUploadBytes / 1024 / 1024)} MB for files).` : 'Bad request.'

@@ -5,6 +5,8 @@
 //! Channels of the app:
 //!   presence-lobby        everyone signed in: the online list and app-wide events (new rooms)
 //!   presence-room.{id}    a room: its member list, messages, receipts, typing whispers
+//!                         (private and invite-only rooms: members only, checked here on
+//!                         every subscription)
 //!   private-dm.{id}       a direct conversation: only its two participants
 //!   private-board.{id}    the whiteboard of room {id}: stroke and cursor whispers
 //!   dashboard             public: the live figures, one event a second
@@ -62,7 +64,8 @@ export class ChannelAuthorizer {
         return true
       case 'room':
       case 'board':
-        return this.store.getConversationRow(ref.id)?.kind === 'room'
+        // Public rooms: everyone; private and invite-only rooms: their members only.
+        return this.store.getConversationRow(ref.id)?.kind === 'room' && this.store.canAccess(user.id, ref.id)
       case 'dm': {
         const row = this.store.getConversationRow(ref.id)
         return row?.kind === 'dm' && this.store.canAccess(user.id, ref.id)

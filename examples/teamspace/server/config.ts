@@ -4,6 +4,7 @@
 
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { DEFAULT_SPAM_RULES, type SpamRules } from './spam.js'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 export const ROOT = path.resolve(HERE, '..')
@@ -29,6 +30,7 @@ export interface Config {
   /** Hours a session cookie stays valid. */
   sessionHours: number
   secureCookies: boolean
+  spam: SpamRules
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -62,5 +64,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxUploadBytes: int(env, 'TEAMSPACE_MAX_UPLOAD_BYTES', 5 * 1024 * 1024),
     sessionHours: int(env, 'TEAMSPACE_SESSION_HOURS', 24 * 7),
     secureCookies: env.TEAMSPACE_SECURE_COOKIES === '1',
+    spam: {
+      ...DEFAULT_SPAM_RULES,
+      burst: Math.max(1, int(env, 'TEAMSPACE_SPAM_BURST', DEFAULT_SPAM_RULES.burst)),
+      perMinute: Math.max(1, int(env, 'TEAMSPACE_SPAM_PER_MINUTE', DEFAULT_SPAM_RULES.perMinute)),
+      maxDuplicates: Math.max(1, int(env, 'TEAMSPACE_SPAM_DUPLICATES', DEFAULT_SPAM_RULES.maxDuplicates)),
+      newUserMs: int(env, 'TEAMSPACE_NEW_USER_HOURS', DEFAULT_SPAM_RULES.newUserMs / 3600_000) * 3600_000,
+    },
   }
 }

@@ -9,6 +9,7 @@ import { Chat } from './chat.js'
 import { loadConfig } from './config.js'
 import { Dashboard } from './dashboard.js'
 import { consoleLogger } from './log.js'
+import { SpamGuard } from './spam.js'
 import { Store } from './store.js'
 import { FileStorage } from './uploads.js'
 import { WebhookReceiver } from './webhooks.js'
@@ -29,7 +30,7 @@ const pusher = new Pusher({
   timeout: 5000,
 })
 const filter = WordFilter.fromFile(config.sensitiveWordsFile, config.sensitiveWords)
-const chat = new Chat(store, pusher, filter, log)
+const chat = new Chat(store, pusher, filter, log, new SpamGuard(config.spam))
 const dashboard = new Dashboard(
   { metricsUrl: `${config.resoundScheme}://${config.resoundHost}:${config.resoundPort}/metrics`, appId: config.appId },
   store, chat, pusher, log)
@@ -37,13 +38,28 @@ const webhooks = new WebhookReceiver(store, pusher, dashboard, log)
 const files = new FileStorage(path.join(config.dataDir, 'uploads'))
 const app = createApp({ config, store, pusher, chat, dashboard, webhooks, files, log })
 
-const server = app.listen(config.port, config.host, () => {
+// Express 5 hands a listen error (a port in use, no permission) to this callback instead of
+// throwing it: report it and exit non-zero rather than claim to be listening.
+const server = app.listen(config.port, config.host, (err?: Error) => {
+  if (err) return fail(err)
   log.info('teamspace backend listening', {
     url: `http://${config.host}:${config.port}`, resound: `${config.resoundHost}:${config.resoundPort}`, sensitiveWords: filter.size,
   })
   void webhooks.reconcile()
   dashboard.start()
 })
+
+function fail(err: Error & { code?: string }): void {
+  const where = `${config.host}:${config.port}`
+  const why = err.code === 'EADDRINUSE'
+    ? `port ${config.port} is already in use on ${config.host}; stop what uses it or set TEAMSPACE_PORT`
+    : err.code === 'EACCES' ? `no permission to listen on ${where}` : err.message
+  log.warn('cannot start the backend', { error: why })
+  console.error(`teamspace: cannot listen on ${where}: ${why}`)
+  dashboard.stop()
+  store.close()
+  process.exit(1)
+}
 
 function shutdown(signal: string): void {
   log.info('stopping', { signal })

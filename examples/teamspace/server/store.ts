@@ -1,13 +1,14 @@
-//! The SQLite store: users and sessions, conversations (rooms and direct messages), messages
-//! with full-text search, read receipts, uploaded files, whiteboard strokes, notifications and
-//! the presence records kept from webhooks. All access is synchronous (better-sqlite3); it owns
-//! no networking and triggers nothing: callers publish after a write succeeds.
+//! The SQLite store: users and sessions, conversations (rooms with their members, and direct
+//! messages), messages with full-text search, read receipts, uploaded files, whiteboard strokes,
+//! notifications and the presence records kept from webhooks. All access is synchronous
+//! (better-sqlite3); it owns no networking and triggers nothing: callers publish after a write
+//! succeeds.
 
 import Database from 'better-sqlite3'
 import crypto from 'node:crypto'
 import type {
   AppNotification, Attachment, Conversation, HistoryPage, MemberInfo, Message, Receipt,
-  SearchHit, SearchSegment, Stroke, User,
+  RoomVisibility, SearchHit, SearchSegment, Stroke, User,
 } from '../shared/types.js'
 
 export const DEFAULT_PAGE = 50
@@ -65,12 +66,22 @@ CREATE TABLE IF NOT EXISTS messages (
   created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+-- The sender's message id makes posting idempotent: a retry with the same id returns the
+-- stored message instead of adding a second one.
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id ON messages(user_id, client_id) WHERE client_id IS NOT NULL;
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
   body, content='messages', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
 );
 CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
   INSERT INTO messages_fts(rowid, body) VALUES (new.id, new.body);
 END;
+CREATE TABLE IF NOT EXISTS room_members (
+  conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+  user_id INTEGER NOT NULL REFERENCES users(id),
+  invited_by INTEGER REFERENCES users(id),
+  joined_at INTEGER NOT NULL,
+  PRIMARY KEY (conversation_id, user_id)
+);
 CREATE TABLE IF NOT EXISTS receipts (
   conversation_id INTEGER NOT NULL REFERENCES conversations(id),
   user_id INTEGER NOT NULL REFERENCES users(id),
@@ -108,11 +119,17 @@ CREATE TABLE IF NOT EXISTS presence (
 );
 `
 
-interface UserRow { id: number; name: string; color: string; last_seen_at: number | null }
+interface UserRow { id: number; name: string; color: string; last_seen_at: number | null; created_at: number }
 interface ConversationRow {
-  id: number; kind: 'room' | 'dm'; name: string; topic: string
+  id: number; kind: 'room' | 'dm'; name: string; topic: string; visibility: RoomVisibility
   user_a: number | null; user_b: number | null
 }
+
+/** Who may read a conversation, as one SQL condition on `c` for the user `@user`. */
+const READABLE = `(
+  (c.kind = 'room' AND (c.visibility = 'public'
+    OR EXISTS (SELECT 1 FROM room_members rm WHERE rm.conversation_id = c.id AND rm.user_id = @user)))
+  OR c.user_a = @user OR c.user_b = @user)`
 interface MessageRow {
   id: number; conversation_id: number; user_id: number; body: string; client_id: string | null
   created_at: number; author_name: string; author_color: string
@@ -164,11 +181,23 @@ export class Store {
     this.db.pragma('foreign_keys = ON')
     this.db.pragma('busy_timeout = 2000')
     this.db.exec(SCHEMA)
+    this.migrate()
     this.seedRooms()
   }
 
   close(): void {
     this.db.close()
+  }
+
+  /** Columns added after the first release, for databases created before them. */
+  private migrate(): void {
+    const has = (table: string, column: string) =>
+      (this.db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>).some((c) => c.name === column)
+    if (!has('conversations', 'visibility')) {
+      this.db.exec(`ALTER TABLE conversations ADD COLUMN visibility TEXT NOT NULL DEFAULT 'public'`)
+    }
+    // Cleared strokes stay (marked) so the all-time count does not drop when a board is cleared.
+    if (!has('strokes', 'cleared_at')) this.db.exec(`ALTER TABLE strokes ADD COLUMN cleared_at INTEGER`)
   }
 
   private seedRooms(): void {
@@ -189,13 +218,28 @@ export class Store {
     const existing = this.db.prepare(`SELECT * FROM users WHERE name = ?`).get(name) as UserRow | undefined
     if (existing) return this.toMember(existing)
     const color = COLORS[crypto.createHash('md5').update(name.toLowerCase()).digest()[0]! % COLORS.length]!
-    const info = this.db.prepare(`INSERT INTO users (name, color, created_at) VALUES (?, ?, ?)`).run(name, color, this.now())
-    return { id: Number(info.lastInsertRowid), name, color }
+    const create = this.db.transaction(() => {
+      const info = this.db.prepare(`INSERT INTO users (name, color, created_at) VALUES (?, ?, ?)`).run(name, color, this.now())
+      const id = Number(info.lastInsertRowid)
+      // Someone new starts with the public rooms read: their past is not this person's backlog.
+      this.db.prepare(`
+        INSERT INTO receipts (conversation_id, user_id, message_id, updated_at)
+        SELECT c.id, ?, MAX(m.id), ? FROM conversations c JOIN messages m ON m.conversation_id = c.id
+        WHERE c.kind = 'room' AND c.visibility = 'public' GROUP BY c.id`).run(id, this.now())
+      return id
+    })
+    return { id: create(), name, color }
   }
 
   getMember(id: number): MemberInfo | null {
     const row = this.db.prepare(`SELECT * FROM users WHERE id = ?`).get(id) as UserRow | undefined
     return row ? this.toMember(row) : null
+  }
+
+  /** When the user first signed in (ms), or null for an unknown id. */
+  userCreatedAt(id: number): number | null {
+    const row = this.db.prepare(`SELECT created_at FROM users WHERE id = ?`).get(id) as { created_at: number } | undefined
+    return row?.created_at ?? null
   }
 
   findUserByName(name: string): MemberInfo | null {
@@ -237,18 +281,54 @@ export class Store {
     return (this.db.prepare(`SELECT * FROM conversations WHERE id = ?`).get(id) as ConversationRow | undefined) ?? null
   }
 
-  /** Rooms are open to every signed-in user; a direct message only to its two participants. */
+  /**
+   * Public rooms are open to every signed-in user; private and invite-only rooms only to their
+   * members; a direct message only to its two participants.
+   */
   canAccess(userId: number, conversationId: number): boolean {
     const row = this.getConversationRow(conversationId)
     if (!row) return false
-    return row.kind === 'room' || row.user_a === userId || row.user_b === userId
+    if (row.kind === 'room') return row.visibility === 'public' || this.isMember(conversationId, userId)
+    return row.user_a === userId || row.user_b === userId
   }
 
-  /** Everyone who may read a conversation: null means every user (a room). */
+  /** Everyone who may read a conversation: null means every user (a public room). */
   participants(conversationId: number): number[] | null {
     const row = this.getConversationRow(conversationId)
-    if (!row || row.kind === 'room') return null
+    if (!row) return []
+    if (row.kind === 'room') return row.visibility === 'public' ? null : this.roomMembers(conversationId).map((m) => m.id)
     return [row.user_a!, row.user_b!]
+  }
+
+  // ---- private rooms: membership --------------------------------------------------------------
+
+  isMember(conversationId: number, userId: number): boolean {
+    return this.db.prepare(`SELECT 1 FROM room_members WHERE conversation_id = ? AND user_id = ?`).get(conversationId, userId) !== undefined
+  }
+
+  /** Adds a member (read up to the newest message); false when already one. */
+  addMember(conversationId: number, userId: number, invitedBy: number | null): boolean {
+    const add = this.db.transaction(() => {
+      const info = this.db.prepare(`INSERT OR IGNORE INTO room_members (conversation_id, user_id, invited_by, joined_at) VALUES (?, ?, ?, ?)`)
+        .run(conversationId, userId, invitedBy, this.now())
+      if (info.changes === 0) return false
+      const last = this.db.prepare(`SELECT MAX(id) AS id FROM messages WHERE conversation_id = ?`).get(conversationId) as { id: number | null }
+      if (last.id) this.markRead(conversationId, userId, last.id)
+      return true
+    })
+    return add()
+  }
+
+  /** Removes a member; false when the user was not one. */
+  removeMember(conversationId: number, userId: number): boolean {
+    return this.db.prepare(`DELETE FROM room_members WHERE conversation_id = ? AND user_id = ?`).run(conversationId, userId).changes > 0
+  }
+
+  roomMembers(conversationId: number): MemberInfo[] {
+    const rows = this.db.prepare(`
+      SELECT u.* FROM room_members rm JOIN users u ON u.id = rm.user_id
+      WHERE rm.conversation_id = ? ORDER BY u.name COLLATE NOCASE`).all(conversationId) as UserRow[]
+    return rows.map((r) => this.toMember(r))
   }
 
   conversationFor(userId: number, id: number): Conversation | null {
@@ -262,13 +342,17 @@ export class Store {
         COALESCE((SELECT MAX(id) FROM messages m WHERE m.conversation_id = c.id), 0) AS last_message_id,
         (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id AND m.user_id != @user
            AND m.id > COALESCE((SELECT message_id FROM receipts r WHERE r.conversation_id = c.id AND r.user_id = @user), 0)) AS unread
+        , ${READABLE} AS joined
       FROM conversations c
-      WHERE c.kind = 'room' OR c.user_a = @user OR c.user_b = @user
-      ORDER BY c.kind DESC, c.id`).all({ user: userId }) as Array<ConversationRow & { last_message_id: number; unread: number }>
+      WHERE ${READABLE} OR (c.kind = 'room' AND c.visibility = 'invite')
+      ORDER BY c.kind DESC, c.id`).all({ user: userId }) as Array<ConversationRow & { last_message_id: number; unread: number; joined: number }>
     return rows.map((r) => {
+      // A locked invite-only room shows its name and topic, nothing of its activity.
+      const joined = r.joined === 1
       const base = {
         id: r.id, kind: r.kind, topic: r.topic, channel: channelFor(r.kind, r.id),
-        lastMessageId: r.last_message_id, unread: r.unread,
+        lastMessageId: joined ? r.last_message_id : 0, unread: joined ? r.unread : 0,
+        visibility: r.kind === 'room' ? r.visibility : 'private' as const, joined,
       }
       if (r.kind === 'room') return { ...base, name: r.name }
       const peer = this.getMember(r.user_a === userId ? r.user_b! : r.user_a!)!
@@ -276,10 +360,16 @@ export class Store {
     })
   }
 
-  createRoom(name: string, topic: string): number {
-    const info = this.db.prepare(`INSERT INTO conversations (kind, name, topic, created_at) VALUES ('room', ?, ?, ?)`)
-      .run(name, topic, this.now())
-    return Number(info.lastInsertRowid)
+  /** A new room; a private or invite-only one starts with its creator as the only member. */
+  createRoom(name: string, topic: string, visibility: RoomVisibility = 'public', creatorId: number | null = null): number {
+    const create = this.db.transaction(() => {
+      const info = this.db.prepare(`INSERT INTO conversations (kind, name, topic, visibility, created_at) VALUES ('room', ?, ?, ?, ?)`)
+        .run(name, topic, visibility, this.now())
+      const id = Number(info.lastInsertRowid)
+      if (visibility !== 'public' && creatorId !== null) this.addMember(id, creatorId, null)
+      return id
+    })
+    return create()
   }
 
   roomExists(name: string): boolean {
@@ -312,6 +402,12 @@ export class Store {
     SELECT m.*, u.name AS author_name, u.color AS author_color,
            f.name AS file_name, f.type AS file_type, f.size AS file_size
     FROM messages m JOIN users u ON u.id = m.user_id LEFT JOIN files f ON f.id = m.file_id`
+
+  /** The message this user already stored under this client id (a retried send), if any. */
+  messageByClientId(userId: number, clientId: string): Message | null {
+    const row = this.db.prepare(`${Store.MESSAGE_SELECT} WHERE m.user_id = ? AND m.client_id = ?`).get(userId, clientId) as MessageRow | undefined
+    return row ? this.toMessage(row) : null
+  }
 
   addMessage(input: { conversationId: number; userId: number; body: string; fileId?: string | null; clientId?: string | null }): Message {
     const info = this.db.prepare(`
@@ -351,8 +447,8 @@ export class Store {
       SELECT m.id AS message_id, snippet(messages_fts, 0, char(1), char(2), '…', 16) AS snippet
       FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
       JOIN conversations c ON c.id = m.conversation_id
-      WHERE messages_fts MATCH ? AND (c.kind = 'room' OR c.user_a = ? OR c.user_b = ?)
-      ORDER BY m.id DESC LIMIT ?`).all(query, userId, userId, limit) as Array<{ message_id: number; snippet: string }>
+      WHERE messages_fts MATCH @query AND ${READABLE}
+      ORDER BY m.id DESC LIMIT @limit`).all({ query, user: userId, limit }) as Array<{ message_id: number; snippet: string }>
     const names = new Map(this.listConversations(userId).map((c) => [c.id, c]))
     return rows.map((r) => {
       const message = this.getMessage(r.message_id)!
@@ -419,15 +515,16 @@ export class Store {
   }
 
   strokes(conversationId: number): Stroke[] {
-    const rows = this.db.prepare(`SELECT * FROM strokes WHERE conversation_id = ? ORDER BY created_at, rowid`).all(conversationId) as
+    const rows = this.db.prepare(`SELECT * FROM strokes WHERE conversation_id = ? AND cleared_at IS NULL ORDER BY created_at, rowid`).all(conversationId) as
       Array<{ id: string; user_id: number; color: string; width: number; points: string }>
     return rows.map((r) => ({ id: r.id, userId: r.user_id, color: r.color, width: r.width, points: JSON.parse(r.points) as number[] }))
   }
 
   clearStrokes(conversationId: number): void {
-    this.db.prepare(`DELETE FROM strokes WHERE conversation_id = ?`).run(conversationId)
+    this.db.prepare(`UPDATE strokes SET cleared_at = ? WHERE conversation_id = ? AND cleared_at IS NULL`).run(this.now(), conversationId)
   }
 
+  /** Every stroke ever saved, cleared ones included (the dashboard's all-time figure). */
   strokeCount(): number {
     return (this.db.prepare(`SELECT COUNT(*) AS n FROM strokes`).get() as { n: number }).n
   }
@@ -444,7 +541,7 @@ export class Store {
 
   notifications(userId: number, limit = 50): AppNotification[] {
     const rows = this.db.prepare(`SELECT * FROM notifications WHERE user_id = ? ORDER BY id DESC LIMIT ?`).all(userId, limit) as Array<{
-      id: number; kind: 'mention'; title: string; body: string; conversation_id: number | null; message_id: number | null
+      id: number; kind: AppNotification['kind']; title: string; body: string; conversation_id: number | null; message_id: number | null
       created_at: number; read_at: number | null
     }>
     return rows.map((r) => ({

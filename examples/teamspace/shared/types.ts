@@ -18,6 +18,12 @@ export interface MemberInfo {
 }
 
 export type ConversationKind = 'room' | 'dm'
+/**
+ * Public rooms are open to everyone. The other two are for members only, and only a member can
+ * add someone: a private room is hidden from everyone else; an invite-only room is listed for
+ * everyone (name, topic, members) but locked until a member adds you.
+ */
+export type RoomVisibility = 'public' | 'private' | 'invite'
 
 export interface Conversation {
   id: number
@@ -31,6 +37,16 @@ export interface Conversation {
   peer?: MemberInfo
   lastMessageId: number
   unread: number
+  /** Rooms: public, private or invite-only. Direct messages are always private. */
+  visibility: RoomVisibility
+  /** False for an invite-only room this user is not a member of (listed, but locked). */
+  joined: boolean
+}
+
+/** The members of a private room (`GET /api/rooms/{id}/members`, `room.members` event). */
+export interface RoomMembers {
+  conversationId: number
+  members: MemberInfo[]
 }
 
 export interface Attachment {
@@ -76,7 +92,7 @@ export interface SearchHit {
 
 export interface AppNotification {
   id: number
-  kind: 'mention'
+  kind: 'mention' | 'invite'
   title: string
   body: string
   conversationId: number | null
@@ -144,6 +160,11 @@ export const EVENTS = {
   /** Sent to one user through `sendToUser`. */
   notification: 'notification',
   conversationActivity: 'conversation.activity',
+  /** Sent to one user: they were added to (or removed from) a private room. */
+  roomInvited: 'room.invited',
+  roomRemoved: 'room.removed',
+  /** On a private room's channel: its member list changed. */
+  roomMembers: 'room.members',
 } as const
 
 export interface RoomActivity {

@@ -127,6 +127,111 @@ describe('HTTP API', () => {
     assert.equal((await fetch(`${base}${message.attachment.url}`, { headers: { Cookie: carol.cookie } })).status, 404)
   })
 
+  test('private rooms: members only; invite, member list, leave', async () => {
+    const alice = await signIn('alice')
+    const carol = await signIn('carol')
+    const bob = await signIn('bob')
+    const h = (u: { cookie: string; csrf: string }) => ({ Cookie: u.cookie, 'X-CSRF-TOKEN': u.csrf, 'Content-Type': 'application/json' })
+    const created = await fetch(`${base}/api/rooms`, { method: 'POST', headers: h(alice), body: JSON.stringify({ name: 'secret-plans', visibility: 'private' }) })
+    assert.equal(created.status, 201)
+    const room = (await created.json()) as { id: number; visibility: string; channel: string }
+    assert.equal(room.visibility, 'private')
+    await fetch(`${base}/api/conversations/${room.id}/messages`, { method: 'POST', headers: h(alice), body: JSON.stringify({ body: 'hush quietly' }) })
+
+    const listOf = async (u: { cookie: string }) => ((await (await fetch(`${base}/api/conversations`, { headers: { Cookie: u.cookie } })).json()) as Array<{ id: number }>).map((c) => c.id)
+    const authFor = (u: { cookie: string; csrf: string }, channel: string) => fetch(`${base}/broadcasting/auth`, {
+      method: 'POST', headers: { Cookie: u.cookie, 'X-CSRF-TOKEN': u.csrf, 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: `socket_id=1.2&channel_name=${channel}`,
+    })
+    // An outsider does not see it, cannot read, search, subscribe or draw on it.
+    assert.ok(!(await listOf(carol)).includes(room.id))
+    assert.equal((await fetch(`${base}/api/conversations/${room.id}/messages`, { headers: { Cookie: carol.cookie } })).status, 404)
+    assert.equal(((await (await fetch(`${base}/api/search?q=hush`, { headers: { Cookie: carol.cookie } })).json()) as unknown[]).length, 0)
+    assert.equal((await authFor(carol, room.channel)).status, 403)
+    assert.equal((await authFor(carol, `private-board.${room.id}`)).status, 403)
+    assert.equal((await fetch(`${base}/api/boards/${room.id}/strokes`, { headers: { Cookie: carol.cookie } })).status, 404)
+    assert.equal((await fetch(`${base}/api/rooms/${room.id}/members`, { method: 'POST', headers: h(carol), body: JSON.stringify({ userId: carol.id }) })).status, 404)
+    assert.equal((await authFor(alice, room.channel)).status, 200)
+
+    // A member invites carol: now she may; the member list has both.
+    const invited = await fetch(`${base}/api/rooms/${room.id}/members`, { method: 'POST', headers: h(alice), body: JSON.stringify({ userId: carol.id }) })
+    assert.equal(invited.status, 201)
+    assert.deepEqual(((await invited.json()) as { members: Array<{ name: string }> }).members.map((m) => m.name), ['alice', 'carol'])
+    assert.ok((await listOf(carol)).includes(room.id))
+    assert.equal((await authFor(carol, room.channel)).status, 200)
+    assert.equal((store.notifications(carol.id)[0]!).kind, 'invite')
+    // Invited members do not inherit the history as unread.
+    const carolsView = ((await (await fetch(`${base}/api/conversations/${room.id}`, { headers: { Cookie: carol.cookie } })).json()) as { unread: number })
+    assert.equal(carolsView.unread, 0)
+    assert.equal((await authFor(bob, room.channel)).status, 403)
+
+    // Nobody removes someone else; carol leaves by herself and is refused again.
+    assert.equal((await fetch(`${base}/api/rooms/${room.id}/members/${carol.id}`, { method: 'DELETE', headers: h(alice) })).status, 403)
+    assert.equal((await fetch(`${base}/api/rooms/${room.id}/members/${carol.id}`, { method: 'DELETE', headers: h(carol) })).status, 204)
+    assert.equal((await authFor(carol, room.channel)).status, 403)
+    assert.ok(!(await listOf(carol)).includes(room.id))
+  })
+
+  test('invite-only rooms: listed for everyone but locked; members add people', async () => {
+    const alice = await signIn('alice')
+    const carol = await signIn('carol')
+    const h = (u: { cookie: string; csrf: string }) => ({ Cookie: u.cookie, 'X-CSRF-TOKEN': u.csrf, 'Content-Type': 'application/json' })
+    const room = (await (await fetch(`${base}/api/rooms`, { method: 'POST', headers: h(alice), body: JSON.stringify({ name: 'roadmap', visibility: 'invite' }) })).json()) as { id: number; channel: string; joined: boolean }
+    assert.equal(room.joined, true)
+    await fetch(`${base}/api/conversations/${room.id}/messages`, { method: 'POST', headers: h(alice), body: JSON.stringify({ body: 'q3 secret plan' }) })
+    const listed = ((await (await fetch(`${base}/api/conversations`, { headers: { Cookie: carol.cookie } })).json()) as Array<{ id: number; joined: boolean; unread: number; lastMessageId: number; visibility: string }>)
+      .find((c) => c.id === room.id)
+    assert.deepEqual({ joined: listed?.joined, unread: listed?.unread, last: listed?.lastMessageId, visibility: listed?.visibility }, { joined: false, unread: 0, last: 0, visibility: 'invite' })
+    assert.equal((await fetch(`${base}/api/conversations/${room.id}/messages`, { headers: { Cookie: carol.cookie } })).status, 404)
+    assert.equal(((await (await fetch(`${base}/api/search?q=secret`, { headers: { Cookie: carol.cookie } })).json()) as unknown[]).length, 0)
+    const auth = await fetch(`${base}/broadcasting/auth`, {
+      method: 'POST', headers: { Cookie: carol.cookie, 'X-CSRF-TOKEN': carol.csrf, 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: `socket_id=1.2&channel_name=${room.channel}`,
+    })
+    assert.equal(auth.status, 403)
+    // She can see whom to ask, but cannot add herself.
+    const members = (await (await fetch(`${base}/api/rooms/${room.id}/members`, { headers: { Cookie: carol.cookie } })).json()) as { members: Array<{ name: string }> }
+    assert.deepEqual(members.members.map((m) => m.name), ['alice'])
+    assert.equal((await fetch(`${base}/api/rooms/${room.id}/members`, { method: 'POST', headers: h(carol), body: JSON.stringify({ userId: carol.id }) })).status, 404)
+    assert.equal((await fetch(`${base}/api/rooms/${room.id}/members`, { method: 'POST', headers: h(alice), body: JSON.stringify({ userId: carol.id }) })).status, 201)
+    assert.equal((await fetch(`${base}/api/conversations/${room.id}/messages`, { headers: { Cookie: carol.cookie } })).status, 200)
+  })
+
+  test('posting is idempotent on the client id; spam rules refuse floods, duplicates and links', async () => {
+    const erin = await signIn('erin')
+    const h = { Cookie: erin.cookie, 'X-CSRF-TOKEN': erin.csrf, 'Content-Type': 'application/json' }
+    const post = (body: string, clientId?: string, headers: Record<string, string> = {}) =>
+      fetch(`${base}/api/conversations/3/messages`, { method: 'POST', headers: { ...h, ...headers }, body: JSON.stringify({ body, clientId }) })
+    const first = await post('only once please', 'retry-1')
+    assert.equal(first.status, 201)
+    const again = await post('only once please', 'retry-1')
+    assert.equal(again.status, 200)
+    assert.equal(((await again.json()) as { id: number }).id, ((await first.json()) as { id: number }).id)
+    const viaHeader = await post('by header', undefined, { 'Idempotency-Key': 'retry-2' })
+    assert.equal(viaHeader.status, 201)
+    assert.equal((await post('by header', undefined, { 'Idempotency-Key': 'retry-2' })).status, 200)
+    assert.equal(store.history(3).messages.filter((m) => m.body === 'only once please').length, 1)
+    const elsewhere = await fetch(`${base}/api/conversations/1/messages`, { method: 'POST', headers: h, body: JSON.stringify({ body: 'x', clientId: 'retry-1' }) })
+    assert.equal(elsewhere.status, 409, 'an id already used in another conversation')
+
+    const links = await post('see http://a.example http://b.example http://c.example')
+    assert.equal(links.status, 422)
+    assert.match(((await links.json()) as { error: string }).error, /at most 2 links/)
+
+    const results: number[] = []
+    for (let i = 0; i < 12; i++) results.push((await post('BUY NOW')).status)
+    assert.deepEqual(results.slice(0, 3), [201, 201, 422], 'the third identical post is a duplicate')
+    const dup = await post('buy   now')
+    assert.equal(((await dup.json()) as { reason: string }).reason, 'duplicate')
+
+    const flood: Response[] = []
+    for (let i = 0; i < 12; i++) flood.push(await post(`different ${i}`))
+    const refused = flood.find((r) => r.status === 429)
+    assert.ok(refused, 'a burst is cut off')
+    assert.ok(Number(refused.headers.get('retry-after')) >= 1)
+    assert.match(((await refused.json()) as { error: string }).error, /too quickly/)
+  })
+
   test('webhooks: signed bodies are applied, anything else refused', async () => {
     const user = store.findOrCreateUser('dave')
     const body = JSON.stringify({ time_ms: Date.now(), events: [{ name: 'member_added', channel: 'presence-lobby', user_id: String(user.id) }] })

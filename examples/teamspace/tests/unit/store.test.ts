@@ -135,3 +135,49 @@ describe('presence records', () => {
     assert.equal(store.memberRemoved('presence-lobby', alice.id), false)
   })
 })
+
+describe('newcomers, cleared boards and private rooms', () => {
+  const { store, cleanup } = tempStore()
+  after(cleanup)
+
+  test('someone who signs up later does not get the whole history as unread', () => {
+    const alice = store.findOrCreateUser('alice')
+    const general = store.listConversations(alice.id)[0]!.id
+    for (let i = 0; i < 120; i++) store.addMessage({ conversationId: general, userId: alice.id, body: `old ${i}` })
+    const newcomer = store.findOrCreateUser('newcomer')
+    assert.equal(store.listConversations(newcomer.id).find((c) => c.id === general)!.unread, 0)
+    store.addMessage({ conversationId: general, userId: alice.id, body: 'fresh' })
+    assert.equal(store.listConversations(newcomer.id).find((c) => c.id === general)!.unread, 1)
+  })
+
+  test('clearing a board keeps the all-time stroke count', () => {
+    const alice = store.findOrCreateUser('alice')
+    const design = store.listConversations(alice.id)[1]!.id
+    for (const id of ['s1', 's2', 's3']) store.addStroke(design, { id, userId: alice.id, color: '#000', width: 3, points: [1, 2, 3, 4] })
+    store.clearStrokes(design)
+    assert.equal(store.strokes(design).length, 0)
+    assert.equal(store.strokeCount(), 3)
+    store.addStroke(design, { id: 's4', userId: alice.id, color: '#000', width: 3, points: [1, 2] })
+    assert.equal(store.strokes(design).length, 1)
+    assert.equal(store.strokeCount(), 4)
+  })
+
+  test('a private room is readable, searchable and listed for its members only', () => {
+    const alice = store.findOrCreateUser('alice')
+    const bob = store.findOrCreateUser('bob')
+    const room = store.createRoom('hidden', '', 'private', alice.id)
+    store.addMessage({ conversationId: room, userId: alice.id, body: 'classified zebra' })
+    assert.equal(store.canAccess(alice.id, room), true)
+    assert.equal(store.canAccess(bob.id, room), false)
+    assert.equal(store.listConversations(bob.id).some((c) => c.id === room), false)
+    assert.equal(store.search(bob.id, 'zebra').length, 0)
+    assert.equal(store.search(alice.id, 'zebra').length, 1)
+    assert.deepEqual(store.participants(room), [alice.id])
+    assert.equal(store.addMember(room, bob.id, alice.id), true)
+    assert.equal(store.addMember(room, bob.id, alice.id), false)
+    assert.equal(store.listConversations(bob.id).find((c) => c.id === room)!.unread, 0, 'joining starts read')
+    assert.equal(store.search(bob.id, 'zebra').length, 1)
+    assert.equal(store.removeMember(room, bob.id), true)
+    assert.equal(store.canAccess(bob.id, room), false)
+  })
+})

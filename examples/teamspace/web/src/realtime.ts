@@ -44,7 +44,10 @@ export function connect(config: ClientConfig, csrfToken: string): Echo<'reverb'>
     wsPort: config.wsPort,
     wssPort: config.wsPort,
     forceTLS: config.forceTLS,
-    enabledTransports: ['ws', 'wss'],
+    // 'ws' only: it is wss:// when forceTLS is set. Allowing 'wss' as well would make pusher-js
+    // try wss:// on a plain-ws server during every outage, which the page's CSP refuses (and
+    // which could never work anyway).
+    enabledTransports: ['ws'],
     authEndpoint: '/broadcasting/auth',
     userAuthentication: { endpoint: '/broadcasting/user-auth', transport: 'ajax', headers: {} },
     csrfToken,
@@ -89,4 +92,9 @@ export function connect(config: ClientConfig, csrfToken: string): Echo<'reverb'>
 export function disconnect(): void {
   echo?.disconnect()
   echo = null
+}
+
+/** Leaves a channel; a no-op once disconnected (views unmount after sign-out). */
+export function leaveChannel(name: string): void {
+  echo?.leaveChannel(name)
 }
