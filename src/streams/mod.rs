@@ -328,3 +328,105 @@ impl fmt::Debug for Streams {
             .finish()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::webhooks::WebhookEvent;
+
+    /// The value of `name{labels}` in the registry's text exposition.
+    fn gauge(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+        use prometheus::Encoder;
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let series = format!("{name}{{{}}}", labels.join(","));
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")).map(str::to_string))
+            .map_or(0.0, |v| v.parse().unwrap())
+    }
+
+    fn client_event(i: usize) -> StreamEvent {
+        StreamEvent::Webhook(WebhookEvent::ClientEvent {
+            channel: "private-a".into(),
+            event: "client-x".into(),
+            data: format!("{i:0>100}"),
+            socket_id: "1.1".into(),
+            user_id: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_fills_the_queue_to_its_bound_then_drops_the_newest() {
+        let registry = prometheus::Registry::new();
+        // Nothing listens on port 1: every connection attempt fails at once.
+        let settings = SinkSettings {
+            redis_url: "redis://127.0.0.1:1/0".into(),
+            queue_bytes: 2_000,
+            ..SinkSettings::default()
+        };
+        let streams = Streams::start(settings, &registry, "t_stream", None).unwrap();
+        let app = Arc::new(AppStreams {
+            app_id: "1".into(),
+            sinks: vec![StreamSink::new("k")],
+            removal_delay: Duration::ZERO,
+        });
+        let size = client_event(0).size();
+        for i in 0..20 {
+            streams.emit(&app, client_event(i), None);
+        }
+        let fit = 2_000 / size;
+        let app_label = [("app_id", "1")];
+        assert_eq!(
+            gauge(&registry, "t_stream_queue_entries", &app_label) as usize,
+            fit
+        );
+        assert_eq!(
+            gauge(&registry, "t_stream_queue_bytes", &app_label) as usize,
+            fit * size
+        );
+        let dropped = [("app_id", "1"), ("reason", "queue_full")];
+        assert_eq!(
+            gauge(&registry, "t_stream_dropped_total", &dropped) as usize,
+            20 - fit
+        );
+        // Events nobody's sink wants cost nothing.
+        let none = Arc::new(AppStreams {
+            sinks: vec![StreamSink {
+                events: vec![StreamKind::ApiEvent],
+                ..StreamSink::new("k")
+            }],
+            ..(*app).clone()
+        });
+        streams.emit(&none, client_event(99), None);
+        assert_eq!(
+            gauge(&registry, "t_stream_dropped_total", &dropped) as usize,
+            20 - fit
+        );
+        // A shutdown whose grace ends with entries unwritten counts them as dropped.
+        streams.shutdown(Duration::from_millis(200)).await;
+        let shutdown = [("app_id", "1"), ("reason", "shutdown")];
+        assert_eq!(
+            gauge(&registry, "t_stream_dropped_total", &shutdown) as usize,
+            fit
+        );
+        assert_eq!(gauge(&registry, "t_stream_queue_entries", &app_label), 0.0);
+    }
+
+    #[test]
+    fn off_does_nothing() {
+        let streams = Streams::off();
+        let app = Arc::new(AppStreams {
+            app_id: "1".into(),
+            sinks: vec![StreamSink::new("k")],
+            removal_delay: Duration::ZERO,
+        });
+        assert!(!streams.wants(Some(&app), StreamKind::ApiEvent, "a"));
+        streams.emit(&app, client_event(0), None);
+    }
+}
