@@ -236,7 +236,11 @@ async fn two_nodes_write_each_event_once_and_one_channel_in_publish_order() {
             .await;
         assert_eq!(r.status, 200);
     }
-    b.await_event("client-msg", Duration::from_secs(5)).await;
+    // Every client event was accepted (b got them all) before their sender leaves.
+    for i in 0..N {
+        let e = b.await_event("client-msg", Duration::from_secs(5)).await;
+        assert_eq!(data_json(&e)["seq"], i as u64);
+    }
     drop(a);
     drop(a2);
     drop(b);
@@ -573,4 +577,54 @@ async fn the_php_worker_reads_the_fields_with_php_redis() {
     let pending: redis::streams::StreamPendingReply =
         conn.xpending(&stream, "chat-workers").await.unwrap();
     assert_eq!(pending.count(), 0, "the worker acknowledged what it read");
+}
+
+#[tokio::test]
+async fn webhooks_and_streams_share_each_held_removal_verdict_across_nodes() {
+    let (port, mut rx) = crate::cluster_webhooks::event_receiver(0).await;
+    let p = prefix();
+    let stream = format!("{p}:presence");
+    let toml = TestConfig::new()
+        .scaling(&p)
+        .scaling_setting("redis_url", REDIS)
+        .app_lines(&format!(
+            "webhook_removal_delay = 1\n\
+             [[apps.webhooks]]\nurl = \"http://127.0.0.1:{port}/hooks\"\nevent_types = [\"member_added\", \"member_removed\"]\n\
+             [[apps.streams]]\nkey = \"{stream}\"\nevents = [\"member_added\", \"member_removed\"]\n"
+        ))
+        .toml();
+    let n1 = TestServer::start(&toml).await;
+    let n2 = TestServer::start(&toml).await;
+    let (ch, member) = ("presence-room", r#"{"user_id":"7"}"#);
+    let mut page = n1.client().await;
+    page.subscribe_presence(ch, member).await;
+    // A reload that lands on the other node within the delay: no removal, no second add.
+    drop(page);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = n2.client().await;
+    again.subscribe_presence(ch, member).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Then a departure for good: both hear of it, once.
+    drop(again);
+    let got = entries_until(&stream, 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = if got.len() == 2 {
+        entries(&stream).await
+    } else {
+        got
+    };
+    let names: Vec<(&str, &str)> = got
+        .iter()
+        .map(|e| (e.1["name"].as_str(), e.1["user_id"].as_str()))
+        .collect();
+    assert_eq!(names, [("member_added", "7"), ("member_removed", "7")]);
+    let mut hooks = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        hooks.push(e["name"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(
+        hooks,
+        ["member_added", "member_removed"],
+        "the webhooks agree"
+    );
 }
