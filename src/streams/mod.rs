@@ -126,7 +126,7 @@ impl Intake {
     /// Queues `item` unless that would pass the bound (then it is dropped and counted).
     fn push(&self, item: Item, app_id: &str) {
         let bytes = item.bytes;
-        {
+        let first = {
             let mut s = self.state.lock();
             if s.bytes.saturating_add(bytes) > self.bound {
                 drop(s);
@@ -138,8 +138,12 @@ impl Intake {
             s.entries += 1;
             s.items.push_back(item);
             self.publish(&s);
+            s.items.len() == 1
+        };
+        // The writer takes everything at once: only the first item after a take wakes it.
+        if first {
+            self.notify.notify_one();
         }
-        self.notify.notify_one();
     }
 
     fn warn_overflow(&self, app_id: &str) {

@@ -23,6 +23,9 @@ use super::metrics::DropReason;
 use super::{now_ms, Intake};
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// How long the writer lets events gather after the first one wakes it, so that a busy app's
+/// events leave in pipelines of many `XADD`s instead of one round trip (and one wake-up) each.
+const LINGER: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// One entry to write.
@@ -105,7 +108,11 @@ impl Writer {
             }
             let next_due = self.gate.next_due();
             tokio::select! {
-                () = self.intake.notify.notified() => {}
+                () = self.intake.notify.notified() => {
+                    if !*self.shutdown.borrow() {
+                        tokio::time::sleep(LINGER).await;
+                    }
+                }
                 () = sleep_until(next_due) => {}
                 changed = self.shutdown.changed() => {
                     // The handle is gone without a shutdown: nothing can be emitted any more.
