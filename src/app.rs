@@ -218,6 +218,8 @@ pub struct App {
     pub secret: AppSecret,
     pub settings: AppSettings,
     pub webhooks: Option<Arc<crate::webhooks::AppWebhooks>>,
+    /// The app's Redis stream sinks (`[[apps.streams]]`).
+    pub streams: Option<Arc<crate::streams::AppStreams>>,
 }
 
 impl App {
@@ -233,11 +235,15 @@ impl App {
         std::iter::once(self.secret.as_str()).chain(previous)
     }
 
-    /// A hold for one of this app's removal webhooks (none without webhooks or removal delay).
+    /// A hold for one of this app's removals (`channel_vacated`, `member_removed`), reported
+    /// to its webhooks and stream sinks; none without either, or without removal delay.
     pub fn removal_hold(&self) -> Option<crate::webhooks::RemovalHold> {
-        self.webhooks
+        let delay = self
+            .webhooks
             .as_ref()
-            .and_then(|w| crate::webhooks::RemovalHold::new(w.removal_delay))
+            .map(|w| w.removal_delay)
+            .or_else(|| self.streams.as_ref().map(|s| s.removal_delay))?;
+        crate::webhooks::RemovalHold::new(delay)
     }
 
     /// Whether `origin` (the `Origin` header, possibly absent) passes `allowed_origins`
@@ -480,6 +486,7 @@ mod tests {
                 ..AppSettings::default()
             },
             webhooks: None,
+            streams: None,
         }
     }
 

@@ -76,7 +76,7 @@ async fn apply_control(state: &ServerState, msg: Control) {
         }
         Control::ChannelGone { app, channel } => {
             if let Some(hub) = hub_of(state, &app) {
-                state.webhook(&hub.app(), WebhookEvent::ChannelVacated { channel });
+                state.report(&hub.app(), WebhookEvent::ChannelVacated { channel });
             }
         }
         Control::Replay(replays) => {
@@ -112,7 +112,7 @@ fn member_gone(state: &ServerState, app: &AppId, channel: String, user: String) 
             .broadcaster
             .publish_member(&hub, &name, MemberChange::Removed(id), frame, None);
     }
-    state.webhook(
+    state.report(
         &hub.app(),
         WebhookEvent::MemberRemoved {
             channel,

@@ -21,6 +21,7 @@ pub mod reload;
 pub mod server;
 pub mod shared_state;
 pub mod state;
+pub mod streams;
 pub mod tap;
 pub mod tls;
 pub mod webhooks;

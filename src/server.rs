@@ -27,8 +27,9 @@ use crate::presence::MemoryPresence;
 use crate::presence::PresenceStore;
 use crate::reload::{Load, Reloader};
 use crate::state::ServerState;
+use crate::streams::{Streams, StreamsError};
 use crate::tls::{Secure, Tls, TlsError};
-use crate::webhooks::{Journal, WebhookError, Webhooks};
+use crate::webhooks::{Journal, SettleOnce, WebhookError, Webhooks};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,8 @@ pub enum ServerError {
     Metrics(#[from] prometheus::Error),
     #[error("webhooks: {0}")]
     Webhooks(#[from] WebhookError),
+    #[error("streams: {0}")]
+    Streams(#[from] StreamsError),
     #[error("scaling: {0}")]
     Cluster(#[from] ClusterError),
     #[error("tls: {0}")]
@@ -100,13 +103,27 @@ impl Server {
                 None,
             )
         };
-        let journal = redis.clone().map(|r| r as Arc<dyn Journal>);
+        // One verdict per held removal, whichever of the webhooks and the stream sinks asks
+        // first (settling takes the hold away).
+        let journal = redis
+            .clone()
+            .map(|r| Arc::new(SettleOnce::new(r as Arc<dyn Journal>)) as Arc<dyn Journal>);
         let webhooks = Webhooks::start(
             config.webhooks.clone(),
             &metrics.registry,
             &format!("{}_webhooks", config.server.metrics_prefix),
-            journal,
+            journal.clone(),
         )?;
+        let streams = if config.streams.redis_url.is_empty() {
+            Streams::off()
+        } else {
+            Streams::start(
+                config.streams.clone(),
+                &metrics.registry,
+                &format!("{}_stream", config.server.metrics_prefix),
+                journal,
+            )?
+        };
         let state = Arc::new(ServerState::new(
             config.server.clone(),
             apps.clone(),
@@ -116,6 +133,7 @@ impl Server {
             adapter,
             metrics,
             webhooks,
+            streams,
             config.console.clone(),
         ));
         if let Some(queues) = inbound {
@@ -286,13 +304,15 @@ impl Server {
                 "grace period over; exiting with connections open"
             );
         }
-        // Webhooks queued so far (vacates of the closed sockets included) get what is left of
-        // the grace period, but a receiver that is down must not hold the exit for all of it.
+        // Webhooks and stream entries queued so far (vacates of the closed sockets included)
+        // get what is left of the grace period, but a receiver that is down must not hold the
+        // exit for all of it.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        state
-            .webhooks
-            .shutdown(left.clamp(Duration::from_secs(1), WEBHOOK_FLUSH))
-            .await;
+        let flush = left.clamp(Duration::from_secs(1), WEBHOOK_FLUSH);
+        tokio::join!(
+            state.webhooks.shutdown(flush),
+            state.streams.shutdown(flush)
+        );
         // Survivors take over what is left (sockets still open, unsent webhooks) at their next
         // heartbeat instead of after the lease.
         if let Some(redis) = &redis {

@@ -1,5 +1,5 @@
 //! `ServerState`: the owners every task shares (apps, per-app hubs, presence, broadcaster,
-//! metrics, webhooks).
+//! metrics, webhooks, stream sinks).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::presence::PresenceStore;
 use crate::protocol::ErrorKind;
 use crate::shared_state::SharedState;
+use crate::streams::{StreamEvent, StreamKind, Streams};
 use crate::tap::Taps;
 use crate::webhooks::{RemovalHold, WebhookEvent, Webhooks};
 
@@ -32,6 +33,8 @@ pub struct ServerState {
     pub idempotency: Idempotency,
     pub metrics: Arc<Metrics>,
     pub webhooks: Webhooks,
+    /// The apps' Redis stream sinks (`Streams::off` when this node writes none).
+    pub streams: Streams,
     /// Node-wide memory budgets of the connections.
     pub budgets: crate::connection::Budgets,
     /// The node's HTTP fallback sessions (pusher-js's `xhr_streaming` and `xhr_polling`).
@@ -56,6 +59,7 @@ impl ServerState {
         adapter: Arc<dyn Adapter>,
         metrics: Arc<Metrics>,
         webhooks: Webhooks,
+        streams: Streams,
         console: Option<ConsoleConfig>,
     ) -> ServerState {
         let cluster = Arc::new(SharedState::new(shared));
@@ -81,6 +85,7 @@ impl ServerState {
             idempotency,
             metrics,
             webhooks,
+            streams,
             budgets,
             fallback,
             taps,
@@ -151,16 +156,71 @@ impl ServerState {
         self.node_connections.load(Ordering::Acquire)
     }
 
-    /// Queues a webhook if the app has any target (never blocks).
-    pub fn webhook(&self, app: &App, event: WebhookEvent) {
-        self.held_webhook(app, event, None);
+    /// Reports a transition or client event this node decided (once per cluster) to the
+    /// app's webhooks and stream sinks, if it has any. Never blocks.
+    pub fn report(&self, app: &App, event: WebhookEvent) {
+        self.report_held(app, event, None);
     }
 
-    /// Queues a removal webhook held cluster-wide under `hold` (see `RemovalHold`).
-    pub fn held_webhook(&self, app: &App, event: WebhookEvent, hold: Option<RemovalHold>) {
-        if let Some(w) = &app.webhooks {
-            self.webhooks.emit_held(w, event, hold.map(|h| h.token));
+    /// Like [`ServerState::report`], for a removal held cluster-wide under `hold` (see
+    /// `RemovalHold`); the webhooks and the stream sinks share the hold's verdict.
+    pub fn report_held(&self, app: &App, event: WebhookEvent, hold: Option<RemovalHold>) {
+        let token = hold.map(|h| h.token);
+        let kind = StreamKind::Webhook(event.kind());
+        if let Some(s) = app
+            .streams
+            .as_ref()
+            .filter(|s| self.streams.wants(Some(s), kind, event.channel()))
+        {
+            let for_streams = match &app.webhooks {
+                Some(_) => event.clone(),
+                None => return self.streams.emit(s, StreamEvent::Webhook(event), token),
+            };
+            self.streams
+                .emit(s, StreamEvent::Webhook(for_streams), token);
         }
+        if let Some(w) = &app.webhooks {
+            self.webhooks.emit_held(w, event, token);
+        }
+    }
+
+    /// Reports an event published through the HTTP API to the app's stream sinks.
+    pub fn report_api_event(
+        &self,
+        app: &App,
+        channel: &str,
+        event: &str,
+        data: &str,
+        socket_id: Option<&str>,
+    ) {
+        let Some(s) = app
+            .streams
+            .as_ref()
+            .filter(|s| self.streams.wants(Some(s), StreamKind::ApiEvent, channel))
+        else {
+            return;
+        };
+        self.streams.emit(
+            s,
+            StreamEvent::Api {
+                channel: channel.to_string(),
+                event: event.to_string(),
+                data: data.to_string(),
+                socket_id: socket_id.map(str::to_string),
+            },
+            None,
+        );
+    }
+
+    /// Whether a client event on `channel` is reported anywhere (webhooks or stream sinks):
+    /// lets the session skip building it otherwise.
+    pub fn reports_client_events(&self, app: &App, channel: &str) -> bool {
+        app.webhooks.is_some()
+            || self.streams.wants(
+                app.streams.as_ref(),
+                StreamKind::Webhook(crate::webhooks::WebhookKind::ClientEvent),
+                channel,
+            )
     }
 }
 
@@ -189,6 +249,7 @@ pub(crate) fn test_node(
         secret: AppSecret(Arc::from("secret")),
         settings,
         webhooks: webhooks.map(Arc::new),
+        streams: None,
     });
     let state = Arc::new(ServerState::new(
         server,
@@ -199,6 +260,7 @@ pub(crate) fn test_node(
         adapter,
         metrics,
         hooks,
+        Streams::off(),
         None,
     ));
     let hub = state.hub(&app);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{
     App, AppId, AppKey, AppSecret, AppSettings, ClientEventPolicy, HistorySettings, PreviousSecret,
 };
+use crate::streams::{AppStreams, StreamKind, StreamSink, DEFAULT_KEY, DEFAULT_MAXLEN};
 use crate::webhooks::{redact_url, AppWebhooks, WebhookKind, WebhookTarget};
 
 /// `[[apps]]`. Unset options take the defaults of protocol.md 7.7 (or Reverb's, for an app defined by
@@ -88,6 +89,26 @@ pub struct AppConfig {
     pub compression_threshold: Option<usize>,
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// Redis stream sinks (`[[apps.streams]]`, docs/streams.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamConfig>,
+}
+
+/// `[[apps.streams]]`: one Redis stream sink.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// The stream key; `{app}` and `{channel}` are replaced (default `resound:{app}:events`).
+    pub key: Option<String>,
+    /// Event types written (empty: all): `client_event`, `member_added`, `member_removed`,
+    /// `channel_occupied`, `channel_vacated`, `subscription_count`, `cache_miss`, `api_event`.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Channel name patterns, `*` for any run of characters (empty: all channels).
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Entries kept per stream, approximately (`XADD ... MAXLEN ~`).
+    pub maxlen: Option<u64>,
 }
 
 /// `[[apps.webhooks]]`.
@@ -341,13 +362,45 @@ pub(super) fn build_app(a: &AppConfig, reverb_defaults: bool) -> Result<App, Str
         previous_secret: previous_secret(a)?,
     };
     let webhooks = build_webhooks(a)?;
+    let streams = build_streams(a)?;
     Ok(App {
         id: AppId(Arc::from(a.id.as_str())),
         key: AppKey(Arc::from(a.key.as_str())),
         secret: AppSecret(Arc::from(a.secret.as_str())),
         settings,
         webhooks,
+        streams,
     })
+}
+
+fn build_streams(a: &AppConfig) -> Result<Option<Arc<AppStreams>>, String> {
+    if a.streams.is_empty() {
+        return Ok(None);
+    }
+    let mut sinks = Vec::with_capacity(a.streams.len());
+    for (i, s) in a.streams.iter().enumerate() {
+        let events = s
+            .events
+            .iter()
+            .map(|t| {
+                t.parse::<StreamKind>()
+                    .map_err(|e| format!("streams[{i}].events: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sink = StreamSink {
+            key: s.key.clone().unwrap_or_else(|| DEFAULT_KEY.to_string()),
+            events,
+            channels: s.channels.clone(),
+            maxlen: s.maxlen.unwrap_or(DEFAULT_MAXLEN),
+        };
+        sink.validate().map_err(|e| format!("streams[{i}]: {e}"))?;
+        sinks.push(sink);
+    }
+    Ok(Some(Arc::new(AppStreams {
+        app_id: a.id.clone(),
+        sinks,
+        removal_delay: Duration::from_secs(a.webhook_removal_delay.unwrap_or(3)),
+    })))
 }
 
 /// The channels with history and their bounds; `None` unless `history_channels` names some.

@@ -11,7 +11,7 @@ mod peers;
 mod reverb;
 
 use apps::build_app;
-pub use apps::{AppConfig, WebhookConfig};
+pub use apps::{AppConfig, StreamConfig, WebhookConfig};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub scaling: ScalingConfig,
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub streams: StreamsConfig,
     #[serde(default)]
     pub apps: Vec<AppConfig>,
     #[serde(default)]
@@ -308,6 +310,66 @@ impl Default for ScalingConfig {
     }
 }
 
+/// `[streams]`: where the apps' Redis stream sinks (`[[apps.streams]]`) are written, and how
+/// much may wait (docs/streams.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// The Redis the streams are written to; empty: `scaling.redis_url` when `[scaling]` is
+    /// enabled with a single Redis URL.
+    pub redis_url: String,
+    /// Bytes of events that may wait per app (Redis slow or unreachable) before new ones are
+    /// dropped and counted.
+    pub queue_bytes: usize,
+    /// The most `XADD`s in one pipeline.
+    pub batch_max: usize,
+    /// Milliseconds one pipeline or connection attempt may take before it counts as failed
+    /// (and is retried).
+    pub write_timeout_ms: u64,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        let d = crate::streams::SinkSettings::default();
+        StreamsConfig {
+            redis_url: String::new(),
+            queue_bytes: d.queue_bytes,
+            batch_max: d.batch_max,
+            write_timeout_ms: u64::try_from(d.write_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl StreamsConfig {
+    /// The sink settings, with the Redis URL resolved (empty: none known).
+    fn settings(&self, scaling: &ScalingConfig) -> Result<crate::streams::SinkSettings, String> {
+        let redis_url = if !self.redis_url.is_empty() {
+            self.redis_url.clone()
+        } else if scaling.enabled
+            && scaling.sentinels.is_empty()
+            && scaling.cluster_nodes.is_empty()
+        {
+            scaling.redis_url.clone()
+        } else {
+            String::new()
+        };
+        if !redis_url.is_empty() {
+            redis::Client::open(redis_url.as_str()).map_err(|e| {
+                format!("streams.redis_url {:?}: {e}", mask_url_password(&redis_url))
+            })?;
+        }
+        if self.queue_bytes == 0 || self.batch_max == 0 || self.write_timeout_ms == 0 {
+            return Err("streams.queue_bytes, batch_max and write_timeout_ms must be > 0".into());
+        }
+        Ok(crate::streams::SinkSettings {
+            redis_url,
+            queue_bytes: self.queue_bytes,
+            batch_max: self.batch_max,
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+        })
+    }
+}
+
 /// `[webhooks]`: delivery settings shared by every app (targets are per app, in
 /// `[[apps.webhooks]]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -355,6 +417,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub scaling: ScalingConfig,
     pub webhooks: DispatcherSettings,
+    /// `[streams]`, its Redis URL resolved (empty: no sink can be written on this node).
+    pub streams: crate::streams::SinkSettings,
     pub apps: Vec<App>,
     /// `[app_database]` when its `url` is set.
     pub app_database: Option<AppDatabaseConfig>,
@@ -630,6 +694,23 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     webhooks
         .check()
         .map_err(|e| ConfigError::Invalid(format!("webhooks: {e}")))?;
+    let streams = file
+        .streams
+        .settings(&file.scaling)
+        .map_err(ConfigError::Invalid)?;
+    if streams.redis_url.is_empty() {
+        if let Some((i, a)) = file
+            .apps
+            .iter()
+            .enumerate()
+            .find(|(_, a)| !a.streams.is_empty())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "apps[{i}] (id {:?}): streams need streams.redis_url (or [scaling] enabled with redis_url)",
+                a.id
+            )));
+        }
+    }
     let mut apps = Vec::with_capacity(file.apps.len());
     let mut seen_keys = std::collections::HashSet::new();
     let mut seen_ids = std::collections::HashSet::new();
@@ -669,6 +750,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
     }
     effective.scaling.redis_url = mask_url_password(&effective.scaling.redis_url);
     effective.app_database.url = mask_url_password(&effective.app_database.url);
+    effective.streams.redis_url = mask_url_password(&effective.streams.redis_url);
     if !effective.console.token.is_empty() {
         effective.console.token = "***".into();
     }
@@ -686,6 +768,7 @@ pub fn load(sources: &Sources<'_>) -> Result<Config, ConfigError> {
         server: file.server,
         scaling: file.scaling,
         webhooks,
+        streams,
         apps,
         app_database,
         console,

@@ -420,7 +420,7 @@ impl Session {
                 user_id: user_id.as_ref().map(ToString::to_string),
             }
         });
-        if self.app.webhooks.is_some() {
+        if self.state.reports_client_events(&self.app, channel) {
             let data = match data {
                 None => String::new(),
                 Some(raw) if raw.get().starts_with('"') => {
@@ -428,7 +428,7 @@ impl Session {
                 }
                 Some(raw) => raw.get().to_string(),
             };
-            self.state.webhook(
+            self.state.report(
                 &self.app,
                 WebhookEvent::ClientEvent {
                     channel: channel.to_string(),

@@ -309,6 +309,13 @@ async fn publish(state: &ServerState, hub: &AppHub, e: &Event, source: Source) {
             .broadcaster
             .publish_event(hub, c, &e.name, &e.data, except)
             .await;
+        state.report_api_event(
+            &hub.app(),
+            c.as_str(),
+            &e.name,
+            &e.data,
+            e.socket_id.as_deref(),
+        );
     }
 }
 

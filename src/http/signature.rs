@@ -152,6 +152,7 @@ mod tests {
             secret: AppSecret(Arc::from("7ad3773142a6692b25b8")),
             settings: AppSettings::default(),
             webhooks: None,
+            streams: None,
         }
     }
 

@@ -108,6 +108,85 @@ impl Journal for MemoryJournal {
     }
 }
 
+/// How long a verdict of [`SettleOnce`] is remembered: longer than any removal falls due
+/// after another sink's copy of it on the same node.
+const VERDICT_KEPT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Verdicts remembered at most (the oldest are forgotten first beyond).
+const VERDICTS_MAX: usize = 65_536;
+
+/// A [`Journal`] whose [`Journal::settle`] is asked once per hold token on this node, however
+/// many sinks hold the same removal (the webhooks and the Redis stream sinks each hold their
+/// copy): settling takes the hold away, so a second settle of the same token would wrongly
+/// find it gone. The first sink to ask settles it; later ones get the same verdict, for
+/// [`VERDICT_KEPT`]. Everything else is passed to the wrapped journal.
+pub struct SettleOnce {
+    inner: std::sync::Arc<dyn Journal>,
+    verdicts: Mutex<Verdicts>,
+}
+
+#[derive(Default)]
+struct Verdicts {
+    by_token: std::collections::HashMap<u64, std::sync::Arc<tokio::sync::OnceCell<bool>>>,
+    order: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl SettleOnce {
+    pub fn new(inner: std::sync::Arc<dyn Journal>) -> SettleOnce {
+        SettleOnce {
+            inner,
+            verdicts: Mutex::new(Verdicts::default()),
+        }
+    }
+
+    /// The verdict cell of `token`, made on first use; forgets cells past their time.
+    fn cell(&self, token: u64) -> std::sync::Arc<tokio::sync::OnceCell<bool>> {
+        let now = std::time::Instant::now();
+        let mut v = self.verdicts.lock();
+        while let Some(&(at, old)) = v.order.front() {
+            if now.saturating_duration_since(at) < VERDICT_KEPT && v.order.len() < VERDICTS_MAX {
+                break;
+            }
+            v.order.pop_front();
+            v.by_token.remove(&old);
+        }
+        if let Some(cell) = v.by_token.get(&token) {
+            return cell.clone();
+        }
+        let cell = std::sync::Arc::new(tokio::sync::OnceCell::new());
+        v.by_token.insert(token, cell.clone());
+        v.order.push_back((now, token));
+        cell
+    }
+}
+
+#[async_trait]
+impl Journal for SettleOnce {
+    async fn record(&self, entry: &JournalEntry) -> Option<JournalId> {
+        self.inner.record(entry).await
+    }
+
+    async fn forget(&self, id: &JournalId) {
+        self.inner.forget(id).await
+    }
+
+    async fn settle(&self, app_id: &str, due: &[(&WebhookEvent, u64)]) -> Vec<bool> {
+        let mut out = Vec::with_capacity(due.len());
+        for &(event, token) in due {
+            // No lock is held while the wrapped journal answers: the cell itself makes a
+            // second asker of the same token wait for the first one's verdict.
+            let cell = self.cell(token);
+            let kept = cell
+                .get_or_init(|| async {
+                    let verdict = self.inner.settle(app_id, &[(event, token)]).await;
+                    verdict.first().copied().unwrap_or(true)
+                })
+                .await;
+            out.push(*kept);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -151,5 +230,50 @@ mod tests {
         journal.forget(&a).await;
         journal.forget(&c).await;
         assert_eq!(journal.pending(), vec![entry("b")]);
+    }
+
+    /// Settles by taking each hold away, as the cluster's store does: a second settle of the
+    /// same token finds nothing.
+    #[derive(Default)]
+    struct TakingJournal {
+        asked: Mutex<Vec<u64>>,
+    }
+
+    #[async_trait]
+    impl Journal for TakingJournal {
+        async fn record(&self, _: &JournalEntry) -> Option<JournalId> {
+            None
+        }
+        async fn forget(&self, _: &JournalId) {}
+        async fn settle(&self, _: &str, due: &[(&WebhookEvent, u64)]) -> Vec<bool> {
+            let mut asked = self.asked.lock();
+            due.iter()
+                .map(|(_, token)| {
+                    let first = !asked.contains(token);
+                    asked.push(*token);
+                    first && token % 2 == 1
+                })
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn settle_once_gives_every_sink_the_first_verdict() {
+        let inner = std::sync::Arc::new(TakingJournal::default());
+        let once = SettleOnce::new(inner.clone());
+        let vacated = WebhookEvent::ChannelVacated {
+            channel: "a".into(),
+        };
+        assert_eq!(
+            once.settle("1", &[(&vacated, 3), (&vacated, 4)]).await,
+            [true, false]
+        );
+        assert_eq!(once.settle("1", &[(&vacated, 3)]).await, [true]);
+        assert_eq!(once.settle("1", &[(&vacated, 4)]).await, [false]);
+        assert_eq!(
+            *inner.asked.lock(),
+            [3, 4],
+            "the store is asked once per token"
+        );
     }
 }

@@ -62,8 +62,9 @@ pub use config::{
 pub use endpoint::{redact_url, validate_target_url};
 pub use error::WebhookError;
 pub use event::{WebhookEvent, WebhookKind};
+pub(crate) use gate::{Admission, EventGate};
 pub use gate::{CACHE_MISS_WINDOW, SUBSCRIPTION_COUNT_BUSY, SUBSCRIPTION_COUNT_INTERVAL};
-pub use journal::{Journal, JournalEntry, JournalId, MemoryJournal, Replay};
+pub use journal::{Journal, JournalEntry, JournalId, MemoryJournal, Replay, SettleOnce};
 pub use observer::{DeliveryReport, DeliveryWatch};
 
 /// A `channel_vacated` or `member_removed` held cluster-wide for the removal delay: the

@@ -86,7 +86,7 @@ async fn a_page_reload_that_lands_on_another_node_sends_no_webhooks() {
 }
 
 /// A receiver on `port` (0: any) that forwards every event it gets; returns its port.
-async fn event_receiver(
+pub(crate) async fn event_receiver(
     port: u16,
 ) -> (u16, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
     use http_body_util::{BodyExt, Full};

@@ -33,3 +33,4 @@ mod cluster_faults;
 mod cluster_presence;
 mod cluster_topologies;
 mod cluster_webhooks;
+mod streams;

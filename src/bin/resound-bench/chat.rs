@@ -5,7 +5,7 @@
 //! Rooms never span two workers, so each worker knows every typing event its members should
 //! receive and accounts loss for them itself.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::ChatArgs;
 use crate::connections::workers;
@@ -62,7 +62,31 @@ pub async fn run(args: &ChatArgs, setup: &Setup) -> Result<Report> {
         hold: false,
         storm: None,
     };
+    let stream = match (&args.stream_redis, &args.stream_key) {
+        (Some(url), Some(key)) => {
+            let client = redis::Client::open(url.as_str()).context("--stream-redis")?;
+            let before = entries_added(&client, key).await?;
+            Some((client, key, before))
+        }
+        _ => None,
+    };
     let outcome = run::run(setup, &workload).await?;
+    let written = match &stream {
+        Some((client, key, before)) => {
+            // The sink writes in pipelines behind the sockets: give its queue a moment.
+            let mut last = entries_added(client, key).await?;
+            for _ in 0..20 {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let now = entries_added(client, key).await?;
+                if now == last {
+                    break;
+                }
+                last = now;
+            }
+            Some(last.saturating_sub(*before))
+        }
+        None => None,
+    };
 
     let mut report = Report::new("chat", &setup.url, setup.baseline);
     report
@@ -78,6 +102,18 @@ pub async fn run(args: &ChatArgs, setup: &Setup) -> Result<Report> {
     add_delivery_results(&mut report, &outcome);
     let window = outcome.window.as_secs_f64();
     let total_sent = outcome.client_sent + outcome.http.as_ref().map_or(0, |h| h.ok());
+    if let Some(written) = written {
+        report.result("stream_entries_written", written);
+        #[allow(clippy::cast_precision_loss)]
+        report.result(
+            "stream_entries_per_s",
+            round3(if window > 0.0 {
+                written as f64 / window
+            } else {
+                0.0
+            }),
+        );
+    }
     report.result(
         "messages_per_s",
         round3(if window > 0.0 {
@@ -87,4 +123,31 @@ pub async fn run(args: &ChatArgs, setup: &Setup) -> Result<Report> {
         }),
     );
     Ok(report)
+}
+
+/// `entries-added` of `XINFO STREAM key`: every entry ever added, trimmed or not (0 when the
+/// stream does not exist yet).
+async fn entries_added(client: &redis::Client, key: &str) -> Result<u64> {
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .context("connecting to --stream-redis")?;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .context("EXISTS")?;
+    if !exists {
+        return Ok(0);
+    }
+    let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .context("XINFO STREAM (entries-added needs Redis 7)")?;
+    let added = info
+        .get("entries-added")
+        .context("XINFO STREAM has no entries-added (Redis 7 or later)")?;
+    Ok(redis::from_redis_value(added)?)
 }

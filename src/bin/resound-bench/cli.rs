@@ -166,6 +166,13 @@ pub struct ChatArgs {
     pub http_conns: usize,
     #[arg(long, default_value_t = 0)]
     pub payload_bytes: usize,
+    /// Redis of the server's stream sink (`[[apps.streams]]`): report the entries written to
+    /// `--stream-key` over the run (`XINFO STREAM` entries-added, before and after).
+    #[arg(long, requires = "stream_key")]
+    pub stream_redis: Option<String>,
+    /// The stream key the server writes the chat's events to.
+    #[arg(long, requires = "stream_redis")]
+    pub stream_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

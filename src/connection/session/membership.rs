@@ -260,7 +260,7 @@ impl Membership {
         };
         // Back while its `channel_vacated` was held cluster-wide: neither webhook goes.
         if total == 1 && !rejoined {
-            self.state.webhook(
+            self.state.report(
                 &self.app,
                 WebhookEvent::ChannelOccupied {
                     channel: name.to_string(),
@@ -288,7 +288,7 @@ impl Membership {
                 );
                 // Back while their `member_removed` was held cluster-wide: neither webhook.
                 if !member_rejoined {
-                    self.state.webhook(
+                    self.state.report(
                         &self.app,
                         WebhookEvent::MemberAdded {
                             channel: name.to_string(),
@@ -300,7 +300,7 @@ impl Membership {
         }
         if kind.is_cache() && !sub.cache_hit {
             self.conn.deliver(&message::cache_miss(name.as_str()));
-            self.state.webhook(
+            self.state.report(
                 &self.app,
                 WebhookEvent::CacheMiss {
                     channel: name.to_string(),
@@ -331,7 +331,7 @@ impl Membership {
                 .unsubscribed(&self.hub, name.as_str(), &u, hold)
                 .await
             {
-                Ok(0) => self.state.held_webhook(
+                Ok(0) => self.state.report_held(
                     &self.app,
                     WebhookEvent::ChannelVacated {
                         channel: name.to_string(),
@@ -370,7 +370,7 @@ impl Membership {
                         frame,
                         Some(self.conn.socket_id),
                     );
-                    self.state.held_webhook(
+                    self.state.report_held(
                         &self.app,
                         WebhookEvent::MemberRemoved {
                             channel: name.to_string(),
@@ -524,7 +524,7 @@ impl Membership {
         self.state
             .broadcaster
             .publish_frame(&self.hub, name, frame, None, None);
-        self.state.webhook(
+        self.state.report(
             &self.app,
             WebhookEvent::SubscriptionCount {
                 channel: name.to_string(),

@@ -644,6 +644,7 @@ mod tests {
             secret: AppSecret(Arc::from("s")),
             settings: AppSettings::default(),
             webhooks: None,
+            streams: None,
         };
         let (tx, rx) = mpsc::channel(INBOUND_BODIES);
         let conn = ConnHandle::new(SocketId::random(), 16);
