@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 use crate::app::{AppStore, StaticAppStore};
 use crate::app_database::AppDatabase;
 use crate::cluster::redis::RedisBackend;
-use crate::cluster::{Adapter, ClusterError, ClusterState, InboundQueues, Local, SharedKeys};
+use crate::cluster::{
+    Adapter, ClusterError, ClusterState, InboundQueues, Local, SharedHistory, SharedKeys,
+};
 use crate::config::Config;
 use crate::http::edge::{Edge, Pending, ShedReason, TimeoutPhase};
 use crate::metrics::Metrics;
@@ -112,6 +114,7 @@ impl Server {
             apps.clone(),
             presence,
             cluster,
+            redis.clone().map(|r| r as Arc<dyn SharedHistory>),
             redis.clone().map(|r| r as Arc<dyn SharedKeys>),
             adapter,
             metrics,
@@ -122,12 +125,6 @@ impl Server {
             tokio::spawn(crate::inbound::apply(state.clone(), queues));
         }
         for app in apps.all() {
-            if config.scaling.enabled && app.settings.history.is_some() {
-                warn!(
-                    app_id = %app.id,
-                    "history_channels is not kept with [scaling] enabled yet: no positions, resumes answered no_history"
-                );
-            }
             state.hub(&app);
         }
         let tls = match &config.server.tls {

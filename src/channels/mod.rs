@@ -17,6 +17,12 @@
 //! roster are kept (`Channel::recent`, bounded) and replayed through the same rule right after
 //! that subscriber's `subscription_succeeded`, so none is missed.
 //!
+//! A channel with history in a cluster keeps its events in the shared store (protocol.md
+//! 11.2). A resuming subscriber reads what it missed there while the channel's live events
+//! keep arriving: from `begin_resume` on, they are held for it (`Channel::held`, bounded in
+//! bytes) and released right after its replay and `resound:recovery`, without those the
+//! replay already had (by position), so every event arrives once, in order.
+//!
 //! A cache channel in a cluster has its last event in the shared store, read while the channel's
 //! live events keep arriving. The last event that reached the channel during that read
 //! (`Channel::latest`) is at least as new as what the read returned, so it is the one a new
@@ -31,10 +37,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use crate::cluster::{Kind, Publication, Target};
+use crate::cluster::{Kind, Publication, Stamp, Target};
 use crate::connection::deflate::{DeflatePolicy, SharedFrame};
 use crate::connection::handle::{ConnRef, Delivery};
-use crate::history::{ChannelHistory, Failure};
+use crate::history::{ChannelHistory, Failure, Replay};
 use crate::metrics::AppMetrics;
 use crate::protocol::resume::{self, Resume};
 use crate::protocol::{
@@ -98,6 +104,18 @@ struct RecentChange {
     frame: Bytes,
 }
 
+/// An event that reached a channel while a resume was reading the shared history.
+struct Held {
+    seq: u64,
+    frame: Bytes,
+    stamp: Option<Stamp>,
+    except: Option<SocketId>,
+}
+
+/// Bytes of events held per channel for resumes in progress. Overflow policy: drop the
+/// oldest; a resume that would have needed it fails (`window_exceeded`).
+const HELD_BYTES: usize = 1 << 20;
+
 /// Member events kept for joins in progress, per channel. Overflow policy: drop the oldest (a
 /// join outlasting this many member changes of its channel misses the oldest of them).
 const RECENT_CHANGES: usize = 256;
@@ -131,6 +149,13 @@ struct Channel {
     /// Cache channels: the last cacheable event that arrived while a join was in progress,
     /// with its number.
     latest: Option<(u64, Bytes)>,
+    /// Resumes reading the shared history now (`begin_resume`); the channel's events are
+    /// held for them meanwhile.
+    resuming: u32,
+    held: VecDeque<Held>,
+    held_bytes: usize,
+    /// The number of the newest held event dropped for the bound (0: none).
+    held_dropped: u64,
 }
 
 impl Channel {
@@ -140,7 +165,43 @@ impl Channel {
 
     /// Nothing left worth keeping: no subscriber, no join in progress, no live cached event.
     fn disposable(&self, now: Instant) -> bool {
-        self.subscribers.is_empty() && self.joining == 0 && self.live_cache(now).is_none()
+        self.subscribers.is_empty()
+            && self.joining == 0
+            && self.resuming == 0
+            && self.live_cache(now).is_none()
+    }
+
+    /// Keeps an event for the resumes in progress (see `held`).
+    fn hold(&mut self, frame: &Bytes, stamp: Option<&Stamp>, except: Option<SocketId>) {
+        if self.resuming == 0 {
+            return;
+        }
+        self.changes += 1;
+        self.held_bytes += frame.len();
+        self.held.push_back(Held {
+            seq: self.changes,
+            frame: frame.clone(),
+            stamp: stamp.cloned(),
+            except,
+        });
+        while self.held_bytes > HELD_BYTES {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes = self.held_bytes.saturating_sub(h.frame.len());
+            self.held_dropped = h.seq;
+        }
+    }
+
+    /// A resume begun with `begin_resume` ended: the held events go once no other resume
+    /// needs them.
+    fn end_resume(&mut self) {
+        self.resuming = self.resuming.saturating_sub(1);
+        if self.resuming == 0 {
+            self.held.clear();
+            self.held_bytes = 0;
+            self.held_dropped = 0;
+        }
     }
 
     /// Applies a member event: delivers it to the subscribers whose roster it changes, keeps
@@ -227,9 +288,13 @@ pub struct Joined<'a> {
 
 /// A subscription that asks to resume a channel's history (protocol.md 11.2).
 pub struct Resuming<'a> {
-    /// The app's histories on this node; `None`: it keeps none (every resume fails).
+    /// The app's histories on this node; `None`: it keeps none (every resume fails, unless
+    /// `shared` answers).
     pub history: Option<&'a ChannelHistory>,
     pub from: &'a Resume,
+    /// A cluster: what the shared history gave the resume begun with `begin_resume` (its
+    /// mark), or why it could not.
+    pub shared: Option<(u64, Result<Replay, Failure>)>,
 }
 
 /// The result of a subscribe.
@@ -240,6 +305,8 @@ pub struct Subscribed {
     pub count: usize,
     /// A cached event was enqueued after `subscription_succeeded`.
     pub cache_hit: bool,
+    /// A resume's outcome: `recovered`, or why not (`Failure::as_str`).
+    pub resumed: Option<&'static str>,
 }
 
 /// The result of an unsubscribe.
@@ -312,6 +379,9 @@ impl ChannelRegistry {
             if joined.is_some() {
                 entry.end_join();
             }
+            if resuming.is_some_and(|r| r.shared.is_some()) {
+                entry.end_resume();
+            }
             return None;
         }
         let occupied = entry.subscribers.is_empty();
@@ -358,20 +428,48 @@ impl ChannelRegistry {
             }
             entry.settle_view(conn.socket_id, view);
         }
+        let mut resumed = None;
         if let Some(r) = resuming {
             let name = channel.as_str();
-            let recovery = match r.history.filter(|h| h.covers(name)) {
-                Some(h) => {
-                    let replay = h.replay(name, r.from, Instant::now());
+            let (held_from, replay) = match r.shared {
+                Some((mark, found)) => {
+                    // Events held for this resume dropped for the bound: it cannot be whole.
+                    let found = found.map(|replay| {
+                        if entry.held_dropped > mark && replay.outcome.is_ok() {
+                            Replay {
+                                frames: Vec::new(),
+                                outcome: Err(Failure::WindowExceeded),
+                                position: replay.position,
+                            }
+                        } else {
+                            replay
+                        }
+                    });
+                    (Some(mark), Some(found))
+                }
+                None => (
+                    None,
+                    r.history
+                        .filter(|h| h.covers(name))
+                        .map(|h| Ok(h.replay(name, r.from, Instant::now()))),
+                ),
+            };
+            let (outcome, position) = match replay {
+                Some(Ok(replay)) => {
                     for f in &replay.frames {
                         conn.deliver(f);
                     }
-                    let outcome = replay.outcome.map_err(Failure::as_str);
-                    resume::recovery(name, outcome, replay.position.as_ref())
+                    (replay.outcome.map_err(Failure::as_str), replay.position)
                 }
-                None => resume::recovery(name, Err(Failure::NoHistory.as_str()), None),
+                Some(Err(f)) => (Err(f.as_str()), None),
+                None => (Err(Failure::NoHistory.as_str()), None),
             };
-            conn.deliver(&recovery);
+            resumed = Some(outcome.map_or_else(|reason| reason, |_| "recovered"));
+            conn.deliver(&resume::recovery(name, outcome, position.as_ref()));
+            if let Some(mark) = held_from {
+                release_held(&entry, mark, position.as_ref(), r.from, conn);
+                entry.end_resume();
+            }
         }
         if mark.is_some() {
             entry.end_join();
@@ -386,6 +484,7 @@ impl ChannelRegistry {
             occupied,
             count,
             cache_hit,
+            resumed,
         })
     }
 
@@ -406,6 +505,27 @@ impl ChannelRegistry {
             return;
         };
         entry.end_join();
+        drop(entry);
+        let now = Instant::now();
+        self.channels.remove_if(channel, |_, c| c.disposable(now));
+    }
+
+    /// A resume of `channel`'s shared history begins: until `subscribe_with` (or
+    /// `abandon_resume`) ends it, the channel's events are held for it. Returns the mark for
+    /// `Resuming::shared`. Call it after this node took interest in the channel and before
+    /// the shared history is read, so every event the read misses is held.
+    pub fn begin_resume(&self, channel: &ChannelName) -> u64 {
+        let mut entry = self.channels.entry(channel.clone()).or_default();
+        entry.resuming += 1;
+        entry.changes
+    }
+
+    /// A resume begun with `begin_resume` ends without a subscription.
+    pub fn abandon_resume(&self, channel: &ChannelName) {
+        let Some(mut entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        entry.end_resume();
         drop(entry);
         let now = Instant::now();
         self.channels.remove_if(channel, |_, c| c.disposable(now));
@@ -458,27 +578,33 @@ impl ChannelRegistry {
         }
         let (frame, except) = (&p.frame, p.except);
         let shared = SharedFrame::new(frame, deflate);
+        let stamp = p.stamp.as_ref();
         match cache {
             Some((name, cached)) => {
                 let mut entry = self.channels.entry(name.clone()).or_default();
                 entry.cache = Some(cached);
+                entry.hold(frame, stamp, except);
                 deliver_all(&entry.subscribers, &shared, except, &mut fanout);
             }
             None => {
                 let Some(entry) = self.channels.get(channel) else {
                     return fanout;
                 };
-                if !(entry.joining > 0
+                let noting = entry.joining > 0
                     && entry.key().kind().is_cache()
-                    && message::is_cacheable(frame))
-                {
+                    && message::is_cacheable(frame);
+                if !noting && entry.resuming == 0 {
                     deliver_all(&entry.subscribers, &shared, except, &mut fanout);
                     return fanout;
                 }
-                // A join is reading the shared cached event: the write lock, to note this one.
+                // A join is reading the shared cached event, or a resume the shared history:
+                // the write lock, to note or hold this one.
                 drop(entry);
                 if let Some(mut entry) = self.channels.get_mut(channel) {
-                    entry.note_latest(frame);
+                    if noting {
+                        entry.note_latest(frame);
+                    }
+                    entry.hold(frame, stamp, except);
                     deliver_all(&entry.subscribers, &shared, except, &mut fanout);
                 }
             }
@@ -591,6 +717,30 @@ impl ChannelRegistry {
     pub fn sweep_expired(&self) {
         let now = Instant::now();
         self.channels.retain(|_, c| !c.disposable(now));
+    }
+}
+
+/// Delivers to a resumed subscriber the events held for its resume (those after `mark`),
+/// in the order they arrived, but those at or before `replayed` (the position its
+/// `resound:recovery` gave: replayed, or covered by the state a failed resume refetches) and
+/// those that skip it or its previous connection.
+fn release_held(
+    channel: &Channel,
+    mark: u64,
+    replayed: Option<&resume::Position>,
+    from: &Resume,
+    conn: &ConnRef,
+) {
+    for h in channel.held.iter().filter(|h| h.seq > mark) {
+        let had = match (replayed, &h.stamp) {
+            (Some(p), Some(s)) => s.epoch == p.epoch && s.offset <= p.offset,
+            _ => false,
+        };
+        let skips =
+            h.except == Some(conn.socket_id) || (h.except.is_some() && h.except == from.socket_id);
+        if !had && !skips {
+            conn.deliver(&h.frame);
+        }
     }
 }
 
