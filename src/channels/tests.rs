@@ -308,3 +308,112 @@ fn a_full_queue_closes_only_that_connection() {
     );
     assert!(fast.close_reason().is_none());
 }
+
+/// An event on `ch` with its position in the shared history (its frame says its offset).
+fn stamped(ch: &ChannelName, offset: u64, except: Option<SocketId>) -> Publication {
+    Publication {
+        stamp: Some(Stamp {
+            epoch: "ep".into(),
+            offset,
+        }),
+        ..at(ch, Bytes::from(format!("e{offset}")), except)
+    }
+}
+
+fn replayed_to(offset: u64, frames: &[&'static [u8]]) -> Replay {
+    Replay {
+        frames: frames.iter().map(|f| Bytes::from_static(f)).collect(),
+        outcome: Ok(frames.len()),
+        position: Some(resume::Position {
+            epoch: "ep".into(),
+            offset,
+        }),
+    }
+}
+
+#[test]
+fn events_held_during_a_shared_resume_follow_its_recovery_without_duplicates() {
+    let r = registry();
+    let ch = name("chat-1");
+    let old = SocketId::from_parts(9, 9);
+    let conn = ConnHandle::new(SocketId::from_parts(1, 1), 64);
+    let mark = r.begin_resume(&ch);
+    // Arrive while the history is read: 3 is also in the read; 4 skipped the old
+    // connection; 5 skips the new one; 6 is new.
+    r.publish(&stamped(&ch, 3, None), None, None);
+    r.publish(&stamped(&ch, 4, Some(old)), None, None);
+    r.publish(&stamped(&ch, 5, Some(conn.socket_id)), None, None);
+    r.publish(&stamped(&ch, 6, None), None, None);
+    let from = Resume {
+        position: Some(resume::Position {
+            epoch: "ep".into(),
+            offset: 1,
+        }),
+        socket_id: Some(old),
+    };
+    let s = r.subscribe_with(
+        &ch,
+        &conn,
+        &Bytes::from_static(b"ok"),
+        None,
+        None,
+        Some(Resuming {
+            history: None,
+            from: &from,
+            shared: Some((mark, Ok(replayed_to(3, &[b"e2", b"e3"])))),
+        }),
+    );
+    assert_eq!(s.and_then(|s| s.resumed), Some("recovered"));
+    r.publish(&stamped(&ch, 7, None), None, None);
+    let q: Vec<Bytes> = conn
+        .take_queued()
+        .into_iter()
+        .map(|o| text(Some(o)))
+        .collect();
+    assert_eq!(q.len(), 6, "{q:?}");
+    assert_eq!(&q[0][..], b"ok");
+    assert_eq!((&q[1][..], &q[2][..]), (&b"e2"[..], &b"e3"[..]));
+    let recovery: serde_json::Value = serde_json::from_slice(&q[3]).unwrap_or_default();
+    assert_eq!(recovery["event"], "resound:recovery");
+    assert_eq!((&q[4][..], &q[5][..]), (&b"e6"[..], &b"e7"[..]));
+    // Nothing is held once no resume is in progress.
+    assert!(r.channels.get(&ch).is_some_and(|c| c.held.is_empty()));
+}
+
+#[test]
+fn a_shared_resume_that_lost_held_events_fails_and_an_abandoned_one_leaves_nothing() {
+    let r = registry();
+    let ch = name("chat-1");
+    let conn = ConnHandle::new(SocketId::from_parts(1, 1), 4096);
+    let mark = r.begin_resume(&ch);
+    let big = Bytes::from(vec![b'x'; 64 << 10]);
+    for _ in 0..20 {
+        r.publish(&at(&ch, big.clone(), None), None, None);
+    }
+    let from = Resume {
+        position: None,
+        socket_id: None,
+    };
+    let s = r.subscribe_with(
+        &ch,
+        &conn,
+        &Bytes::from_static(b"ok"),
+        None,
+        None,
+        Some(Resuming {
+            history: None,
+            from: &from,
+            shared: Some((mark, Ok(replayed_to(0, &[])))),
+        }),
+    );
+    assert_eq!(s.and_then(|s| s.resumed), Some("window_exceeded"));
+    // The held events that are left still follow (within the 1 MiB bound).
+    let q = conn.take_queued();
+    assert!(q.len() > 2 && q.len() < 22, "{}", q.len());
+
+    let other = name("chat-2");
+    r.begin_resume(&other);
+    r.publish(&at(&other, big, None), None, None);
+    r.abandon_resume(&other);
+    assert!(r.channels.get(&other).is_none(), "nothing left behind");
+}
