@@ -64,6 +64,10 @@ struct Subscriber {
     /// Where the members this subscriber was told of differ from the channel's view (`None`:
     /// they do not).
     view: Option<Box<ViewDiff>>,
+    /// A shared resume's position: events at or before it reached the subscriber in its
+    /// replay (or are covered by what a failed resume refetches), so one that arrives late
+    /// from a slower node is not delivered again.
+    resumed_at: Option<Box<Stamp>>,
 }
 
 /// How a presence subscriber's members differ from its channel's `members`.
@@ -396,6 +400,7 @@ impl ChannelRegistry {
                 conn: conn.clone(),
                 member,
                 view: None,
+                resumed_at: None,
             },
         );
         conn.deliver(succeeded);
@@ -469,6 +474,13 @@ impl ChannelRegistry {
             if let Some(mark) = held_from {
                 release_held(&entry, mark, position.as_ref(), r.from, conn);
                 entry.end_resume();
+                if let (Some(p), Some(sub)) = (position, entry.subscribers.get_mut(&conn.socket_id))
+                {
+                    sub.resumed_at = Some(Box::new(Stamp {
+                        epoch: p.epoch,
+                        offset: p.offset,
+                    }));
+                }
             }
         }
         if mark.is_some() {
@@ -584,7 +596,7 @@ impl ChannelRegistry {
                 let mut entry = self.channels.entry(name.clone()).or_default();
                 entry.cache = Some(cached);
                 entry.hold(frame, stamp, except);
-                deliver_all(&entry.subscribers, &shared, except, &mut fanout);
+                deliver_all(&entry.subscribers, &shared, except, stamp, &mut fanout);
             }
             None => {
                 let Some(entry) = self.channels.get(channel) else {
@@ -594,7 +606,7 @@ impl ChannelRegistry {
                     && entry.key().kind().is_cache()
                     && message::is_cacheable(frame);
                 if !noting && entry.resuming == 0 {
-                    deliver_all(&entry.subscribers, &shared, except, &mut fanout);
+                    deliver_all(&entry.subscribers, &shared, except, stamp, &mut fanout);
                     return fanout;
                 }
                 // A join is reading the shared cached event, or a resume the shared history:
@@ -605,7 +617,7 @@ impl ChannelRegistry {
                         entry.note_latest(frame);
                     }
                     entry.hold(frame, stamp, except);
-                    deliver_all(&entry.subscribers, &shared, except, &mut fanout);
+                    deliver_all(&entry.subscribers, &shared, except, stamp, &mut fanout);
                 }
             }
         }
@@ -643,6 +655,7 @@ impl ChannelRegistry {
             &entry.subscribers,
             &SharedFrame::new(&frame, deflate),
             p.except,
+            None,
             &mut fanout,
         );
         let empty = entry.subscribers.is_empty();
@@ -748,11 +761,17 @@ fn deliver_all(
     subscribers: &HashMap<SocketId, Subscriber>,
     frame: &SharedFrame<'_>,
     except: Option<SocketId>,
+    stamp: Option<&Stamp>,
     fanout: &mut Fanout,
 ) {
     for (id, sub) in subscribers {
         if Some(*id) == except {
             continue;
+        }
+        if let (Some(s), Some(at)) = (stamp, sub.resumed_at.as_deref()) {
+            if s.offset <= at.offset && s.epoch == at.epoch {
+                continue;
+            }
         }
         count(sub.conn.deliver_shared(frame), fanout);
     }
