@@ -314,3 +314,69 @@ async fn the_previous_connection_does_not_get_back_what_skipped_it_on_another_no
     assert_eq!(replayed[0]["data"], "theirs");
     assert_eq!(position(&replayed[0]).1, 2);
 }
+
+/// Redis unreachable: a resume is answered at once with `history_unavailable` and events go
+/// on without positions; Redis back but empty (the history lost): `history_lost`, and the
+/// positions start anew.
+#[tokio::test]
+async fn without_redis_a_resume_fails_explicitly_and_a_lost_history_is_told() {
+    let redis = RedisProc::start(free_port()).await;
+    let port = redis.port;
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let toml = cluster_config(&prefix(), &url, "history_channels = [\"chat-*\"]");
+    let a = TestServer::start(&toml).await;
+    let mut c = a.client().await;
+    let (_, rec) = resume(&mut c, "chat-5", json!({})).await;
+    let epoch = rec["epoch"].as_str().unwrap().to_string();
+    a.api().trigger(&["chat-5"], "msg", "1").await;
+    assert_eq!(position(&c.recv().await), (epoch.clone(), 1));
+
+    drop(redis);
+    let started = std::time::Instant::now();
+    loop {
+        let ready = raw_request("GET", &a.url("/ready"), String::new()).await;
+        if ready.status == 503 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut d = a.client().await;
+    let asked = std::time::Instant::now();
+    let (replayed, rec) = resume(&mut d, "chat-5", json!({"epoch":epoch,"offset":1})).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(replayed.is_empty());
+    assert_eq!(
+        rec,
+        json!({"status":"failed","reason":"history_unavailable"})
+    );
+    // Events still reach this node's subscribers, without a position.
+    a.api().trigger(&["chat-5"], "msg", "2").await;
+    for sub in [&mut c, &mut d] {
+        assert_eq!(
+            sub.recv().await,
+            json!({"event":"msg","channel":"chat-5","data":"2"})
+        );
+    }
+
+    let _redis = RedisProc::start(port).await;
+    let started = std::time::Instant::now();
+    loop {
+        let ready = raw_request("GET", &a.url("/ready"), String::new()).await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "not back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut e = a.client().await;
+    let (replayed, rec) = resume(&mut e, "chat-5", json!({"epoch":epoch,"offset":1})).await;
+    assert!(replayed.is_empty());
+    assert_eq!(rec["reason"], "history_lost", "{rec}");
+    assert_ne!(rec["epoch"].as_str(), Some(epoch.as_str()), "a new epoch");
+    assert_eq!(rec["offset"], 0);
+}
