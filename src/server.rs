@@ -239,6 +239,7 @@ impl Server {
             .map(|every| tokio::spawn(crate::reload::watch_files(reloader.clone(), every)));
         let reloader = tokio::spawn(crate::reload::on_sighup(reloader));
         let sweeper = tokio::spawn(sweep(state.clone()));
+        let reorder = tokio::spawn(release_waiting(state.clone()));
         let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
         let console_task = console_listener.map(|l| tokio::spawn(serve_console(l, state.clone())));
         tokio::pin!(shutdown);
@@ -296,6 +297,7 @@ impl Server {
             redis.leave().await;
         }
         sweeper.abort();
+        reorder.abort();
         reloader.abort();
         for t in [app_refresh, watcher].into_iter().flatten() {
             t.abort();
@@ -434,6 +436,19 @@ type Backend = (
     Option<Arc<RedisBackend>>,
     Option<InboundQueues>,
 );
+
+/// Lets events of shared histories that waited for a lower offset too long go on
+/// (`ChannelRegistry::release_waiting`); a registry with nothing waiting costs one check.
+async fn release_waiting(state: Arc<ServerState>) {
+    let mut tick = tokio::time::interval(crate::channels::REORDER_WAIT / 5);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for hub in state.hubs() {
+            hub.channels.release_waiting(hub.deflate.as_ref());
+        }
+    }
+}
 
 /// Drops expired cache entries once a minute.
 async fn sweep(state: Arc<ServerState>) {

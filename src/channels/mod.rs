@@ -30,11 +30,12 @@
 
 pub mod users;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
 
 use crate::cluster::{Kind, Publication, Stamp, Target};
@@ -120,6 +121,31 @@ struct Held {
 /// oldest; a resume that would have needed it fails (`window_exceeded`).
 const HELD_BYTES: usize = 1 << 20;
 
+/// An event of a shared history that arrived ahead of one with a lower offset.
+struct Waiting {
+    frame: Bytes,
+    except: Option<SocketId>,
+}
+
+/// Where a channel's events of a shared history are in their order on this node: events
+/// published through different nodes at once can arrive in another order than their
+/// offsets, so one that arrives ahead of a missing one waits for it (`REORDER_WAIT` at most,
+/// `WAITING_BYTES` at most; then the missing one is given up and what waits goes on).
+struct Sequence {
+    epoch: String,
+    /// The offset delivered next.
+    next: u64,
+    waiting: BTreeMap<u64, Waiting>,
+    bytes: usize,
+    /// When the oldest of `waiting` began to wait.
+    since: Option<Instant>,
+}
+
+/// The longest an event waits for one with a lower offset (see `Sequence`).
+pub const REORDER_WAIT: Duration = Duration::from_millis(250);
+/// Bytes of events waiting per channel; beyond, the missing one is given up at once.
+const WAITING_BYTES: usize = 1 << 20;
+
 /// Member events kept for joins in progress, per channel. Overflow policy: drop the oldest (a
 /// join outlasting this many member changes of its channel misses the oldest of them).
 const RECENT_CHANGES: usize = 256;
@@ -160,6 +186,8 @@ struct Channel {
     held_bytes: usize,
     /// The number of the newest held event dropped for the bound (0: none).
     held_dropped: u64,
+    /// The order of the channel's events of a shared history (`None` until the first).
+    sequence: Option<Box<Sequence>>,
 }
 
 impl Channel {
@@ -195,6 +223,59 @@ impl Channel {
             self.held_bytes = self.held_bytes.saturating_sub(h.frame.len());
             self.held_dropped = h.seq;
         }
+    }
+
+    /// Puts an event of a shared history in its order: returns the events to deliver now, in
+    /// order (none when it waits for a lower offset, or came after its turn was given up).
+    fn sequence(
+        &mut self,
+        stamp: &Stamp,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        now: Instant,
+    ) -> Vec<(u64, Bytes, Option<SocketId>)> {
+        let mut ready = Vec::new();
+        let seq = match self.sequence.as_deref_mut() {
+            Some(seq) if seq.epoch == stamp.epoch => seq,
+            _ => {
+                // A first event, or a new history: what waited of the old one goes first.
+                if let Some(old) = self.sequence.take() {
+                    ready.extend(old.waiting.into_iter().map(|(o, w)| (o, w.frame, w.except)));
+                }
+                ready.push((stamp.offset, frame.clone(), except));
+                self.sequence = Some(Box::new(Sequence {
+                    epoch: stamp.epoch.clone(),
+                    next: stamp.offset + 1,
+                    waiting: BTreeMap::new(),
+                    bytes: 0,
+                    since: None,
+                }));
+                return ready;
+            }
+        };
+        if stamp.offset < seq.next || seq.waiting.contains_key(&stamp.offset) {
+            // Given up on (or here already): delivering it now would break the order.
+            return ready;
+        }
+        if stamp.offset > seq.next {
+            seq.bytes += frame.len();
+            seq.since.get_or_insert(now);
+            seq.waiting.insert(
+                stamp.offset,
+                Waiting {
+                    frame: frame.clone(),
+                    except,
+                },
+            );
+            if seq.bytes > WAITING_BYTES {
+                seq.give_up(&mut ready);
+            }
+            return ready;
+        }
+        ready.push((stamp.offset, frame.clone(), except));
+        seq.next += 1;
+        seq.advance(&mut ready);
+        ready
     }
 
     /// A resume begun with `begin_resume` ended: the held events go once no other resume
@@ -281,6 +362,33 @@ impl Channel {
     }
 }
 
+impl Sequence {
+    /// Moves the waiting events that are next in line to `ready`.
+    fn advance(&mut self, ready: &mut Vec<(u64, Bytes, Option<SocketId>)>) {
+        while let Some(w) = self.waiting.remove(&self.next) {
+            self.bytes = self.bytes.saturating_sub(w.frame.len());
+            ready.push((self.next, w.frame, w.except));
+            self.next += 1;
+        }
+        if self.waiting.is_empty() {
+            self.since = None;
+        }
+    }
+
+    /// Gives up the missing offsets before the first waiting event: it and those after it
+    /// that are in line go to `ready`.
+    fn give_up(&mut self, ready: &mut Vec<(u64, Bytes, Option<SocketId>)>) {
+        if let Some(first) = self.waiting.keys().next().copied() {
+            self.next = first;
+            self.since = None;
+            self.advance(ready);
+            if !self.waiting.is_empty() {
+                self.since = Some(Instant::now());
+            }
+        }
+    }
+}
+
 /// A subscription whose join began with `ChannelRegistry::begin_join` (presence, and cache
 /// channels): what it read from the cluster while the channel's events kept arriving.
 pub struct Joined<'a> {
@@ -331,6 +439,9 @@ pub struct Fanout {
 pub struct ChannelRegistry {
     channels: DashMap<ChannelName, Channel>,
     metrics: AppMetrics,
+    /// Channels with events waiting for a lower offset (see `Sequence`), for
+    /// `release_waiting`. Lock order: a channel's shard, then this.
+    waiting: parking_lot::Mutex<HashSet<ChannelName>>,
 }
 
 /// `subscription_count` events on channels above this size go out at most every 5 s (protocol.md 2.9).
@@ -342,6 +453,7 @@ impl ChannelRegistry {
         ChannelRegistry {
             channels: DashMap::new(),
             metrics,
+            waiting: parking_lot::Mutex::new(HashSet::new()),
         }
     }
 
@@ -588,9 +700,12 @@ impl ChannelRegistry {
             }
             return fanout;
         }
+        if let Some(stamp) = &p.stamp {
+            return self.publish_in_order(channel, p, stamp, deflate, cache);
+        }
         let (frame, except) = (&p.frame, p.except);
         let shared = SharedFrame::new(frame, deflate);
-        let stamp = p.stamp.as_ref();
+        let stamp = None;
         match cache {
             Some((name, cached)) => {
                 let mut entry = self.channels.entry(name.clone()).or_default();
@@ -622,6 +737,121 @@ impl ChannelRegistry {
             }
         }
         fanout
+    }
+
+    /// Starts the order of `channel`'s events of a shared history at the position a
+    /// subscriber read there (`at`: every event up to it was recorded before), unless it has
+    /// one: so events that arrive out of order right after a first subscriber joined are put
+    /// in order too, and those before its subscription are not delivered late.
+    pub fn anchor(&self, channel: &ChannelName, at: &Stamp) {
+        let mut entry = self.channels.entry(channel.clone()).or_default();
+        if entry.sequence.is_none() {
+            entry.sequence = Some(Box::new(Sequence {
+                epoch: at.epoch.clone(),
+                next: at.offset + 1,
+                waiting: BTreeMap::new(),
+                bytes: 0,
+                since: None,
+            }));
+        }
+    }
+
+    /// Whether `channel`'s events of a shared history have their order here (see `anchor`).
+    pub fn is_sequenced(&self, channel: &ChannelName) -> bool {
+        self.channels
+            .get(channel)
+            .is_some_and(|c| c.sequence.is_some())
+    }
+
+    /// `publish` for an event of a shared history: it goes out in the order of its offset
+    /// (see `Sequence`), with the events that waited for it.
+    fn publish_in_order(
+        &self,
+        channel: &str,
+        p: &Publication,
+        stamp: &Stamp,
+        deflate: Option<&DeflatePolicy>,
+        cache: Option<(&ChannelName, CachedEvent)>,
+    ) -> Fanout {
+        let mut fanout = Fanout::default();
+        let mut entry = match cache {
+            Some((name, cached)) => {
+                let mut entry = self.channels.entry(name.clone()).or_default();
+                entry.cache = Some(cached);
+                entry
+            }
+            None => match self.channels.get_mut(channel) {
+                Some(entry) => entry,
+                None => return fanout,
+            },
+        };
+        let ready = entry.sequence(stamp, &p.frame, p.except, Instant::now());
+        for (offset, frame, except) in &ready {
+            let stamp = Stamp {
+                epoch: stamp.epoch.clone(),
+                offset: *offset,
+            };
+            deliver_event(&mut entry, frame, *except, &stamp, deflate, &mut fanout);
+        }
+        let waits = entry
+            .sequence
+            .as_ref()
+            .is_some_and(|s| !s.waiting.is_empty());
+        let name = entry.key().clone();
+        drop(entry);
+        if waits {
+            self.waiting.lock().insert(name);
+        }
+        fanout
+    }
+
+    /// Gives up, on every channel, the missing events that waiting ones have waited for
+    /// longer than `REORDER_WAIT` (a lost message, or a publisher gone between recording and
+    /// publishing): the waiting ones go out in order. Called periodically.
+    pub fn release_waiting(&self, deflate: Option<&DeflatePolicy>) {
+        let names: Vec<ChannelName> = {
+            let mut set = self.waiting.lock();
+            if set.is_empty() {
+                return;
+            }
+            set.drain().collect()
+        };
+        let now = Instant::now();
+        let mut still = Vec::new();
+        for name in names {
+            let Some(mut entry) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            let mut ready = Vec::new();
+            let mut epoch = String::new();
+            if let Some(seq) = entry.sequence.as_deref_mut() {
+                if seq
+                    .since
+                    .is_some_and(|t| now.duration_since(t) >= REORDER_WAIT)
+                {
+                    seq.give_up(&mut ready);
+                }
+                epoch.clone_from(&seq.epoch);
+            }
+            let mut fanout = Fanout::default();
+            for (offset, frame, except) in &ready {
+                let stamp = Stamp {
+                    epoch: epoch.clone(),
+                    offset: *offset,
+                };
+                deliver_event(&mut entry, frame, *except, &stamp, deflate, &mut fanout);
+            }
+            if entry
+                .sequence
+                .as_ref()
+                .is_some_and(|s| !s.waiting.is_empty())
+            {
+                still.push(name);
+            }
+        }
+        if !still.is_empty() {
+            self.waiting.lock().extend(still);
+        }
     }
 
     /// Delivers an event on a channel with history (`channel`, the target of `p`) after
@@ -731,6 +961,24 @@ impl ChannelRegistry {
         let now = Instant::now();
         self.channels.retain(|_, c| !c.disposable(now));
     }
+}
+
+/// Delivers one event of a shared history, in its turn, to the channel's subscribers (and
+/// notes or holds it for the joins and resumes in progress).
+fn deliver_event(
+    entry: &mut RefMut<'_, ChannelName, Channel>,
+    frame: &Bytes,
+    except: Option<SocketId>,
+    stamp: &Stamp,
+    deflate: Option<&DeflatePolicy>,
+    fanout: &mut Fanout,
+) {
+    if entry.key().kind().is_cache() && message::is_cacheable(frame) {
+        entry.note_latest(frame);
+    }
+    entry.hold(frame, Some(stamp), except);
+    let shared = SharedFrame::new(frame, deflate);
+    deliver_all(&entry.subscribers, &shared, except, Some(stamp), fanout);
 }
 
 /// Delivers to a resumed subscriber the events held for its resume (those after `mark`),

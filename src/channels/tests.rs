@@ -419,3 +419,44 @@ fn a_shared_resume_that_lost_held_events_fails_and_an_abandoned_one_leaves_nothi
     r.abandon_resume(&other);
     assert!(r.channels.get(&other).is_none(), "nothing left behind");
 }
+
+#[test]
+fn events_of_a_shared_history_go_out_in_the_order_of_their_offsets() {
+    let r = registry();
+    let ch = name("chat-1");
+    let conn = ConnHandle::new(SocketId::from_parts(1, 1), 64);
+    r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None);
+    let _ = conn.take_queued();
+    let got = |c: &ConnHandle| -> Vec<Bytes> {
+        c.take_queued().into_iter().map(|o| text(Some(o))).collect()
+    };
+    r.publish(&stamped(&ch, 1, None), None, None);
+    // 3 arrives before 2 (published at once through two nodes): it waits for 2.
+    r.publish(&stamped(&ch, 3, None), None, None);
+    assert_eq!(got(&conn), [Bytes::from_static(b"e1")]);
+    r.publish(&stamped(&ch, 2, None), None, None);
+    assert_eq!(
+        got(&conn),
+        [Bytes::from_static(b"e2"), Bytes::from_static(b"e3")]
+    );
+    // 4 never comes: 5 goes on after `REORDER_WAIT`, and 4 arriving later is dropped.
+    r.publish(&stamped(&ch, 5, None), None, None);
+    r.release_waiting(None);
+    assert!(got(&conn).is_empty(), "5 waits for 4");
+    std::thread::sleep(REORDER_WAIT + Duration::from_millis(20));
+    r.release_waiting(None);
+    assert_eq!(got(&conn), [Bytes::from_static(b"e5")]);
+    r.publish(&stamped(&ch, 4, None), None, None);
+    r.publish(&stamped(&ch, 6, None), None, None);
+    assert_eq!(got(&conn), [Bytes::from_static(b"e6")]);
+    // A new history (another epoch) starts its own order.
+    let fresh = Publication {
+        stamp: Some(Stamp {
+            epoch: "other".into(),
+            offset: 1,
+        }),
+        ..at(&ch, Bytes::from_static(b"n1"), None)
+    };
+    r.publish(&fresh, None, None);
+    assert_eq!(got(&conn), [Bytes::from_static(b"n1")]);
+}

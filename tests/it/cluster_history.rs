@@ -144,31 +144,40 @@ async fn positions_agree_on_every_node() {
     let mut on_b = b.client().await;
     on_a.subscribe("chat-p").await;
     on_b.subscribe("chat-p").await;
-    for i in 0..20 {
-        let via = if i % 2 == 0 { &a } else { &b };
-        let r = via.api().trigger(&["chat-p"], "msg", &i.to_string()).await;
-        assert_eq!(r.status, 200);
+    // Four publishers at once, two through each node, 25 events each.
+    let mut publishers = Vec::new();
+    for p in 0..4 {
+        let api = if p % 2 == 0 { a.api() } else { b.api() };
+        publishers.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let data = format!("{p}-{i}");
+                assert_eq!(api.trigger(&["chat-p"], "msg", &data).await.status, 200);
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
     }
     let mut seen: Vec<HashMap<String, (String, u64)>> = Vec::new();
     for c in [&mut on_a, &mut on_b] {
         let mut at = HashMap::new();
-        for _ in 0..20 {
+        let mut offsets = Vec::new();
+        for _ in 0..100 {
             let ev = c.recv().await;
             assert_eq!(ev["event"], "msg", "{ev}");
+            offsets.push(position(&ev).1);
             at.insert(ev["data"].as_str().unwrap().to_string(), position(&ev));
         }
+        assert_eq!(
+            offsets,
+            (1..=100).collect::<Vec<u64>>(),
+            "every node delivers in the order of the offsets"
+        );
         seen.push(at);
     }
     assert_eq!(
         seen[0], seen[1],
         "the same position for each event on both nodes"
-    );
-    let mut offsets: Vec<u64> = seen[0].values().map(|(_, o)| *o).collect();
-    offsets.sort_unstable();
-    assert_eq!(
-        offsets,
-        (1..=20).collect::<Vec<u64>>(),
-        "one offset per event"
     );
     let epochs: std::collections::HashSet<&String> = seen[0].values().map(|(e, _)| e).collect();
     assert_eq!(epochs.len(), 1, "one epoch");
@@ -176,7 +185,7 @@ async fn positions_agree_on_every_node() {
     for node in [&a, &b] {
         let mut c = node.client().await;
         let (_, rec) = resume(&mut c, "chat-p", json!({})).await;
-        assert_eq!(rec["offset"], 20);
+        assert_eq!(rec["offset"], 100);
         assert_eq!(
             rec["epoch"].as_str(),
             epochs.iter().next().map(|e| e.as_str())

@@ -23,7 +23,7 @@ use tracing::warn;
 use crate::app::{App, AppId};
 use crate::broadcast::target_of;
 use crate::channels::{Joined, Resuming};
-use crate::cluster::{Adapter, ClusterError, Counted, Target};
+use crate::cluster::{Adapter, ClusterError, Counted, Stamp, Target};
 use crate::connection::handle::ConnRef;
 use crate::history::{replay_shared, Failure, Replay};
 use crate::hub::AppHub;
@@ -222,8 +222,26 @@ impl Membership {
         // read misses reaches this node) and while the channel's events are held for it.
         let shared = match resume {
             Some(from) => self.read_shared_history(name, from).await,
-            None => None,
+            None => {
+                self.anchor_shared_history(name).await;
+                None
+            }
         };
+        if let Some((
+            _,
+            Ok(Replay {
+                position: Some(p), ..
+            }),
+        )) = &shared
+        {
+            self.hub.channels.anchor(
+                name,
+                &Stamp {
+                    epoch: p.epoch.clone(),
+                    offset: p.offset,
+                },
+            );
+        }
         // In a cluster, counted before the client hears of it (see `SharedState::subscribing`).
         let slot = CountedSlot::take(&self.state, &self.hub, name).await;
         let joined = pending.map(|p| Joined {
@@ -360,6 +378,40 @@ impl Membership {
             }
         };
         Some((pending, found))
+    }
+
+    /// In a cluster, for a plain subscribe to a channel with history whose events have no
+    /// order on this node yet: reads the channel's position in the shared history to start it
+    /// (`ChannelRegistry::anchor`). Nothing when that read fails: the first event starts it.
+    async fn anchor_shared_history(&self, name: &ChannelName) {
+        let Some(settings) = self
+            .hub
+            .shared_history
+            .as_ref()
+            .filter(|h| h.covers(name.as_str()))
+        else {
+            return;
+        };
+        let Some(store) = self.state.cluster.history() else {
+            return;
+        };
+        if self.hub.channels.is_sequenced(name) {
+            return;
+        }
+        let read = tokio::time::timeout(
+            RESUME_READ,
+            store.read(&self.app.id, name.as_str(), None, settings.bounds()),
+        )
+        .await;
+        if let Ok(Ok(log)) = read {
+            self.hub.channels.anchor(
+                name,
+                &Stamp {
+                    epoch: log.epoch,
+                    offset: log.last,
+                },
+            );
+        }
     }
 
     /// Leaves `name` (nothing when not subscribed): gives back what the subscription holds and
