@@ -239,18 +239,22 @@ impl Channel {
             Some(seq) if seq.epoch == stamp.epoch => seq,
             _ => {
                 // A first event, or a new history: what waited of the old one goes first.
+                // Where the order starts is not known yet (`next` 0): the event waits for
+                // `anchor` (a subscriber's read) or, at most `REORDER_WAIT`, for lower ones.
                 if let Some(old) = self.sequence.take() {
                     ready.extend(old.waiting.into_iter().map(|(o, w)| (o, w.frame, w.except)));
                 }
-                ready.push((stamp.offset, frame.clone(), except));
                 self.sequence = Some(Box::new(Sequence {
                     epoch: stamp.epoch.clone(),
-                    next: stamp.offset + 1,
+                    next: 0,
                     waiting: BTreeMap::new(),
                     bytes: 0,
                     since: None,
                 }));
-                return ready;
+                match self.sequence.as_deref_mut() {
+                    Some(seq) => seq,
+                    None => return ready,
+                }
             }
         };
         if stamp.offset < seq.next || seq.waiting.contains_key(&stamp.offset) {
@@ -743,16 +747,39 @@ impl ChannelRegistry {
     /// subscriber read there (`at`: every event up to it was recorded before), unless it has
     /// one: so events that arrive out of order right after a first subscriber joined are put
     /// in order too, and those before its subscription are not delivered late.
-    pub fn anchor(&self, channel: &ChannelName, at: &Stamp) {
+    pub fn anchor(&self, channel: &ChannelName, at: &Stamp, deflate: Option<&DeflatePolicy>) {
         let mut entry = self.channels.entry(channel.clone()).or_default();
-        if entry.sequence.is_none() {
-            entry.sequence = Some(Box::new(Sequence {
+        let mut ready = Vec::new();
+        match entry.sequence.as_deref_mut() {
+            None => {
+                entry.sequence = Some(Box::new(Sequence {
+                    epoch: at.epoch.clone(),
+                    next: at.offset + 1,
+                    waiting: BTreeMap::new(),
+                    bytes: 0,
+                    since: None,
+                }));
+            }
+            // Events wait for where the order starts: up to `at` they came before it.
+            Some(seq) if seq.next == 0 && seq.epoch == at.epoch => {
+                seq.next = at.offset + 1;
+                let before: Vec<u64> = seq.waiting.range(..=at.offset).map(|(o, _)| *o).collect();
+                for o in before {
+                    if let Some(w) = seq.waiting.remove(&o) {
+                        seq.bytes = seq.bytes.saturating_sub(w.frame.len());
+                    }
+                }
+                seq.advance(&mut ready);
+            }
+            Some(_) => {}
+        }
+        let mut fanout = Fanout::default();
+        for (offset, frame, except) in &ready {
+            let stamp = Stamp {
                 epoch: at.epoch.clone(),
-                next: at.offset + 1,
-                waiting: BTreeMap::new(),
-                bytes: 0,
-                since: None,
-            }));
+                offset: *offset,
+            };
+            deliver_event(&mut entry, frame, *except, &stamp, deflate, &mut fanout);
         }
     }
 
@@ -760,7 +787,7 @@ impl ChannelRegistry {
     pub fn is_sequenced(&self, channel: &ChannelName) -> bool {
         self.channels
             .get(channel)
-            .is_some_and(|c| c.sequence.is_some())
+            .is_some_and(|c| c.sequence.as_ref().is_some_and(|s| s.next > 0))
     }
 
     /// `publish` for an event of a shared history: it goes out in the order of its offset

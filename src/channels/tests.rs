@@ -344,6 +344,12 @@ fn events_held_during_a_shared_resume_follow_its_recovery_without_duplicates() {
     r.publish(&stamped(&ch, 4, Some(old)), None, None);
     r.publish(&stamped(&ch, 5, Some(conn.socket_id)), None, None);
     r.publish(&stamped(&ch, 6, None), None, None);
+    // The read found the history at 3: the order starts there (as `Membership` does).
+    let read_at = Stamp {
+        epoch: "ep".into(),
+        offset: 3,
+    };
+    r.anchor(&ch, &read_at, None);
     let from = Resume {
         position: Some(resume::Position {
             epoch: "ep".into(),
@@ -427,10 +433,20 @@ fn events_of_a_shared_history_go_out_in_the_order_of_their_offsets() {
     let conn = ConnHandle::new(SocketId::from_parts(1, 1), 64);
     r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None);
     let _ = conn.take_queued();
+    // Until a subscriber's read says where the order starts, events wait.
+    r.publish(&stamped(&ch, 1, None), None, None);
+    assert!(conn.take_queued().is_empty());
+    r.anchor(
+        &ch,
+        &Stamp {
+            epoch: "ep".into(),
+            offset: 0,
+        },
+        None,
+    );
     let got = |c: &ConnHandle| -> Vec<Bytes> {
         c.take_queued().into_iter().map(|o| text(Some(o))).collect()
     };
-    r.publish(&stamped(&ch, 1, None), None, None);
     // 3 arrives before 2 (published at once through two nodes): it waits for 2.
     r.publish(&stamped(&ch, 3, None), None, None);
     assert_eq!(got(&conn), [Bytes::from_static(b"e1")]);
@@ -458,5 +474,11 @@ fn events_of_a_shared_history_go_out_in_the_order_of_their_offsets() {
         ..at(&ch, Bytes::from_static(b"n1"), None)
     };
     r.publish(&fresh, None, None);
+    assert!(
+        got(&conn).is_empty(),
+        "where the new history starts is not known"
+    );
+    std::thread::sleep(REORDER_WAIT + Duration::from_millis(20));
+    r.release_waiting(None);
     assert_eq!(got(&conn), [Bytes::from_static(b"n1")]);
 }

@@ -240,6 +240,7 @@ impl Membership {
                     epoch: p.epoch.clone(),
                     offset: p.offset,
                 },
+                self.hub.deflate.as_ref(),
             );
         }
         // In a cluster, counted before the client hears of it (see `SharedState::subscribing`).
@@ -410,6 +411,7 @@ impl Membership {
                     epoch: log.epoch,
                     offset: log.last,
                 },
+                self.hub.deflate.as_ref(),
             );
         }
     }
