@@ -709,13 +709,12 @@ impl ChannelRegistry {
         }
         let (frame, except) = (&p.frame, p.except);
         let shared = SharedFrame::new(frame, deflate);
-        let stamp = None;
         match cache {
             Some((name, cached)) => {
                 let mut entry = self.channels.entry(name.clone()).or_default();
                 entry.cache = Some(cached);
-                entry.hold(frame, stamp, except);
-                deliver_all(&entry.subscribers, &shared, except, stamp, &mut fanout);
+                entry.hold(frame, None, except);
+                deliver_all(&entry.subscribers, &shared, except, None, &mut fanout);
             }
             None => {
                 let Some(entry) = self.channels.get(channel) else {
@@ -725,7 +724,7 @@ impl ChannelRegistry {
                     && entry.key().kind().is_cache()
                     && message::is_cacheable(frame);
                 if !noting && entry.resuming == 0 {
-                    deliver_all(&entry.subscribers, &shared, except, stamp, &mut fanout);
+                    deliver_all(&entry.subscribers, &shared, except, None, &mut fanout);
                     return fanout;
                 }
                 // A join is reading the shared cached event, or a resume the shared history:
@@ -735,8 +734,8 @@ impl ChannelRegistry {
                     if noting {
                         entry.note_latest(frame);
                     }
-                    entry.hold(frame, stamp, except);
-                    deliver_all(&entry.subscribers, &shared, except, stamp, &mut fanout);
+                    entry.hold(frame, None, except);
+                    deliver_all(&entry.subscribers, &shared, except, None, &mut fanout);
                 }
             }
         }
