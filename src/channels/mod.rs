@@ -21,7 +21,9 @@
 //! 11.2). A resuming subscriber reads what it missed there while the channel's live events
 //! keep arriving: from `begin_resume` on, they are held for it (`Channel::held`, bounded in
 //! bytes) and released right after its replay and `resound:recovery`, without those the
-//! replay already had (by position), so every event arrives once, in order.
+//! replay already had (by position), so every event arrives once, in order. Those events are
+//! delivered in the order of their positions (`Sequence`): one that arrives ahead of a
+//! missing one waits for it, `REORDER_WAIT` at most (`release_waiting`).
 //!
 //! A cache channel in a cluster has its last event in the shared store, read while the channel's
 //! live events keep arriving. The last event that reached the channel during that read
