@@ -153,6 +153,14 @@ impl HistorySettings {
     pub fn covers(&self, channel: &str) -> bool {
         self.channels.iter().any(|p| glob(p, channel))
     }
+
+    /// The bounds a cluster's shared history keeps (`max_bytes` is a node's, not its).
+    pub fn bounds(&self) -> crate::cluster::HistoryBounds {
+        crate::cluster::HistoryBounds {
+            max_events: self.max_events,
+            ttl: self.ttl,
+        }
+    }
 }
 
 /// The secret an app had before, and until when it is accepted.

@@ -3,9 +3,10 @@
 //! a user's connections for `#server-to-user-`, a user's watchers — and handed to the adapter
 //! for the other nodes; what arrives from them is delivered by `deliver_local` too. API events,
 //! client events, presence events and watchlist events all go through it. An event on a
-//! channel with history (protocol.md 11.2) is given its position here, once, as it is
-//! delivered (`ChannelRegistry::publish_recorded`).
-//! client events, presence events and watchlist events all go through it.
+//! channel with history (protocol.md 11.2) is given its position here, once: on a single node
+//! as it is delivered (`ChannelRegistry::publish_recorded`); in a cluster by recording it in
+//! the shared history first (`SharedHistory::record`, one round trip), then it goes to this
+//! node's sockets and to the other nodes with its position (`Publication::stamp`).
 //!
 //! An event frame is compressed for the sockets that negotiated `permessage-deflate` at most
 //! once per node, by the registry that delivers it (`connection::deflate::SharedFrame`), so a
@@ -15,12 +16,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tracing::warn;
 
 use crate::channels::{CachedEvent, Fanout};
 use crate::cluster::{Adapter, Kind, Publication, RemoteEvent, Target};
 use crate::connection::deflate::SharedFrame;
 use crate::hub::AppHub;
 use crate::metrics::Metrics;
+use crate::protocol::resume::with_position;
 use crate::protocol::{message, ChannelName, MemberChange, SocketId};
 use crate::shared_state::SharedState;
 
@@ -67,11 +70,13 @@ impl Broadcaster {
             None
         };
         hub.metrics.api_events.inc();
-        self.publish_frame(hub, channel, frame, except, cache)
+        self.publish_frame(hub, channel, frame, except, cache).await
     }
 
     /// An already-encoded event for every subscriber of `channel` but `except`, on every node.
-    pub fn publish_frame(
+    /// In a cluster, an event of a channel with history waits for the shared history to
+    /// record it (when that fails it goes without a position, counted).
+    pub async fn publish_frame(
         &self,
         hub: &AppHub,
         channel: &ChannelName,
@@ -100,6 +105,45 @@ impl Broadcaster {
             }
             return fanout;
         }
+        let shared = hub
+            .shared_history
+            .as_ref()
+            .filter(|h| matches!(p.target, Target::Channel(_)) && h.covers(channel.as_str()))
+            .zip(self.cluster.history());
+        let (p, cache) = match shared {
+            Some((settings, store)) => {
+                let recorded = store
+                    .record(
+                        &hub.id,
+                        channel.as_str(),
+                        &p.frame,
+                        p.except,
+                        settings.bounds(),
+                    )
+                    .await;
+                match recorded {
+                    Ok(stamp) => {
+                        let frame = with_position(&p.frame, &stamp.epoch, stamp.offset);
+                        let cache = cache.map(|c| CachedEvent {
+                            frame: frame.clone(),
+                            ..c
+                        });
+                        let p = Publication {
+                            frame,
+                            stamp: Some(stamp),
+                            ..p
+                        };
+                        (p, cache)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "recording an event in the shared history failed; it goes without a position");
+                        self.metrics.history_record_failures.inc();
+                        (p, cache)
+                    }
+                }
+            }
+            None => (p, cache),
+        };
         let cache = cache.map(|c| (channel, c));
         self.publish(hub, p, cache)
     }
@@ -119,6 +163,7 @@ impl Broadcaster {
             kind: Kind::Member(change),
             frame,
             except,
+            stamp: None,
         };
         self.publish(hub, p, None)
     }

@@ -9,6 +9,10 @@
 //! event is dropped). A log without events stays until `history_ttl` after its last event
 //! (or its creation by a resuming client), so that an idle channel still resumes.
 //!
+//! In a cluster the log is kept once, in the shared store (`cluster::SharedHistory`);
+//! `replay_shared` decides there what a resume gets from what the store read, with the same
+//! rules as `ChannelHistory::replay`.
+//!
 //! The registry calls it under the channel's lock (`ChannelRegistry::publish_recorded`,
 //! `subscribe_with`): recording an event, delivering it and replaying to a resuming
 //! subscriber are one step for that channel, so a replay and the live events after it
@@ -21,6 +25,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::app::HistorySettings;
+use crate::cluster::SharedLog;
 use crate::protocol::resume::{with_position, Position, Resume};
 use crate::protocol::SocketId;
 
@@ -33,6 +38,8 @@ pub enum Failure {
     HistoryLost,
     /// The channel keeps no history.
     NoHistory,
+    /// A cluster's shared history could not be read in time.
+    Unavailable,
 }
 
 impl Failure {
@@ -41,6 +48,7 @@ impl Failure {
             Failure::WindowExceeded => "window_exceeded",
             Failure::HistoryLost => "history_lost",
             Failure::NoHistory => "no_history",
+            Failure::Unavailable => "history_unavailable",
         }
     }
 }
@@ -277,6 +285,48 @@ impl ChannelHistory {
     }
 }
 
+/// What a resume from `from` gets from a channel's shared history, read (by
+/// `SharedHistory::read`) after the client's offset: the same rules as
+/// `ChannelHistory::replay`, the frames given their positions.
+pub fn replay_shared(log: &SharedLog, from: &Resume) -> Replay {
+    let current = Position {
+        epoch: log.epoch.clone(),
+        offset: log.last,
+    };
+    let failed = |f| Replay {
+        frames: Vec::new(),
+        outcome: Err(f),
+        position: Some(current.clone()),
+    };
+    let Some(p) = &from.position else {
+        return Replay {
+            frames: Vec::new(),
+            outcome: Ok(0),
+            position: Some(current.clone()),
+        };
+    };
+    if p.epoch != log.epoch || p.offset > log.last {
+        return failed(Failure::HistoryLost);
+    }
+    let missed = log.last - p.offset;
+    let after: Vec<_> = log.events.iter().filter(|k| k.offset > p.offset).collect();
+    // Every event the client lacks must still be kept, and be there.
+    if p.offset + 1 < log.oldest || u64::try_from(after.len()).unwrap_or(u64::MAX) != missed {
+        return failed(Failure::WindowExceeded);
+    }
+    let frames: Vec<Bytes> = after
+        .into_iter()
+        .filter(|k| from.socket_id.is_none() || k.except != from.socket_id)
+        .map(|k| with_position(&k.frame, &log.epoch, k.offset))
+        .collect();
+    let n = frames.len();
+    Replay {
+        frames,
+        outcome: Ok(n),
+        position: Some(current),
+    }
+}
+
 impl Logs {
     /// Drops the app's oldest kept event; `false` when none is left.
     fn drop_oldest(&mut self) -> bool {
@@ -467,5 +517,67 @@ mod tests {
             offset: at.offset - 1,
         };
         assert_eq!(h.replay("chat-2", &from(&before), t).outcome, Ok(1));
+    }
+
+    #[test]
+    fn a_shared_history_resumes_by_the_same_rules() {
+        use crate::cluster::KeptEvent;
+        let me = SocketId::random();
+        let log = SharedLog {
+            epoch: "ab".into(),
+            last: 4,
+            oldest: 2,
+            events: vec![
+                KeptEvent {
+                    offset: 3,
+                    frame: frame(3),
+                    except: Some(me),
+                },
+                KeptEvent {
+                    offset: 4,
+                    frame: frame(4),
+                    except: None,
+                },
+            ],
+        };
+        let at = |offset| Position {
+            epoch: "ab".into(),
+            offset,
+        };
+        let r = replay_shared(&log, &from(&at(2)));
+        assert_eq!(r.outcome, Ok(2));
+        assert_eq!(r.frames[1], with_position(&frame(4), "ab", 4));
+        assert_eq!(r.position, Some(at(4)));
+        let mine = Resume {
+            position: Some(at(2)),
+            socket_id: Some(me),
+        };
+        assert_eq!(replay_shared(&log, &mine).outcome, Ok(1));
+        assert_eq!(
+            replay_shared(&log, &from(&at(0))).outcome,
+            Err(Failure::WindowExceeded)
+        );
+        // The read found fewer events than were missed (trimmed meanwhile).
+        let short = SharedLog {
+            events: log.events[1..].to_vec(),
+            ..log.clone()
+        };
+        assert_eq!(
+            replay_shared(&short, &from(&at(2))).outcome,
+            Err(Failure::WindowExceeded)
+        );
+        assert_eq!(
+            replay_shared(&log, &from(&at(5))).outcome,
+            Err(Failure::HistoryLost)
+        );
+        let other = Position {
+            epoch: "cd".into(),
+            offset: 1,
+        };
+        assert_eq!(
+            replay_shared(&log, &from(&other)).outcome,
+            Err(Failure::HistoryLost)
+        );
+        assert_eq!(replay_shared(&log, &from(&at(4))).outcome, Ok(0));
     }
 }

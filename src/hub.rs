@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
-use crate::app::{App, AppId};
+use crate::app::{App, AppId, HistorySettings};
 use crate::channels::users::{UserRegistry, WatcherRegistry};
 use crate::channels::ChannelRegistry;
 use crate::connection::deflate::DeflatePolicy;
@@ -42,10 +42,14 @@ pub struct AppHub {
     /// Idempotency keys of the HTTP API on a single node (a cluster keeps them in its store).
     /// Sized when the hub is made: a reload does not resize it.
     pub idempotency: KeyStore,
-    /// The histories of the app's channels that keep one (protocol.md 11.2); `None` when the
-    /// app keeps none, or in a cluster (not kept there yet). Made with the hub: a reload does
-    /// not change which channels keep one.
+    /// The histories of the app's channels that keep one (protocol.md 11.2) on a single node;
+    /// `None` when the app keeps none, or in a cluster. Made with the hub: a reload does not
+    /// change which channels keep one.
     pub history: Option<ChannelHistory>,
+    /// In a cluster, which channels keep a history in the shared store, and its bounds
+    /// (`None` on a single node, or when the app keeps none). Made with the hub, like
+    /// `history`.
+    pub shared_history: Option<HistorySettings>,
     /// The app's live feed for the debug console (carries nothing unless one is watching).
     pub tap: Tap,
 }
@@ -89,6 +93,7 @@ impl AppHub {
                 .clone()
                 .filter(|_| !clustered)
                 .map(ChannelHistory::new),
+            shared_history: app.settings.history.clone().filter(|_| clustered),
             tap,
             app: RwLock::new(app),
         }

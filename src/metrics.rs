@@ -55,6 +55,12 @@ pub struct Metrics {
     pub idempotency_evictions: IntCounter,
     /// Broadcast frames compressed for `permessage-deflate` sockets (once per frame).
     pub compression: CompressionMetrics,
+    /// Resumes of a channel's history (protocol.md 11.2), by outcome (`recovered`, or the
+    /// failure's reason).
+    pub history_resumes: IntCounterVec,
+    /// Events of channels with history that a cluster could not record (delivered without a
+    /// position).
+    pub history_record_failures: IntCounter,
 }
 
 /// Handles of one app, resolved once.
@@ -140,7 +146,26 @@ impl Metrics {
                 &["budget"]
             )?
         );
+        let history_resumes = register!(
+            registry,
+            IntCounterVec::new(
+                o(
+                    "history_resumes_total",
+                    "Resumes of a channel's history, by outcome (recovered, window_exceeded, history_lost, no_history, history_unavailable)"
+                ),
+                &["outcome"]
+            )?
+        );
+        let history_record_failures = register!(
+            registry,
+            IntCounter::with_opts(o(
+                "history_record_failures_total",
+                "Events of channels with history a cluster could not record in its shared history (delivered without a position)"
+            ))?
+        );
         let m = Metrics {
+            history_resumes,
+            history_record_failures,
             connected: register!(
                 registry,
                 IntGaugeVec::new(o("connected", "Open WebSocket connections"), &["app_id"])?

@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 use crate::app::{AppStore, StaticAppStore};
 use crate::app_database::AppDatabase;
 use crate::cluster::redis::RedisBackend;
-use crate::cluster::{Adapter, ClusterError, ClusterState, InboundQueues, Local, SharedKeys};
+use crate::cluster::{
+    Adapter, ClusterError, ClusterState, InboundQueues, Local, SharedHistory, SharedKeys,
+};
 use crate::config::Config;
 use crate::http::edge::{Edge, Pending, ShedReason, TimeoutPhase};
 use crate::metrics::Metrics;
@@ -129,6 +131,7 @@ impl Server {
             apps.clone(),
             presence,
             cluster,
+            redis.clone().map(|r| r as Arc<dyn SharedHistory>),
             redis.clone().map(|r| r as Arc<dyn SharedKeys>),
             adapter,
             metrics,
@@ -140,12 +143,6 @@ impl Server {
             tokio::spawn(crate::inbound::apply(state.clone(), queues));
         }
         for app in apps.all() {
-            if config.scaling.enabled && app.settings.history.is_some() {
-                warn!(
-                    app_id = %app.id,
-                    "history_channels is not kept with [scaling] enabled yet: no positions, resumes answered no_history"
-                );
-            }
             state.hub(&app);
         }
         let tls = match &config.server.tls {
@@ -260,6 +257,7 @@ impl Server {
             .map(|every| tokio::spawn(crate::reload::watch_files(reloader.clone(), every)));
         let reloader = tokio::spawn(crate::reload::on_sighup(reloader));
         let sweeper = tokio::spawn(sweep(state.clone()));
+        let reorder = tokio::spawn(release_waiting(state.clone()));
         let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
         let console_task = console_listener.map(|l| tokio::spawn(serve_console(l, state.clone())));
         tokio::pin!(shutdown);
@@ -319,6 +317,7 @@ impl Server {
             redis.leave().await;
         }
         sweeper.abort();
+        reorder.abort();
         reloader.abort();
         for t in [app_refresh, watcher].into_iter().flatten() {
             t.abort();
@@ -457,6 +456,19 @@ type Backend = (
     Option<Arc<RedisBackend>>,
     Option<InboundQueues>,
 );
+
+/// Lets events of shared histories that waited for a lower offset too long go on
+/// (`ChannelRegistry::release_waiting`); a registry with nothing waiting costs one check.
+async fn release_waiting(state: Arc<ServerState>) {
+    let mut tick = tokio::time::interval(crate::channels::REORDER_WAIT / 5);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for hub in state.hubs() {
+            hub.channels.release_waiting(hub.deflate.as_ref());
+        }
+    }
+}
 
 /// Drops expired cache entries once a minute.
 async fn sweep(state: Arc<ServerState>) {

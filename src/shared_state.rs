@@ -11,7 +11,8 @@ use bytes::Bytes;
 
 use crate::channels::{CachedEvent, Subscribed, Unsubscribed};
 use crate::cluster::{
-    AppSnapshot, ClusterError, ClusterState, Counted, NodeSnapshot, SharedEvent, SnapshotMember,
+    AppSnapshot, ClusterError, ClusterState, Counted, NodeSnapshot, SharedEvent, SharedHistory,
+    SnapshotMember,
 };
 use crate::hub::AppHub;
 use crate::webhooks::RemovalHold;
@@ -20,12 +21,23 @@ use crate::webhooks::RemovalHold;
 pub struct SharedState {
     /// The shared store; `None` on a single node.
     store: Option<Arc<dyn ClusterState>>,
+    /// The channel histories of the shared store; `None` on a single node (the hubs keep
+    /// theirs).
+    history: Option<Arc<dyn SharedHistory>>,
 }
 
 impl SharedState {
-    /// `store`: the cluster's shared store, `None` for a single node.
-    pub fn new(store: Option<Arc<dyn ClusterState>>) -> SharedState {
-        SharedState { store }
+    /// `store` and `history`: the cluster's shared store, `None` for a single node.
+    pub fn new(
+        store: Option<Arc<dyn ClusterState>>,
+        history: Option<Arc<dyn SharedHistory>>,
+    ) -> SharedState {
+        SharedState { store, history }
+    }
+
+    /// The cluster's shared channel histories, when there are.
+    pub fn history(&self) -> Option<&Arc<dyn SharedHistory>> {
+        self.history.as_ref()
     }
 
     /// The shared store, when there is one.

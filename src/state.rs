@@ -8,7 +8,7 @@ use dashmap::DashMap;
 
 use crate::app::{App, AppId, AppStore};
 use crate::broadcast::Broadcaster;
-use crate::cluster::{Adapter, ClusterState, SharedKeys};
+use crate::cluster::{Adapter, ClusterState, SharedHistory, SharedKeys};
 use crate::config::{ConsoleConfig, ServerConfig};
 use crate::hub::AppHub;
 use crate::idempotency::Idempotency;
@@ -55,6 +55,7 @@ impl ServerState {
         apps: Arc<dyn AppStore>,
         presence: Arc<dyn PresenceStore>,
         shared: Option<Arc<dyn ClusterState>>,
+        history: Option<Arc<dyn SharedHistory>>,
         keys: Option<Arc<dyn SharedKeys>>,
         adapter: Arc<dyn Adapter>,
         metrics: Arc<Metrics>,
@@ -62,7 +63,7 @@ impl ServerState {
         streams: Streams,
         console: Option<ConsoleConfig>,
     ) -> ServerState {
-        let cluster = Arc::new(SharedState::new(shared));
+        let cluster = Arc::new(SharedState::new(shared, history));
         let broadcaster = Broadcaster::new(adapter.clone(), cluster.clone(), metrics.clone());
         let budgets = crate::connection::Budgets::new(&server, &metrics);
         let idempotency = Idempotency::new(keys, metrics.idempotent_replays.clone());
@@ -255,6 +256,7 @@ pub(crate) fn test_node(
         server,
         Arc::new(StaticAppStore::new(Vec::new())),
         presence,
+        None,
         None,
         None,
         adapter,

@@ -17,6 +17,14 @@
 //! roster are kept (`Channel::recent`, bounded) and replayed through the same rule right after
 //! that subscriber's `subscription_succeeded`, so none is missed.
 //!
+//! A channel with history in a cluster keeps its events in the shared store (protocol.md
+//! 11.2). A resuming subscriber reads what it missed there while the channel's live events
+//! keep arriving: from `begin_resume` on, they are held for it (`Channel::held`, bounded in
+//! bytes) and released right after its replay and `resound:recovery`, without those the
+//! replay already had (by position), so every event arrives once, in order. Those events are
+//! delivered in the order of their positions (`Sequence`): one that arrives ahead of a
+//! missing one waits for it, `REORDER_WAIT` at most (`release_waiting`).
+//!
 //! A cache channel in a cluster has its last event in the shared store, read while the channel's
 //! live events keep arriving. The last event that reached the channel during that read
 //! (`Channel::latest`) is at least as new as what the read returned, so it is the one a new
@@ -24,17 +32,18 @@
 
 pub mod users;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
 
-use crate::cluster::{Kind, Publication, Target};
+use crate::cluster::{Kind, Publication, Stamp, Target};
 use crate::connection::deflate::{DeflatePolicy, SharedFrame};
 use crate::connection::handle::{ConnRef, Delivery};
-use crate::history::{ChannelHistory, Failure};
+use crate::history::{ChannelHistory, Failure, Replay};
 use crate::metrics::AppMetrics;
 use crate::protocol::resume::{self, Resume};
 use crate::protocol::{
@@ -58,6 +67,10 @@ struct Subscriber {
     /// Where the members this subscriber was told of differ from the channel's view (`None`:
     /// they do not).
     view: Option<Box<ViewDiff>>,
+    /// A shared resume's position: events at or before it reached the subscriber in its
+    /// replay (or are covered by what a failed resume refetches), so one that arrives late
+    /// from a slower node is not delivered again.
+    resumed_at: Option<Box<Stamp>>,
 }
 
 /// How a presence subscriber's members differ from its channel's `members`.
@@ -98,6 +111,43 @@ struct RecentChange {
     frame: Bytes,
 }
 
+/// An event that reached a channel while a resume was reading the shared history.
+struct Held {
+    seq: u64,
+    frame: Bytes,
+    stamp: Option<Stamp>,
+    except: Option<SocketId>,
+}
+
+/// Bytes of events held per channel for resumes in progress. Overflow policy: drop the
+/// oldest; a resume that would have needed it fails (`window_exceeded`).
+const HELD_BYTES: usize = 1 << 20;
+
+/// An event of a shared history that arrived ahead of one with a lower offset.
+struct Waiting {
+    frame: Bytes,
+    except: Option<SocketId>,
+}
+
+/// Where a channel's events of a shared history are in their order on this node: events
+/// published through different nodes at once can arrive in another order than their
+/// offsets, so one that arrives ahead of a missing one waits for it (`REORDER_WAIT` at most,
+/// `WAITING_BYTES` at most; then the missing one is given up and what waits goes on).
+struct Sequence {
+    epoch: String,
+    /// The offset delivered next.
+    next: u64,
+    waiting: BTreeMap<u64, Waiting>,
+    bytes: usize,
+    /// When the oldest of `waiting` began to wait.
+    since: Option<Instant>,
+}
+
+/// The longest an event waits for one with a lower offset (see `Sequence`).
+pub const REORDER_WAIT: Duration = Duration::from_millis(250);
+/// Bytes of events waiting per channel; beyond, the missing one is given up at once.
+const WAITING_BYTES: usize = 1 << 20;
+
 /// Member events kept for joins in progress, per channel. Overflow policy: drop the oldest (a
 /// join outlasting this many member changes of its channel misses the oldest of them).
 const RECENT_CHANGES: usize = 256;
@@ -131,6 +181,15 @@ struct Channel {
     /// Cache channels: the last cacheable event that arrived while a join was in progress,
     /// with its number.
     latest: Option<(u64, Bytes)>,
+    /// Resumes reading the shared history now (`begin_resume`); the channel's events are
+    /// held for them meanwhile.
+    resuming: u32,
+    held: VecDeque<Held>,
+    held_bytes: usize,
+    /// The number of the newest held event dropped for the bound (0: none).
+    held_dropped: u64,
+    /// The order of the channel's events of a shared history (`None` until the first).
+    sequence: Option<Box<Sequence>>,
 }
 
 impl Channel {
@@ -140,7 +199,100 @@ impl Channel {
 
     /// Nothing left worth keeping: no subscriber, no join in progress, no live cached event.
     fn disposable(&self, now: Instant) -> bool {
-        self.subscribers.is_empty() && self.joining == 0 && self.live_cache(now).is_none()
+        self.subscribers.is_empty()
+            && self.joining == 0
+            && self.resuming == 0
+            && self.live_cache(now).is_none()
+    }
+
+    /// Keeps an event for the resumes in progress (see `held`).
+    fn hold(&mut self, frame: &Bytes, stamp: Option<&Stamp>, except: Option<SocketId>) {
+        if self.resuming == 0 {
+            return;
+        }
+        self.changes += 1;
+        self.held_bytes += frame.len();
+        self.held.push_back(Held {
+            seq: self.changes,
+            frame: frame.clone(),
+            stamp: stamp.cloned(),
+            except,
+        });
+        while self.held_bytes > HELD_BYTES {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes = self.held_bytes.saturating_sub(h.frame.len());
+            self.held_dropped = h.seq;
+        }
+    }
+
+    /// Puts an event of a shared history in its order: returns the events to deliver now, in
+    /// order (none when it waits for a lower offset, or came after its turn was given up).
+    fn sequence(
+        &mut self,
+        stamp: &Stamp,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        now: Instant,
+    ) -> Vec<(u64, Bytes, Option<SocketId>)> {
+        let mut ready = Vec::new();
+        let seq = match self.sequence.as_deref_mut() {
+            Some(seq) if seq.epoch == stamp.epoch => seq,
+            _ => {
+                // A first event, or a new history: what waited of the old one goes first.
+                // Where the order starts is not known yet (`next` 0): the event waits for
+                // `anchor` (a subscriber's read) or, at most `REORDER_WAIT`, for lower ones.
+                if let Some(old) = self.sequence.take() {
+                    ready.extend(old.waiting.into_iter().map(|(o, w)| (o, w.frame, w.except)));
+                }
+                self.sequence = Some(Box::new(Sequence {
+                    epoch: stamp.epoch.clone(),
+                    next: 0,
+                    waiting: BTreeMap::new(),
+                    bytes: 0,
+                    since: None,
+                }));
+                match self.sequence.as_deref_mut() {
+                    Some(seq) => seq,
+                    None => return ready,
+                }
+            }
+        };
+        if stamp.offset < seq.next || seq.waiting.contains_key(&stamp.offset) {
+            // Given up on (or here already): delivering it now would break the order.
+            return ready;
+        }
+        if stamp.offset > seq.next {
+            seq.bytes += frame.len();
+            seq.since.get_or_insert(now);
+            seq.waiting.insert(
+                stamp.offset,
+                Waiting {
+                    frame: frame.clone(),
+                    except,
+                },
+            );
+            if seq.bytes > WAITING_BYTES {
+                seq.give_up(&mut ready);
+            }
+            return ready;
+        }
+        ready.push((stamp.offset, frame.clone(), except));
+        seq.next += 1;
+        seq.advance(&mut ready);
+        ready
+    }
+
+    /// A resume begun with `begin_resume` ended: the held events go once no other resume
+    /// needs them.
+    fn end_resume(&mut self) {
+        self.resuming = self.resuming.saturating_sub(1);
+        if self.resuming == 0 {
+            self.held.clear();
+            self.held_bytes = 0;
+            self.held_dropped = 0;
+        }
     }
 
     /// Applies a member event: delivers it to the subscribers whose roster it changes, keeps
@@ -216,6 +368,33 @@ impl Channel {
     }
 }
 
+impl Sequence {
+    /// Moves the waiting events that are next in line to `ready`.
+    fn advance(&mut self, ready: &mut Vec<(u64, Bytes, Option<SocketId>)>) {
+        while let Some(w) = self.waiting.remove(&self.next) {
+            self.bytes = self.bytes.saturating_sub(w.frame.len());
+            ready.push((self.next, w.frame, w.except));
+            self.next += 1;
+        }
+        if self.waiting.is_empty() {
+            self.since = None;
+        }
+    }
+
+    /// Gives up the missing offsets before the first waiting event: it and those after it
+    /// that are in line go to `ready`.
+    fn give_up(&mut self, ready: &mut Vec<(u64, Bytes, Option<SocketId>)>) {
+        if let Some(first) = self.waiting.keys().next().copied() {
+            self.next = first;
+            self.since = None;
+            self.advance(ready);
+            if !self.waiting.is_empty() {
+                self.since = Some(Instant::now());
+            }
+        }
+    }
+}
+
 /// A subscription whose join began with `ChannelRegistry::begin_join` (presence, and cache
 /// channels): what it read from the cluster while the channel's events kept arriving.
 pub struct Joined<'a> {
@@ -227,9 +406,13 @@ pub struct Joined<'a> {
 
 /// A subscription that asks to resume a channel's history (protocol.md 11.2).
 pub struct Resuming<'a> {
-    /// The app's histories on this node; `None`: it keeps none (every resume fails).
+    /// The app's histories on this node; `None`: it keeps none (every resume fails, unless
+    /// `shared` answers).
     pub history: Option<&'a ChannelHistory>,
     pub from: &'a Resume,
+    /// A cluster: what the shared history gave the resume begun with `begin_resume` (its
+    /// mark), or why it could not.
+    pub shared: Option<(u64, Result<Replay, Failure>)>,
 }
 
 /// The result of a subscribe.
@@ -240,6 +423,8 @@ pub struct Subscribed {
     pub count: usize,
     /// A cached event was enqueued after `subscription_succeeded`.
     pub cache_hit: bool,
+    /// A resume's outcome: `recovered`, or why not (`Failure::as_str`).
+    pub resumed: Option<&'static str>,
 }
 
 /// The result of an unsubscribe.
@@ -260,6 +445,9 @@ pub struct Fanout {
 pub struct ChannelRegistry {
     channels: DashMap<ChannelName, Channel>,
     metrics: AppMetrics,
+    /// Channels with events waiting for a lower offset (see `Sequence`), for
+    /// `release_waiting`. Lock order: a channel's shard, then this.
+    waiting: parking_lot::Mutex<HashSet<ChannelName>>,
 }
 
 /// `subscription_count` events on channels above this size go out at most every 5 s (protocol.md 2.9).
@@ -271,6 +459,7 @@ impl ChannelRegistry {
         ChannelRegistry {
             channels: DashMap::new(),
             metrics,
+            waiting: parking_lot::Mutex::new(HashSet::new()),
         }
     }
 
@@ -312,6 +501,9 @@ impl ChannelRegistry {
             if joined.is_some() {
                 entry.end_join();
             }
+            if resuming.is_some_and(|r| r.shared.is_some()) {
+                entry.end_resume();
+            }
             return None;
         }
         let occupied = entry.subscribers.is_empty();
@@ -326,6 +518,7 @@ impl ChannelRegistry {
                 conn: conn.clone(),
                 member,
                 view: None,
+                resumed_at: None,
             },
         );
         conn.deliver(succeeded);
@@ -358,20 +551,55 @@ impl ChannelRegistry {
             }
             entry.settle_view(conn.socket_id, view);
         }
+        let mut resumed = None;
         if let Some(r) = resuming {
             let name = channel.as_str();
-            let recovery = match r.history.filter(|h| h.covers(name)) {
-                Some(h) => {
-                    let replay = h.replay(name, r.from, Instant::now());
+            let (held_from, replay) = match r.shared {
+                Some((mark, found)) => {
+                    // Events held for this resume dropped for the bound: it cannot be whole.
+                    let found = found.map(|replay| {
+                        if entry.held_dropped > mark && replay.outcome.is_ok() {
+                            Replay {
+                                frames: Vec::new(),
+                                outcome: Err(Failure::WindowExceeded),
+                                position: replay.position,
+                            }
+                        } else {
+                            replay
+                        }
+                    });
+                    (Some(mark), Some(found))
+                }
+                None => (
+                    None,
+                    r.history
+                        .filter(|h| h.covers(name))
+                        .map(|h| Ok(h.replay(name, r.from, Instant::now()))),
+                ),
+            };
+            let (outcome, position) = match replay {
+                Some(Ok(replay)) => {
                     for f in &replay.frames {
                         conn.deliver(f);
                     }
-                    let outcome = replay.outcome.map_err(Failure::as_str);
-                    resume::recovery(name, outcome, replay.position.as_ref())
+                    (replay.outcome.map_err(Failure::as_str), replay.position)
                 }
-                None => resume::recovery(name, Err(Failure::NoHistory.as_str()), None),
+                Some(Err(f)) => (Err(f.as_str()), None),
+                None => (Err(Failure::NoHistory.as_str()), None),
             };
-            conn.deliver(&recovery);
+            resumed = Some(outcome.map_or_else(|reason| reason, |_| "recovered"));
+            conn.deliver(&resume::recovery(name, outcome, position.as_ref()));
+            if let Some(mark) = held_from {
+                release_held(&entry, mark, position.as_ref(), r.from, conn);
+                entry.end_resume();
+                if let (Some(p), Some(sub)) = (position, entry.subscribers.get_mut(&conn.socket_id))
+                {
+                    sub.resumed_at = Some(Box::new(Stamp {
+                        epoch: p.epoch,
+                        offset: p.offset,
+                    }));
+                }
+            }
         }
         if mark.is_some() {
             entry.end_join();
@@ -386,6 +614,7 @@ impl ChannelRegistry {
             occupied,
             count,
             cache_hit,
+            resumed,
         })
     }
 
@@ -406,6 +635,27 @@ impl ChannelRegistry {
             return;
         };
         entry.end_join();
+        drop(entry);
+        let now = Instant::now();
+        self.channels.remove_if(channel, |_, c| c.disposable(now));
+    }
+
+    /// A resume of `channel`'s shared history begins: until `subscribe_with` (or
+    /// `abandon_resume`) ends it, the channel's events are held for it. Returns the mark for
+    /// `Resuming::shared`. Call it after this node took interest in the channel and before
+    /// the shared history is read, so every event the read misses is held.
+    pub fn begin_resume(&self, channel: &ChannelName) -> u64 {
+        let mut entry = self.channels.entry(channel.clone()).or_default();
+        entry.resuming += 1;
+        entry.changes
+    }
+
+    /// A resume begun with `begin_resume` ends without a subscription.
+    pub fn abandon_resume(&self, channel: &ChannelName) {
+        let Some(mut entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        entry.end_resume();
         drop(entry);
         let now = Instant::now();
         self.channels.remove_if(channel, |_, c| c.disposable(now));
@@ -456,34 +706,180 @@ impl ChannelRegistry {
             }
             return fanout;
         }
+        if let Some(stamp) = &p.stamp {
+            return self.publish_in_order(channel, p, stamp, deflate, cache);
+        }
         let (frame, except) = (&p.frame, p.except);
         let shared = SharedFrame::new(frame, deflate);
         match cache {
             Some((name, cached)) => {
                 let mut entry = self.channels.entry(name.clone()).or_default();
                 entry.cache = Some(cached);
-                deliver_all(&entry.subscribers, &shared, except, &mut fanout);
+                entry.hold(frame, None, except);
+                deliver_all(&entry.subscribers, &shared, except, None, &mut fanout);
             }
             None => {
                 let Some(entry) = self.channels.get(channel) else {
                     return fanout;
                 };
-                if !(entry.joining > 0
+                let noting = entry.joining > 0
                     && entry.key().kind().is_cache()
-                    && message::is_cacheable(frame))
-                {
-                    deliver_all(&entry.subscribers, &shared, except, &mut fanout);
+                    && message::is_cacheable(frame);
+                if !noting && entry.resuming == 0 {
+                    deliver_all(&entry.subscribers, &shared, except, None, &mut fanout);
                     return fanout;
                 }
-                // A join is reading the shared cached event: the write lock, to note this one.
+                // A join is reading the shared cached event, or a resume the shared history:
+                // the write lock, to note or hold this one.
                 drop(entry);
                 if let Some(mut entry) = self.channels.get_mut(channel) {
-                    entry.note_latest(frame);
-                    deliver_all(&entry.subscribers, &shared, except, &mut fanout);
+                    if noting {
+                        entry.note_latest(frame);
+                    }
+                    entry.hold(frame, None, except);
+                    deliver_all(&entry.subscribers, &shared, except, None, &mut fanout);
                 }
             }
         }
         fanout
+    }
+
+    /// Starts the order of `channel`'s events of a shared history at the position a
+    /// subscriber read there (`at`: every event up to it was recorded before), unless it has
+    /// one: so events that arrive out of order right after a first subscriber joined are put
+    /// in order too, and those before its subscription are not delivered late.
+    pub fn anchor(&self, channel: &ChannelName, at: &Stamp, deflate: Option<&DeflatePolicy>) {
+        let mut entry = self.channels.entry(channel.clone()).or_default();
+        let mut ready = Vec::new();
+        match entry.sequence.as_deref_mut() {
+            None => {
+                entry.sequence = Some(Box::new(Sequence {
+                    epoch: at.epoch.clone(),
+                    next: at.offset + 1,
+                    waiting: BTreeMap::new(),
+                    bytes: 0,
+                    since: None,
+                }));
+            }
+            // Events wait for where the order starts: up to `at` they came before it.
+            Some(seq) if seq.next == 0 && seq.epoch == at.epoch => {
+                seq.next = at.offset + 1;
+                let before: Vec<u64> = seq.waiting.range(..=at.offset).map(|(o, _)| *o).collect();
+                for o in before {
+                    if let Some(w) = seq.waiting.remove(&o) {
+                        seq.bytes = seq.bytes.saturating_sub(w.frame.len());
+                    }
+                }
+                seq.advance(&mut ready);
+            }
+            Some(_) => {}
+        }
+        let mut fanout = Fanout::default();
+        for (offset, frame, except) in &ready {
+            let stamp = Stamp {
+                epoch: at.epoch.clone(),
+                offset: *offset,
+            };
+            deliver_event(&mut entry, frame, *except, &stamp, deflate, &mut fanout);
+        }
+    }
+
+    /// Whether `channel`'s events of a shared history have their order here (see `anchor`).
+    pub fn is_sequenced(&self, channel: &ChannelName) -> bool {
+        self.channels
+            .get(channel)
+            .is_some_and(|c| c.sequence.as_ref().is_some_and(|s| s.next > 0))
+    }
+
+    /// `publish` for an event of a shared history: it goes out in the order of its offset
+    /// (see `Sequence`), with the events that waited for it.
+    fn publish_in_order(
+        &self,
+        channel: &str,
+        p: &Publication,
+        stamp: &Stamp,
+        deflate: Option<&DeflatePolicy>,
+        cache: Option<(&ChannelName, CachedEvent)>,
+    ) -> Fanout {
+        let mut fanout = Fanout::default();
+        let mut entry = match cache {
+            Some((name, cached)) => {
+                let mut entry = self.channels.entry(name.clone()).or_default();
+                entry.cache = Some(cached);
+                entry
+            }
+            None => match self.channels.get_mut(channel) {
+                Some(entry) => entry,
+                None => return fanout,
+            },
+        };
+        let ready = entry.sequence(stamp, &p.frame, p.except, Instant::now());
+        for (offset, frame, except) in &ready {
+            let stamp = Stamp {
+                epoch: stamp.epoch.clone(),
+                offset: *offset,
+            };
+            deliver_event(&mut entry, frame, *except, &stamp, deflate, &mut fanout);
+        }
+        let waits = entry
+            .sequence
+            .as_ref()
+            .is_some_and(|s| !s.waiting.is_empty());
+        let name = entry.key().clone();
+        drop(entry);
+        if waits {
+            self.waiting.lock().insert(name);
+        }
+        fanout
+    }
+
+    /// Gives up, on every channel, the missing events that waiting ones have waited for
+    /// longer than `REORDER_WAIT` (a lost message, or a publisher gone between recording and
+    /// publishing): the waiting ones go out in order. Called periodically.
+    pub fn release_waiting(&self, deflate: Option<&DeflatePolicy>) {
+        let names: Vec<ChannelName> = {
+            let mut set = self.waiting.lock();
+            if set.is_empty() {
+                return;
+            }
+            set.drain().collect()
+        };
+        let now = Instant::now();
+        let mut still = Vec::new();
+        for name in names {
+            let Some(mut entry) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            let mut ready = Vec::new();
+            let mut epoch = String::new();
+            if let Some(seq) = entry.sequence.as_deref_mut() {
+                if seq
+                    .since
+                    .is_some_and(|t| now.duration_since(t) >= REORDER_WAIT)
+                {
+                    seq.give_up(&mut ready);
+                }
+                epoch.clone_from(&seq.epoch);
+            }
+            let mut fanout = Fanout::default();
+            for (offset, frame, except) in &ready {
+                let stamp = Stamp {
+                    epoch: epoch.clone(),
+                    offset: *offset,
+                };
+                deliver_event(&mut entry, frame, *except, &stamp, deflate, &mut fanout);
+            }
+            if entry
+                .sequence
+                .as_ref()
+                .is_some_and(|s| !s.waiting.is_empty())
+            {
+                still.push(name);
+            }
+        }
+        if !still.is_empty() {
+            self.waiting.lock().extend(still);
+        }
     }
 
     /// Delivers an event on a channel with history (`channel`, the target of `p`) after
@@ -517,6 +913,7 @@ impl ChannelRegistry {
             &entry.subscribers,
             &SharedFrame::new(&frame, deflate),
             p.except,
+            None,
             &mut fanout,
         );
         let empty = entry.subscribers.is_empty();
@@ -594,15 +991,63 @@ impl ChannelRegistry {
     }
 }
 
+/// Delivers one event of a shared history, in its turn, to the channel's subscribers (and
+/// notes or holds it for the joins and resumes in progress).
+fn deliver_event(
+    entry: &mut RefMut<'_, ChannelName, Channel>,
+    frame: &Bytes,
+    except: Option<SocketId>,
+    stamp: &Stamp,
+    deflate: Option<&DeflatePolicy>,
+    fanout: &mut Fanout,
+) {
+    if entry.key().kind().is_cache() && message::is_cacheable(frame) {
+        entry.note_latest(frame);
+    }
+    entry.hold(frame, Some(stamp), except);
+    let shared = SharedFrame::new(frame, deflate);
+    deliver_all(&entry.subscribers, &shared, except, Some(stamp), fanout);
+}
+
+/// Delivers to a resumed subscriber the events held for its resume (those after `mark`),
+/// in the order they arrived, but those at or before `replayed` (the position its
+/// `resound:recovery` gave: replayed, or covered by the state a failed resume refetches) and
+/// those that skip it or its previous connection.
+fn release_held(
+    channel: &Channel,
+    mark: u64,
+    replayed: Option<&resume::Position>,
+    from: &Resume,
+    conn: &ConnRef,
+) {
+    for h in channel.held.iter().filter(|h| h.seq > mark) {
+        let had = match (replayed, &h.stamp) {
+            (Some(p), Some(s)) => s.epoch == p.epoch && s.offset <= p.offset,
+            _ => false,
+        };
+        let skips =
+            h.except == Some(conn.socket_id) || (h.except.is_some() && h.except == from.socket_id);
+        if !had && !skips {
+            conn.deliver(&h.frame);
+        }
+    }
+}
+
 fn deliver_all(
     subscribers: &HashMap<SocketId, Subscriber>,
     frame: &SharedFrame<'_>,
     except: Option<SocketId>,
+    stamp: Option<&Stamp>,
     fanout: &mut Fanout,
 ) {
     for (id, sub) in subscribers {
         if Some(*id) == except {
             continue;
+        }
+        if let (Some(s), Some(at)) = (stamp, sub.resumed_at.as_deref()) {
+            if s.offset <= at.offset && s.epoch == at.epoch {
+                continue;
+            }
         }
         count(sub.conn.deliver_shared(frame), fanout);
     }

@@ -308,3 +308,177 @@ fn a_full_queue_closes_only_that_connection() {
     );
     assert!(fast.close_reason().is_none());
 }
+
+/// An event on `ch` with its position in the shared history (its frame says its offset).
+fn stamped(ch: &ChannelName, offset: u64, except: Option<SocketId>) -> Publication {
+    Publication {
+        stamp: Some(Stamp {
+            epoch: "ep".into(),
+            offset,
+        }),
+        ..at(ch, Bytes::from(format!("e{offset}")), except)
+    }
+}
+
+fn replayed_to(offset: u64, frames: &[&'static [u8]]) -> Replay {
+    Replay {
+        frames: frames.iter().map(|f| Bytes::from_static(f)).collect(),
+        outcome: Ok(frames.len()),
+        position: Some(resume::Position {
+            epoch: "ep".into(),
+            offset,
+        }),
+    }
+}
+
+#[test]
+fn events_held_during_a_shared_resume_follow_its_recovery_without_duplicates() {
+    let r = registry();
+    let ch = name("chat-1");
+    let old = SocketId::from_parts(9, 9);
+    let conn = ConnHandle::new(SocketId::from_parts(1, 1), 64);
+    let mark = r.begin_resume(&ch);
+    // Arrive while the history is read: 3 is also in the read; 4 skipped the old
+    // connection; 5 skips the new one; 6 is new.
+    r.publish(&stamped(&ch, 3, None), None, None);
+    r.publish(&stamped(&ch, 4, Some(old)), None, None);
+    r.publish(&stamped(&ch, 5, Some(conn.socket_id)), None, None);
+    r.publish(&stamped(&ch, 6, None), None, None);
+    // The read found the history at 3: the order starts there (as `Membership` does).
+    let read_at = Stamp {
+        epoch: "ep".into(),
+        offset: 3,
+    };
+    r.anchor(&ch, &read_at, None);
+    let from = Resume {
+        position: Some(resume::Position {
+            epoch: "ep".into(),
+            offset: 1,
+        }),
+        socket_id: Some(old),
+    };
+    let s = r.subscribe_with(
+        &ch,
+        &conn,
+        &Bytes::from_static(b"ok"),
+        None,
+        None,
+        Some(Resuming {
+            history: None,
+            from: &from,
+            shared: Some((mark, Ok(replayed_to(3, &[b"e2", b"e3"])))),
+        }),
+    );
+    assert_eq!(s.and_then(|s| s.resumed), Some("recovered"));
+    // A slower node's event the replay had arrives late: not delivered again.
+    r.publish(&stamped(&ch, 2, None), None, None);
+    r.publish(&stamped(&ch, 7, None), None, None);
+    let q: Vec<Bytes> = conn
+        .take_queued()
+        .into_iter()
+        .map(|o| text(Some(o)))
+        .collect();
+    assert_eq!(q.len(), 6, "{q:?}");
+    assert_eq!(&q[0][..], b"ok");
+    assert_eq!((&q[1][..], &q[2][..]), (&b"e2"[..], &b"e3"[..]));
+    let recovery: serde_json::Value = serde_json::from_slice(&q[3]).unwrap_or_default();
+    assert_eq!(recovery["event"], "resound:recovery");
+    assert_eq!((&q[4][..], &q[5][..]), (&b"e6"[..], &b"e7"[..]));
+    // Nothing is held once no resume is in progress.
+    assert!(r.channels.get(&ch).is_some_and(|c| c.held.is_empty()));
+}
+
+#[test]
+fn a_shared_resume_that_lost_held_events_fails_and_an_abandoned_one_leaves_nothing() {
+    let r = registry();
+    let ch = name("chat-1");
+    let conn = ConnHandle::new(SocketId::from_parts(1, 1), 4096);
+    let mark = r.begin_resume(&ch);
+    let big = Bytes::from(vec![b'x'; 64 << 10]);
+    for _ in 0..20 {
+        r.publish(&at(&ch, big.clone(), None), None, None);
+    }
+    let from = Resume {
+        position: None,
+        socket_id: None,
+    };
+    let s = r.subscribe_with(
+        &ch,
+        &conn,
+        &Bytes::from_static(b"ok"),
+        None,
+        None,
+        Some(Resuming {
+            history: None,
+            from: &from,
+            shared: Some((mark, Ok(replayed_to(0, &[])))),
+        }),
+    );
+    assert_eq!(s.and_then(|s| s.resumed), Some("window_exceeded"));
+    // The held events that are left still follow (within the 1 MiB bound).
+    let q = conn.take_queued();
+    assert!(q.len() > 2 && q.len() < 22, "{}", q.len());
+
+    let other = name("chat-2");
+    r.begin_resume(&other);
+    r.publish(&at(&other, big, None), None, None);
+    r.abandon_resume(&other);
+    assert!(r.channels.get(&other).is_none(), "nothing left behind");
+}
+
+#[test]
+fn events_of_a_shared_history_go_out_in_the_order_of_their_offsets() {
+    let r = registry();
+    let ch = name("chat-1");
+    let conn = ConnHandle::new(SocketId::from_parts(1, 1), 64);
+    r.subscribe(&ch, &conn, &Bytes::from_static(b"ok"), None, None);
+    let _ = conn.take_queued();
+    // Until a subscriber's read says where the order starts, events wait.
+    r.publish(&stamped(&ch, 1, None), None, None);
+    assert!(conn.take_queued().is_empty());
+    r.anchor(
+        &ch,
+        &Stamp {
+            epoch: "ep".into(),
+            offset: 0,
+        },
+        None,
+    );
+    let got = |c: &ConnHandle| -> Vec<Bytes> {
+        c.take_queued().into_iter().map(|o| text(Some(o))).collect()
+    };
+    // 3 arrives before 2 (published at once through two nodes): it waits for 2.
+    r.publish(&stamped(&ch, 3, None), None, None);
+    assert_eq!(got(&conn), [Bytes::from_static(b"e1")]);
+    r.publish(&stamped(&ch, 2, None), None, None);
+    assert_eq!(
+        got(&conn),
+        [Bytes::from_static(b"e2"), Bytes::from_static(b"e3")]
+    );
+    // 4 never comes: 5 goes on after `REORDER_WAIT`, and 4 arriving later is dropped.
+    r.publish(&stamped(&ch, 5, None), None, None);
+    r.release_waiting(None);
+    assert!(got(&conn).is_empty(), "5 waits for 4");
+    std::thread::sleep(REORDER_WAIT + Duration::from_millis(20));
+    r.release_waiting(None);
+    assert_eq!(got(&conn), [Bytes::from_static(b"e5")]);
+    r.publish(&stamped(&ch, 4, None), None, None);
+    r.publish(&stamped(&ch, 6, None), None, None);
+    assert_eq!(got(&conn), [Bytes::from_static(b"e6")]);
+    // A new history (another epoch) starts its own order.
+    let fresh = Publication {
+        stamp: Some(Stamp {
+            epoch: "other".into(),
+            offset: 1,
+        }),
+        ..at(&ch, Bytes::from_static(b"n1"), None)
+    };
+    r.publish(&fresh, None, None);
+    assert!(
+        got(&conn).is_empty(),
+        "where the new history starts is not known"
+    );
+    std::thread::sleep(REORDER_WAIT + Duration::from_millis(20));
+    r.release_waiting(None);
+    assert_eq!(got(&conn), [Bytes::from_static(b"n1")]);
+}

@@ -58,6 +58,16 @@ pub struct Publication {
     pub kind: Kind,
     pub frame: Bytes,
     pub except: Option<SocketId>,
+    /// An event of a channel with a shared history: its position there (already written
+    /// into `frame`), the same on every node.
+    pub stamp: Option<Stamp>,
+}
+
+/// A position in a channel's shared history: the history's epoch and the event's offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub epoch: String,
+    pub offset: u64,
 }
 
 impl Publication {
@@ -68,6 +78,7 @@ impl Publication {
             kind: Kind::Event,
             frame,
             except,
+            stamp: None,
         }
     }
 }
@@ -327,6 +338,66 @@ pub trait SharedKeys: Send + Sync {
 /// How long a claimed key is held while its request is handled: a node that dies meanwhile
 /// leaves it held no longer than this.
 pub const PENDING: Duration = Duration::from_secs(30);
+
+/// The bounds of one channel's shared history (the app's `history_max_events` and
+/// `history_ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryBounds {
+    pub max_events: usize,
+    pub ttl: Duration,
+}
+
+/// One kept event as the shared history returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptEvent {
+    pub offset: u64,
+    /// The encoded event without its position.
+    pub frame: Bytes,
+    /// The socket it skipped.
+    pub except: Option<SocketId>,
+}
+
+/// What reading a channel's shared history found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedLog {
+    pub epoch: String,
+    /// The last offset given (0: none yet).
+    pub last: u64,
+    /// The oldest offset still kept (`last + 1` when none is).
+    pub oldest: u64,
+    /// The kept events after the offset asked for, oldest first (empty when some of them are
+    /// no longer kept, or the offset is not of this history).
+    pub events: Vec<KeptEvent>,
+}
+
+/// Channel histories kept once for the whole cluster (protocol.md 11.2): every node's
+/// events of a channel get their positions from one log, so positions agree on every node
+/// and a client resumes on any of them.
+#[async_trait]
+pub trait SharedHistory: Send + Sync {
+    /// Appends an event (its frame without position, and the socket it skips) to the
+    /// channel's log, starting a log with a new epoch when there is none, trimmed to
+    /// `bounds`; returns the event's position. Called once per event cluster-wide, by the
+    /// node it was published on.
+    async fn record(
+        &self,
+        app: &AppId,
+        channel: &str,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        bounds: HistoryBounds,
+    ) -> Result<Stamp, ClusterError>;
+    /// The channel's log: its epoch and last offset and, with `after`, the kept events after
+    /// that offset. A channel without a log gets one (with no events), so a client asking for
+    /// the current position can resume from it later.
+    async fn read(
+        &self,
+        app: &AppId,
+        channel: &str,
+        after: Option<u64>,
+        bounds: HistoryBounds,
+    ) -> Result<SharedLog, ClusterError>;
+}
 
 /// One node, no peers: nothing crosses.
 #[derive(Debug, Default)]

@@ -7,7 +7,11 @@
 //! is there from version 2 on. Version 3 says what a publication is: a presence member event
 //! has its own kinds (6 added, 7 removed) with the member's `user`; before it, member events
 //! went as channel events (kind 1) and a reader recognises them by their frame (the one place
-//! a frame is read, for those older senders only).
+//! a frame is read, for those older senders only). Version 4 carries the position of an event
+//! of a channel with a shared history (flag 2: `epoch` as `u16` length + UTF-8 and `offset
+//! u64`, after `target`), so every node stamps the same `resound_position` and can tell a
+//! replayed event from a live one; the frame already holds the position, so older versions
+//! deliver it unchanged, only without the position beside it.
 //!
 //! A node ignores (and counts) messages of a version it does not know. Older nodes do not read
 //! newer versions, so a node sends the oldest version any live node reads (see
@@ -18,12 +22,12 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::{Kind, Publication, RemoteEvent, Target};
+use super::{Kind, Publication, RemoteEvent, Stamp, Target};
 use crate::app::AppId;
 use crate::protocol::{MemberChange, SocketId, UserId};
 
 /// The newest version this node reads (and advertises).
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 
 const KIND_CHANNEL: u8 = 1;
 const KIND_USER: u8 = 2;
@@ -34,6 +38,8 @@ const KIND_MEMBER_ADDED: u8 = 6;
 const KIND_MEMBER_REMOVED: u8 = 7;
 
 const FLAG_EXCEPT: u8 = 1;
+/// Version 4: the event's position in its channel's shared history follows `target`.
+const FLAG_STAMP: u8 = 2;
 
 /// A decoded cluster message with its header.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,18 +84,20 @@ fn header(
     kind: u8,
     origin: u64,
     except: Option<SocketId>,
+    stamped: bool,
     sent_at: u64,
 ) {
     buf.put_u8(version);
     buf.put_u8(kind);
     buf.put_u64(origin);
+    let stamp_flag = if stamped { FLAG_STAMP } else { 0 };
     match except {
         Some(s) => {
-            buf.put_u8(FLAG_EXCEPT);
+            buf.put_u8(FLAG_EXCEPT | stamp_flag);
             buf.put_u64((u64::from(s.hi()) << 32) | u64::from(s.lo()));
         }
         None => {
-            buf.put_u8(0);
+            buf.put_u8(stamp_flag);
             buf.put_u64(0);
         }
     }
@@ -117,17 +125,34 @@ pub fn encode_event(origin: u64, e: &RemoteEvent, version: u8, sent_at: u64) -> 
         _ => None,
     };
     let kind = member.map_or(kind, |(k, _)| k);
+    let stamp = p
+        .stamp
+        .as_ref()
+        .filter(|_| version >= 4 && kind == KIND_CHANNEL);
     let mut buf = BytesMut::with_capacity(
         40 + e.app.as_str().len()
             + target.len()
             + member.map_or(0, |(_, u)| u.len())
+            + stamp.map_or(0, |s| 10 + s.epoch.len())
             + p.frame.len(),
     );
-    header(&mut buf, version, kind, origin, p.except, sent_at);
+    header(
+        &mut buf,
+        version,
+        kind,
+        origin,
+        p.except,
+        stamp.is_some(),
+        sent_at,
+    );
     put_str(&mut buf, e.app.as_str());
     put_str(&mut buf, target);
     if let Some((_, user)) = member {
         put_str(&mut buf, user);
+    }
+    if let Some(s) = stamp {
+        put_str(&mut buf, &s.epoch);
+        buf.put_u64(s.offset);
     }
     buf.put_slice(&p.frame);
     buf.freeze()
@@ -148,7 +173,7 @@ pub fn encode_terminate(
     } else {
         KIND_TERMINATE
     };
-    header(&mut buf, version, kind, origin, None, sent_at);
+    header(&mut buf, version, kind, origin, None, false, sent_at);
     put_str(&mut buf, app.as_str());
     put_str(&mut buf, user);
     buf.freeze()
@@ -251,6 +276,13 @@ pub fn decode(msg: &Bytes) -> Result<Received, WireError> {
         }
         _ => None,
     };
+    let stamp = if version >= 4 && kind == KIND_CHANNEL && flags & FLAG_STAMP != 0 {
+        let epoch = r.str()?;
+        let offset = r.u64()?;
+        Some(Stamp { epoch, offset })
+    } else {
+        None
+    };
     let consumed = msg.len() - r.b.len();
     let event = |target: Target, kind: Kind| {
         WireMessage::Event(RemoteEvent {
@@ -260,6 +292,7 @@ pub fn decode(msg: &Bytes) -> Result<Received, WireError> {
                 kind,
                 frame: msg.slice(consumed..),
                 except,
+                stamp: stamp.clone(),
             },
         })
     };
@@ -327,7 +360,7 @@ mod tests {
     fn events_round_trip_with_the_frame_untouched() {
         let e = event();
         let wire = encode_event(42, &e, VERSION, 1_700_000_000_123);
-        assert_eq!(wire[0], 3);
+        assert_eq!(wire[0], 4);
         assert_eq!(
             decode(&wire),
             Ok(Received {
@@ -463,6 +496,37 @@ mod tests {
                 message: WireMessage::Event(e)
             })
         );
+    }
+
+    /// Version 4 carries an event's position beside its frame; older versions carry the
+    /// (stamped) frame alone, so their readers deliver it unchanged.
+    #[test]
+    fn version_4_carries_the_position_of_a_history_event() {
+        let mut e = event();
+        e.publication.stamp = Some(Stamp {
+            epoch: "00ff00ff00ff00ff".into(),
+            offset: 42,
+        });
+        let wire = encode_event(42, &e, 4, 9);
+        assert_eq!(wire[0], 4);
+        assert_eq!(
+            decode(&wire),
+            Ok(Received {
+                origin: 42,
+                sent_at: Some(9),
+                message: WireMessage::Event(e.clone())
+            })
+        );
+        let Ok(Received {
+            message: WireMessage::Event(read),
+            ..
+        }) = decode(&encode_event(42, &e, 3, 9))
+        else {
+            panic!("not an event")
+        };
+        assert_eq!(read.publication.stamp, None);
+        assert_eq!(read.publication.frame, e.publication.frame);
+        assert_eq!(read.publication.except, e.publication.except);
     }
 
     #[test]

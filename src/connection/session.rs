@@ -140,7 +140,7 @@ impl Session {
                 event,
                 channel,
                 data,
-            } => self.client_event(&event, &channel, data.as_deref()),
+            } => self.client_event(&event, &channel, data.as_deref()).await,
             ClientMessage::UnknownProtocolEvent(e) | ClientMessage::Unsupported(e) => {
                 debug!(event = %e, "ignored event");
                 Ok(())
@@ -342,7 +342,7 @@ impl Session {
         Ok(())
     }
 
-    fn client_event(
+    async fn client_event(
         &mut self,
         event: &str,
         channel: &str,
@@ -396,13 +396,10 @@ impl Session {
             message::client_event(event, channel, data, user_id.as_ref().map(UserId::as_str));
         self.hub.metrics.client_events.inc();
         // Never echoed to the sender; never cached.
-        self.state.broadcaster.publish_frame(
-            &self.hub,
-            &name,
-            frame,
-            Some(self.conn.socket_id),
-            None,
-        );
+        self.state
+            .broadcaster
+            .publish_frame(&self.hub, &name, frame, Some(self.conn.socket_id), None)
+            .await;
         self.hub.tap.record(|| {
             // A string is shown as its text, anything else as its JSON.
             let text = match data {

@@ -296,14 +296,14 @@ async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    sends(3).await;
+    sends(4).await;
     assert!(sample(&a, "resound_cluster_publish_lag_seconds_count").await > published);
     assert!(sample(&b, "resound_cluster_receive_lag_seconds_count").await > received);
     let lag = sample(&b, "resound_cluster_receive_lag_seconds_sum").await;
     assert!(lag < 5.0, "{lag} s from one node to the other on loopback");
 
     // A node of the previous release joins (a lease, no wire version): back to version 1,
-    // which it reads; when it is gone, version 3 again.
+    // which it reads; when it is gone, version 4 (the newest) again.
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let old_node = 4242u64;
     let _: i64 = redis::cmd("ZADD")
@@ -320,7 +320,7 @@ async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    sends(3).await;
+    sends(4).await;
 }
 
 /// The next message the spy sees on `topic` whose payload holds every one of `needles`.
@@ -342,8 +342,8 @@ async fn spied_on(
     }
 }
 
-/// Member events cross nodes as member events: in version 3 by their own kinds; while a node
-/// that reads only an older version (1: no `P:wire` entry; 2) is live, every node sends that
+/// Member events cross nodes as member events: from version 3 on by their own kinds; while a
+/// node that reads only an older version (1: no `P:wire` entry; 2; 3) is live, every node sends that
 /// version, where a member event goes as a channel event, and the newest nodes still read it
 /// as a member event. Either way rosters stay exact: a member event said again (republished
 /// as is) reaches nobody, and other events on the channel reach everyone.
@@ -361,9 +361,9 @@ async fn member_events_stay_exact_while_a_node_reads_only_an_older_wire_version(
     let mut spied = spy.into_on_message();
     let old_node = 4243u64;
     let mut n = 0;
-    // Version 3 (every node the newest) says what a member event is: kinds 6 and 7.
-    for (version, added_kind, removed_kind) in [(3u8, 6u8, 7u8), (2, 1, 1), (1, 1, 1)] {
-        if version < 3 {
+    // Version 4 (every node the newest) and 3 say what a member event is: kinds 6 and 7.
+    for (version, added_kind, removed_kind) in [(4u8, 6u8, 7u8), (3, 6, 7), (2, 1, 1), (1, 1, 1)] {
+        if version < 4 {
             let _: i64 = redis::cmd("ZADD")
                 .arg(format!("{p}:nodes"))
                 .arg(now() * 1000 + 60_000)

@@ -15,13 +15,13 @@ use crate::support::*;
 
 /// A TCP proxy in front of the server: every accepted connection is piped to it until `cut`,
 /// which drops both sockets at once (no WebSocket close, no goodbye to either side).
-struct CuttingProxy {
+pub struct CuttingProxy {
     addr: std::net::SocketAddr,
     cut: watch::Sender<usize>,
 }
 
 impl CuttingProxy {
-    async fn start(upstream: std::net::SocketAddr) -> CuttingProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> CuttingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, _) = watch::channel(0usize);
@@ -44,7 +44,7 @@ impl CuttingProxy {
         CuttingProxy { addr, cut }
     }
 
-    fn ws_url(&self) -> String {
+    pub fn ws_url(&self) -> String {
         format!(
             "ws://{}/app/{KEY}?protocol=7&client=js&version=8.4.0",
             self.addr
@@ -52,7 +52,7 @@ impl CuttingProxy {
     }
 
     /// Drops every connection piped so far.
-    fn cut(&self) {
+    pub fn cut(&self) {
         self.cut.send_modify(|n| *n += 1);
     }
 }
@@ -63,7 +63,7 @@ fn history_server(extra: &str) -> String {
 
 /// Subscribes to `channel` asking to resume from `from` (`{}`: no position yet); returns
 /// the replayed events and the data of `resound:recovery`.
-async fn resume(c: &mut Client, channel: &str, from: Value) -> (Vec<Value>, Value) {
+pub async fn resume(c: &mut Client, channel: &str, from: Value) -> (Vec<Value>, Value) {
     c.send(json!({"event":"pusher:subscribe","data":{"channel":channel,"resound_resume":from}}))
         .await;
     let ok = c.recv().await;
@@ -83,7 +83,7 @@ async fn resume(c: &mut Client, channel: &str, from: Value) -> (Vec<Value>, Valu
 }
 
 /// The position of an event, as the resume request carries it.
-fn position(ev: &Value) -> (String, u64) {
+pub fn position(ev: &Value) -> (String, u64) {
     let p = &ev["resound_position"];
     (
         p["epoch"]

@@ -30,6 +30,7 @@ mod cluster_support;
 
 mod cluster_fanout;
 mod cluster_faults;
+mod cluster_history;
 mod cluster_presence;
 mod cluster_topologies;
 mod cluster_webhooks;

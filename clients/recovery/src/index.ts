@@ -27,7 +27,7 @@ export interface Recovered {
 /** `failed`: some events may be missing; refetch the channel's state from the application. */
 export interface Failed {
   channel: string;
-  reason: "window_exceeded" | "history_lost" | string;
+  reason: "window_exceeded" | "history_lost" | "history_unavailable" | string;
 }
 
 type Listener<T> = (event: T) => void;

@@ -24,6 +24,8 @@
 //! | `P:hold:m:{app}:{channel}\n{user}` | string | token of a held `member_removed` |
 //! | `P:node:{id}:wh` | stream | the node's webhook journal (`journal.rs`) |
 //! | `P:wh` | set | node ids that have a webhook journal |
+//! | `P:h:{app}:{channel}` | hash | a channel's shared history: `e` its epoch, `o` the last offset given; expires `history_ttl` after the last event |
+//! | `P:h:{app}:{channel}:s` | stream | that history's events (`o` offset, `f` frame without position, `x` socket skipped or `""`), trimmed to `history_max_events` and `history_ttl`; expires with the hash |
 //! | `P:idem:{app}:{key}` | string | an HTTP API idempotency key: `p\n{fingerprint}` while handled, `d\n{fingerprint}\n{answer}` after, with a TTL |
 
 use crate::app::AppId;
@@ -204,6 +206,13 @@ impl Keys {
         self.key(&format!("idem:{app}:{key}"))
     }
 
+    /// `[hash, stream]`: a channel's shared history (`P:h:{app}:{channel}` and its `:s`).
+    pub(super) fn history(&self, app: &str, channel: &str) -> [String; 2] {
+        let base = self.key(&format!("h:{app}:{channel}"));
+        let stream = format!("{base}:s");
+        [base, stream]
+    }
+
     /// `P:wh`: the nodes that have a journal.
     pub(super) fn journals(&self) -> String {
         self.key("wh")
@@ -245,6 +254,10 @@ mod tests {
         assert_eq!(k.journal(7), "{P}:node:7:wh");
         assert_eq!(k.journals(), "{P}:wh");
         assert_eq!(k.idempotency("a", "k-1"), "{P}:idem:a:k-1");
+        assert_eq!(
+            k.history("a", "chat-1"),
+            ["{P}:h:a:chat-1".to_string(), "{P}:h:a:chat-1:s".to_string()]
+        );
         assert_eq!(
             k.tally(Tally::Subscriptions, 7, "a", "ch"),
             TallyKeys {

@@ -26,12 +26,8 @@ impl RedisBackend {
     /// shared state is gone (it was reaped, or Redis restarted): ask the server to resync.
     pub(super) async fn heartbeat(&self) -> Result<(), ClusterError> {
         let mut conn = self.conn.clone();
-        let added: i64 = redis::cmd("ZADD")
-            .arg(self.keys.nodes())
-            .arg(now_ms() + u64::try_from(LEASE.as_millis()).unwrap_or(10_000))
-            .arg(self.node)
-            .query_async(&mut conn)
-            .await?;
+        // The wire version first: a node that saw this one's lease before its version would
+        // take it for a node that reads only version 1 and send that until its next heartbeat.
         let mut inv = self.scripts.wire.prepare_invoke();
         inv.key(self.keys.nodes())
             .key(self.keys.wire())
@@ -39,6 +35,12 @@ impl RedisBackend {
             .arg(self.node)
             .arg(wire::VERSION);
         let oldest: u8 = inv.invoke_async(&mut conn).await?;
+        let added: i64 = redis::cmd("ZADD")
+            .arg(self.keys.nodes())
+            .arg(now_ms() + u64::try_from(LEASE.as_millis()).unwrap_or(10_000))
+            .arg(self.node)
+            .query_async(&mut conn)
+            .await?;
         let before = self.send_version.swap(oldest.max(1), Ordering::AcqRel);
         if before != oldest {
             info!(version = oldest, "cluster wire version");

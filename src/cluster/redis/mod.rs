@@ -7,7 +7,8 @@
 //! (publishing and receiving in the three topologies: `endpoint.rs` finds a standalone or
 //! Sentinel master, `shards.rs` connects to a Redis Cluster), `lease.rs` (heartbeat, reaping
 //! of dead nodes, resync), `shared.rs` (`ClusterState`), `presence.rs` (`PresenceStore`),
-//! `journal.rs` (`Journal`), `idempotency.rs` (`SharedKeys`), `metrics.rs`.
+//! `journal.rs` (`Journal`), `idempotency.rs` (`SharedKeys`), `history.rs` (`SharedHistory`),
+//! `metrics.rs`.
 //!
 //! Every membership and count change is one Lua script, so first/last transitions are decided
 //! atomically cluster-wide: `member_added`, `member_removed`, `channel_occupied` and
@@ -20,6 +21,7 @@
 //! (Redis down, or between a first local subscribe and the `SUBSCRIBE` reply) are not replayed.
 
 mod endpoint;
+mod history;
 mod idempotency;
 mod journal;
 mod keys;

@@ -145,6 +145,62 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// Appends an event to a channel's shared history. KEYS: the history's hash and stream
+/// (`Keys::history`). ARGV: an epoch for a new history, the frame, the socket it skips (`""`:
+/// none), the most events kept, the time kept (ms). A missing hash starts a new history (its
+/// stream, if any is left, goes with it). The stream entry's id is Redis's clock, so the time
+/// bound is one `MINID` on one clock whatever the nodes' clocks say; the offsets of the kept
+/// entries are consecutive (entries leave from the oldest only). Returns `{epoch, offset}`.
+const RECORD: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  redis.call('DEL', KEYS[2])
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', 'o', offset, 'f', ARGV[2], 'x', ARGV[3])
+redis.call('XTRIM', KEYS[2], 'MINID', now - tonumber(ARGV[5]))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return {epoch, offset}
+";
+
+/// Reads a channel's shared history. KEYS as `RECORD`. ARGV: an epoch for a new history, the
+/// offset to read after (-1: none, only the position), the time kept (ms). A missing hash
+/// starts a new, empty history that lives for the time kept. Events older than the time kept
+/// are trimmed first. Returns `{epoch, last offset, kept, events}`, `events` being every kept
+/// event after the offset, oldest first, flat (`offset, frame, skipped socket` each), or none
+/// when some of them are no longer kept.
+const READ: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  redis.call('DEL', KEYS[2])
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XTRIM', KEYS[2], 'MINID', now - tonumber(ARGV[3]))
+local kept = redis.call('XLEN', KEYS[2])
+local after = tonumber(ARGV[2])
+local events = {}
+if after >= 0 and after < last and last - after <= kept then
+  local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', last - after)
+  for i = #entries, 1, -1 do
+    local f = entries[i][2]
+    events[#events + 1] = f[2]
+    events[#events + 1] = f[4]
+    events[#events + 1] = f[6]
+  end
+end
+return {epoch, last, kept, events}
+";
+
 /// The scripts, loaded once (by hash, then by source when Redis does not know them).
 pub(super) struct Scripts {
     pub wire: Script,
@@ -158,6 +214,8 @@ pub(super) struct Scripts {
     pub adopt: Script,
     pub claim: Script,
     pub release: Script,
+    pub record: Script,
+    pub read: Script,
 }
 
 impl Scripts {
@@ -174,6 +232,8 @@ impl Scripts {
             adopt: Script::new(super::journal::ADOPT),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            record: Script::new(RECORD),
+            read: Script::new(READ),
         }
     }
 }
@@ -597,6 +657,104 @@ mod tests {
             .await
             .expect("RELEASE");
         assert_eq!(freed, 1);
+        f.cleanup().await;
+    }
+
+    /// `RECORD` of `frame` skipping `except` on `chat-1`, keeping `max` events for `ttl` ms:
+    /// `(epoch, offset)`.
+    async fn record(f: &Fixture, frame: &str, except: &str, max: usize, ttl: u64) -> (String, u64) {
+        let [h, st] = f.keys.history("app", "chat-1");
+        let mut inv = f.scripts.record.prepare_invoke();
+        inv.key(&h)
+            .key(&st)
+            .arg("e1e1e1e1e1e1e1e1")
+            .arg(frame)
+            .arg(except)
+            .arg(max)
+            .arg(ttl);
+        inv.invoke_async(&mut f.conn.clone()).await.expect("RECORD")
+    }
+
+    /// `READ` of `chat-1` after `after` (-1: none): `(epoch, last, kept, flat events)`.
+    async fn read(
+        f: &Fixture,
+        epoch: &str,
+        after: i64,
+        ttl: u64,
+    ) -> (String, u64, u64, Vec<String>) {
+        let [h, st] = f.keys.history("app", "chat-1");
+        let mut inv = f.scripts.read.prepare_invoke();
+        inv.key(&h).key(&st).arg(epoch).arg(after).arg(ttl);
+        inv.invoke_async(&mut f.conn.clone()).await.expect("READ")
+    }
+
+    #[tokio::test]
+    async fn record_gives_consecutive_positions_and_keeps_exactly_the_most_events() {
+        let f = fixture().await;
+        // No history yet: reading starts an empty one with the epoch given.
+        let (epoch, last, kept, events) = read(&f, "0123456789abcdef", -1, 60_000).await;
+        assert_eq!((epoch.as_str(), last, kept), ("0123456789abcdef", 0, 0));
+        assert!(events.is_empty());
+        for n in 1..=5 {
+            let except = if n == 2 { "1.2" } else { "" };
+            let at = record(&f, &format!("f{n}"), except, 3, 60_000).await;
+            assert_eq!(at, ("0123456789abcdef".to_string(), n), "the epoch stays");
+        }
+        let (_, last, kept, events) = read(&f, "x", 2, 60_000).await;
+        assert_eq!((last, kept), (5, 3), "trimmed to exactly 3");
+        assert_eq!(events, ["3", "f3", "", "4", "f4", "", "5", "f5", ""]);
+        let (_, _, _, events) = read(&f, "x", 4, 60_000).await;
+        assert_eq!(events, ["5", "f5", ""]);
+        // Offset 2 is no longer kept: nothing is returned (the caller sees the window).
+        let (_, _, _, events) = read(&f, "x", 1, 60_000).await;
+        assert!(events.is_empty());
+        // At the end, or beyond it: nothing.
+        assert!(read(&f, "x", 5, 60_000).await.3.is_empty());
+        assert!(read(&f, "x", 9, 60_000).await.3.is_empty());
+        // Both keys expire with the history's time.
+        let [h, st] = f.keys.history("app", "chat-1");
+        for key in [&h, &st] {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut f.conn.clone())
+                .await
+                .expect("PTTL");
+            assert!(ttl > 50_000 && ttl <= 60_000, "{key}: {ttl}");
+        }
+        f.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn old_events_leave_by_age_and_a_lost_history_starts_with_a_new_epoch() {
+        let f = fixture().await;
+        record(&f, "a", "1.2", 100, 60_000).await;
+        let (epoch, _) = record(&f, "b", "", 100, 60_000).await;
+        let (_, _, _, events) = read(&f, "x", 0, 60_000).await;
+        assert_eq!(events, ["1", "a", "1.2", "2", "b", ""]);
+        // Read with a time kept of 1 ms: both are older than that now.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let (e, last, kept, events) = read(&f, "x", 0, 1).await;
+        assert_eq!((e.as_str(), last, kept), (epoch.as_str(), 2, 0));
+        assert!(events.is_empty());
+        // The hash is lost (expired or evicted): the stream goes with it, a new epoch starts.
+        let [h, _] = f.keys.history("app", "chat-1");
+        let _: i64 = f.conn.clone().del(&h).await.expect("DEL");
+        let [h, st] = f.keys.history("app", "chat-1");
+        let mut inv = f.scripts.record.prepare_invoke();
+        inv.key(&h)
+            .key(&st)
+            .arg("fresh")
+            .arg("c")
+            .arg("")
+            .arg(100)
+            .arg(60_000);
+        let at: (String, u64) = inv.invoke_async(&mut f.conn.clone()).await.expect("RECORD");
+        assert_eq!(at, ("fresh".to_string(), 1));
+        let (_, _, kept, events) = read(&f, "x", 0, 60_000).await;
+        assert_eq!(
+            (kept, events),
+            (1, vec!["1".to_string(), "c".into(), "".into()])
+        );
         f.cleanup().await;
     }
 }

@@ -22,8 +22,9 @@ use tracing::warn;
 use crate::app::{App, AppId};
 use crate::broadcast::target_of;
 use crate::channels::{Joined, Resuming};
-use crate::cluster::{Adapter, ClusterError, Counted, Target};
+use crate::cluster::{Adapter, ClusterError, Counted, Stamp, Target};
 use crate::connection::handle::ConnRef;
+use crate::history::{replay_shared, Failure, Replay};
 use crate::hub::AppHub;
 use crate::presence::Join;
 use crate::protocol::presence::{roster_json, SignedInUser};
@@ -36,6 +37,9 @@ use crate::webhooks::WebhookEvent;
 
 mod subscriptions;
 use subscriptions::Subscriptions;
+
+/// How long a resume waits for the shared history (then: `history_unavailable`).
+const RESUME_READ: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why a join was refused after it was authorised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +220,31 @@ impl Membership {
         } else {
             None
         };
+        // A cluster's shared history, read after the interest was taken (every event the
+        // read misses reaches this node) and while the channel's events are held for it.
+        let shared = match resume {
+            Some(from) => self.read_shared_history(name, from).await,
+            None => {
+                self.anchor_shared_history(name).await;
+                None
+            }
+        };
+        if let Some((
+            _,
+            Ok(Replay {
+                position: Some(p), ..
+            }),
+        )) = &shared
+        {
+            self.hub.channels.anchor(
+                name,
+                &Stamp {
+                    epoch: p.epoch.clone(),
+                    offset: p.offset,
+                },
+                self.hub.deflate.as_ref(),
+            );
+        }
         // In a cluster, counted before the client hears of it (see `SharedState::subscribing`).
         let slot = CountedSlot::take(&self.state, &self.hub, name).await;
         let joined = pending.map(|p| Joined {
@@ -225,6 +254,7 @@ impl Membership {
         let resuming = resume.map(|from| Resuming {
             history: self.hub.history.as_ref(),
             from,
+            shared: shared.map(|(pending, found)| (pending.finish(), found)),
         });
         let Some(sub) = self.hub.channels.subscribe_with(
             name,
@@ -239,6 +269,13 @@ impl Membership {
             return Ok(());
         };
         let counted = slot.keep();
+        if let Some(outcome) = sub.resumed {
+            self.state
+                .metrics
+                .history_resumes
+                .with_label_values(&[outcome])
+                .inc();
+        }
         self.hub.tap.record(|| Entry::Subscribed {
             channel: name.to_string(),
             socket_id: self.conn.socket_id.to_string(),
@@ -307,8 +344,78 @@ impl Membership {
                 },
             );
         }
-        self.subscription_count_changed(name, total);
+        self.subscription_count_changed(name, total).await;
         Ok(())
+    }
+
+    /// In a cluster, for a resume of a channel with history: holds the channel's events and
+    /// reads what the client missed from the shared history (`RESUME_READ` at most). `None`
+    /// on a single node, or for a channel without history.
+    async fn read_shared_history(
+        &self,
+        name: &ChannelName,
+        from: &Resume,
+    ) -> Option<(PendingResume, Result<Replay, Failure>)> {
+        let settings = self
+            .hub
+            .shared_history
+            .as_ref()
+            .filter(|h| h.covers(name.as_str()))?;
+        let store = self.state.cluster.history()?;
+        let pending = PendingResume::begin(&self.hub, name);
+        let after = from.position.as_ref().map(|p| p.offset);
+        let read = tokio::time::timeout(
+            RESUME_READ,
+            store.read(&self.app.id, name.as_str(), after, settings.bounds()),
+        )
+        .await;
+        let found = match read {
+            Ok(Ok(log)) => Ok(replay_shared(&log, from)),
+            Ok(Err(e)) => {
+                warn!(error = %e, channel = %name, "reading the shared history failed");
+                Err(Failure::Unavailable)
+            }
+            Err(_) => {
+                warn!(channel = %name, "reading the shared history timed out");
+                Err(Failure::Unavailable)
+            }
+        };
+        Some((pending, found))
+    }
+
+    /// In a cluster, for a plain subscribe to a channel with history whose events have no
+    /// order on this node yet: reads the channel's position in the shared history to start it
+    /// (`ChannelRegistry::anchor`). Nothing when that read fails: the first event starts it.
+    async fn anchor_shared_history(&self, name: &ChannelName) {
+        let Some(settings) = self
+            .hub
+            .shared_history
+            .as_ref()
+            .filter(|h| h.covers(name.as_str()))
+        else {
+            return;
+        };
+        let Some(store) = self.state.cluster.history() else {
+            return;
+        };
+        if self.hub.channels.is_sequenced(name) {
+            return;
+        }
+        let read = tokio::time::timeout(
+            RESUME_READ,
+            store.read(&self.app.id, name.as_str(), None, settings.bounds()),
+        )
+        .await;
+        if let Ok(Ok(log)) = read {
+            self.hub.channels.anchor(
+                name,
+                &Stamp {
+                    epoch: log.epoch,
+                    offset: log.last,
+                },
+                self.hub.deflate.as_ref(),
+            );
+        }
     }
 
     /// Leaves `name` (nothing when not subscribed): gives back what the subscription holds and
@@ -338,7 +445,7 @@ impl Membership {
                     },
                     hold,
                 ),
-                Ok(total) => self.subscription_count_changed(name, total),
+                Ok(total) => self.subscription_count_changed(name, total).await,
                 Err(e) => warn!(error = %e, "counting an unsubscription cluster-wide failed"),
             }
         }
@@ -513,7 +620,7 @@ impl Membership {
         self.conn.deliver(&message::watchlist_events(&events));
     }
 
-    fn subscription_count_changed(&self, name: &ChannelName, count: u64) {
+    async fn subscription_count_changed(&self, name: &ChannelName, count: u64) {
         if !self.app.settings.subscription_count_events || !name.kind().counts_subscriptions() {
             return;
         }
@@ -523,7 +630,8 @@ impl Membership {
         let frame = message::subscription_count(name.as_str(), count);
         self.state
             .broadcaster
-            .publish_frame(&self.hub, name, frame, None, None);
+            .publish_frame(&self.hub, name, frame, None, None)
+            .await;
         self.state.report(
             &self.app,
             WebhookEvent::SubscriptionCount {
@@ -601,6 +709,38 @@ impl Drop for PendingJoin {
     fn drop(&mut self) {
         if self.mark.take().is_some() {
             self.hub.channels.abandon_join(&self.channel);
+        }
+    }
+}
+
+/// A resume reading the shared history (`ChannelRegistry::begin_resume`): the channel's
+/// events are held for it. Dropped unfinished (refused, or the connection went away during
+/// the read), it ends the resume so the registry stops holding events for it.
+struct PendingResume {
+    hub: Arc<AppHub>,
+    channel: ChannelName,
+    mark: Option<u64>,
+}
+
+impl PendingResume {
+    fn begin(hub: &Arc<AppHub>, channel: &ChannelName) -> PendingResume {
+        PendingResume {
+            hub: hub.clone(),
+            channel: channel.clone(),
+            mark: Some(hub.channels.begin_resume(channel)),
+        }
+    }
+
+    /// The resume's mark, for the subscription that ends it.
+    fn finish(mut self) -> u64 {
+        self.mark.take().unwrap_or_default()
+    }
+}
+
+impl Drop for PendingResume {
+    fn drop(&mut self) {
+        if self.mark.take().is_some() {
+            self.hub.channels.abandon_resume(&self.channel);
         }
     }
 }
