@@ -207,25 +207,14 @@ impl ChannelHistory {
             epoch: log.epoch.clone(),
             offset: log.last,
         };
-        let failed = |f| Replay {
-            frames: Vec::new(),
-            outcome: Err(f),
-            position: Some(current.clone()),
+        let p = match resume_point(from, &current) {
+            Ok(p) => p,
+            Err(answer) => return answer,
         };
-        let Some(p) = &from.position else {
-            return Replay {
-                frames: Vec::new(),
-                outcome: Ok(0),
-                position: Some(current.clone()),
-            };
-        };
-        if p.epoch != log.epoch || p.offset > log.last {
-            return failed(Failure::HistoryLost);
-        }
         // The first event the client lacks must still be kept.
         let oldest = log.events.front().map_or(log.last + 1, |k| k.offset);
         if p.offset + 1 < oldest {
-            return failed(Failure::WindowExceeded);
+            return Replay::failed(Failure::WindowExceeded, current);
         }
         let mut frames = Vec::new();
         for k in log.events.iter().filter(|k| k.offset > p.offset) {
@@ -285,6 +274,34 @@ impl ChannelHistory {
     }
 }
 
+/// The checks every resume starts with, against a history now at `current`: the client's
+/// position when it belongs to this history, or the answer it gets at once (no position yet:
+/// nothing to replay; another epoch or an offset never given: `history_lost`).
+fn resume_point<'a>(from: &'a Resume, current: &Position) -> Result<&'a Position, Replay> {
+    let Some(p) = &from.position else {
+        return Err(Replay {
+            frames: Vec::new(),
+            outcome: Ok(0),
+            position: Some(current.clone()),
+        });
+    };
+    if p.epoch != current.epoch || p.offset > current.offset {
+        return Err(Replay::failed(Failure::HistoryLost, current.clone()));
+    }
+    Ok(p)
+}
+
+impl Replay {
+    /// A failed resume; the client goes on from `current`.
+    fn failed(failure: Failure, current: Position) -> Replay {
+        Replay {
+            frames: Vec::new(),
+            outcome: Err(failure),
+            position: Some(current),
+        }
+    }
+}
+
 /// What a resume from `from` gets from a channel's shared history, read (by
 /// `SharedHistory::read`) after the client's offset: the same rules as
 /// `ChannelHistory::replay`, the frames given their positions.
@@ -293,26 +310,15 @@ pub fn replay_shared(log: &SharedLog, from: &Resume) -> Replay {
         epoch: log.epoch.clone(),
         offset: log.last,
     };
-    let failed = |f| Replay {
-        frames: Vec::new(),
-        outcome: Err(f),
-        position: Some(current.clone()),
+    let p = match resume_point(from, &current) {
+        Ok(p) => p,
+        Err(answer) => return answer,
     };
-    let Some(p) = &from.position else {
-        return Replay {
-            frames: Vec::new(),
-            outcome: Ok(0),
-            position: Some(current.clone()),
-        };
-    };
-    if p.epoch != log.epoch || p.offset > log.last {
-        return failed(Failure::HistoryLost);
-    }
     let missed = log.last - p.offset;
     let after: Vec<_> = log.events.iter().filter(|k| k.offset > p.offset).collect();
     // Every event the client lacks must still be kept, and be there.
     if p.offset + 1 < log.oldest || u64::try_from(after.len()).unwrap_or(u64::MAX) != missed {
-        return failed(Failure::WindowExceeded);
+        return Replay::failed(Failure::WindowExceeded, current);
     }
     let frames: Vec<Bytes> = after
         .into_iter()
