@@ -313,6 +313,10 @@ async fn sinks_filter_by_event_type_and_channel_pattern() {
             .await;
         b.recv_event("client-x").await;
         s.api().trigger(&[ch], "e", "{}").await;
+        // Read the event here, so that the next subscribe's answer is what the next
+        // `subscribe_private` reads (and `b` is subscribed before `a` sends on it).
+        a.recv_event("e").await;
+        b.recv_event("e").await;
     }
     let chat = entries_until(&format!("{p}:chat"), 1).await;
     let api_chat = entries_until(&format!("{p}:api:private-chat-1"), 1).await;
