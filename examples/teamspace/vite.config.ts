@@ -1,3 +1,4 @@
+import { fileURLToPath } from 'node:url'
 import { defineConfig } from 'vite'
 import vue from '@vitejs/plugin-vue'
 
@@ -14,6 +15,8 @@ export default defineConfig({
     chunkSizeWarningLimit: 800,
   },
   server: {
+    // The message-recovery helper is imported from the repository's clients/recovery/src.
+    fs: { allow: [fileURLToPath(new URL('.', import.meta.url)), fileURLToPath(new URL('../../clients/recovery/src', import.meta.url))] },
     proxy: {
       '/api': backend,
       '/broadcasting': backend,

@@ -361,4 +361,50 @@ describe('teamspace in the browser', () => {
     await bob.getByTestId('connection-banner').waitFor({ state: 'detached' })
     await message(bob, 'Sent while bob was offline').waitFor()
   })
+
+  nodeTest('offline for 30 s: the missed messages come back through channel history, once, in order, without a refetch', { timeout: 60_000 }, async () => {
+    const alice = page('alice'), bob = page('bob')
+    // A fresh page: pusher-js gives its WebSocket transport two early drops per client, and the
+    // test above used one.
+    await bob.reload()
+    await live(bob)
+    await openRoom(bob, 'general')
+    await openRoom(alice, 'general')
+    // Bob holds a position in the room's history once he has received one of its events.
+    await send(alice, 'Before the outage')
+    await message(bob, 'Before the outage').waitFor()
+
+    const refetches: string[] = []
+    const onRequest = (r: { method(): string; url(): string }) => {
+      if (r.method() === 'GET' && /\/api\/conversations\/\d+\/messages\?(.*&)?after=/.test(r.url())) refetches.push(r.url())
+    }
+    bob.on('request', onRequest)
+    const wentOffline = Date.now()
+    await people.bob!.context.setOffline(true)
+    // The socket is really gone: pusher-js's ping went unanswered and it closed the connection.
+    await bob.getByTestId('connection-banner').waitFor({ timeout: 15_000 })
+    const missed = ['Missed while away, 1 of 3', 'Missed while away, 2 of 3', 'Missed while away, 3 of 3']
+    for (const text of missed) await send(alice, text)
+    await bob.waitForTimeout(Math.max(0, wentOffline + 30_000 - Date.now()))
+    await people.bob!.context.setOffline(false)
+    await live(bob)
+    for (const text of missed) await message(bob, text).waitFor()
+    await bob.getByTestId('connection-banner').waitFor({ state: 'detached' })
+
+    // Recovered through history: the helper reported it for this room, with at least the three.
+    const outcomes = await bob.evaluate(() =>
+      (window as unknown as { teamspaceRecoveries: Array<{ status: string; channel: string; count?: number; at: number }> }).teamspaceRecoveries)
+    const recovered = outcomes.filter((o) => o.at >= wentOffline && o.status === 'recovered' && o.channel.startsWith('presence-room.'))
+    assert.ok(recovered.some((o) => (o.count ?? 0) >= 3), `a recovered outcome of 3 or more events, got ${JSON.stringify(outcomes)}`)
+    assert.deepEqual(outcomes.filter((o) => o.at >= wentOffline && o.status === 'failed'), [])
+    // Each once, in order, and no catch-up refetch of the room's history.
+    const texts = await bob.getByTestId('message').allInnerTexts()
+    const at = missed.map((text) => texts.findIndex((t) => t.includes(text)))
+    for (const text of missed) assert.equal(await count(message(bob, text)), 1, `${text} shown once`)
+    assert.ok(at[0]! >= 0 && at[0]! < at[1]! && at[1]! < at[2]!, `in order: ${at.join(', ')}`)
+    await bob.waitForTimeout(1_000)
+    bob.off('request', onRequest)
+    assert.deepEqual(refetches, [], 'no history refetch after a recovered resume')
+    await shot(bob, '11-recovered')
+  })
 })

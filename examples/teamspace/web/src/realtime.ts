@@ -1,11 +1,25 @@
 // The one WebSocket connection of this tab: Laravel Echo with the `reverb` broadcaster (pusher-js
 // underneath) pointed at Resound. Exposes the connection state for the UI and lets views
 // re-sync after the connection comes back.
+//
+// Missed messages come back through channel history (docs/protocol.md 11.2): Resound keeps the
+// recent events of the conversation channels (`history_channels` in resound.toml) and the
+// recovery helper of clients/recovery/ resumes them when pusher-js re-subscribes after a drop.
+// The missed events arrive as ordinary events, then the helper reports `recovered` or `failed`
+// per channel; a view refetches only on `failed` (see onRecovery).
 
 import Echo from 'laravel-echo'
 import Pusher from 'pusher-js'
 import { reactive } from 'vue'
+import { enableRecovery, type Recovery } from '../../../../clients/recovery/src/index'
 import type { ClientConfig } from '../../shared/types'
+
+/** The channels Resound keeps history for (resound.toml's `history_channels`): rooms and DMs. */
+const HISTORY_CHANNEL = /^(presence-room|private-dm)\./
+
+export type RecoveryOutcome =
+  | { status: 'recovered'; channel: string; count: number; at: number }
+  | { status: 'failed'; channel: string; reason: string; at: number }
 
 export type LinkState = 'connecting' | 'connected' | 'reconnecting' | 'offline' | 'failed'
 
@@ -18,7 +32,19 @@ export const link = reactive({
 })
 
 let echo: Echo<'reverb'> | null = null
+let recovery: Recovery | null = null
 const reconnectListeners = new Set<() => void>()
+const recoveryListeners = new Map<string, Set<(outcome: RecoveryOutcome) => void>>()
+
+/** Every recovery outcome of this tab, newest last (kept short; read by the browser tests). */
+export const recoveries: RecoveryOutcome[] = []
+;(window as unknown as { teamspaceRecoveries?: RecoveryOutcome[] }).teamspaceRecoveries = recoveries
+
+function reportRecovery(outcome: RecoveryOutcome): void {
+  recoveries.push(outcome)
+  if (recoveries.length > 50) recoveries.shift()
+  for (const fn of recoveryListeners.get(outcome.channel) ?? []) fn(outcome)
+}
 
 export function getEcho(): Echo<'reverb'> {
   if (!echo) throw new Error('realtime: connect() first')
@@ -33,6 +59,28 @@ export function pusherOf(e: Echo<'reverb'>): Pusher {
 export function onReconnect(fn: () => void): () => void {
   reconnectListeners.add(fn)
   return () => reconnectListeners.delete(fn)
+}
+
+/**
+ * Runs `fn` with the outcome of each resume of `channel` after a reconnect: `recovered` (the
+ * missed events were delivered, before it, to the channel's listeners) or `failed` (refetch).
+ */
+export function onRecovery(channel: string, fn: (outcome: RecoveryOutcome) => void): () => void {
+  let set = recoveryListeners.get(channel)
+  if (!set) recoveryListeners.set(channel, (set = new Set()))
+  set.add(fn)
+  return () => {
+    set.delete(fn)
+    if (set.size === 0) recoveryListeners.delete(channel)
+  }
+}
+
+/**
+ * Whether `channel` will be resumed from history on the next reconnect: it keeps history and
+ * this tab holds a position in it. Call it from an onReconnect listener (before re-subscribing).
+ */
+export function resumable(channel: string): boolean {
+  return HISTORY_CHANNEL.test(channel) && recovery?.position(channel) !== undefined
 }
 
 export function connect(config: ClientConfig, csrfToken: string): Echo<'reverb'> {
@@ -57,6 +105,9 @@ export function connect(config: ClientConfig, csrfToken: string): Echo<'reverb'>
     Pusher,
   })
   const pusher = pusherOf(echo)
+  recovery = enableRecovery(pusher, { channels: (name) => HISTORY_CHANNEL.test(name) })
+    .on('recovered', ({ channel, count }) => reportRecovery({ status: 'recovered', channel, count, at: Date.now() }))
+    .on('failed', ({ channel, reason }) => reportRecovery({ status: 'failed', channel, reason, at: Date.now() }))
   pusher.connection.bind('state_change', ({ current }: { previous: string; current: string }) => {
     const wasDown = link.everConnected && link.state !== 'connected'
     switch (current) {
@@ -92,6 +143,7 @@ export function connect(config: ClientConfig, csrfToken: string): Echo<'reverb'>
 export function disconnect(): void {
   echo?.disconnect()
   echo = null
+  recovery = null
 }
 
 /** Leaves a channel; a no-op once disconnected (views unmount after sign-out). */
