@@ -24,6 +24,7 @@ fn app() -> App {
         secret: AppSecret(Arc::from(SECRET)),
         settings: AppSettings::default(),
         webhooks: None,
+        streams: None,
     }
 }
 
