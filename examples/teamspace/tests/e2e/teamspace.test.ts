@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url'
 import { after, before, describe, test as nodeTest } from 'node:test'
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core'
 import { Store } from '../../server/store.js'
+import { signIn as signInPage } from './lib.js'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 const BASE = process.env.TEAMSPACE_URL ?? 'http://127.0.0.1:3000'
@@ -48,12 +49,7 @@ async function open(name: string): Promise<Page> {
 
 async function signIn(name: string, screenshot?: string): Promise<Page> {
   const p = await open(name)
-  await p.goto(BASE)
-  await p.getByLabel('Your name').fill(name)
-  if (screenshot) await shot(p, screenshot)
-  await p.getByRole('button', { name: 'Continue' }).click()
-  await p.getByTestId('view-title').filter({ hasText: 'general' }).waitFor()
-  await live(p)
+  await signInPage(p, name, screenshot)
   return p
 }
 
