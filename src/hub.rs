@@ -54,7 +54,33 @@ pub struct AppHub {
     pub tap: Tap,
 }
 
+/// Tables below this many slots are never shrunk: too small to matter.
+const SHRINK_ABOVE: usize = 1024;
+
+/// Gives back the table of `map` once it is mostly empty: a hash table keeps the size it grew
+/// to, so after a burst of connections left, their slots would stay allocated for good.
+/// Rehashes under each shard's write lock, which is why it runs from the sweep, not on a
+/// departure.
+pub(crate) fn shrink_sparse<K, V>(map: &DashMap<K, V>)
+where
+    K: Eq + std::hash::Hash,
+{
+    let capacity = map.capacity();
+    if capacity > SHRINK_ABOVE && map.len() * 4 < capacity {
+        map.shrink_to_fit();
+    }
+}
+
 impl AppHub {
+    /// Gives back the tables of the app's channels, connections and users once a crowd has
+    /// left (`shrink_sparse`).
+    pub fn shrink(&self) {
+        self.channels.shrink();
+        shrink_sparse(&self.connections);
+        self.users.shrink();
+        self.watchers.shrink();
+    }
+
     pub(crate) fn new(app: Arc<App>, metrics: &Metrics, clustered: bool, tap: Tap) -> AppHub {
         let m = metrics.app(app.id.as_str());
         AppHub {
@@ -171,5 +197,32 @@ impl AppHub {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_a_crowd_left_is_given_back_and_a_busy_one_kept() {
+        let map: DashMap<u64, u64> = DashMap::new();
+        for i in 0..20_000 {
+            map.insert(i, i);
+        }
+        let grown = map.capacity();
+        shrink_sparse(&map);
+        assert_eq!(map.capacity(), grown, "a full table is left alone");
+        for i in 0..19_900 {
+            map.remove(&i);
+        }
+        shrink_sparse(&map);
+        assert!(
+            map.capacity() < grown / 10,
+            "{} slots kept of {grown} for 100 entries",
+            map.capacity()
+        );
+        assert_eq!(map.len(), 100);
+        assert!((19_900..20_000).all(|i| map.get(&i).is_some_and(|v| *v == i)));
     }
 }

@@ -86,6 +86,12 @@ fn parse_port(value: &str) -> Result<u16, String> {
         .map_err(|_| format!("{value:?} is not a port number (0-65535)"))
 }
 
+/// jemalloc returns the pages of freed connections to the system (its decay settings are compiled
+/// in from .cargo/config.toml; `_RJEM_MALLOC_CONF` overrides them at start).
+#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut process_env: Vec<(String, String)> = std::env::vars().collect();

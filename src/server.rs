@@ -470,14 +470,26 @@ async fn release_waiting(state: Arc<ServerState>) {
     }
 }
 
-/// Drops expired cache entries once a minute.
+/// How often the tables a crowd of connections grew are checked for shrinking.
+const SHRINK_EVERY: Duration = Duration::from_secs(10);
+/// Expired cache entries are dropped every this many shrink checks (once a minute).
+const SWEEP_EVERY_SHRINKS: u32 = 6;
+
+/// Gives back the tables a burst of connections left mostly empty (every 10 s), and drops
+/// expired cache entries (once a minute).
 async fn sweep(state: Arc<ServerState>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(SHRINK_EVERY);
+    let mut ticks: u32 = 0;
     loop {
         tick.tick().await;
+        ticks = ticks.wrapping_add(1);
         for hub in state.hubs() {
-            hub.channels.sweep_expired();
+            if ticks.is_multiple_of(SWEEP_EVERY_SHRINKS) {
+                hub.channels.sweep_expired();
+            }
+            hub.shrink();
         }
+        state.budgets.per_ip.shrink();
     }
 }
 

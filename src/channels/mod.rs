@@ -984,6 +984,11 @@ impl ChannelRegistry {
         out
     }
 
+    /// Gives back the table of channels once most are gone (`hub::shrink_sparse`).
+    pub fn shrink(&self) {
+        crate::hub::shrink_sparse(&self.channels);
+    }
+
     /// Drops expired cached events of channels nobody is subscribed to.
     pub fn sweep_expired(&self) {
         let now = Instant::now();

@@ -14,6 +14,11 @@ pub struct UserRegistry {
 }
 
 impl UserRegistry {
+    /// Gives back the table once most users are gone (`hub::shrink_sparse`).
+    pub fn shrink(&self) {
+        crate::hub::shrink_sparse(&self.users);
+    }
+
     /// Returns `true` when this is the user's first signed-in connection on this node.
     pub fn add(&self, user: &UserId, conn: &ConnRef) -> bool {
         let mut entry = self.users.entry(user.clone()).or_default();
@@ -81,6 +86,11 @@ pub struct WatcherRegistry {
 }
 
 impl WatcherRegistry {
+    /// Gives back the table once most watched users are gone (`hub::shrink_sparse`).
+    pub fn shrink(&self) {
+        crate::hub::shrink_sparse(&self.watchers);
+    }
+
     pub fn add(&self, watched: &UserId, conn: &ConnRef) {
         let mut entry = self.watchers.entry(watched.clone()).or_default();
         if !entry.iter().any(|c| c.socket_id == conn.socket_id) {

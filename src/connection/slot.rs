@@ -25,6 +25,11 @@ pub struct PerIp {
 }
 
 impl PerIp {
+    /// Gives back the table once most addresses are gone (`hub::shrink_sparse`).
+    pub fn shrink(&self) {
+        crate::hub::shrink_sparse(&self.open);
+    }
+
     pub fn new(max: Option<u32>) -> PerIp {
         PerIp {
             max,
