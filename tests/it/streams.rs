@@ -3,8 +3,10 @@
 //! documented fields; once per cluster and in order with two nodes; filters by kind and
 //! channel pattern; a consumer group reads and acks; an outage of the sink's Redis (a proxy
 //! of the test's own, stopped and started) queues events up to the bound, counts the
-//! overflow and leaves `/ready` alone; and the PHP worker of `examples/streams/` reads the
-//! entries with php-redis.
+//! overflow and leaves `/ready` alone; the PHP worker of `examples/streams/` reads the
+//! entries with php-redis; and the artisan command of `examples/laravel-worker/` (Debian's
+//! Laravel) filters, notifies mentions, counts and acks, with the code examples/laravel.md
+//! shows (its stream is the app's `chat:1001:messages`, emptied before and after).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -631,4 +633,151 @@ async fn webhooks_and_streams_share_each_held_removal_verdict_across_nodes() {
         ["member_added", "member_removed"],
         "the webhooks agree"
     );
+}
+
+/// Whether Debian's Laravel (php-laravel-framework) can be loaded here.
+fn php_with_laravel() -> bool {
+    std::process::Command::new("php")
+        .args([
+            "-r",
+            "require 'Illuminate/autoload.php'; exit(class_exists('Redis') && class_exists(Illuminate\\Foundation\\Application::class) ? 0 : 1);",
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `php artisan chat:process-stream --stop-when-empty` of `examples/laravel-worker/`
+/// against the server `s`, with Laravel's Redis keys under `prefix` and its caches in `dir`.
+async fn laravel_worker(s: &TestServer, prefix: &str, dir: &std::path::Path) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/laravel-worker");
+    let out = tokio::process::Command::new("php")
+        .arg("artisan")
+        .args(["chat:process-stream", "--consumer=it", "--stop-when-empty"])
+        .current_dir(&root)
+        .env("REVERB_APP_ID", APP_ID)
+        .env("REVERB_APP_KEY", KEY)
+        .env("REVERB_APP_SECRET", SECRET)
+        .env("REVERB_HOST", "127.0.0.1")
+        .env("REVERB_PORT", s.addr.port().to_string())
+        .env("REVERB_SCHEME", "http")
+        .env("REDIS_HOST", "127.0.0.1")
+        .env("REDIS_PORT", "6379")
+        // The default connection's keys (the cache's) are the test's own; the streams
+        // connection has no prefix.
+        .env("REDIS_PREFIX", format!("{prefix}:"))
+        .env("CACHE_PREFIX", "cache")
+        // Laravel writes its package and provider manifests here, not into the example.
+        .env("APP_PACKAGES_CACHE", dir.join("packages.php"))
+        .env("APP_SERVICES_CACHE", dir.join("services.php"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("the command stops once the stream holds nothing new")
+        .expect("run php artisan");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[tokio::test]
+async fn the_laravel_worker_filters_notifies_mentions_counts_and_acks() {
+    // .ci/run installs php-cli, php-redis and php-laravel-framework (Debian packages).
+    assert!(
+        php_with_laravel(),
+        "php with the redis extension and Laravel is needed: \
+         apt-get install php-cli php-redis php-laravel-framework"
+    );
+    // The command reads `chat:{REVERB_APP_ID}:messages` with the group `chat-processors`, as
+    // examples/laravel.md shows; a run before this one may have left both.
+    let stream = format!("chat:{APP_ID}:messages");
+    let mut conn = redis().await;
+    let _: () = conn.del(&stream).await.unwrap();
+    let p = prefix();
+    let dir = std::env::temp_dir().join(format!("resound-it-laravel-{p}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = TestServer::start(&single(
+        REDIS,
+        "",
+        "[[apps.streams]]\nkey = \"chat:{app}:messages\"\n\
+         events = [\"client_event\", \"member_added\", \"member_removed\"]\n\
+         channels = [\"presence-chat.*\"]\n",
+    ))
+    .await;
+    let room = "presence-chat.1";
+    let mut bob = s.client().await;
+    bob.subscribe_private("private-user.bob").await;
+    bob.subscribe_presence(room, r#"{"user_id":"bob"}"#).await;
+    let mut ann = s.client().await;
+    ann.subscribe_private("private-user.ann").await;
+    ann.subscribe_presence(room, r#"{"user_id":"ann"}"#).await;
+    ann.send(json!({"event":"client-message","channel":room,"data":{"text":"hello @bob and @ann, darn it"}}))
+        .await;
+    bob.recv_event("client-message").await;
+    // A client event the command passes over (it handles `client-message`).
+    ann.send(json!({"event":"client-typing","channel":room,"data":{"typing":true}}))
+        .await;
+    bob.recv_event("client-typing").await;
+    assert_eq!(entries_until(&stream, 4).await.len(), 4);
+
+    let out = laravel_worker(&s, &p, &dir).await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["presence-chat.1 ann: hello @bob and @ann, **** it"],
+        "one line per handled message, filtered"
+    );
+    // Bob, mentioned, hears of it on his private channel; Ann mentioned herself and does not.
+    let mention = bob.recv_event("mention").await;
+    assert_eq!(mention["channel"], "private-user.bob");
+    assert_eq!(
+        data_json(&mention),
+        json!({"by":"ann","channel":room,"text":"hello @bob and @ann, **** it"})
+    );
+    ann.expect_silence(Duration::from_millis(300), "no mention of herself")
+        .await;
+    let pending: redis::streams::StreamPendingReply =
+        conn.xpending(&stream, "chat-processors").await.unwrap();
+    assert_eq!(pending.count(), 0, "the command acknowledged what it read");
+    // The statistics, in Laravel's cache (the cache connection's prefix, then the cache's).
+    for (key, want) in [
+        ("chat:messages:presence-chat.1", 1),
+        ("chat:messages:user:ann", 1),
+        ("chat:member_added:presence-chat.1", 2),
+    ] {
+        let got: Option<i64> = conn.get(format!("{p}:cache:{key}")).await.unwrap();
+        assert_eq!(got, Some(want), "{key}");
+    }
+
+    // A second run finds the group and nothing new.
+    assert_eq!(laravel_worker(&s, &p, &dir).await, "");
+    let _: () = conn.del(&stream).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn examples_laravel_md_shows_the_laravel_worker_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("examples/laravel.md")).unwrap();
+    for file in [
+        "app/Console/Commands/ProcessChatStream.php",
+        "app/Events/UserMentioned.php",
+    ] {
+        let caption = format!("`{file}`:\n\n```php\n");
+        let start = doc
+            .find(&caption)
+            .unwrap_or_else(|| panic!("examples/laravel.md shows {file} under {caption:?}"))
+            + caption.len();
+        let end = start + doc[start..].find("\n```\n").unwrap() + 1;
+        let code =
+            std::fs::read_to_string(root.join("examples/laravel-worker").join(file)).unwrap();
+        assert_eq!(
+            &doc[start..end],
+            code,
+            "examples/laravel.md and examples/laravel-worker/{file} differ"
+        );
+    }
 }
