@@ -1,5 +1,6 @@
 //! The use cases that change state and tell browsers about it: posting a message (filter,
-//! store, publish to the conversation except the sender's socket, notify mentioned users),
+//! store, publish to the conversation except the sender's socket; the follow-ups, mentions
+//! among them, come from the stream worker, or run here after the publish without Redis),
 //! read receipts, whiteboard strokes, new rooms. The order is always validate → store →
 //! publish, and a publish that fails is logged, never undone: browsers catch up from the REST
 //! history when they reconnect.
@@ -7,13 +8,13 @@
 import crypto from 'node:crypto'
 import type Pusher from 'pusher'
 import {
-  EVENTS, type AppNotification, type Message, type MemberInfo, type Receipt, type RoomActivity, type RoomMembers,
+  EVENTS, type Message, type MemberInfo, type Receipt, type RoomActivity, type RoomMembers,
   type RoomVisibility, type Stroke,
 } from '../shared/types.js'
 import { LOBBY_CHANNEL } from './channels.js'
+import { FollowUps } from './followUps.js'
 import { SpamGuard, type SpamVerdict } from './spam.js'
 import { boardChannelFor, channelFor, type Store } from './store.js'
-import { findMentions } from './validation.js'
 import type { WordFilter } from './wordFilter.js'
 
 export interface Logger {
@@ -32,8 +33,6 @@ export class PostRefused extends Error {
 type Keyed<T> = T & { idempotency_key: string }
 
 export class Chat {
-  /** Messages posted since the dashboard last asked (see takeMessageCount). */
-  private messagesSinceTick = 0
   /** Makes this process's idempotency keys its own (message ids restart with a new database). */
   private readonly keyPrefix = `ts-${crypto.randomBytes(6).toString('base64url')}`
   /** Delay before the one retry of a keyed publish. */
@@ -45,6 +44,11 @@ export class Chat {
     private readonly filter: WordFilter,
     private readonly log: Logger,
     readonly spam: SpamGuard = new SpamGuard(),
+    /**
+     * The follow-ups to run after each publish, in the request path; null when the stream
+     * worker runs them from Resound's stream instead.
+     */
+    private readonly inlineFollowUps: FollowUps | null = new FollowUps(store, pusher, log),
   ) {}
 
   /**
@@ -62,12 +66,6 @@ export class Chat {
       this.log.info('post refused', { userId: author.id, reason: verdict.reason })
       throw new PostRefused(verdict)
     }
-  }
-
-  takeMessageCount(): number {
-    const n = this.messagesSinceTick
-    this.messagesSinceTick = 0
-    return n
   }
 
   private async publish(what: string, send: () => Promise<unknown>): Promise<void> {
@@ -97,7 +95,8 @@ export class Chat {
   /**
    * Stores a message (text already validated; the word filter is applied here) and publishes
    * it to everyone in the conversation but the sender's own socket (`toOthers`): the sender
-   * shows the copy this returns.
+   * shows the copy this returns. The filter runs before the store and the publish, never after:
+   * what is published reaches subscribers and Resound's channel history as it is.
    */
   async postMessage(
     author: MemberInfo,
@@ -105,9 +104,8 @@ export class Chat {
     input: { body: string; clientId: string | null; fileId?: string | null },
     socketId: string | undefined,
   ): Promise<Message> {
-    const { text } = this.filter.mask(input.body)
-    const message = this.store.addMessage({ conversationId, userId: author.id, body: text, fileId: input.fileId, clientId: input.clientId })
-    this.messagesSinceTick += 1
+    const { text, masked } = this.filter.mask(input.body)
+    const message = this.store.addMessage({ conversationId, userId: author.id, body: text, fileId: input.fileId, clientId: input.clientId, masked })
     const row = this.store.getConversationRow(conversationId)!
     const channel = channelFor(row.kind, row.id)
     const activity: RoomActivity = { conversationId, messageId: message.id, authorId: author.id }
@@ -137,27 +135,8 @@ export class Chat {
       await this.publishKeyed('message', () => this.pusher.trigger(channel, EVENTS.messageSent, message, keyed(exclude)))
       await this.publish('dm activity', () => this.pusher.sendToUser(String(peer), EVENTS.conversationActivity, activity))
     }
-    await this.notifyMentions(author, message)
+    if (this.inlineFollowUps) await this.inlineFollowUps.messagePublished(message)
     return message
-  }
-
-  private async notifyMentions(author: MemberInfo, message: Message): Promise<void> {
-    const mentioned = findMentions(message.body)
-    if (mentioned.length === 0) return
-    const conversation = this.store.conversationFor(author.id, message.conversationId)
-    const where = conversation?.kind === 'room' ? `#${conversation.name}` : 'a direct message'
-    for (const name of mentioned.slice(0, 10)) {
-      const user = this.store.findUserByName(name)
-      if (!user || user.id === author.id || !this.store.canAccess(user.id, message.conversationId)) continue
-      const notification: AppNotification = this.store.addNotification(user.id, {
-        kind: 'mention',
-        title: `${author.name} mentioned you in ${where}`,
-        body: message.body.slice(0, 200),
-        conversationId: message.conversationId,
-        messageId: message.id,
-      })
-      await this.publish('mention', () => this.pusher.sendToUser(String(user.id), EVENTS.notification, notification))
-    }
   }
 
   /** Moves the reader's marker forward and tells the conversation (only when it moved). */

@@ -31,6 +31,12 @@ export interface Config {
   sessionHours: number
   secureCookies: boolean
   spam: SpamRules
+  /** Redis holding Resound's stream; empty: the follow-ups run in the request path. */
+  redisUrl: string
+  /** The stream resound.toml's sink writes (`teamspace:{app}:events`). */
+  streamKey: string
+  /** Filtered messages after which an author is flagged. */
+  flagAfter: number
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -46,12 +52,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const resoundPort = int(env, 'REVERB_PORT', 6001)
   const scheme = env.REVERB_SCHEME || 'http'
   if (scheme !== 'http' && scheme !== 'https') throw new Error(`REVERB_SCHEME must be http or https, got "${scheme}"`)
+  const appId = env.REVERB_APP_ID || '424242'
   return {
     host: env.TEAMSPACE_HOST || '127.0.0.1',
     port: int(env, 'TEAMSPACE_PORT', 3000),
     dataDir: path.resolve(env.TEAMSPACE_DATA_DIR || path.join(ROOT, 'data')),
     distDir: path.resolve(env.TEAMSPACE_DIST_DIR || path.join(ROOT, 'dist')),
-    appId: env.REVERB_APP_ID || '424242',
+    appId,
     key: env.REVERB_APP_KEY || 'teamspace-key',
     secret: env.REVERB_APP_SECRET || 'teamspace-secret',
     resoundHost,
@@ -71,5 +78,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxDuplicates: Math.max(1, int(env, 'TEAMSPACE_SPAM_DUPLICATES', DEFAULT_SPAM_RULES.maxDuplicates)),
       newUserMs: int(env, 'TEAMSPACE_NEW_USER_HOURS', DEFAULT_SPAM_RULES.newUserMs / 3600_000) * 3600_000,
     },
+    redisUrl: env.TEAMSPACE_REDIS_URL ?? '',
+    streamKey: env.TEAMSPACE_STREAM_KEY || `teamspace:${appId}:events`,
+    flagAfter: Math.max(1, int(env, 'TEAMSPACE_FLAG_AFTER', 3)),
   }
 }

@@ -1,11 +1,14 @@
-//! The live dashboard's figures: once a second it samples the chat (messages in the last
-//! second, users online according to the presence webhooks) and Resound's own Prometheus
+//! The live dashboard's figures: once a second it samples the chat (messages followed up in the
+//! last second, users online according to the presence webhooks) and Resound's own Prometheus
 //! endpoint, keeps the last two minutes, and triggers `stats.tick` on the public `dashboard`
 //! channel while anyone is subscribed to it (known from channel_occupied/vacated webhooks).
+//! With each tick go the follow-ups' status (stream or in-process, processed, lag) and the
+//! moderation counts.
 
 import type Pusher from 'pusher'
-import { EVENTS, type DashboardSample, type DashboardSnapshot } from '../shared/types.js'
-import type { Chat, Logger } from './chat.js'
+import { EVENTS, type DashboardSample, type DashboardSnapshot, type FollowUpStatus } from '../shared/types.js'
+import type { Logger } from './chat.js'
+import { inProcessStatus, type FollowUps } from './followUps.js'
 import { DASHBOARD_CHANNEL } from './channels.js'
 import type { Store } from './store.js'
 
@@ -54,9 +57,11 @@ export class Dashboard {
   constructor(
     private readonly opts: { metricsUrl: string; appId: string; prefix?: string },
     private readonly store: Store,
-    private readonly chat: Chat,
+    private readonly followUps: FollowUps,
     private readonly pusher: Pusher,
     private readonly log: Logger,
+    /** Where the follow-ups run: the stream worker's status, or the in-process one. */
+    private readonly followUpStatus: () => FollowUpStatus = () => inProcessStatus(followUps),
   ) {}
 
   start(): void {
@@ -91,6 +96,8 @@ export class Dashboard {
         users: this.store.userCount(),
       },
       resoundReachable: this.resoundReachable,
+      followUps: this.followUpStatus(),
+      moderation: this.store.moderation(),
     }
   }
 
@@ -123,7 +130,7 @@ export class Dashboard {
     }
     const sample: DashboardSample = {
       t: now,
-      messagesPerSecond: this.chat.takeMessageCount(),
+      messagesPerSecond: this.followUps.takeMessageCount(),
       onlineUsers: this.store.onlineCount(),
       connections: read('connected'),
       wsMessagesSentPerSecond: rate('sent'),
@@ -135,9 +142,9 @@ export class Dashboard {
     this.samples.push(sample)
     if (this.samples.length > HISTORY) this.samples.splice(0, this.samples.length - HISTORY)
     if (this.watching) {
-      const totals = this.snapshot().totals
+      const { totals, followUps, moderation } = this.snapshot()
       try {
-        await this.pusher.trigger(DASHBOARD_CHANNEL, EVENTS.statsTick, { sample, totals, resoundReachable: this.resoundReachable })
+        await this.pusher.trigger(DASHBOARD_CHANNEL, EVENTS.statsTick, { sample, totals, resoundReachable: this.resoundReachable, followUps, moderation })
       } catch (err) {
         this.log.warn('stats publish failed', { error: (err as Error).message })
       }

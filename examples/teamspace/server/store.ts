@@ -1,6 +1,7 @@
 //! The SQLite store: users and sessions, conversations (rooms with their members, and direct
 //! messages), messages with full-text search, read receipts, uploaded files, whiteboard strokes,
-//! notifications and the presence records kept from webhooks. All access is synchronous
+//! notifications, the presence records kept from webhooks, and the follow-up markers and
+//! moderation counts of the stream worker. All access is synchronous
 //! (better-sqlite3); it owns no networking and triggers nothing: callers publish after a write
 //! succeeds.
 
@@ -8,7 +9,7 @@ import Database from 'better-sqlite3'
 import crypto from 'node:crypto'
 import type {
   AppNotification, Attachment, Conversation, HistoryPage, MemberInfo, Message, Receipt,
-  RoomVisibility, SearchHit, SearchSegment, Stroke, User,
+  ModerationRecord, RoomVisibility, SearchHit, SearchSegment, Stroke, User,
 } from '../shared/types.js'
 
 export const DEFAULT_PAGE = 50
@@ -63,7 +64,8 @@ CREATE TABLE IF NOT EXISTS messages (
   body TEXT NOT NULL,
   file_id TEXT REFERENCES files(id),
   client_id TEXT,
-  created_at INTEGER NOT NULL
+  created_at INTEGER NOT NULL,
+  masked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
 -- The sender's message id makes posting idempotent: a retry with the same id returns the
@@ -111,6 +113,19 @@ CREATE TABLE IF NOT EXISTS notifications (
   read_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS notifications_by_user ON notifications(user_id, id);
+-- Messages whose follow-up work (mention notifications, moderation counts) is done: the key
+-- that makes a re-delivered stream entry a no-op.
+CREATE TABLE IF NOT EXISTS message_followups (
+  message_id INTEGER PRIMARY KEY,
+  handled_at INTEGER NOT NULL
+);
+-- Per author: messages the word filter changed, and when they were flagged as a repeat offender.
+CREATE TABLE IF NOT EXISTS moderation (
+  user_id INTEGER PRIMARY KEY REFERENCES users(id),
+  filtered_messages INTEGER NOT NULL DEFAULT 0,
+  masked_words INTEGER NOT NULL DEFAULT 0,
+  flagged_at INTEGER
+);
 CREATE TABLE IF NOT EXISTS presence (
   channel TEXT NOT NULL,
   user_id INTEGER NOT NULL,
@@ -198,6 +213,8 @@ export class Store {
     }
     // Cleared strokes stay (marked) so the all-time count does not drop when a board is cleared.
     if (!has('strokes', 'cleared_at')) this.db.exec(`ALTER TABLE strokes ADD COLUMN cleared_at INTEGER`)
+    // How many words the filter masked in a message, for the moderation counts.
+    if (!has('messages', 'masked')) this.db.exec(`ALTER TABLE messages ADD COLUMN masked INTEGER NOT NULL DEFAULT 0`)
   }
 
   private seedRooms(): void {
@@ -409,11 +426,54 @@ export class Store {
     return row ? this.toMessage(row) : null
   }
 
-  addMessage(input: { conversationId: number; userId: number; body: string; fileId?: string | null; clientId?: string | null }): Message {
+  addMessage(input: { conversationId: number; userId: number; body: string; fileId?: string | null; clientId?: string | null; masked?: number }): Message {
     const info = this.db.prepare(`
-      INSERT INTO messages (conversation_id, user_id, body, file_id, client_id, created_at) VALUES (?, ?, ?, ?, ?, ?)`)
-      .run(input.conversationId, input.userId, input.body, input.fileId ?? null, input.clientId ?? null, this.now())
+      INSERT INTO messages (conversation_id, user_id, body, file_id, client_id, created_at, masked) VALUES (?, ?, ?, ?, ?, ?, ?)`)
+      .run(input.conversationId, input.userId, input.body, input.fileId ?? null, input.clientId ?? null, this.now(), input.masked ?? 0)
     return this.getMessage(Number(info.lastInsertRowid))!
+  }
+
+  /** How many words the filter masked in a stored message (0 when unknown). */
+  maskedWords(messageId: number): number {
+    const row = this.db.prepare(`SELECT masked FROM messages WHERE id = ?`).get(messageId) as { masked: number } | undefined
+    return row?.masked ?? 0
+  }
+
+  /**
+   * Runs `work` for a message's follow-ups once and returns what it returned; null when they
+   * were done before (a re-delivered stream entry). The marker and what `work` writes commit
+   * together, or neither does.
+   */
+  followUpOnce<T>(messageId: number, work: () => T): T | null {
+    return this.db.transaction((): T | null => {
+      const info = this.db.prepare(`INSERT OR IGNORE INTO message_followups (message_id, handled_at) VALUES (?, ?)`).run(messageId, this.now())
+      return info.changes === 0 ? null : work()
+    })()
+  }
+
+  /**
+   * Counts a filtered message against its author; returns the record, with `newlyFlagged`
+   * when this message made them a repeat offender (`flagAfter` filtered messages).
+   */
+  recordFiltered(userId: number, maskedWords: number, flagAfter: number): { filteredMessages: number; newlyFlagged: boolean } {
+    this.db.prepare(`
+      INSERT INTO moderation (user_id, filtered_messages, masked_words) VALUES (?, 1, ?)
+      ON CONFLICT(user_id) DO UPDATE SET filtered_messages = filtered_messages + 1, masked_words = masked_words + excluded.masked_words`)
+      .run(userId, maskedWords)
+    const row = this.db.prepare(`SELECT filtered_messages, flagged_at FROM moderation WHERE user_id = ?`).get(userId) as { filtered_messages: number; flagged_at: number | null }
+    const newlyFlagged = row.flagged_at === null && row.filtered_messages >= flagAfter
+    if (newlyFlagged) this.db.prepare(`UPDATE moderation SET flagged_at = ? WHERE user_id = ?`).run(this.now(), userId)
+    return { filteredMessages: row.filtered_messages, newlyFlagged }
+  }
+
+  /** Authors with filtered messages, most first. */
+  moderation(limit = 10): ModerationRecord[] {
+    const rows = this.db.prepare(`
+      SELECT m.user_id, u.name, m.filtered_messages, m.masked_words, m.flagged_at FROM moderation m JOIN users u ON u.id = m.user_id
+      ORDER BY m.filtered_messages DESC, m.user_id LIMIT ?`).all(limit) as Array<{
+      user_id: number; name: string; filtered_messages: number; masked_words: number; flagged_at: number | null
+    }>
+    return rows.map((r) => ({ userId: r.user_id, name: r.name, filteredMessages: r.filtered_messages, maskedWords: r.masked_words, flagged: r.flagged_at !== null }))
   }
 
   getMessage(id: number): Message | null {

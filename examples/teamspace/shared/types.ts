@@ -128,10 +128,47 @@ export interface DashboardSample {
   subscriptions: number
 }
 
+/** An author whose messages the word filter changed; `flagged` once they reach the threshold. */
+export interface ModerationRecord {
+  userId: number
+  name: string
+  filteredMessages: number
+  maskedWords: number
+  flagged: boolean
+}
+
+/**
+ * Where the work after publication (mention notifications, moderation counts, statistics) runs:
+ * a consumer of Resound's Redis stream, or in the request path when there is no Redis.
+ */
+export interface FollowUpStatus {
+  mode: 'stream' | 'in-process'
+  /** Stream mode: the key, the group and this process's consumer name. */
+  stream: string | null
+  group: string | null
+  consumer: string | null
+  /** The worker's connection to Redis is up. */
+  connected: boolean
+  /** Stream entries handled and acknowledged since start. */
+  processed: number
+  /** Entries read again at start (left unacknowledged by a crashed run) or claimed from a dead consumer. */
+  recovered: number
+  /** Entries the group has delivered but not had acknowledged (XPENDING), as last read. */
+  pending: number
+  /** Milliseconds from the event in Resound (the entry's `time`) to its handling, for the last entry. */
+  lastLagMs: number | null
+  /** Entries of the stream not yet delivered to the group (Redis's `lag`; null when unknown). */
+  backlog: number | null
+  /** Follow-ups done since start. */
+  counts: { messages: number; mentions: number; filtered: number; duplicates: number; typing: number; strokes: number; joins: number; leaves: number }
+}
+
 export interface DashboardSnapshot {
   samples: DashboardSample[]
   totals: { messages: number; files: number; strokes: number; users: number }
   resoundReachable: boolean
+  followUps: FollowUpStatus
+  moderation: ModerationRecord[]
 }
 
 export interface ClientConfig {

@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url'
 import { after, before, describe, test as nodeTest } from 'node:test'
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core'
 import { Store } from '../../server/store.js'
+import type { AppNotification, DashboardSnapshot } from '../../shared/types.js'
 import { signIn as signInPage } from './lib.js'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
@@ -205,6 +206,45 @@ describe('teamspace in the browser', () => {
     assert.equal(await count(alice.getByTestId('bell-badge')), 0)
   })
 
+  test('mentions, moderation and statistics come from Resound’s stream: read by the group, handled once, acknowledged', async () => {
+    const alice = page('alice'), carol = page('carol')
+    const snapshot = async () => alice.evaluate(async () => (await (await fetch('/api/dashboard')).json()) as DashboardSnapshot)
+    const before = (await snapshot()).followUps
+    assert.equal(before.mode, 'stream', 'the backend reads Resound’s stream (`test` passes TEAMSPACE_REDIS_URL: is Redis running?)')
+    assert.equal(before.group, 'teamspace')
+    assert.ok(before.connected, 'the worker is connected to Redis')
+    assert.ok(before.counts.mentions >= 1, 'the mention before came from a stream entry')
+    assert.ok(before.counts.joins >= 3, `presence joins read from the stream (${before.counts.joins})`)
+    const carolFiltered = (await snapshot()).moderation.find((r) => r.name === 'carol')?.filteredMessages ?? 0
+
+    // A mention with a sensitive word: masked before publication, followed up after it.
+    const sentAt = Date.now()
+    await carol.getByTestId('composer').fill('@alice heck, the demo moved to 3pm')
+    await carol.getByTestId('composer').press('Enter')
+    await message(alice, '@alice ****, the demo moved to 3pm').waitFor()
+    assert.equal(await count(message(alice, /\bheck\b/)), 0, 'subscribers get the filtered text only')
+    await alice.getByTestId('bell-badge').filter({ hasText: '1' }).waitFor()
+    const trayMs = Date.now() - sentAt
+    let after = before
+    await eventually(async () => {
+      after = (await snapshot()).followUps
+      return after.counts.mentions === before.counts.mentions + 1 && after.pending === 0
+    }, 'the entry handled and acknowledged (XPENDING empty)')
+    assert.ok(after.processed > before.processed, 'the consumer handled more entries')
+    assert.equal(after.counts.filtered, before.counts.filtered + 1, 'the filtered message was counted')
+    assert.ok(after.counts.typing > before.counts.typing, 'carol’s typing whispers were read from the stream')
+    assert.ok(after.lastLagMs !== null && after.lastLagMs < 5000, `lag from Resound to handled: ${after.lastLagMs} ms`)
+    assert.equal((await snapshot()).moderation.find((r) => r.name === 'carol')?.filteredMessages, carolFiltered + 1)
+    console.log(`mention via the stream: ${trayMs} ms from Enter to alice's tray; last entry handled ${after.lastLagMs} ms after Resound wrote it`)
+
+    const notifications = await alice.evaluate(async () => (await (await fetch('/api/notifications')).json()) as AppNotification[])
+    assert.equal(notifications.filter((n) => n.kind === 'mention' && n.body.includes('the demo moved to 3pm')).length, 1, 'one notification')
+    await alice.getByTestId('bell').click()
+    await alice.getByTestId('tray').getByText('carol mentioned you').first().click()
+    await alice.getByTestId('view-title').filter({ hasText: 'general' }).waitFor()
+    await eventually(async () => (await count(alice.getByTestId('bell-badge'))) === 0, 'the tray read')
+  })
+
   test('file sharing: images are shown to others; disallowed and disguised files are refused', async () => {
     const alice = page('alice'), bob = page('bob')
     await openRoom(bob, 'general')
@@ -322,6 +362,7 @@ describe('teamspace in the browser', () => {
     const connections = Number(await alice.getByTestId('kpi-connections').locator('strong').textContent())
     assert.ok(connections >= 3, `resound_connected counts the three tabs (${connections})`)
     assert.ok(Number(await alice.getByTestId('total-messages').textContent()) > 180)
+    await alice.locator('[data-testid=followups][data-mode=stream]').waitFor()
     await shot(alice, '09-dashboard')
   })
 

@@ -281,7 +281,7 @@ describe('team workflows', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'teamspace-port-'))
     const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts'], {
       cwd: path.resolve(HERE, '../..'),
-      env: { ...process.env, TEAMSPACE_PORT: port, TEAMSPACE_DATA_DIR: dir, REVERB_PORT: '9' },
+      env: { ...process.env, TEAMSPACE_PORT: port, TEAMSPACE_DATA_DIR: dir, REVERB_PORT: '9', TEAMSPACE_REDIS_URL: '' },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let out = ''

@@ -11,6 +11,7 @@ import type { Server } from 'node:http'
 import { after, before, describe, test } from 'node:test'
 import { createApp } from '../../server/app.js'
 import { Chat } from '../../server/chat.js'
+import { FollowUps } from '../../server/followUps.js'
 import { loadConfig } from '../../server/config.js'
 import { Dashboard } from '../../server/dashboard.js'
 import { silentLogger } from '../../server/log.js'
@@ -25,7 +26,7 @@ describe('HTTP API', () => {
   const { store, dir, cleanup } = tempStore()
   const pusher = vectorPusher()
   const chat = new Chat(store, pusher, new WordFilter(['darn']), silentLogger)
-  const dashboard = new Dashboard({ metricsUrl: 'http://127.0.0.1:9/metrics', appId: VECTOR_APP.appId }, store, chat, pusher, silentLogger)
+  const dashboard = new Dashboard({ metricsUrl: 'http://127.0.0.1:9/metrics', appId: VECTOR_APP.appId }, store, new FollowUps(store, pusher, silentLogger), pusher, silentLogger)
   const config = { ...loadConfig({}), dataDir: dir, distDir: path.join(dir, 'dist'), maxUploadBytes: 1024, ...VECTOR_APP }
   const app = createApp({
     config, store, pusher, chat, dashboard, log: silentLogger,
