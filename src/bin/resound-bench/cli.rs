@@ -133,6 +133,11 @@ pub struct FanoutArgs {
     pub payload_bytes: usize,
     #[arg(long, value_enum, default_value_t = Via::Http)]
     pub via: Via,
+    /// Channel names start with this (`private-` is put before it for `--via client-events`):
+    /// benches run at once against nodes of one cluster use their own to keep their channels
+    /// apart (scripts/bench-cluster-cost.sh).
+    #[arg(long, default_value = "bench-")]
+    pub channel_prefix: String,
     /// HTTP keep-alive connections publishing in parallel.
     #[arg(long, default_value_t = 4)]
     pub http_conns: usize,

@@ -18,11 +18,14 @@ fn workload(args: &FanoutArgs, setup: &Setup) -> Result<Workload> {
     let duration = args.common.duration_or(10.0)?;
     let channels = args.channels.max(1);
     let (prefix, kind) = match args.via {
-        Via::Http => ("bench-", ChannelKind::Public),
-        Via::ClientEvents => ("private-bench-", ChannelKind::Private),
+        Via::Http => (args.channel_prefix.clone(), ChannelKind::Public),
+        Via::ClientEvents => (
+            format!("private-{}", args.channel_prefix),
+            ChannelKind::Private,
+        ),
     };
     let plan = ChannelPlan {
-        prefix: prefix.to_string(),
+        prefix: prefix.clone(),
         kind,
         total: channels,
         assignment: Assignment::Spread {
@@ -37,7 +40,7 @@ fn workload(args: &FanoutArgs, setup: &Setup) -> Result<Workload> {
                 rate: args.rate,
                 connections: args.http_conns.max(1),
                 event: "bench".to_string(),
-                channel_prefix: prefix.to_string(),
+                channel_prefix: prefix.clone(),
                 channels,
                 pad: args.payload_bytes,
             }),
