@@ -10,7 +10,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::task::Wake;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -153,13 +154,18 @@ pub struct ConnHandle {
     writer: AtomicWaker,
     pending: AtomicBool,
     close_reason: Mutex<Option<ErrorKind>>,
-    /// Set with `cancel`; read on the hot path without the token's lock.
+    /// Set by `stop`; read on the hot path without a lock.
     closing: AtomicBool,
+    /// The socket became readable, or the timer fired, since the WebSocket task last polled
+    /// them (see the `Wake` impl): a wake-up for a delivery does not poll the input side.
+    read_woken: AtomicBool,
     /// The client already closed its side (EOF): no close frame is sent back.
     peer_gone: AtomicBool,
     /// The connection negotiated `permessage-deflate`: shared frames go out compressed.
     deflate: AtomicBool,
-    cancel: CancellationToken,
+    /// Made on first use, by an HTTP fallback's session task (a WebSocket's one task is woken
+    /// through `writer`): an idle WebSocket holds no token.
+    cancel: OnceLock<CancellationToken>,
     /// The signed-in user (protocol.md 3.5), for `terminate_connections` and `#server-to-user-`.
     signed_in: Mutex<Option<UserId>>,
     /// Users this connection is present as (for Reverb-style termination by presence id).
@@ -202,9 +208,10 @@ impl ConnHandle {
             pending: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
+            read_woken: AtomicBool::new(true),
             peer_gone: AtomicBool::new(false),
             deflate: AtomicBool::new(false),
-            cancel: CancellationToken::new(),
+            cancel: OnceLock::new(),
             signed_in: Mutex::new(None),
             presence_users: Mutex::new(Vec::new()),
         })
@@ -347,11 +354,14 @@ impl ConnHandle {
         self.stop();
     }
 
-    /// Stops both tasks of the connection (without setting a reason).
+    /// Stops the connection's tasks (without setting a reason).
     pub fn stop(&self) {
-        self.closing.store(true, Ordering::Release);
+        // SeqCst with `cancelled`: a token made concurrently is cancelled by one side or the other.
+        self.closing.store(true, Ordering::SeqCst);
         self.writer.wake();
-        self.cancel.cancel();
+        if let Some(token) = self.cancel.get() {
+            token.cancel();
+        }
     }
 
     /// The client closed the TCP connection: nothing more can be written to it.
@@ -372,8 +382,29 @@ impl ConnHandle {
         self.close_reason.lock().clone()
     }
 
+    /// A token cancelled when the connection closes, for a task other than the one woken
+    /// through the writer slot (an HTTP fallback's session task).
     pub fn cancelled(&self) -> &CancellationToken {
-        &self.cancel
+        let token = self.cancel.get_or_init(CancellationToken::new);
+        if self.closing.load(Ordering::SeqCst) {
+            token.cancel();
+        }
+        token
+    }
+
+    /// Whether the socket may have become readable since the last call (cleared by it), with
+    /// `task` registered first in the waker slot the read's wake-ups go through: a wake-up
+    /// after the check finds the task there, one before it is seen by the check. Set when the
+    /// handle is made, so a new read is always polled once.
+    pub(crate) fn take_read_woken(&self, task: &std::task::Waker) -> bool {
+        self.writer.register(task);
+        self.read_woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// A new read or timer starts: poll the input side at least once (bytes may wait that no
+    /// wake-up announces).
+    pub(crate) fn arm_read(&self) {
+        self.read_woken.store(true, Ordering::Release);
     }
 
     pub fn signed_in_user(&self) -> Option<UserId> {
@@ -401,6 +432,20 @@ impl ConnHandle {
             .lock()
             .iter()
             .any(|u| u.as_str() == user)
+    }
+}
+
+/// The waker a WebSocket's reads register with the socket, and its timer with the clock: it
+/// marks the input side as woken, then wakes the connection's task through the writer slot
+/// (where that task keeps its waker). A wake-up for a delivery then polls only the output side.
+impl Wake for ConnHandle {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.read_woken.store(true, Ordering::Release);
+        self.writer.wake();
     }
 }
 

@@ -1,6 +1,8 @@
-//! The per-socket tasks. The connection task owns the read half and the session state (its
-//! subscriptions, its signed-in user); a writer task owns the write half and drains the
-//! bounded outbound queue. Only these two tasks touch the socket.
+//! The per-socket task. One task per WebSocket owns the socket and the session state (its
+//! subscriptions, its signed-in user): it reads frames and, beside them, drains the bounded
+//! outbound queue into the socket (`writer.rs`). A wake-up for a delivery polls only the output
+//! side; the input side (the read and the liveness timer) is polled when the socket or the
+//! timer woke it (`ConnHandle`'s `Wake`).
 //!
 //! Lifecycle: handshake result → `connection_established` (or `pusher:error` + close) → read
 //! loop with the liveness timer → on any end, the session leaves every channel and the writer
@@ -17,12 +19,17 @@ mod session;
 mod slot;
 mod writer;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, Instrument};
 
@@ -245,11 +252,17 @@ async fn serve(
     if deflate {
         conn.accept_deflate();
     }
-    let (mut reader, write_half) = tokio::io::split(io);
-    let writer =
-        // Not instrumented: the writer is polled once per delivery, and entering a span on every
-        // poll is measurable at high fan-out. It logs nothing.
-        tokio::spawn(writer::run(write_half, conn.clone(), hub.metrics.clone()));
+    // One task reads and writes: the socket is shared by a lock that is never held across an
+    // await (each side takes it for one poll), so neither side waits for the other.
+    let io = IoSide::shared(io);
+    // Registered by every read with the socket, and by the timer (see the handle's `Wake`):
+    // a wake-up for a delivery polls only the output side.
+    let input_waker = Waker::from(conn.clone());
+    let pump = writer::pump(IoSide(&io), &conn, &hub.metrics);
+    tokio::pin!(pump);
+    // `Some(clean)` once the output side ended: the connection is closing.
+    let mut pumped: Option<bool> = None;
+    let mut reader = IoSide(&io);
 
     let mut session = Established::open(
         state.clone(),
@@ -269,9 +282,6 @@ async fn serve(
     let mut fragments: Option<(OpCode, bool, Vec<u8>)> = None;
     // The bytes of messages not yet handled, charged to the node's budget as they arrive.
     let mut hold = PartialHold::new(state.budgets.partial.clone());
-    // Registered with the token once for the connection's life (see writer.rs).
-    let cancelled = conn.cancelled().cancelled();
-    tokio::pin!(cancelled);
 
     loop {
         // What the previous message held is handled or dropped; fragments are still held.
@@ -280,23 +290,50 @@ async fn serve(
             let read = frames::read_frame(&mut reader, max, deflate, &mut hold);
             tokio::pin!(read);
             loop {
-                tokio::select! {
-                    r = &mut read => break Step::Frame(r),
-                    () = &mut cancelled => break Step::Closed,
-                    () = sleep_until(deadline) => {
-                        if pinged {
-                            conn.close(ErrorKind::PongTimeout);
-                        } else {
-                            conn.deliver(&message::ping());
-                            pinged = true;
-                            deadline = Instant::now() + settings.pong_timeout;
+                // One timer for both deadlines: the liveness check and, until the connection
+                // is authorized, the authorization timeout.
+                let next = auth_deadline.map_or(deadline, |a| a.min(deadline));
+                let timer = sleep_until(next);
+                tokio::pin!(timer);
+                // The input side (the read and the timer) is polled only when it woke, or
+                // once when either is new: a delivery's wake-up polls the output side alone.
+                conn.arm_read();
+                let input = std::future::poll_fn(|cx| {
+                    poll_input(&conn, &input_waker, cx, |input| {
+                        if let Poll::Ready(r) = read.as_mut().poll(input) {
+                            return Poll::Ready(Some(r));
                         }
+                        timer.as_mut().poll(input).map(|()| None)
+                    })
+                });
+                tokio::select! {
+                    // The output side first: a closing connection (a deadline passed, say)
+                    // stops here, before the input side is asked again.
+                    biased;
+                    clean = &mut pump, if pumped.is_none() => {
+                        pumped = Some(clean);
+                        break Step::Closed;
                     }
-                    () = sleep_until(auth_deadline.unwrap_or_else(far_future)), if auth_deadline.is_some() => {
-                        if session.is_authorized() {
-                            auth_deadline = None;
-                        } else {
-                            conn.close(ErrorKind::AuthorizationTimeout);
+                    got = input => {
+                        if let Some(r) = got {
+                            break Step::Frame(r);
+                        }
+                        let now = Instant::now();
+                        if deadline <= now {
+                            if pinged {
+                                conn.close(ErrorKind::PongTimeout);
+                            } else {
+                                conn.deliver(&message::ping());
+                                pinged = true;
+                                deadline = now + settings.pong_timeout;
+                            }
+                        }
+                        if auth_deadline.is_some_and(|a| a <= now) {
+                            if session.is_authorized() {
+                                auth_deadline = None;
+                            } else {
+                                conn.close(ErrorKind::AuthorizationTimeout);
+                            }
                         }
                     }
                 }
@@ -405,20 +442,111 @@ async fn serve(
             conn.close(ErrorKind::InvalidPayload);
             break;
         }
-        session.handle(&payload).await;
-        if conn.is_closing() {
+        {
+            // The output side keeps going while the message is handled (a subscription may
+            // wait on the cluster): what is queued meanwhile is written, not held.
+            let handled = session.handle(&payload);
+            tokio::pin!(handled);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut handled => break,
+                    clean = &mut pump, if pumped.is_none() => pumped = Some(clean),
+                }
+            }
+        }
+        if conn.is_closing() || pumped.is_some() {
             break;
         }
     }
 
+    // The departure and the close sequence go on together, as they would on two tasks: the
+    // client is told at once, and a client that does not read cannot delay the departure
+    // beyond the close's bounded steps.
+    let close = async {
+        let clean = match pumped {
+            Some(clean) => clean,
+            // The departure stops the connection, which ends the pump.
+            None => pump.await,
+        };
+        writer::close(IoSide(&io), &conn, clean).await;
+    };
     // Boxed, as a message's handling is: an idle connection's task does not carry the departure.
-    let reason = Box::pin(session.finish(&state)).await;
-    // The writer sends the close frame; give it a bounded time.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let (reason, _) = tokio::join!(
+        Box::pin(session.finish(&state)),
+        tokio::time::timeout(Duration::from_secs(5), close)
+    );
     debug!(
         code = reason.as_ref().map_or(1000, ErrorKind::code),
         "disconnected"
     );
+}
+
+/// Polls the input side (`poll`: the read, then the timer) only when it woke or is new, with
+/// the waker that marks it; any other wake-up of the task (a delivery) leaves it alone. The
+/// task's waker is registered before the check, so a wake-up of the input side is never lost,
+/// whether or not the output side is waiting in the same slot.
+fn poll_input<T>(
+    conn: &ConnHandle,
+    input_waker: &Waker,
+    task: &mut Context<'_>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> Poll<T> {
+    if !conn.take_read_woken(task.waker()) {
+        return Poll::Pending;
+    }
+    poll(&mut Context::from_waker(input_waker))
+}
+
+/// One side of a socket shared by the connection's one task: each poll takes the lock for
+/// its own duration only.
+#[derive(Clone, Copy)]
+struct IoSide<'a>(&'a Mutex<Io>);
+
+impl IoSide<'_> {
+    fn shared(io: Io) -> Mutex<Io> {
+        Mutex::new(io)
+    }
+}
+
+impl AsyncRead for IoSide<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.lock()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for IoSide<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.lock()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.lock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.lock()).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.lock()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.lock().is_write_vectored()
+    }
 }
 
 /// A close frame's payload is empty, or a 2-byte code allowed on the wire plus UTF-8.
@@ -434,6 +562,67 @@ fn valid_close_payload(p: &[u8]) -> bool {
     }
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::protocol::SocketId;
+
+    /// A task's waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A read that is never ready and keeps the waker it was polled with, as a socket does.
+    struct Socket(Option<Waker>);
+
+    impl Future for Socket {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.0 = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_wake_up_from_the_socket_reaches_the_task_and_only_it_polls_the_read() {
+        let conn = ConnHandle::new(SocketId::from_parts(1, 1), 16);
+        let input_waker = Waker::from(conn.clone());
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let task = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&task);
+        let mut socket = Socket(None);
+        let mut poll = |socket: &mut Socket| {
+            poll_input(&conn, &input_waker, &mut cx, |input| {
+                Pin::new(&mut *socket).poll(input)
+            })
+            .is_pending()
+        };
+
+        // A new read is polled at once, with the waker that marks the read side.
+        assert!(poll(&mut socket));
+        let registered = socket.0.take().expect("a new read is polled");
+        assert!(registered.will_wake(&input_waker));
+        // Another wake-up of the task (a delivery, a timer) leaves the read alone.
+        assert!(poll(&mut socket));
+        assert!(
+            socket.0.is_none(),
+            "polled without a wake-up from the socket"
+        );
+        // The socket's wake-up reaches the task even though nothing else of it waits in the
+        // slot (no output side here), and the next poll reads.
+        registered.wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the task was not woken");
+        assert!(poll(&mut socket));
+        assert!(
+            socket.0.is_some(),
+            "the read was not polled after its wake-up"
+        );
+    }
 }

@@ -1,6 +1,6 @@
-//! The writer task: drains a connection's outbound queue into the socket, batching whatever
-//! is queued into one write, and sends the close sequence (`pusher:error` then the close frame)
-//! when the connection ends.
+//! The output side of a WebSocket: drains a connection's outbound queue into the socket,
+//! batching whatever is queued into one write, and sends the close sequence (`pusher:error`
+//! then the close frame) when the connection ends. It runs inside the connection's one task.
 //!
 //! Server frames are never masked, so they are encoded here directly into the batch buffer:
 //! this lets many small frames go out in one syscall, which fastwebsockets' writer (one write
@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::handle::{ConnRef, Outbound};
+use super::handle::{ConnHandle, Outbound};
 use super::Io;
 use crate::metrics::AppMetrics;
 use crate::protocol::{message, ErrorKind};
@@ -94,40 +94,43 @@ fn push(buf: &mut Vec<u8>, out: Outbound, metrics: &AppMetrics) -> usize {
     len
 }
 
-pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics) {
+/// Drains the outbound queue into `w` until the connection is closing; returns whether the
+/// stream is clean (no frame half written), so a close frame can follow. Polled by the
+/// connection's task beside its reads: it keeps the task's waker in the handle's writer slot.
+pub(super) async fn pump<W: AsyncWrite + Unpin>(
+    mut w: W,
+    conn: &ConnHandle,
+    metrics: &AppMetrics,
+) -> bool {
     let mut buf: Vec<u8> = Vec::new();
-    let mut clean = true;
-    // Woken through the handle's waker slot for both new frames and closing: the
-    // cancellation token would lock on every wake-up.
-    'outer: loop {
+    // Woken through the handle's waker slot for both new frames and closing: no lock on a
+    // wake-up.
+    loop {
         let mut batch = conn.take_queued();
         if batch.is_empty() {
             if conn.is_closing() {
-                break;
+                return true;
             }
             conn.queued().await;
             continue;
         }
         while !batch.is_empty() {
             if conn.is_closing() {
-                break 'outer;
+                return true;
             }
             buf.clear();
             let mut payload = 0;
             while buf.len() < BATCH_BYTES {
                 let Some(m) = batch.pop_front() else { break };
-                payload += push(&mut buf, m, &metrics);
+                payload += push(&mut buf, m, metrics);
             }
             let written = tokio::select! {
                 r = w.write_all(&buf) => r.is_ok(),
-                () = conn.closing() => {
-                    // A frame may be half written: no close frame can follow it.
-                    clean = false;
-                    false
-                }
+                // A frame may be half written: no close frame can follow it.
+                () = conn.closing() => return false,
             };
             if !written {
-                break 'outer;
+                return false;
             }
             // Only now: until written, the frames pin memory as much as queued ones.
             conn.written(payload);
@@ -136,6 +139,12 @@ pub(super) async fn run(mut w: WriteHalf<Io>, conn: ConnRef, metrics: AppMetrics
             buf = Vec::new();
         }
     }
+}
+
+/// The end of the output side, once [`pump`] returned `clean`: refuses further frames and,
+/// unless the client is gone, sends the close sequence and shuts the stream down, each step
+/// bounded in time.
+pub(super) async fn close<W: AsyncWrite + Unpin>(mut w: W, conn: &ConnHandle, clean: bool) {
     conn.close_queue();
     if conn.is_peer_gone() {
         return;

@@ -352,3 +352,31 @@ async fn plain_get_on_the_websocket_route_is_not_a_crash() {
     .await;
     assert_eq!(r.status, 404);
 }
+
+/// Many sockets reading and writing at once on a server with worker threads (where a socket
+/// can become readable while its task is busy on another thread): every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_socket_of_a_crowd_is_answered() {
+    let s = TestServer::default().await;
+    let url = s.ws_url(KEY, "protocol=7&client=js&version=8.4.0&flash=false");
+    let mut crowd = tokio::task::JoinSet::new();
+    for i in 0..600 {
+        let url = url.clone();
+        crowd.spawn(async move {
+            let mut c = Client::connect(&url).await;
+            let channel = format!("crowd-{}", i % 50);
+            let ok = c.subscribe(&channel).await;
+            assert_eq!(ok["channel"], channel.as_str());
+            for _ in 0..20 {
+                c.send(json!({"event": "pusher:ping", "data": {}})).await;
+                assert_eq!(c.recv().await["event"], "pusher:pong");
+            }
+            c
+        });
+    }
+    let mut clients = Vec::new();
+    while let Some(c) = crowd.join_next().await {
+        clients.push(c.expect("every client of the crowd was answered in time"));
+    }
+    assert_eq!(clients.len(), 600);
+}

@@ -148,3 +148,49 @@ async fn authorized_connections_close_unauthorized_sockets_after_the_timeout() {
             .await;
     }
 }
+
+#[tokio::test]
+async fn a_client_whose_socket_is_full_is_still_read() {
+    let toml = TestConfig::new()
+        .server_setting("outbound_queue_size", 100_000)
+        .server_setting("outbound_queue_bytes", 64 * 1024 * 1024)
+        .app_setting("max_event_payload_bytes", 65536)
+        .app_setting("max_http_body_bytes", 1048576)
+        .toml();
+    let s = TestServer::start(&toml).await;
+    let mut stalled = s.client().await;
+    stalled.subscribe("firehose").await;
+    let api = s.api();
+    // 12 MB for a client that does not read: more than the socket's buffers on both ends hold,
+    // so the server's writes to it are pending, within the queue's limits.
+    let payload = "z".repeat(60_000);
+    for i in 0..200 {
+        let r = api
+            .trigger(
+                &["firehose"],
+                "e",
+                &format!("{{\"i\":{i},\"p\":\"{payload}\"}}"),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    // Its messages are still read and handled while its output waits.
+    stalled
+        .send(json!({"event": "pusher:subscribe", "data": {"channel": "later"}}))
+        .await;
+    api.get_until(
+        "/channels/later",
+        &[("info", "subscription_count")],
+        &json!({"occupied": true, "subscription_count": 1}),
+    )
+    .await;
+    // And what waited is delivered, in order, once it reads again.
+    for i in 0..200 {
+        let ev = stalled.recv_event("e").await;
+        assert_eq!(data_json(&ev)["i"], i);
+    }
+    let ev = stalled
+        .recv_event("pusher_internal:subscription_succeeded")
+        .await;
+    assert_eq!(ev["channel"], "later");
+}

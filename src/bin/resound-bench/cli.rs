@@ -208,6 +208,13 @@ pub struct StormArgs {
     /// Reconnection attempts in flight at once, all workers together.
     #[arg(long, default_value_t = 2000)]
     pub reconnect_inflight: usize,
+    /// Run the target and the baseline interleaved and report target/baseline ratios of the
+    /// time to the first accept and to everyone back.
+    #[arg(long)]
+    pub ab: bool,
+    /// A/B rounds (each round runs the target, then the baseline).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -370,6 +377,8 @@ mod tests {
             other => panic!("parsed as {other:?}"),
         }
         let cli = Cli::try_parse_from(["resound-bench", "storm", "--close", "rst"]).unwrap();
-        assert!(matches!(cli.command, Cmd::Storm(s) if s.close == CloseMode::Rst));
+        assert!(matches!(cli.command, Cmd::Storm(s) if s.close == CloseMode::Rst && !s.ab));
+        let cli = Cli::try_parse_from(["resound-bench", "storm", "--ab", "--rounds", "5"]).unwrap();
+        assert!(matches!(cli.command, Cmd::Storm(s) if s.ab && s.rounds == 5));
     }
 }

@@ -4,8 +4,8 @@
 //! reports target/baseline ratios so machine noise cancels.
 
 use anyhow::Result;
-use std::time::Duration;
 
+use crate::ab;
 use crate::baseline::BaselineChild;
 use crate::cli::{FanoutArgs, Via};
 use crate::connections::{add_rss, workers};
@@ -103,34 +103,13 @@ async fn run_once(args: &FanoutArgs, setup: &Setup) -> Result<Report> {
 }
 
 async fn run_ab(args: &FanoutArgs) -> Result<Vec<Report>> {
-    let target = args.common.setup(None)?;
-    let baseline = BaselineChild::start().await?;
-    let mut base = args.common.setup(Some(baseline.port))?;
-    base.server_pid = baseline.pid;
-    let mut reports = Vec::new();
-    let mut pairs = Vec::new();
-    let rounds = args.rounds.max(1);
-    let result: Result<()> = async {
-        for round in 0..rounds {
-            let a = run_once(args, &target).await?;
-            a.print(args.common.json);
-            settle().await;
-            let b = run_once(args, &base).await?;
-            b.print(args.common.json);
-            settle().await;
-            pairs.push((round, metrics(&a), metrics(&b)));
-            reports.push(a);
-            reports.push(b);
-        }
-        Ok(())
-    }
-    .await;
-    baseline.stop().await;
-    result?;
-
-    let mut summary = Report::new("fanout-ab", &target.url, false);
+    let pairs = ab::interleave(&args.common, args.rounds, |setup| async move {
+        run_once(args, &setup).await
+    })
+    .await?;
+    let mut summary = Report::new("fanout-ab", &args.common.url, false);
     summary
-        .param("rounds", rounds)
+        .param("rounds", pairs.len())
         .param("subscribers", args.subscribers)
         .param("channels", args.channels)
         .param("rate", args.rate)
@@ -138,43 +117,42 @@ async fn run_ab(args: &FanoutArgs) -> Result<Vec<Report>> {
         .param("duration_s", args.common.duration.unwrap_or(10.0));
     let mut throughput_ratios = Vec::new();
     let mut p99_ratios = Vec::new();
-    for (round, a, b) in &pairs {
-        let t = ratio(a.deliveries_per_s, b.deliveries_per_s);
-        let p = ratio(a.p99_ms, b.p99_ms);
+    let mut reports = Vec::new();
+    for (round, (a, b)) in pairs.into_iter().enumerate() {
+        let (a_m, b_m) = (metrics(&a), metrics(&b));
+        let t = ab::ratio(a_m.deliveries_per_s, b_m.deliveries_per_s);
+        let p = ab::ratio(a_m.p99_ms, b_m.p99_ms);
         throughput_ratios.push(t);
         p99_ratios.push(p);
         summary.result(
             &format!("round_{}", round + 1),
             serde_json::json!({
-                "target_deliveries_per_s": round3(a.deliveries_per_s),
-                "baseline_deliveries_per_s": round3(b.deliveries_per_s),
-                "target_p99_ms": round3(a.p99_ms),
-                "baseline_p99_ms": round3(b.p99_ms),
-                "target_lost": a.lost,
-                "baseline_lost": b.lost,
+                "target_deliveries_per_s": round3(a_m.deliveries_per_s),
+                "baseline_deliveries_per_s": round3(b_m.deliveries_per_s),
+                "target_p99_ms": round3(a_m.p99_ms),
+                "baseline_p99_ms": round3(b_m.p99_ms),
+                "target_lost": a_m.lost,
+                "baseline_lost": b_m.lost,
                 "deliveries_per_s_ratio": round3(t),
                 "p99_ratio": round3(p),
             }),
         );
+        reports.push(a);
+        reports.push(b);
     }
     summary
         .result(
             "deliveries_per_s_ratio",
-            round3(geometric_mean(&throughput_ratios)),
+            round3(ab::geometric_mean(&throughput_ratios)),
         )
-        .result("p99_ratio", round3(geometric_mean(&p99_ratios)))
-        .result("p99_ratio_range", spread(&p99_ratios))
+        .result("p99_ratio", round3(ab::geometric_mean(&p99_ratios)))
+        .result("p99_ratio_range", ab::spread(&p99_ratios))
         .result(
             "note",
             "ratios are target/baseline, geometric mean over rounds; throughput < 1 and p99 > 1 mean the target is slower",
         );
     reports.push(summary);
     Ok(reports)
-}
-
-/// Lets the server finish closing the previous run's sockets before the next run starts.
-async fn settle() {
-    tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
 struct Metrics {
@@ -184,46 +162,14 @@ struct Metrics {
 }
 
 fn metrics(report: &Report) -> Metrics {
-    let num = |k: &str| report.get_result(k).and_then(serde_json::Value::as_f64);
     Metrics {
-        deliveries_per_s: num("deliveries_per_s").unwrap_or(0.0),
-        p99_ms: report
-            .get_result("latency")
-            .and_then(|l| l.get("p99_ms"))
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(0.0),
+        deliveries_per_s: ab::number(report, &["deliveries_per_s"]).unwrap_or(0.0),
+        p99_ms: ab::number(report, &["latency", "p99_ms"]).unwrap_or(0.0),
         lost: report
             .get_result("lost")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0),
     }
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
-}
-
-fn geometric_mean(values: &[f64]) -> f64 {
-    let positive: Vec<f64> = values.iter().copied().filter(|v| *v > 0.0).collect();
-    if positive.is_empty() {
-        return 0.0;
-    }
-    (positive.iter().map(|v| v.ln()).sum::<f64>() / positive.len() as f64).exp()
-}
-
-/// `[min, max]` of the per-round ratios: a wide range means the machine was noisy and more
-/// rounds are needed.
-fn spread(values: &[f64]) -> serde_json::Value {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if values.is_empty() {
-        return serde_json::Value::Null;
-    }
-    serde_json::json!([round3(min), round3(max)])
 }
 
 fn via_name(via: Via) -> &'static str {
@@ -311,20 +257,4 @@ pub fn add_delivery_results(report: &mut Report, outcome: &Outcome) {
         .result("server_errors", t.server_errors)
         .result("disconnects", t.disconnects);
     add_rss(report, outcome);
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ratios_and_means() {
-        assert_eq!(ratio(2.0, 4.0), 0.5);
-        assert_eq!(ratio(1.0, 0.0), 0.0);
-        assert!((geometric_mean(&[0.5, 2.0]) - 1.0).abs() < 1e-9);
-        assert_eq!(geometric_mean(&[]), 0.0);
-        assert_eq!(spread(&[1.5, 0.5, 1.0]), serde_json::json!([0.5, 1.5]));
-        assert!(spread(&[]).is_null());
-    }
 }

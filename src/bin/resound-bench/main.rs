@@ -12,12 +12,14 @@
 //! resound-bench fanout --ab --rounds 4 ...      # target and baseline interleaved, ratios reported
 //! resound-bench chat --connections 10000 --room-size 10 --rate 10000 --typing-share 0.5
 //! resound-bench storm --connections 5000 --steady 100 --rate 20 --close fin
+//! resound-bench storm --ab --rounds 3 ...       # first accept as a ratio to the baseline's
 //! resound-bench baseline-server --port 8090
 //! ```
 //!
 //! Every scenario takes `--url --app-id --key --secret --json --server-pid --duration
 //! --workers --baseline`; `--help` on each lists the rest.
 
+mod ab;
 mod baseline;
 mod chat;
 mod cli;
@@ -95,6 +97,10 @@ fn coordinate(command: Cmd) -> Result<()> {
                 })
                 .await?;
                 report.print(args.common.json);
+            }
+            Cmd::Storm(args) if args.ab => {
+                // Each run is printed as it finishes; only the summary is left.
+                storm::run_ab(&args).await?.print(args.common.json);
             }
             Cmd::Storm(args) => {
                 let report = with_target(&args.common, |setup| {

@@ -4,11 +4,14 @@
 //! until everyone is back, and delivery latency before, during and after the storm window.
 //! A few steady connections stay through the storm; only their loss is accounted. While the
 //! storm lasts the coordinator also opens fresh probe connections one after another, so the
-//! accept latency a newcomer sees during the storm is reported too.
+//! accept latency a newcomer sees during the storm is reported too. With `--ab` the target and
+//! the baseline are run in turn and the times to the first accept and to everyone back are
+//! reported as target/baseline ratios from the same session.
 
 use anyhow::Result;
 use std::time::Duration;
 
+use crate::ab;
 use crate::cli::StormArgs;
 use crate::connections::{add_rss, workers};
 use crate::ipc::{Assignment, ChannelKind, ChannelPlan, CloseMode};
@@ -113,6 +116,62 @@ pub async fn run(args: &StormArgs, setup: &Setup) -> Result<Report> {
         .result("disconnects", t.disconnects);
     add_rss(&mut report, &outcome);
     Ok(report)
+}
+
+/// `--ab`: the storm against the target, then the baseline, `--rounds` times; the summary.
+pub async fn run_ab(args: &StormArgs) -> Result<Report> {
+    let pairs = ab::interleave(&args.common, args.rounds, |setup| async move {
+        run(args, &setup).await
+    })
+    .await?;
+    let mut summary = Report::new("storm-ab", &args.common.url, false);
+    summary
+        .param("rounds", pairs.len())
+        .param("connections", args.connections)
+        .param("steady", args.steady)
+        .param("close", close_name(args.close));
+    let mut first_ratios = Vec::new();
+    let mut all_ratios = Vec::new();
+    const FIRST: &[&str] = &["first_accept_after_storm_ms"];
+    const ALL: &[&str] = &["all_reconnected_after_storm_ms"];
+    const PROBE_P99: &[&str] = &["probe_accept_latency", "p99_ms"];
+    for (round, (a, b)) in pairs.iter().enumerate() {
+        let get = |r: &Report, path: &[&str]| ab::number(r, path).unwrap_or(0.0);
+        let first = ab::ratio(get(a, FIRST), get(b, FIRST));
+        let all = ab::ratio(get(a, ALL), get(b, ALL));
+        first_ratios.push(first);
+        all_ratios.push(all);
+        summary.result(
+            &format!("round_{}", round + 1),
+            serde_json::json!({
+                "target_first_accept_ms": get(a, FIRST),
+                "baseline_first_accept_ms": get(b, FIRST),
+                "target_all_reconnected_ms": get(a, ALL),
+                "baseline_all_reconnected_ms": get(b, ALL),
+                "target_probe_accept_p99_ms": get(a, PROBE_P99),
+                "baseline_probe_accept_p99_ms": get(b, PROBE_P99),
+                "target_steady_lost": a.get_result("steady_lost"),
+                "first_accept_ratio": round3(first),
+                "all_reconnected_ratio": round3(all),
+            }),
+        );
+    }
+    summary
+        .result(
+            "first_accept_ratio",
+            round3(ab::geometric_mean(&first_ratios)),
+        )
+        .result("first_accept_ratio_range", ab::spread(&first_ratios))
+        .result(
+            "all_reconnected_ratio",
+            round3(ab::geometric_mean(&all_ratios)),
+        )
+        .result("all_reconnected_ratio_range", ab::spread(&all_ratios))
+        .result(
+            "note",
+            "ratios are target/baseline, geometric mean over rounds; below 1 means the target is back sooner than a broadcaster that does no protocol work",
+        );
+    Ok(summary)
 }
 
 fn close_name(close: CloseMode) -> &'static str {
