@@ -111,9 +111,27 @@ impl Budgets {
     }
 }
 
-/// Runs one WebSocket connection to completion; `deflate`: the handshake negotiated
-/// `permessage-deflate` (see `deflate::negotiate`).
-pub async fn run(io: Io, admission: Admission, deflate: bool, state: Arc<ServerState>) {
+/// Runs one WebSocket connection to completion, from the end of the HTTP handshake: waits
+/// for the upgrade, then refuses or serves the socket. `deflate`: the handshake negotiated
+/// `permessage-deflate` (see `deflate::negotiate`). The socket's whole task is this one
+/// future, with as few layers as possible: each layer's arguments stay in the task's memory
+/// for the connection's life.
+pub async fn run(
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+    admission: Admission,
+    deflate: bool,
+    state: Arc<ServerState>,
+) {
+    let io = match upgrade.await {
+        Ok(ws) => ws.into_inner(),
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            if let Admission::Accepted { slot, .. } = admission {
+                slot.release().await;
+            }
+            return;
+        }
+    };
     match admission {
         Admission::Refused(kind) => writer::refuse(io, &kind).await,
         Admission::Accepted { app, slot } => {
@@ -121,12 +139,9 @@ pub async fn run(io: Io, admission: Admission, deflate: bool, state: Arc<ServerS
             // A debug-level span: with the default `info` filter it is never created, which saves
             // the ~390 bytes a live span with its formatted fields costs every connection.
             let span = tracing::debug_span!("connection", app_id = %app.id, socket_id = %socket_id);
-            async move {
-                serve(io, socket_id, deflate, app, slot.hub().clone(), state).await;
-                slot.release().await;
-            }
-            .instrument(span)
-            .await;
+            serve(io, socket_id, deflate, app, slot, state)
+                .instrument(span)
+                .await;
         }
     }
 }
@@ -245,9 +260,10 @@ async fn serve(
     socket_id: SocketId,
     deflate: bool,
     app: Arc<App>,
-    hub: Arc<AppHub>,
+    slot: ConnectionSlot,
     state: Arc<ServerState>,
 ) {
+    let hub = slot.hub().clone();
     let conn = ConnHandle::bounded(socket_id, state.budgets.queue.clone());
     if deflate {
         conn.accept_deflate();
@@ -462,24 +478,29 @@ async fn serve(
 
     // The departure and the close sequence go on together, as they would on two tasks: the
     // client is told at once, and a client that does not read cannot delay the departure
-    // beyond the close's bounded steps.
-    let close = async {
-        let clean = match pumped {
-            Some(clean) => clean,
-            // The departure stops the connection, which ends the pump.
-            None => pump.await,
+    // beyond the close's bounded steps. Boxed, as a message's handling is: an idle
+    // connection's task does not carry the departure's state.
+    let departure = async {
+        let close = async {
+            let clean = match pumped {
+                Some(clean) => clean,
+                // The departure stops the connection, which ends the pump.
+                None => pump.await,
+            };
+            writer::close(IoSide(&io), &conn, clean).await;
         };
-        writer::close(IoSide(&io), &conn, clean).await;
+        let (reason, _) = tokio::join!(
+            session.finish(&state),
+            tokio::time::timeout(Duration::from_secs(5), close)
+        );
+        reason
     };
-    // Boxed, as a message's handling is: an idle connection's task does not carry the departure.
-    let (reason, _) = tokio::join!(
-        Box::pin(session.finish(&state)),
-        tokio::time::timeout(Duration::from_secs(5), close)
-    );
+    let reason = Box::pin(departure).await;
     debug!(
         code = reason.as_ref().map_or(1000, ErrorKind::code),
         "disconnected"
     );
+    slot.release().await;
 }
 
 /// Polls the input side (`poll`: the read, then the timer) only when it woke or is new, with

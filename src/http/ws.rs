@@ -134,17 +134,7 @@ pub(super) async fn upgrade(
         );
     }
     let deflate = extensions.is_some();
-    let task = async move {
-        match fut.await {
-            Ok(ws) => connection::run(ws.into_inner(), admission, deflate, state).await,
-            Err(e) => {
-                debug!(error = %e, "upgrade failed");
-                if let Admission::Accepted { slot, .. } = admission {
-                    slot.release().await;
-                }
-            }
-        }
-    };
+    let task = connection::run(fut, admission, deflate, state);
     // The socket's task belongs to the edge that accepted it, so a drain waits for it.
     match req.extensions().get::<EdgeConn>() {
         Some(conn) => drop(conn.edge().spawn(task)),
