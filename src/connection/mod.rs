@@ -116,32 +116,48 @@ impl Budgets {
 /// `permessage-deflate` (see `deflate::negotiate`). The socket's whole task is this one
 /// future, with as few layers as possible: each layer's arguments stay in the task's memory
 /// for the connection's life.
-pub async fn run(
+// Not an `async fn` (see below), on purpose.
+#[allow(clippy::manual_async_fn)]
+pub fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     admission: Admission,
     deflate: bool,
     state: Arc<ServerState>,
-) {
-    let io = match upgrade.await {
-        Ok(ws) => ws.into_inner(),
-        Err(e) => {
-            debug!(error = %e, "upgrade failed");
+) -> impl Future<Output = ()> + Send {
+    // Not an `async fn`, nor is `serve`: an `async fn` keeps its arguments twice (as passed and
+    // as its body's bindings) for as long as it runs.
+    async move {
+        // The upgrade's result is not kept across an await (the task would carry its 144
+        // bytes for the connection's life): only the socket leaves this statement.
+        let io = match upgrade.await {
+            Ok(ws) => Some(ws.into_inner()),
+            Err(e) => {
+                debug!(error = %e, "upgrade failed");
+                None
+            }
+        };
+        let Some(io) = io else {
             if let Admission::Accepted { slot, .. } = admission {
                 slot.release().await;
             }
             return;
-        }
-    };
-    match admission {
-        Admission::Refused(kind) => writer::refuse(io, &kind).await,
-        Admission::Accepted { app, slot } => {
-            let socket_id = SocketId::random();
-            // A debug-level span: with the default `info` filter it is never created, which saves
-            // the ~390 bytes a live span with its formatted fields costs every connection.
-            let span = tracing::debug_span!("connection", app_id = %app.id, socket_id = %socket_id);
-            serve(io, socket_id, deflate, app, slot, state)
-                .instrument(span)
-                .await;
+        };
+        match admission {
+            Admission::Refused(kind) => writer::refuse(io, &kind).await,
+            Admission::Accepted { app, slot } => {
+                let socket_id = SocketId::random();
+                let io = IoSide::shared(io);
+                // A debug-level span, made only when debug logging is on (a live span with its
+                // formatted fields costs ~390 bytes per connection), and then around a boxed
+                // task: without it, the task carries no span at all.
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let span = tracing::debug_span!("connection", app_id = %app.id, socket_id = %socket_id);
+                    Box::pin(serve(io, socket_id, deflate, app, slot, state).instrument(span))
+                        .await;
+                } else {
+                    serve(io, socket_id, deflate, app, slot, state).await;
+                }
+            }
         }
     }
 }
@@ -255,252 +271,257 @@ impl Established {
     }
 }
 
-async fn serve(
-    io: Io,
+/// Serves an admitted WebSocket. One task reads and writes: the socket (`io`, made by
+/// [`IoSide::shared`]) is shared by a lock that is never held across an await (each side takes
+/// it for one poll), so neither side waits for the other.
+// Not an `async fn`, on purpose (see `run`).
+#[allow(clippy::manual_async_fn)]
+fn serve(
+    io: Mutex<Io>,
     socket_id: SocketId,
     deflate: bool,
     app: Arc<App>,
     slot: ConnectionSlot,
     state: Arc<ServerState>,
-) {
-    let hub = slot.hub().clone();
-    let conn = ConnHandle::bounded(socket_id, state.budgets.queue.clone());
-    if deflate {
-        conn.accept_deflate();
-    }
-    // One task reads and writes: the socket is shared by a lock that is never held across an
-    // await (each side takes it for one poll), so neither side waits for the other.
-    let io = IoSide::shared(io);
-    // Registered by every read with the socket, and by the timer (see the handle's `Wake`):
-    // a wake-up for a delivery polls only the output side.
-    let input_waker = Waker::from(conn.clone());
-    let pump = writer::pump(IoSide(&io), &conn, &hub.metrics);
-    tokio::pin!(pump);
-    // `Some(clean)` once the output side ended: the connection is closing.
-    let mut pumped: Option<bool> = None;
-    let mut reader = IoSide(&io);
-
-    let mut session = Established::open(
-        state.clone(),
-        app.clone(),
-        hub.clone(),
-        conn.clone(),
-        Transport::WebSocket,
-    );
-    let settings = &app.settings;
-    let max = settings.max_message_size;
-    let mut deadline = Instant::now() + settings.ping_interval;
-    let mut pinged = false;
-    let mut auth_deadline = settings
-        .require_authorization
-        .then(|| Instant::now() + settings.authorization_timeout);
-    // A message being assembled: its opcode, whether it is compressed, the bytes so far.
-    let mut fragments: Option<(OpCode, bool, Vec<u8>)> = None;
-    // The bytes of messages not yet handled, charged to the node's budget as they arrive.
-    let mut hold = PartialHold::new(state.budgets.partial.clone());
-
-    loop {
-        // What the previous message held is handled or dropped; fragments are still held.
-        hold.lower_to(fragments.as_ref().map_or(0, |(_, _, buf)| buf.capacity()));
-        let step = {
-            let read = frames::read_frame(&mut reader, max, deflate, &mut hold);
-            tokio::pin!(read);
-            loop {
-                // One timer for both deadlines: the liveness check and, until the connection
-                // is authorized, the authorization timeout.
-                let next = auth_deadline.map_or(deadline, |a| a.min(deadline));
-                let timer = sleep_until(next);
-                tokio::pin!(timer);
-                // The input side (the read and the timer) is polled only when it woke, or
-                // once when either is new: a delivery's wake-up polls the output side alone.
-                conn.arm_read();
-                let input = std::future::poll_fn(|cx| {
-                    poll_input(&conn, &input_waker, cx, |input| {
-                        if let Poll::Ready(r) = read.as_mut().poll(input) {
-                            return Poll::Ready(Some(r));
-                        }
-                        timer.as_mut().poll(input).map(|()| None)
-                    })
-                });
-                tokio::select! {
-                    // The output side first: a closing connection (a deadline passed, say)
-                    // stops here, before the input side is asked again.
-                    biased;
-                    clean = &mut pump, if pumped.is_none() => {
-                        pumped = Some(clean);
-                        break Step::Closed;
-                    }
-                    got = input => {
-                        if let Some(r) = got {
-                            break Step::Frame(r);
-                        }
-                        let now = Instant::now();
-                        if deadline <= now {
-                            if pinged {
-                                conn.close(ErrorKind::PongTimeout);
-                            } else {
-                                conn.deliver(&message::ping());
-                                pinged = true;
-                                deadline = now + settings.pong_timeout;
-                            }
-                        }
-                        if auth_deadline.is_some_and(|a| a <= now) {
-                            if session.is_authorized() {
-                                auth_deadline = None;
-                            } else {
-                                conn.close(ErrorKind::AuthorizationTimeout);
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        let frame = match step {
-            Step::Closed => break,
-            Step::Frame(Ok(f)) => f,
-            Step::Frame(Err(e)) => {
-                debug!(error = %e, "read ended");
-                match e {
-                    FrameError::TooBig(_) => conn.close(ErrorKind::MessageTooBig),
-                    FrameError::Protocol(_) => conn.close(ErrorKind::WebSocketProtocol),
-                    // Back off and come back when the node has room (counted by the budget).
-                    FrameError::OverBudget => conn.close(ErrorKind::OverCapacity),
-                    // Nothing can be written to a client that is gone: skip the close frame (a
-                    // mass disconnect then costs no write per socket).
-                    FrameError::Eof | FrameError::Io(_) => conn.mark_peer_gone(),
-                }
-                break;
-            }
-        };
-        // Any inbound frame is activity (protocol.md 1.6), except a Pong frame: the server never sends
-        // a Ping frame, so every Pong is unsolicited (RFC 6455 5.5.3), and a client that never
-        // reads could otherwise keep itself alive with them, its queue filling for nothing.
-        // Traffic that asks for an answer (`pusher:ping`, a Ping frame) still counts: its
-        // answers fill the queue of a client that does not read, which is then closed.
-        if frame.opcode != OpCode::Pong {
-            deadline = Instant::now() + settings.ping_interval;
-            pinged = false;
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let hub = slot.hub().clone();
+        let conn = ConnHandle::bounded(socket_id, state.budgets.queue.clone());
+        if deflate {
+            conn.accept_deflate();
         }
-        hub.metrics
-            .socket_received_bytes
-            .inc_by(frame.payload.len() as u64);
-        let complete = match frame.opcode {
-            OpCode::Close => {
-                if !valid_close_payload(&frame.payload) {
-                    conn.close(ErrorKind::WebSocketProtocol);
+        // Registered by every read with the socket, and by the timer (see the handle's `Wake`):
+        // a wake-up for a delivery polls only the output side.
+        let input_waker = Waker::from(conn.clone());
+        let pump = writer::pump(IoSide(&io), &conn, &hub.metrics);
+        tokio::pin!(pump);
+        // `Some(clean)` once the output side ended: the connection is closing.
+        let mut pumped: Option<bool> = None;
+        let mut reader = IoSide(&io);
+
+        let mut session = Established::open(
+            state.clone(),
+            app.clone(),
+            hub.clone(),
+            conn.clone(),
+            Transport::WebSocket,
+        );
+        let settings = &app.settings;
+        let max = settings.max_message_size;
+        let mut deadline = Instant::now() + settings.ping_interval;
+        let mut pinged = false;
+        let mut auth_deadline = settings
+            .require_authorization
+            .then(|| Instant::now() + settings.authorization_timeout);
+        // A message being assembled: its opcode, whether it is compressed, the bytes so far.
+        let mut fragments: Option<(OpCode, bool, Vec<u8>)> = None;
+        // The bytes of messages not yet handled, charged to the node's budget as they arrive.
+        let mut hold = PartialHold::new(state.budgets.partial.clone());
+
+        loop {
+            // What the previous message held is handled or dropped; fragments are still held.
+            hold.lower_to(fragments.as_ref().map_or(0, |(_, _, buf)| buf.capacity()));
+            let step = {
+                let read = frames::read_frame(&mut reader, max, deflate, &mut hold);
+                tokio::pin!(read);
+                loop {
+                    // One timer for both deadlines: the liveness check and, until the connection
+                    // is authorized, the authorization timeout.
+                    let next = auth_deadline.map_or(deadline, |a| a.min(deadline));
+                    let timer = sleep_until(next);
+                    tokio::pin!(timer);
+                    // The input side (the read and the timer) is polled only when it woke, or
+                    // once when either is new: a delivery's wake-up polls the output side alone.
+                    conn.arm_read();
+                    let input = std::future::poll_fn(|cx| {
+                        poll_input(&conn, &input_waker, cx, |input| {
+                            if let Poll::Ready(r) = read.as_mut().poll(input) {
+                                return Poll::Ready(Some(r));
+                            }
+                            timer.as_mut().poll(input).map(|()| None)
+                        })
+                    });
+                    tokio::select! {
+                        // The output side first: a closing connection (a deadline passed, say)
+                        // stops here, before the input side is asked again.
+                        biased;
+                        clean = &mut pump, if pumped.is_none() => {
+                            pumped = Some(clean);
+                            break Step::Closed;
+                        }
+                        got = input => {
+                            if let Some(r) = got {
+                                break Step::Frame(r);
+                            }
+                            let now = Instant::now();
+                            if deadline <= now {
+                                if pinged {
+                                    conn.close(ErrorKind::PongTimeout);
+                                } else {
+                                    conn.deliver(&message::ping());
+                                    pinged = true;
+                                    deadline = now + settings.pong_timeout;
+                                }
+                            }
+                            if auth_deadline.is_some_and(|a| a <= now) {
+                                if session.is_authorized() {
+                                    auth_deadline = None;
+                                } else {
+                                    conn.close(ErrorKind::AuthorizationTimeout);
+                                }
+                            }
+                        }
+                    }
                 }
-                break;
+            };
+            let frame = match step {
+                Step::Closed => break,
+                Step::Frame(Ok(f)) => f,
+                Step::Frame(Err(e)) => {
+                    debug!(error = %e, "read ended");
+                    match e {
+                        FrameError::TooBig(_) => conn.close(ErrorKind::MessageTooBig),
+                        FrameError::Protocol(_) => conn.close(ErrorKind::WebSocketProtocol),
+                        // Back off and come back when the node has room (counted by the budget).
+                        FrameError::OverBudget => conn.close(ErrorKind::OverCapacity),
+                        // Nothing can be written to a client that is gone: skip the close frame (a
+                        // mass disconnect then costs no write per socket).
+                        FrameError::Eof | FrameError::Io(_) => conn.mark_peer_gone(),
+                    }
+                    break;
+                }
+            };
+            // Any inbound frame is activity (protocol.md 1.6), except a Pong frame: the server never sends
+            // a Ping frame, so every Pong is unsolicited (RFC 6455 5.5.3), and a client that never
+            // reads could otherwise keep itself alive with them, its queue filling for nothing.
+            // Traffic that asks for an answer (`pusher:ping`, a Ping frame) still counts: its
+            // answers fill the queue of a client that does not read, which is then closed.
+            if frame.opcode != OpCode::Pong {
+                deadline = Instant::now() + settings.ping_interval;
+                pinged = false;
             }
-            OpCode::Ping => {
-                conn.enqueue(Outbound::Pong(frame.payload));
+            hub.metrics
+                .socket_received_bytes
+                .inc_by(frame.payload.len() as u64);
+            let complete = match frame.opcode {
+                OpCode::Close => {
+                    if !valid_close_payload(&frame.payload) {
+                        conn.close(ErrorKind::WebSocketProtocol);
+                    }
+                    break;
+                }
+                OpCode::Ping => {
+                    conn.enqueue(Outbound::Pong(frame.payload));
+                    continue;
+                }
+                OpCode::Pong => continue,
+                OpCode::Text | OpCode::Binary => {
+                    if fragments.is_some() {
+                        conn.close(ErrorKind::WebSocketProtocol);
+                        break;
+                    }
+                    if frame.fin {
+                        Some((frame.opcode, frame.compressed, frame.payload))
+                    } else {
+                        fragments =
+                            Some((frame.opcode, frame.compressed, Vec::from(frame.payload)));
+                        None
+                    }
+                }
+                OpCode::Continuation => {
+                    let Some((first, compressed, mut buf)) = fragments.take() else {
+                        conn.close(ErrorKind::WebSocketProtocol);
+                        break;
+                    };
+                    // Each frame is capped by the reader; the message total is capped here.
+                    if buf.len() + frame.payload.len() > max {
+                        conn.close(ErrorKind::MessageTooBig);
+                        break;
+                    }
+                    // Exactly: the charge for this frame's buffer covers the growth.
+                    buf.reserve_exact(frame.payload.len());
+                    buf.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        Some((first, compressed, Bytes::from(buf)))
+                    } else {
+                        fragments = Some((first, compressed, buf));
+                        None
+                    }
+                }
+            };
+            let Some((opcode, compressed, payload)) = complete else {
+                continue;
+            };
+            // The message limit applies to what the message inflates to (RFC 7692 7.2.2).
+            let payload = if compressed {
+                match deflate::inflate(&payload, max, &mut hold) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        debug!(error = %e, "inflating a message failed");
+                        conn.close(match e {
+                            FrameError::OverBudget => ErrorKind::OverCapacity,
+                            FrameError::TooBig(_) => ErrorKind::MessageTooBig,
+                            _ => ErrorKind::WebSocketProtocol,
+                        });
+                        break;
+                    }
+                }
+            } else {
+                payload
+            };
+            hub.metrics.ws_messages_received.inc();
+            if opcode == OpCode::Binary {
+                conn.deliver(&message::error(&ErrorKind::InvalidMessageFormat, None));
                 continue;
             }
-            OpCode::Pong => continue,
-            OpCode::Text | OpCode::Binary => {
-                if fragments.is_some() {
-                    conn.close(ErrorKind::WebSocketProtocol);
-                    break;
-                }
-                if frame.fin {
-                    Some((frame.opcode, frame.compressed, frame.payload))
-                } else {
-                    fragments = Some((frame.opcode, frame.compressed, Vec::from(frame.payload)));
-                    None
+            if std::str::from_utf8(&payload).is_err() {
+                conn.close(ErrorKind::InvalidPayload);
+                break;
+            }
+            {
+                // The output side keeps going while the message is handled (a subscription may
+                // wait on the cluster): what is queued meanwhile is written, not held.
+                let handled = session.handle(&payload);
+                tokio::pin!(handled);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut handled => break,
+                        clean = &mut pump, if pumped.is_none() => pumped = Some(clean),
+                    }
                 }
             }
-            OpCode::Continuation => {
-                let Some((first, compressed, mut buf)) = fragments.take() else {
-                    conn.close(ErrorKind::WebSocketProtocol);
-                    break;
-                };
-                // Each frame is capped by the reader; the message total is capped here.
-                if buf.len() + frame.payload.len() > max {
-                    conn.close(ErrorKind::MessageTooBig);
-                    break;
-                }
-                // Exactly: the charge for this frame's buffer covers the growth.
-                buf.reserve_exact(frame.payload.len());
-                buf.extend_from_slice(&frame.payload);
-                if frame.fin {
-                    Some((first, compressed, Bytes::from(buf)))
-                } else {
-                    fragments = Some((first, compressed, buf));
-                    None
-                }
-            }
-        };
-        let Some((opcode, compressed, payload)) = complete else {
-            continue;
-        };
-        // The message limit applies to what the message inflates to (RFC 7692 7.2.2).
-        let payload = if compressed {
-            match deflate::inflate(&payload, max, &mut hold) {
-                Ok(p) => p,
-                Err(e) => {
-                    debug!(error = %e, "inflating a message failed");
-                    conn.close(match e {
-                        FrameError::OverBudget => ErrorKind::OverCapacity,
-                        FrameError::TooBig(_) => ErrorKind::MessageTooBig,
-                        _ => ErrorKind::WebSocketProtocol,
-                    });
-                    break;
-                }
-            }
-        } else {
-            payload
-        };
-        hub.metrics.ws_messages_received.inc();
-        if opcode == OpCode::Binary {
-            conn.deliver(&message::error(&ErrorKind::InvalidMessageFormat, None));
-            continue;
-        }
-        if std::str::from_utf8(&payload).is_err() {
-            conn.close(ErrorKind::InvalidPayload);
-            break;
-        }
-        {
-            // The output side keeps going while the message is handled (a subscription may
-            // wait on the cluster): what is queued meanwhile is written, not held.
-            let handled = session.handle(&payload);
-            tokio::pin!(handled);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = &mut handled => break,
-                    clean = &mut pump, if pumped.is_none() => pumped = Some(clean),
-                }
+            if conn.is_closing() || pumped.is_some() {
+                break;
             }
         }
-        if conn.is_closing() || pumped.is_some() {
-            break;
-        }
-    }
 
-    // The departure and the close sequence go on together, as they would on two tasks: the
-    // client is told at once, and a client that does not read cannot delay the departure
-    // beyond the close's bounded steps. Boxed, as a message's handling is: an idle
-    // connection's task does not carry the departure's state.
-    let departure = async {
-        let close = async {
-            let clean = match pumped {
-                Some(clean) => clean,
-                // The departure stops the connection, which ends the pump.
-                None => pump.await,
+        // The departure and the close sequence go on together, as they would on two tasks: the
+        // client is told at once, and a client that does not read cannot delay the departure
+        // beyond the close's bounded steps. Boxed, as a message's handling is: an idle
+        // connection's task does not carry the departure's state.
+        let departure = async {
+            let close = async {
+                let clean = match pumped {
+                    Some(clean) => clean,
+                    // The departure stops the connection, which ends the pump.
+                    None => pump.await,
+                };
+                writer::close(IoSide(&io), &conn, clean).await;
             };
-            writer::close(IoSide(&io), &conn, clean).await;
+            let (reason, _) = tokio::join!(
+                session.finish(&state),
+                tokio::time::timeout(Duration::from_secs(5), close)
+            );
+            reason
         };
-        let (reason, _) = tokio::join!(
-            session.finish(&state),
-            tokio::time::timeout(Duration::from_secs(5), close)
+        let reason = Box::pin(departure).await;
+        debug!(
+            code = reason.as_ref().map_or(1000, ErrorKind::code),
+            "disconnected"
         );
-        reason
-    };
-    let reason = Box::pin(departure).await;
-    debug!(
-        code = reason.as_ref().map_or(1000, ErrorKind::code),
-        "disconnected"
-    );
-    slot.release().await;
+        slot.release().await;
+    }
 }
 
 /// Polls the input side (`poll`: the read, then the timer) only when it woke or is new, with
@@ -609,6 +630,46 @@ mod tests {
             self.0 = Some(cx.waker().clone());
             Poll::Pending
         }
+    }
+
+    /// tokio keeps a task in one allocation: a 32-byte header, the future with 32 bytes of
+    /// bookkeeping (the drain's tracker included), a 48-byte trailer, rounded up to 128 bytes.
+    fn task_cell_bytes(future: usize) -> usize {
+        (32 + future + 32 + 48).div_ceil(128) * 128
+    }
+
+    #[tokio::test]
+    async fn a_sockets_task_fits_jemallocs_1536_byte_class() {
+        let (state, _, _) = crate::state::test_node(
+            crate::config::ServerConfig::default(),
+            Arc::new(crate::presence::MemoryPresence::default()),
+            Arc::new(crate::cluster::Local),
+            crate::app::AppSettings::default(),
+            None,
+        );
+        let mut request = http::Request::builder()
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        let (_, upgrade) = fastwebsockets::upgrade::upgrade(&mut request).unwrap();
+        let task = run(
+            upgrade,
+            Admission::Refused(ErrorKind::OverCapacity),
+            false,
+            state,
+        );
+        let bytes = std::mem::size_of_val(&task);
+        // Every connection pays the class its task falls in (1,536, 1,792, 2,048 bytes): a
+        // future grown past it costs 256 bytes per idle connection (BENCHMARKS.md, "Memory
+        // per connection").
+        assert!(
+            task_cell_bytes(bytes) <= 1536,
+            "the socket's task is {bytes} bytes, its cell {} (more than 1,536)",
+            task_cell_bytes(bytes)
+        );
     }
 
     #[test]
