@@ -219,6 +219,8 @@ describe('team workflows', () => {
     })).some((t) => t.startsWith('frank mentioned you in #general|') && t.includes('ship it')), 'a system notification for the mention')
     // A direct message while in the background notifies too.
     await page('frank').getByTestId('person-hank').click()
+    // The direct conversation is open before anything is typed (the composer is replaced).
+    await page('frank').getByTestId('view-title').filter({ hasText: 'hank' }).waitFor()
     await send(page('frank'), 'Ping in private')
     await eventually(async () => (await p.evaluate(async () => {
       const reg = await navigator.serviceWorker.ready
