@@ -8,9 +8,12 @@
 #                every message crosses nodes through Redis
 # For each: deliveries, server CPU (user + system of every node, from /proc/PID/stat), Redis's
 # CPU, microseconds per delivery with and without Redis, Redis microseconds per published
-# message, and the ratio to `single` measured in the same run. CPU-seconds do not depend on
-# how many cores there are, so this runs on a small machine; the wall-clock throughput of
-# three nodes on three machines does not show here (BENCHMARKS.md, "Cluster cost").
+# message, and the ratio to `single` measured in the same run; once over the whole run (what
+# connecting and disconnecting the subscribers cost included) and once over the window in
+# which every bench publishes (CPU sampled every 100 ms), which is the cost per delivery alone.
+# CPU-seconds do not depend on how many cores there are, so this runs on a small machine; the
+# wall-clock throughput of three nodes on three machines does not show here (BENCHMARKS.md,
+# "Cluster cost").
 #
 #   scripts/bench-cluster-cost.sh [--nodes 3] [--subscribers 2000] [--channels 200]
 #        [--rate 1000] [--duration 10] [--rounds 1] [--bin target/release/resound]
@@ -100,6 +103,14 @@ phase() {
   sleep 1
   local before=0 r_before; for p in "${pids[@]}"; do before=$((before + $(ticks "$p"))); done
   r_before="$(ticks "$REDIS_PID")"
+  # Every node's and Redis's CPU ticks every 100 ms, to read them over the window in which
+  # every bench publishes (connecting and disconnecting the subscribers left out).
+  ( while :; do
+      line="$(date +%s%3N)"
+      for p in "${pids[@]}" "$REDIS_PID"; do line="$line $(ticks "$p" 2>/dev/null || echo 0)"; done
+      echo "$line"; sleep 0.1
+    done ) >"$WORK/$name.samples" &
+  local sampler=$!
   local bench_pids=()
   for i in $(seq 0 $((NODES - 1))); do
     local sub="${ports[$i]}" pub="${ports[$(( (i + 1) % NODES ))]}"
@@ -113,14 +124,21 @@ phase() {
   for b in "${bench_pids[@]}"; do wait "$b" || failed=1; done
   local after=0 r_after; for p in "${pids[@]}"; do after=$((after + $(ticks "$p"))); done
   r_after="$(ticks "$REDIS_PID")"
+  kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   PIDS=()
   if [ "$failed" = 1 ]; then echo "a bench of phase $name failed:" >&2; cat "$WORK/$name".*.err >&2; exit 1; fi
-  python3 - "$name" "$round" "$TICK" "$((after - before))" "$((r_after - r_before))" "$WORK/$name".*.json <<'EOF'
+  python3 - "$name" "$round" "$TICK" "$((after - before))" "$((r_after - r_before))" "$WORK/$name.samples" "$WORK/$name".*.json <<'EOF'
 import json, sys
 name, rnd, tick, node_ticks, redis_ticks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+samples = []
+for line in open(sys.argv[6]):
+    f = line.split()
+    if len(f) >= 3:
+        samples.append((int(f[0]), sum(int(x) for x in f[1:-1]), int(f[-1])))
 deliveries = published = lost = 0
-for path in sys.argv[6:]:
+windows = []
+for path in sys.argv[7:]:
     for line in open(path):
         line = line.strip()
         if not line.startswith('{'):
@@ -129,13 +147,35 @@ for path in sys.argv[6:]:
         deliveries += r.get("deliveries", 0)
         published += r.get("http_publish_ok", 0)
         lost += r.get("lost", 0)
+        windows.append((r["publish_window_start_unix_ms"], r["publish_window_end_unix_ms"],
+                        r.get("deliveries", 0), r.get("http_publish_ok", 0)))
 node_s, redis_s = node_ticks / tick, redis_ticks / tick
 per = lambda s, n: round(s * 1e6 / n, 2) if n else None
-print(json.dumps({"phase": name, "round": rnd, "deliveries": deliveries, "published": published, "lost": lost,
-                  "node_cpu_s": round(node_s, 2), "redis_cpu_s": round(redis_s, 2),
-                  "us_per_delivery_nodes": per(node_s, deliveries),
-                  "us_per_delivery_with_redis": per(node_s + redis_s, deliveries),
-                  "redis_us_per_publish": per(redis_s, published)}))
+out = {"phase": name, "round": rnd, "deliveries": deliveries, "published": published, "lost": lost,
+       "node_cpu_s": round(node_s, 2), "redis_cpu_s": round(redis_s, 2),
+       "us_per_delivery_nodes": per(node_s, deliveries),
+       "us_per_delivery_with_redis": per(node_s + redis_s, deliveries),
+       "redis_us_per_publish": per(redis_s, published)}
+# The window in which every bench published: CPU read off the samples (interpolated), and the
+# deliveries and publishes of each bench in proportion to its share of that window.
+a, b = max(w[0] for w in windows), min(w[1] for w in windows)
+def at(t, i):
+    for (t0, *v0), (t1, *v1) in zip(samples, samples[1:]):
+        if t0 <= t <= t1:
+            return v0[i] + (v1[i] - v0[i]) * (t - t0) / max(t1 - t0, 1)
+    return None
+if b > a and samples:
+    n0, n1, r0, r1 = at(a, 0), at(b, 0), at(a, 1), at(b, 1)
+    if None not in (n0, n1, r0, r1):
+        share = lambda w: (b - a) / max(w[1] - w[0], 1)
+        d = sum(w[2] * share(w) for w in windows)
+        p = sum(w[3] * share(w) for w in windows)
+        wn, wr = (n1 - n0) / tick, (r1 - r0) / tick
+        out.update({"window_s": round((b - a) / 1000, 2),
+                    "window_us_per_delivery_nodes": per(wn, d),
+                    "window_us_per_delivery_with_redis": per(wn + wr, d),
+                    "window_redis_us_per_publish": per(wr, p)})
+print(json.dumps(out))
 EOF
 }
 
@@ -158,10 +198,17 @@ def mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
 base = mean([r["us_per_delivery_with_redis"] for r in by.get("single", [])])
-print(f"{'phase':<13} {'deliveries':>11} {'lost':>5} {'µs/delivery nodes':>18} {'+ Redis':>8} {'Redis µs/publish':>17} {'vs single':>9}")
+wbase = mean([r.get("window_us_per_delivery_with_redis") for r in by.get("single", [])])
+print("whole run (connecting, publishing, disconnecting)" + " " * 19 + "| publishing window only")
+print(f"{'phase':<13} {'deliveries':>11} {'lost':>5} {'µs/delivery nodes':>18} {'+ Redis':>8} {'Redis µs/publish':>17} {'vs single':>9} "
+      f"| {'nodes':>6} {'+ Redis':>8} {'Redis µs/pub':>12} {'vs single':>9}")
 for name, rs in by.items():
     total = mean([r["us_per_delivery_with_redis"] for r in rs])
+    wtotal = mean([r.get("window_us_per_delivery_with_redis") for r in rs])
+    wcols = (f"{mean([r.get('window_us_per_delivery_nodes') for r in rs]):>6.2f} {wtotal:>8.2f} "
+             f"{(mean([r.get('window_redis_us_per_publish') for r in rs]) or 0):>12.2f} {wtotal / wbase:>8.2f}x"
+             if wtotal and wbase else "n/a")
     print(f"{name:<13} {sum(r['deliveries'] for r in rs):>11} {sum(r['lost'] for r in rs):>5} "
           f"{mean([r['us_per_delivery_nodes'] for r in rs]):>18.2f} {total:>8.2f} "
-          f"{(mean([r['redis_us_per_publish'] for r in rs]) or 0):>17.2f} {total / base if base else 0:>8.2f}x")
+          f"{(mean([r['redis_us_per_publish'] for r in rs]) or 0):>17.2f} {total / base if base else 0:>8.2f}x | {wcols}")
 EOF

@@ -13,6 +13,12 @@
 //! replayed event from a live one; the frame already holds the position, so older versions
 //! deliver it unchanged, only without the position beside it.
 //!
+//! Version 5 adds two control messages for skipping what no other node hears
+//! (`redis/quiet.rs`): `interest` (kind 8; `target` is a topic this node just subscribed to)
+//! and `sync` (kind 9; `target` empty, then `seq u64`), both with an empty `app`. They are
+//! always sent as version 5: an older node ignores and counts them, and no node skips while
+//! an older one is live.
+//!
 //! A node ignores (and counts) messages of a version it does not know. Older nodes do not read
 //! newer versions, so a node sends the oldest version any live node reads (see
 //! `redis/lease.rs`, `P:wire`); every version reads the older ones.
@@ -27,7 +33,10 @@ use crate::app::AppId;
 use crate::protocol::{MemberChange, SocketId, UserId};
 
 /// The newest version this node reads (and advertises).
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
+/// The version that has `interest` and `sync`: no node skips a publish while an older one
+/// is live.
+pub const QUIET_VERSION: u8 = 5;
 
 const KIND_CHANNEL: u8 = 1;
 const KIND_USER: u8 = 2;
@@ -36,6 +45,8 @@ const KIND_TERMINATE_PRESENCE: u8 = 4;
 const KIND_WATCHERS: u8 = 5;
 const KIND_MEMBER_ADDED: u8 = 6;
 const KIND_MEMBER_REMOVED: u8 = 7;
+const KIND_INTEREST: u8 = 8;
+const KIND_SYNC: u8 = 9;
 
 const FLAG_EXCEPT: u8 = 1;
 /// Version 4: the event's position in its channel's shared history follows `target`.
@@ -59,6 +70,14 @@ pub enum WireMessage {
         app: AppId,
         user: String,
         presence: bool,
+    },
+    /// The sender subscribed to `topic` (version 5).
+    Interest {
+        topic: String,
+    },
+    /// The sender's own sync `seq` (version 5).
+    Sync {
+        seq: u64,
     },
 }
 
@@ -177,6 +196,56 @@ pub fn encode_terminate(
     put_str(&mut buf, app.as_str());
     put_str(&mut buf, user);
     buf.freeze()
+}
+
+/// Encodes an announcement: `origin` subscribed to `topic` (always version 5).
+pub fn encode_interest(origin: u64, topic: &str, sent_at: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(40 + topic.len());
+    header(
+        &mut buf,
+        QUIET_VERSION,
+        KIND_INTEREST,
+        origin,
+        None,
+        false,
+        sent_at,
+    );
+    put_str(&mut buf, "");
+    put_str(&mut buf, topic);
+    buf.freeze()
+}
+
+/// Encodes `origin`'s sync `seq` (always version 5).
+pub fn encode_sync(origin: u64, seq: u64, sent_at: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(40);
+    header(
+        &mut buf,
+        QUIET_VERSION,
+        KIND_SYNC,
+        origin,
+        None,
+        false,
+        sent_at,
+    );
+    put_str(&mut buf, "");
+    put_str(&mut buf, "");
+    buf.put_u64(seq);
+    buf.freeze()
+}
+
+/// The number of a sync (read only when the message is one).
+pub fn sync_of(msg: &[u8]) -> Option<u64> {
+    if msg.first().is_some_and(|v| *v >= QUIET_VERSION) && msg.get(1) == Some(&KIND_SYNC) {
+        match decode(&Bytes::copy_from_slice(msg)) {
+            Ok(Received {
+                message: WireMessage::Sync { seq },
+                ..
+            }) => Some(seq),
+            _ => None,
+        }
+    } else {
+        None
+    }
 }
 
 /// The publishing node of a message, read before anything is copied (a node skips its own).
@@ -316,6 +385,8 @@ pub fn decode(msg: &Bytes) -> Result<Received, WireError> {
             user: target,
             presence: kind == KIND_TERMINATE_PRESENCE,
         },
+        (KIND_INTEREST, _) if version >= QUIET_VERSION => WireMessage::Interest { topic: target },
+        (KIND_SYNC, _) if version >= QUIET_VERSION => WireMessage::Sync { seq: r.u64()? },
         _ => return Err(WireError::Malformed),
     };
     Ok(Received {
@@ -360,7 +431,7 @@ mod tests {
     fn events_round_trip_with_the_frame_untouched() {
         let e = event();
         let wire = encode_event(42, &e, VERSION, 1_700_000_000_123);
-        assert_eq!(wire[0], 4);
+        assert_eq!(wire[0], 5);
         assert_eq!(
             decode(&wire),
             Ok(Received {
@@ -554,6 +625,27 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn version_5_carries_announcements_and_syncs_which_older_versions_do_not_read() {
+        let w = encode_interest(7, "resound#c#app#room", 42);
+        assert_eq!(origin(&w), Some(7));
+        assert_eq!(
+            decode(&w).map(|r| r.message),
+            Ok(WireMessage::Interest {
+                topic: "resound#c#app#room".into()
+            })
+        );
+        let w = encode_sync(7, 1 << 40, 42);
+        assert_eq!(
+            decode(&w).map(|r| r.message),
+            Ok(WireMessage::Sync { seq: 1 << 40 })
+        );
+        // Written as version 4, the same kinds are not read.
+        let mut old = w.to_vec();
+        old[0] = 4;
+        assert_eq!(decode(&Bytes::from(old)), Err(WireError::Malformed));
     }
 
     #[test]

@@ -293,6 +293,9 @@ pub struct ScalingConfig {
     /// Bytes of messages for other nodes that may wait to be published (while Redis is slow
     /// or hangs) before new ones are dropped and counted.
     pub publish_backlog_bytes: usize,
+    /// Messages no other node subscribes to are not published to Redis (a node's own
+    /// channels cost no round trip through Redis); on a standalone Redis only.
+    pub skip_unheard: bool,
 }
 
 impl Default for ScalingConfig {
@@ -306,6 +309,7 @@ impl Default for ScalingConfig {
             cluster_nodes: Vec::new(),
             tls_ca_file: None,
             publish_backlog_bytes: 64 * 1024 * 1024,
+            skip_unheard: true,
         }
     }
 }

@@ -296,14 +296,14 @@ async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    sends(4).await;
+    sends(5).await;
     assert!(sample(&a, "resound_cluster_publish_lag_seconds_count").await > published);
     assert!(sample(&b, "resound_cluster_receive_lag_seconds_count").await > received);
     let lag = sample(&b, "resound_cluster_receive_lag_seconds_sum").await;
     assert!(lag < 5.0, "{lag} s from one node to the other on loopback");
 
     // A node of the previous release joins (a lease, no wire version): back to version 1,
-    // which it reads; when it is gone, version 4 (the newest) again.
+    // which it reads; when it is gone, version 5 (the newest) again.
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let old_node = 4242u64;
     let _: i64 = redis::cmd("ZADD")
@@ -320,7 +320,7 @@ async fn lag_is_measured_and_the_wire_version_follows_the_oldest_node() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    sends(4).await;
+    sends(5).await;
 }
 
 /// The next message the spy sees on `topic` whose payload holds every one of `needles`.
@@ -361,9 +361,11 @@ async fn member_events_stay_exact_while_a_node_reads_only_an_older_wire_version(
     let mut spied = spy.into_on_message();
     let old_node = 4243u64;
     let mut n = 0;
-    // Version 4 (every node the newest) and 3 say what a member event is: kinds 6 and 7.
-    for (version, added_kind, removed_kind) in [(4u8, 6u8, 7u8), (3, 6, 7), (2, 1, 1), (1, 1, 1)] {
-        if version < 4 {
+    // Version 5 (every node the newest), 4 and 3 say what a member event is: kinds 6 and 7.
+    for (version, added_kind, removed_kind) in
+        [(5u8, 6u8, 7u8), (4, 6, 7), (3, 6, 7), (2, 1, 1), (1, 1, 1)]
+    {
+        if version < 5 {
             let _: i64 = redis::cmd("ZADD")
                 .arg(format!("{p}:nodes"))
                 .arg(now() * 1000 + 60_000)

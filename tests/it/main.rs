@@ -32,6 +32,7 @@ mod cluster_fanout;
 mod cluster_faults;
 mod cluster_history;
 mod cluster_presence;
+mod cluster_quiet;
 mod cluster_topologies;
 mod cluster_webhooks;
 mod streams;

@@ -223,6 +223,17 @@ pub fn add_delivery_results(report: &mut Report, outcome: &Outcome) {
         report.result("failure_samples", c.failure_samples.join(" | "));
     }
     report.result("publish_window_s", round3(window));
+    if outcome.window_start_ns > 0 {
+        // Wall-clock bounds, so a script can read other processes' CPU over the same window.
+        let start_ms = outcome.window_start_ns / 1_000_000;
+        let len_ms = u64::try_from(outcome.window.as_millis()).unwrap_or(u64::MAX);
+        report
+            .result("publish_window_start_unix_ms", start_ms)
+            .result(
+                "publish_window_end_unix_ms",
+                start_ms.saturating_add(len_ms),
+            );
+    }
     let per_s = |n: u64| round3(if window > 0.0 { n as f64 / window } else { 0.0 });
     if let Some(http) = &outcome.http {
         report

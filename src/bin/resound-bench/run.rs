@@ -121,6 +121,8 @@ pub struct Outcome {
     /// delivery was drained, when a server pid was given.
     pub server_cpu: Option<Duration>,
     pub window: Duration,
+    /// When the publish window began (ns since the Unix epoch; 0: no window).
+    pub window_start_ns: u64,
     pub http: Option<HttpOutcome>,
     /// Client events sent (typing and client-event publishers).
     pub client_sent: u64,
@@ -327,6 +329,7 @@ pub async fn run(setup: &Setup, workload: &Workload) -> Result<Outcome> {
     } else {
         fleet.send_to(&all, &Command::Start).await?;
         let window_start = now_ns();
+        outcome.window_start_ns = window_start;
         cpu_start = setup.server_pid.and_then(cpu_time);
         let (stop_tx, stop_rx) = watch::channel(false);
         let http_task = workload.http.clone().map(|plan| {

@@ -9,7 +9,8 @@
 //! | `P#c#{app}#{channel}` | pub/sub | events for a channel; subscribed by nodes with local subscribers |
 //! | `P#u#{app}#{user}` | pub/sub | events for a user's connections (`#server-to-user-`) |
 //! | `P#w#{app}#{user}` | pub/sub | watchlist events about a user; subscribed by nodes with watchers |
-//! | `P#ctl` | pub/sub | control messages (terminate), subscribed by every node |
+//! | `P#ctl` | pub/sub | control messages (terminate, interest), subscribed by every node |
+//! | `P#n#{id}` | pub/sub | a node's own syncs (`quiet.rs`), subscribed by that node only |
 //! | `P:nodes` | zset | node id → lease expiry (ms); refreshed every `HEARTBEAT` |
 //! | `P:wire` | hash | node id → newest wire version it reads (absent: 1) |
 //! | `P:c` / `P:node:{id}:c` | hash | app → connections (cluster / that node's share) |
@@ -78,6 +79,11 @@ impl Keys {
 
     pub(super) fn control_topic(&self) -> String {
         format!("{}#ctl", self.topic_prefix)
+    }
+
+    /// `P#n#{id}`: where a node sends its syncs to itself.
+    pub(super) fn node_topic(&self, node: u64) -> String {
+        format!("{}#n#{}", self.topic_prefix, node)
     }
 
     fn key(&self, rest: &str) -> String {
@@ -233,6 +239,7 @@ mod tests {
         assert_eq!(k.topic(&app, &Target::User("u".into())), "P#u#a#u");
         assert_eq!(k.topic(&app, &Target::Watchers("u".into())), "P#w#a#u");
         assert_eq!(k.control_topic(), "P#ctl");
+        assert_eq!(k.node_topic(7), "P#n#7");
         assert_eq!(k.nodes(), "{P}:nodes");
         assert_eq!(k.wire(), "{P}:wire");
         assert_eq!(k.connections(), "{P}:c");

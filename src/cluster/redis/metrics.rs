@@ -14,6 +14,8 @@ pub(super) struct Metrics {
     pub reaped: IntCounter,
     pub publish_lag: Histogram,
     pub receive_lag: Histogram,
+    pub unheard: IntCounter,
+    pub quiet_topics: IntGauge,
 }
 
 /// Buckets of the lag histograms, in seconds.
@@ -70,6 +72,14 @@ impl Metrics {
                 "cluster_receive_lag_seconds",
                 "Time from publishing on another node (its wall clock) to receipt here",
             ))?,
+            unheard: IntCounter::with_opts(o(
+                "cluster_unheard_total",
+                "Messages not published because no other node subscribes to their topic (scaling.skip_unheard)",
+            ))?,
+            quiet_topics: IntGauge::with_opts(o(
+                "cluster_quiet_topics",
+                "Topics no other node subscribes to, whose messages are not published",
+            ))?,
         };
         registry.register(Box::new(m.publishes.clone()))?;
         registry.register(Box::new(m.receives.clone()))?;
@@ -81,6 +91,8 @@ impl Metrics {
         registry.register(Box::new(m.reaped.clone()))?;
         registry.register(Box::new(m.publish_lag.clone()))?;
         registry.register(Box::new(m.receive_lag.clone()))?;
+        registry.register(Box::new(m.unheard.clone()))?;
+        registry.register(Box::new(m.quiet_topics.clone()))?;
         Ok(m)
     }
 }

@@ -29,6 +29,7 @@ mod lease;
 mod metrics;
 mod presence;
 mod pubsub;
+mod quiet;
 mod scripts;
 mod shards;
 mod shared;
@@ -152,6 +153,13 @@ pub struct RedisBackend {
     shares: Shares,
     metrics: Metrics,
     scripts: Scripts,
+    /// What no other node hears, held instead of published (`quiet.rs`); `None` when
+    /// `[scaling] skip_unheard` is off, or on a Redis Cluster or behind Sentinel.
+    quiet: Option<Mutex<quiet::Quiet>>,
+    /// Wakes the task that asks Redis who hears a topic (`pubsub::asker`).
+    asks: tokio::sync::Notify,
+    /// Wakes the task that sends this node's syncs (`pubsub::syncer`).
+    syncs: tokio::sync::Notify,
 }
 
 /// A message waiting for the publisher task.
@@ -236,6 +244,12 @@ impl RedisBackend {
             metrics,
             send_version: AtomicU8::new(1),
             scripts: Scripts::new(),
+            quiet: (scaling.skip_unheard
+                && scaling.cluster_nodes.is_empty()
+                && scaling.sentinels.is_empty())
+            .then(|| Mutex::new(quiet::Quiet::default())),
+            asks: tokio::sync::Notify::new(),
+            syncs: tokio::sync::Notify::new(),
         });
         cluster.metrics.healthy.set(1);
         cluster.heartbeat().await?;
@@ -263,6 +277,10 @@ impl RedisBackend {
                     }
                 }
             }
+        }
+        if cluster.quiet.is_some() {
+            tokio::spawn(pubsub::asker(cluster.clone()));
+            tokio::spawn(pubsub::syncer(cluster.clone()));
         }
         tokio::spawn(lease::heartbeats(cluster.clone()));
         info!(node = cluster.node, prefix, "joined the cluster");

@@ -6,7 +6,7 @@
 //! `resubscriber`, over `shards.rs`). Received messages are decoded (`wire.rs`) and handed to
 //! the server as `Inbound` values.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::endpoint::COMMAND_TIMEOUT;
-use super::{now_ms, Interest, Queued, RedisBackend};
+use super::{now_ms, quiet, Interest, Queued, RedisBackend};
 use crate::app::AppId;
 use crate::cluster::wire::{self, Received, WireMessage};
 use crate::cluster::{Adapter, Inbound, RemoteEvent, Target};
@@ -76,6 +76,95 @@ impl RedisBackend {
             .set(gauge(before.saturating_sub(size)));
     }
 
+    /// Publishes a message for other nodes, unless none of them subscribes to its topic
+    /// (then it is held until a sync shows nobody is owed it; `quiet.rs`).
+    fn send(&self, topic: String, payload: Bytes) {
+        let Some(quiet) = &self.quiet else {
+            return self.enqueue(topic, payload);
+        };
+        let mut q = quiet.lock();
+        if self.send_version() < wire::QUIET_VERSION {
+            // An older node is live: it does not announce its subscriptions.
+            if !q.is_empty() {
+                for (t, held) in q.clear(true) {
+                    for m in held {
+                        self.enqueue(t.clone(), m);
+                    }
+                }
+                self.metrics.quiet_topics.set(0);
+            }
+            drop(q);
+            return self.enqueue(topic, payload);
+        }
+        // Under the lock: an announcement handled meanwhile publishes what was held before
+        // anything newer is queued.
+        let (offer, wake) = q.offer(&topic, payload, Instant::now());
+        match offer {
+            quiet::Offer::Held => {}
+            quiet::Offer::Publish(m) => self.enqueue(topic, m),
+            quiet::Offer::Flush(held) => {
+                for m in held {
+                    self.enqueue(topic.clone(), m);
+                }
+                self.metrics.quiet_topics.set(gauge(q.sizes().0));
+            }
+        }
+        drop(q);
+        if wake.ask {
+            self.asks.notify_one();
+        }
+        if wake.sync {
+            self.syncs.notify_one();
+        }
+    }
+
+    /// Someone subscribed to `topic` (or this node's own subscription to it changes): it is
+    /// published to again, starting with what was held for it.
+    fn hear(&self, topic: &str) {
+        let Some(quiet) = &self.quiet else {
+            return;
+        };
+        let mut q = quiet.lock();
+        for m in q.heard(topic) {
+            self.enqueue(topic.to_string(), m);
+        }
+        self.metrics.quiet_topics.set(gauge(q.sizes().0));
+    }
+
+    /// Every node that subscribes to something announces it (rules 2 of `quiet.rs`): after
+    /// Redis confirmed the `SUBSCRIBE` and before the caller answers `subscription_succeeded`.
+    /// An empty topic says "every topic of mine" (after a reconnect).
+    async fn announce(&self, topic: &str) {
+        if self.shards.is_some() {
+            return;
+        }
+        let payload = wire::encode_interest(self.node, topic, now_ms());
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.keys.control_topic()).arg(payload.as_ref());
+        let call = cmd.query_async::<i64>(&mut conn);
+        match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!(%topic, error = %e, "announcing a subscription failed"),
+            Err(_) => debug!(%topic, "announcing a subscription timed out"),
+        }
+    }
+
+    /// Ends every quiet topic, publishing what they held (`up`: whether the pub/sub
+    /// connection is still subscribed).
+    fn hear_all(&self, up: bool) {
+        let Some(quiet) = &self.quiet else {
+            return;
+        };
+        let mut q = quiet.lock();
+        for (t, held) in q.clear(up) {
+            for m in held {
+                self.enqueue(t.clone(), m);
+            }
+        }
+        self.metrics.quiet_topics.set(0);
+    }
+
     /// Takes a local reference on `target`; the first one subscribes (and waits for Redis to
     /// confirm, so a `subscription_succeeded` sent after it means cluster events will arrive).
     async fn acquire_topic(&self, app: &AppId, target: &Target) {
@@ -119,6 +208,8 @@ impl RedisBackend {
             (wanted, i.sink.clone())
         };
         if wanted != *subscribed {
+            // An answer about this topic that is out while it changes is void (`quiet.rs`).
+            self.hear(topic);
             let healthy = self.healthy.load(Ordering::Acquire);
             if let Some(shards) = &self.shards {
                 match shards.subscribe(topic, wanted).await {
@@ -141,18 +232,26 @@ impl RedisBackend {
                     }
                 };
                 match tokio::time::timeout(wait, call).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        if wanted {
+                            self.announce(topic).await;
+                        }
+                    }
                     Ok(Err(e)) => {
                         debug!(%topic, error = %e, "(un)subscribing failed; the reconnect loop subscribes again");
                     }
                     Err(_) if healthy => {
                         warn!(%topic, "(UN)SUBSCRIBE not confirmed in time; it stays queued on the connection");
+                        if wanted {
+                            self.announce(topic).await;
+                        }
                     }
                     Err(_) => {}
                 }
             }
             // Without a connection, the next one subscribes every wanted topic.
             *subscribed = wanted;
+            self.hear(topic);
         }
         if !wanted {
             let mut i = self.interests.lock();
@@ -169,6 +268,10 @@ impl RedisBackend {
         self.metrics.receives.inc();
         // The publishing node already applied its own messages: skipped before any copy.
         if wire::origin(payload) == Some(self.node) {
+            if let (Some(n), Some(quiet)) = (wire::sync_of(payload), &self.quiet) {
+                let gone = quiet.lock().synced(n);
+                self.metrics.unheard.inc_by(gone as u64);
+            }
             return;
         }
         let Received {
@@ -202,6 +305,15 @@ impl RedisBackend {
                 user,
                 presence,
             },
+            WireMessage::Interest { topic } if topic.is_empty() => {
+                self.hear_all(true);
+                return;
+            }
+            WireMessage::Interest { topic } => {
+                self.hear(&topic);
+                return;
+            }
+            WireMessage::Sync { .. } => return,
         };
         if self.inbound.try_send(inbound).is_err() {
             self.metrics
@@ -271,6 +383,88 @@ pub(super) async fn publisher(cluster: Arc<RedisBackend>, mut rx: mpsc::Receiver
         }
         batch.clear();
         cluster.published(size);
+    }
+}
+
+/// How long after a message is held its sync is sent: one sync covers what is held
+/// meanwhile.
+const SYNC_EVERY: Duration = Duration::from_millis(20);
+/// While messages are held, a sync is sent again this often (the last may have been lost).
+const SYNC_AGAIN: Duration = Duration::from_millis(500);
+/// How long a failed question waits before the next.
+const ASK_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Asks Redis who hears the topics this node publishes to (`PUBSUB NUMSUB`, up to
+/// `ASK_BATCH` topics per command, one command at a time) and tells `quiet.rs`.
+pub(super) async fn asker(cluster: Arc<RedisBackend>) {
+    let Some(quiet) = &cluster.quiet else {
+        return;
+    };
+    loop {
+        cluster.asks.notified().await;
+        loop {
+            let Some((link, topics)) = quiet.lock().questions(Instant::now()) else {
+                break;
+            };
+            let mut cmd = redis::cmd("PUBSUB");
+            cmd.arg("NUMSUB").arg(&topics);
+            let mut conn = cluster.conn.clone();
+            let call = cmd.query_async::<HashMap<String, i64>>(&mut conn);
+            let counts = match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+                Ok(Ok(counts)) => counts,
+                failed => {
+                    quiet.lock().unanswered();
+                    if let Ok(Err(e)) = failed {
+                        debug!(error = %e, "PUBSUB NUMSUB failed");
+                    }
+                    tokio::time::sleep(ASK_BACKOFF).await;
+                    break;
+                }
+            };
+            // This node's own subscription, read after the answer: one that is changing
+            // (its gate held) counts as someone else; one that changed since the question
+            // was asked voids the answer (`Quiet::heard`).
+            let answers: Vec<(String, bool)> = {
+                let interests = cluster.interests.lock();
+                topics
+                    .into_iter()
+                    .map(|t| {
+                        let own = match interests.topics.get(&t) {
+                            None => Some(false),
+                            Some(i) => i.gate.try_lock().ok().map(|subscribed| *subscribed),
+                        };
+                        let n = counts.get(&t).copied().unwrap_or(0);
+                        let heard = own.is_none_or(|own| n > i64::from(own));
+                        (t, heard)
+                    })
+                    .collect()
+            };
+            let mut q = quiet.lock();
+            q.answered(link, answers, Instant::now());
+            cluster.metrics.quiet_topics.set(gauge(q.sizes().0));
+        }
+    }
+}
+
+/// Sends this node's syncs to itself (`quiet.rs`, rule 3): `SYNC_EVERY` after a message is
+/// held, and again every `SYNC_AGAIN` while messages are held.
+pub(super) async fn syncer(cluster: Arc<RedisBackend>) {
+    let Some(quiet) = &cluster.quiet else {
+        return;
+    };
+    let topic = cluster.keys.node_topic(cluster.node);
+    loop {
+        let again = tokio::time::timeout(SYNC_AGAIN, cluster.syncs.notified())
+            .await
+            .is_err();
+        if !again {
+            tokio::time::sleep(SYNC_EVERY).await;
+        }
+        // Taken after the messages it covers were held, so queued after them too.
+        let Some(n) = quiet.lock().sync(again) else {
+            continue;
+        };
+        cluster.enqueue(topic.clone(), wire::encode_sync(cluster.node, n, now_ms()));
     }
 }
 
@@ -377,6 +571,7 @@ pub(super) async fn subscriber(cluster: Arc<RedisBackend>, ready: oneshot::Sende
                 let (mut sink, mut stream) = pubsub.split();
                 let mut topics = cluster.interests.lock().wanted();
                 topics.push(cluster.keys.control_topic());
+                topics.push(cluster.keys.node_topic(cluster.node));
                 let mut ok = sink.subscribe(&topics).await.is_ok();
                 if ok {
                     // Topics wanted while we were subscribing: from the moment the sink is
@@ -395,11 +590,16 @@ pub(super) async fn subscriber(cluster: Arc<RedisBackend>, ready: oneshot::Sende
                     }
                 }
                 if ok {
+                    if let Some(quiet) = &cluster.quiet {
+                        quiet.lock().connected();
+                    }
                     if !first {
                         cluster.metrics.reconnects.inc();
                         info!("cluster pub/sub reconnected and resubscribed");
                         // Changes made while Redis was unreachable were not recorded.
                         cluster.request_resync(false);
+                        // Others may have found this node's topics quiet meanwhile.
+                        cluster.announce("").await;
                     }
                     first = false;
                     if let Some(ready) = ready.take() {
@@ -427,9 +627,12 @@ pub(super) async fn subscriber(cluster: Arc<RedisBackend>, ready: oneshot::Sende
                 }
                 cluster.interests.lock().sink = None;
                 cluster.set_pubsub_up(false);
+                // Announcements may have been lost with the connection.
+                cluster.hear_all(false);
             }
             Err(e) => {
                 cluster.set_pubsub_up(false);
+                cluster.hear_all(false);
                 warn!(error = %e, "cannot reach the cluster backend");
             }
         }
@@ -446,7 +649,7 @@ pub(super) async fn subscriber(cluster: Arc<RedisBackend>, ready: oneshot::Sende
 impl Adapter for RedisBackend {
     fn publish(&self, event: RemoteEvent) {
         let topic = self.keys.topic(&event.app, &event.publication.target);
-        self.enqueue(
+        self.send(
             topic,
             wire::encode_event(self.node, &event, self.send_version(), now_ms()),
         );
@@ -485,18 +688,98 @@ mod tests {
     use prometheus::Registry;
 
     use super::*;
+    use crate::cluster::InboundQueues;
     use crate::config::ScalingConfig;
 
-    async fn backend() -> Arc<RedisBackend> {
+    /// `n` nodes of one new cluster, with their inbound queues.
+    async fn cluster(n: usize) -> Vec<(Arc<RedisBackend>, InboundQueues)> {
         let scaling = ScalingConfig {
             enabled: true,
             channel: format!("resound-pubsub-{:016x}", rand::random::<u64>()),
             ..ScalingConfig::default()
         };
-        let (backend, _queues) = RedisBackend::connect(&scaling, &Registry::new(), "t")
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let node = RedisBackend::connect(&scaling, &Registry::new(), "t")
+                .await
+                .expect("a Redis at 127.0.0.1:6379");
+            nodes.push(node);
+        }
+        nodes
+    }
+
+    async fn backend() -> Arc<RedisBackend> {
+        let mut nodes = cluster(1).await;
+        nodes.remove(0).0
+    }
+
+    /// A channel event `n` for `room` of app `a`.
+    fn event(n: u32) -> RemoteEvent {
+        RemoteEvent {
+            app: AppId("a".into()),
+            publication: crate::cluster::Publication {
+                target: Target::Channel("room".into()),
+                kind: crate::cluster::Kind::Event,
+                frame: Bytes::from(n.to_string()),
+                except: None,
+                stamp: None,
+            },
+        }
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !check() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A node holds what no other node hears until its sync comes back; a node that
+    /// subscribes first (its announcement read before the sync) gets every held message, in
+    /// order. Here the sync never comes back, so nothing is let go before the newcomer
+    /// subscribes, however slow the machine.
+    #[tokio::test]
+    async fn what_is_held_reaches_a_node_that_subscribes_before_it_is_let_go_in_order() {
+        let mut nodes = cluster(2).await;
+        let (b, mut b_queues) = nodes.remove(1);
+        let (a, _a_queues) = nodes.remove(0);
+        let quiet = |n: &RedisBackend| n.quiet.as_ref().expect("skip_unheard").lock().sizes();
+        // The first publish asks who hears `room`: nobody.
+        a.publish(event(0));
+        until("`room` is quiet on a", || quiet(&a).0 == 1).await;
+        let mut sink = a.interests.lock().sink.clone().expect("a pub/sub sink");
+        sink.unsubscribe(a.keys.node_topic(a.node))
             .await
-            .expect("a Redis at 127.0.0.1:6379");
-        backend
+            .expect("UNSUBSCRIBE");
+        for n in 1..=5 {
+            a.publish(event(n));
+        }
+        let one = wire::encode_event(a.node, &event(1), a.send_version(), 0).len();
+        assert_eq!(quiet(&a), (1, 5 * one), "five messages held");
+
+        b.acquire_topic(&AppId("a".into()), &Target::Channel("room".into()))
+            .await;
+        for n in 1..=5u32 {
+            let got = tokio::time::timeout(Duration::from_secs(3), b_queues.events.recv())
+                .await
+                .expect("a held message reaches b")
+                .expect("queue open");
+            let Inbound::Event(e) = got else {
+                panic!("not an event")
+            };
+            assert_eq!(e.publication.frame, Bytes::from(n.to_string()));
+        }
+        assert_eq!(quiet(&a), (0, 0));
+        // From now on published at once.
+        a.publish(event(6));
+        let got = tokio::time::timeout(Duration::from_secs(3), b_queues.events.recv())
+            .await
+            .expect("published")
+            .expect("queue open");
+        assert!(matches!(got, Inbound::Event(e) if e.publication.frame == "6"));
+        a.leave().await;
+        b.leave().await;
     }
 
     fn topics(backend: &RedisBackend) -> usize {
