@@ -18,6 +18,11 @@
 #   scripts/bench-cluster-cost.sh [--nodes 3] [--subscribers 2000] [--channels 200]
 #        [--rate 1000] [--duration 10] [--rounds 1] [--bin target/release/resound]
 #        [--bench target/release/resound-bench] [--redis redis://127.0.0.1:6379]
+#        [--soketi DIR]
+#
+# --soketi DIR runs the same phases against Soketi instead (DIR holds its npm installation,
+# node_modules/@soketi/soketi; its Redis adapter for the phases with scaling), for a peer's
+# figures in the same session. Nothing of Soketi is part of this repository.
 #
 # --subscribers, --channels and --rate are per bench (there are --nodes benches). Needs a
 # Redis on --redis whose process runs on this machine (its CPU is read from /proc). Starts and
@@ -26,6 +31,7 @@
 set -euo pipefail
 NODES=3 SUBS=2000 CHANNELS=200 RATE=1000 DURATION=10 ROUNDS=1
 BIN=target/release/resound BENCH=target/release/resound-bench REDIS=redis://127.0.0.1:6379
+SOKETI=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) NODES=$2; shift 2 ;;
@@ -37,10 +43,15 @@ while [ $# -gt 0 ]; do
     --bin) BIN=$2; shift 2 ;;
     --bench) BENCH=$2; shift 2 ;;
     --redis) REDIS=$2; shift 2 ;;
+    --soketi) SOKETI=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 [ -x "$BIN" ] && [ -x "$BENCH" ] || { echo "build first: cargo build --release --bin resound --bin resound-bench" >&2; exit 2; }
+if [ -n "$SOKETI" ]; then
+  SOKETI_JS="$SOKETI/node_modules/@soketi/soketi/bin/server.js"
+  [ -f "$SOKETI_JS" ] || { echo "no Soketi at $SOKETI_JS" >&2; exit 2; }
+fi
 REDIS_PORT="${REDIS##*:}"; REDIS_PORT="${REDIS_PORT%%/*}"
 REDIS_PID="$(pgrep -f "redis-server .*:$REDIS_PORT" | head -1 || true)"
 [ -n "$REDIS_PID" ] || { echo "no redis-server process listening on port $REDIS_PORT here" >&2; exit 2; }
@@ -76,14 +87,27 @@ for _ in range(200):
 # start_node SCALING(on|off) -> sets NODE_PORT, NODE_PID
 start_node() {
   local port; port="$(free_port)"
-  local env=(RESOUND_SERVER__PORT="$port" RUST_LOG=warn)
-  if [ "$1" = on ]; then
-    env+=(RESOUND_SCALING__ENABLED=true RESOUND_SCALING__REDIS_URL="$REDIS" RESOUND_SCALING__CHANNEL="cost$$")
+  local ready=/ready
+  if [ -n "$SOKETI" ]; then
+    local host="${REDIS#*://}"; host="${host%%/*}"
+    local env=(SOKETI_PORT="$port" SOKETI_DEBUG=0 SOKETI_DEFAULT_APP_ID=app-id
+      SOKETI_DEFAULT_APP_KEY=app-key SOKETI_DEFAULT_APP_SECRET=app-secret)
+    if [ "$1" = on ]; then
+      env+=(SOKETI_ADAPTER_DRIVER=redis SOKETI_ADAPTER_REDIS_PREFIX="cost$$"
+        SOKETI_DB_REDIS_HOST="${host%%:*}" SOKETI_DB_REDIS_PORT="${host##*:}")
+    fi
+    env "${env[@]}" node "$SOKETI_JS" start >"$WORK/node-$port.log" 2>&1 &
+    ready=/
+  else
+    local env=(RESOUND_SERVER__PORT="$port" RUST_LOG=warn)
+    if [ "$1" = on ]; then
+      env+=(RESOUND_SCALING__ENABLED=true RESOUND_SCALING__REDIS_URL="$REDIS" RESOUND_SCALING__CHANNEL="cost$$")
+    fi
+    env "${env[@]}" "$BIN" >"$WORK/node-$port.log" 2>&1 &
   fi
-  env "${env[@]}" "$BIN" >"$WORK/node-$port.log" 2>&1 &
   NODE_PID=$!; NODE_PORT=$port; PIDS+=("$NODE_PID")
   for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$port/ready" 2>/dev/null && return 0
+    curl -fsS -o /dev/null "http://127.0.0.1:$port$ready" 2>/dev/null && return 0
     sleep 0.1
   done
   echo "node on $port did not become ready:" >&2; tail -5 "$WORK/node-$port.log" >&2; exit 1

@@ -6,7 +6,9 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use resound::cluster::wire::{decode, encode_event, encode_terminate, Received, WireMessage};
+use resound::cluster::wire::{
+    decode, encode_event, encode_interest, encode_sync, encode_terminate, Received, WireMessage,
+};
 
 /// `r` written again in wire `version` (the one it arrived in).
 fn encode(r: &Received, version: u8) -> Bytes {
@@ -18,6 +20,9 @@ fn encode(r: &Received, version: u8) -> Bytes {
             user,
             presence,
         } => encode_terminate(r.origin, app, user, *presence, version, sent_at),
+        // Always version 5 (the only one that has them).
+        WireMessage::Interest { topic } => encode_interest(r.origin, topic, sent_at),
+        WireMessage::Sync { seq } => encode_sync(r.origin, *seq, sent_at),
     }
 }
 
