@@ -86,12 +86,7 @@ impl RedisBackend {
         if self.send_version() < wire::QUIET_VERSION {
             // An older node is live: it does not announce its subscriptions.
             if !q.is_empty() {
-                for (t, held) in q.clear(true) {
-                    for m in held {
-                        self.enqueue(t.clone(), m);
-                    }
-                }
-                self.metrics.quiet_topics.set(0);
+                self.flush(&mut q, true);
             }
             drop(q);
             return self.enqueue(topic, payload);
@@ -156,7 +151,11 @@ impl RedisBackend {
         let Some(quiet) = &self.quiet else {
             return;
         };
-        let mut q = quiet.lock();
+        self.flush(&mut quiet.lock(), up);
+    }
+
+    /// Ends every quiet topic of `q` and publishes what they held, each topic's oldest first.
+    fn flush(&self, q: &mut quiet::Quiet, up: bool) {
         for (t, held) in q.clear(up) {
             for m in held {
                 self.enqueue(t.clone(), m);
