@@ -98,10 +98,12 @@ async fn a_channel_heard_on_its_own_node_only_is_not_published_and_a_newcomer_el
             "round {round}: first event {} but {owed_from} was owed",
             got[0]
         );
+        // Events held when the announcement was read are published with it, so the newcomer
+        // may also get the last of the first hundred (held, their sync not yet back): a tail
+        // of 1..=100, then the publisher's events, each run without a gap or a repeat.
         for pair in got.windows(2) {
-            assert_eq!(
-                pair[1],
-                pair[0] + 1,
+            assert!(
+                pair[1] == pair[0] + 1 || (pair[0] == 100 && pair[1] == 1_001),
                 "round {round}: a gap or a repeat in {got:?}"
             );
         }
