@@ -52,7 +52,11 @@ export async function signIn(p: Page, name: string, screenshot?: string): Promis
   await p.getByRole('button', { name: 'Continue' }).click()
   await p.getByTestId('view-title').filter({ hasText: 'general' }).waitFor()
   await live(p)
+  await signedIn(p)
 }
+
+/** The socket is signed in (`pusher:signin_success`): the backend's `sendToUser` reaches it. */
+export const signedIn = (p: Page) => p.locator('[data-testid=link-state][data-signed-in=true]').waitFor({ state: 'attached' })
 
 export const live = (p: Page) => p.locator('[data-testid=link-state].connected').waitFor({ state: 'attached' })
 export const message = (p: Page, text: string | RegExp) => p.getByTestId('message').filter({ hasText: text })

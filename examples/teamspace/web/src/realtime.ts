@@ -29,6 +29,8 @@ export const link = reactive({
   retryIn: 0,
   everConnected: false,
   socketId: '',
+  /** `pusher:signin` succeeded on this socket: user events (`sendToUser`) reach this tab. */
+  signedIn: false,
 })
 
 let echo: Echo<'reverb'> | null = null
@@ -110,6 +112,8 @@ export function connect(config: ClientConfig, csrfToken: string): Echo<'reverb'>
     .on('failed', ({ channel, reason }) => reportRecovery({ status: 'failed', channel, reason, at: Date.now() }))
   pusher.connection.bind('state_change', ({ current }: { previous: string; current: string }) => {
     const wasDown = link.everConnected && link.state !== 'connected'
+    // A new socket signs in again (pusher-js does it on every connect).
+    if (current !== 'connected') link.signedIn = false
     switch (current) {
       case 'connected':
         link.state = 'connected'
@@ -136,12 +140,16 @@ export function connect(config: ClientConfig, csrfToken: string): Echo<'reverb'>
   })
   // User authentication (`pusher:signin`): this socket becomes `#server-to-user-{id}`'s
   // recipient, which is how the backend's sendToUser reaches every tab of this user.
+  pusher.bind('pusher:signin_success', () => {
+    link.signedIn = true
+  })
   pusher.signin()
   return echo
 }
 
 export function disconnect(): void {
   echo?.disconnect()
+  link.signedIn = false
   echo = null
   recovery = null
 }
